@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install the Debian packages Sendense and its tests need, only those missing.
+set -euo pipefail
+
+packages=(
+  qemu-utils        # qemu-img, qemu-nbd
+  nbdkit            # NBD server plugins (vddk, tests)
+  libnbd-bin        # nbdcopy, nbdinfo: baselines in the bench
+  python3-libnbd    # NBD client bindings (Debian only)
+  python3-venv
+  postgresql        # the database tests run on PostgreSQL too
+  iproute2          # ss, ip netns
+  procps            # pgrep
+)
+
+missing=()
+for pkg in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+sudo=()
+[[ $(id -u) -eq 0 ]] || sudo=(sudo)
+echo "installing Debian packages: ${missing[*]}"
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"

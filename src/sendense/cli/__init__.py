@@ -1,0 +1,1 @@
+"""The `sendense` command line: thin commands over the hub API and services."""

@@ -1,0 +1,134 @@
+"""`sendense hub serve|status|token`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from sendense.cli.client import HubClient, read_token
+from sendense.cli.output import console, one_line_errors, repo_table, table
+from sendense.common.config import load_settings
+from sendense.common.errors import InvalidInput
+from sendense.common.logging import setup_logging
+from sendense.hub.config import HubSettings
+
+app = typer.Typer(help="The hub appliance (SHA).", no_args_is_help=True)
+log = logging.getLogger(__name__)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML file ([hub] section)")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data directory")]
+HubUrlOpt = Annotated[str | None, typer.Option("--hub", help="Hub API URL (env SENDENSE_HUB_URL)")]
+TokenFileOpt = Annotated[
+    Path | None,
+    typer.Option("--token-file", help="File holding the API token (env SENDENSE_TOKEN)"),
+]
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"--listen {listen!r}: use HOST:PORT, for example 127.0.0.1:8082")
+    return host.strip("[]"), int(port)
+
+
+def _settings(config: Path | None, data_dir: Path | None, listen: str | None) -> HubSettings:
+    host, port = parse_listen(listen) if listen else (None, None)
+    return load_settings(HubSettings, config, data_dir=data_dir, listen_host=host, listen_port=port)
+
+
+def _announce_token(settings: HubSettings, token: str) -> None:
+    """Shown once. On a terminal it is printed; under a service manager stdout is a
+    log, so the token goes to a 0600 file instead and only its path is logged."""
+    if sys.stdout.isatty():
+        console.print(f"API token (shown once, keep it): [bold]{token}[/bold]")
+        return
+    path = settings.data_dir / "initial-api-token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    log.warning("first start: API token written to %s (read it, then delete the file)", path)
+
+
+@app.command()
+@one_line_errors
+def serve(
+    listen: Annotated[str | None, typer.Option(help="HOST:PORT (default 127.0.0.1:8082)")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the hub: clean up after a crash, then serve the API."""
+    from sendense.hub.api.app import create_app
+    from sendense.hub.service import Hub
+
+    settings = _settings(config, data_dir, listen)
+    setup_logging(settings.log_level)
+    hub = Hub.open(settings)
+    hub.reconcile()
+    if hub.tokens.count() == 0:
+        _announce_token(settings, hub.tokens.create("admin"))
+    log.info(
+        "hub listening on %s:%d data=%s",
+        settings.listen_host,
+        settings.listen_port,
+        settings.data_dir,
+    )
+    try:
+        uvicorn.run(
+            create_app(hub),
+            host=settings.listen_host,
+            port=settings.listen_port,
+            log_config=None,
+            access_log=False,
+        )
+    finally:
+        hub.close()
+
+
+@app.command("token")
+@one_line_errors
+def token(
+    name: Annotated[str, typer.Option(help="A name to tell tokens apart")] = "admin",
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a new API token in the hub's database and print it once."""
+    from sendense.hub.service import Hub
+
+    hub = Hub.open(_settings(config, data_dir, None))
+    try:
+        print(hub.tokens.create(name))
+    finally:
+        hub.db.dispose()
+
+
+@app.command()
+@one_line_errors
+def status(hub_url: HubUrlOpt = None, token_file: TokenFileOpt = None) -> None:
+    """Health, repositories, the port pool and running exports."""
+    client = HubClient(hub_url, read_token(token_file))
+    health = client.get("/api/v1/health")
+    console.print(
+        f"hub {client.url}: {health['status']} (version {health['version']}, "
+        f"database {health['database']})"
+    )
+    repos = client.get("/api/v1/repositories")
+    repo_table("Repositories", repos)
+    pool = client.get("/api/v1/ports")
+    console.print(
+        f"NBD ports {pool['first']}-{pool['last']}: {pool['used']} used, {pool['free']} free"
+    )
+    exports = client.get("/api/v1/exports")
+    table(
+        "Exports",
+        ["port", "export", "job", "disk", "pid", "alive"],
+        [
+            (e["port"], e["export_name"], e["job_id"], e["disk_key"], e["pid"], e["alive"])
+            for e in exports
+        ],
+    )

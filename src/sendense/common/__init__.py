@@ -1,0 +1,1 @@
+"""Code shared by hub and node: configuration, errors, logging, the wire contract."""

@@ -1,0 +1,81 @@
+"""Domain errors: a message an operator can act on, an HTTP status and a CLI exit code.
+
+The API maps them to JSON `{"error": ..., "message": ...}`; the CLI prints the
+message on one line and exits with `exit_code`. Anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+
+class SendenseError(Exception):
+    """Base of every expected failure."""
+
+    http_status = 500
+    exit_code = 1
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(SendenseError):
+    http_status = 422
+    exit_code = 2
+    code = "invalid_input"
+
+
+class NotFound(SendenseError):
+    http_status = 404
+    exit_code = 3
+    code = "not_found"
+
+
+class Conflict(SendenseError):
+    http_status = 409
+    exit_code = 4
+    code = "conflict"
+
+
+class Unauthorized(SendenseError):
+    http_status = 401
+    exit_code = 5
+    code = "unauthorized"
+
+
+class PoolExhausted(SendenseError):
+    """No free NBD port: retry later, when a running job has released its ports."""
+
+    http_status = 503
+    exit_code = 6
+    code = "pool_exhausted"
+
+
+class InsufficientSpace(SendenseError):
+    http_status = 507
+    exit_code = 7
+    code = "insufficient_space"
+
+
+class ToolFailed(SendenseError):
+    """An external program (qemu-img, qemu-nbd) failed; carries argv, exit code, stderr."""
+
+    http_status = 502
+    exit_code = 8
+    code = "tool_failed"
+
+    def __init__(self, argv: list[str], returncode: int | None, stderr: str) -> None:
+        tail = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
+        super().__init__(f"{argv[0]} failed (exit {returncode}): {tail}")
+        self.argv = argv
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class Unavailable(SendenseError):
+    """A service the command needs does not answer."""
+
+    http_status = 503
+    exit_code = 9
+    code = "unavailable"

@@ -1,0 +1,1 @@
+"""The hub appliance (SHA): repository, job database, NBD exports, API on 8082."""

@@ -1,0 +1,34 @@
+"""The FastAPI application of the hub."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from sendense import __version__
+from sendense.hub.api import routes_backups, routes_repositories, routes_system
+from sendense.hub.api.errors import install_error_handlers
+from sendense.hub.service import Hub
+
+log = logging.getLogger(__name__)
+
+
+def create_app(hub: Hub) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # A graceful stop leaves nothing running: exports stopped, jobs failed.
+        await run_in_threadpool(hub.reconcile, "the hub was stopped during the job")
+
+    app = FastAPI(title="Sendense hub", version=__version__, lifespan=lifespan)
+    app.state.hub = hub
+    install_error_handlers(app)
+    app.include_router(routes_system.public)
+    app.include_router(routes_system.router)
+    app.include_router(routes_repositories.router)
+    app.include_router(routes_backups.router)
+    return app

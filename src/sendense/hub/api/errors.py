@@ -1,0 +1,39 @@
+"""Every error leaves the API as JSON `{"error": code, "message": text}`."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from sendense.common.errors import SendenseError
+
+log = logging.getLogger(__name__)
+
+
+def _body(code: str, message: str, status: int) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SendenseError)
+    async def domain_error(_request: Request, exc: SendenseError) -> JSONResponse:
+        if exc.http_status >= 500:
+            log.error("request failed: %s", exc.message)
+        return _body(exc.code, exc.message, exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'] if p != 'body')}: {err['msg']}"
+            for err in exc.errors()
+        )
+        return _body("invalid_input", problems or "invalid request", 422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return _body("http_error", str(exc.detail), exc.status_code)

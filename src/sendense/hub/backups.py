@@ -1,0 +1,326 @@
+"""The hub's side of one backup job: open write exports for a VM's disks, then
+finish (check, mark complete in one transaction) or fail (remove everything).
+
+Write order: rows (incomplete) -> files -> ports -> qemu-nbd; finish goes
+data -> stop servers -> `qemu-img check` -> the one transaction that says
+`complete`. Whatever a crash interrupts is found by `reconcile` at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from sendense.common.errors import Conflict, InvalidInput, NotFound, SendenseError
+from sendense.common.targets import NbdTarget, format_targets
+from sendense.hub.db.database import Database
+from sendense.hub.db.models import (
+    ACTIVE_JOB_STATES,
+    Job,
+    JobState,
+    PointStatus,
+    RestorePoint,
+    RestorePointDisk,
+    Vm,
+    VmDisk,
+    new_id,
+    utcnow,
+)
+from sendense.hub.exports import ExportManager
+from sendense.hub.names import export_name, validate_vm_name
+from sendense.hub.ports import PortAllocator
+from sendense.hub.repository import RepositoryInfo, RepositoryService, supports_direct_io
+
+log = logging.getLogger(__name__)
+BACKUP_TYPES = ("auto", "full", "incremental")
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    key: int
+    capacity_bytes: int
+    label: str | None = None
+    datastore_path: str | None = None
+    estimated_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class DiskResult:
+    change_id: str | None = None
+    data_bytes: int | None = None
+    checksum: str | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    key: int
+    file_path: str
+    parent_file: str | None
+    backup_type: str
+    parent_id: str | None
+    capacity: int
+
+
+@dataclass(frozen=True)
+class PreparedDisk:
+    key: int
+    backup_type: str
+    file_path: str
+    parent_id: str | None
+    target: NbdTarget
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    job_id: str
+    vm_id: str
+    restore_point_id: str
+    disks: list[PreparedDisk] = field(default_factory=list)
+
+    @property
+    def nbd_targets(self) -> str:
+        return format_targets([d.target for d in self.disks])
+
+
+def _validate(vm_name: str, disks: list[DiskSpec], backup_type: str) -> None:
+    validate_vm_name(vm_name)
+    if backup_type not in BACKUP_TYPES:
+        raise InvalidInput(f"backup type {backup_type!r}: use one of {', '.join(BACKUP_TYPES)}")
+    if not disks:
+        raise InvalidInput("a backup needs at least one disk")
+    keys = [d.key for d in disks]
+    if len(set(keys)) != len(keys):
+        raise InvalidInput("a disk key appears twice")
+    for d in disks:
+        if d.key < 0 or d.capacity_bytes <= 0:
+            raise InvalidInput(f"disk {d.key}: key must be >= 0 and capacity > 0")
+
+
+class BackupExports:
+    def __init__(
+        self,
+        db: Database,
+        repos: RepositoryService,
+        ports: PortAllocator,
+        exports: ExportManager,
+        nbd_host: str,
+        cache: str,
+    ) -> None:
+        self.db = db
+        self.repos = repos
+        self.ports = ports
+        self.exports = exports
+        self.nbd_host = nbd_host
+        self.cache = cache
+
+    def prepare(
+        self,
+        vm_name: str,
+        disks: list[DiskSpec],
+        backup_type: str = "auto",
+        repository: str | None = None,
+    ) -> PreparedJob:
+        _validate(vm_name, disks, backup_type)
+        repo = self.repos.get(repository)
+        self.repos.ensure_fits(repo, sum(d.estimated_bytes for d in disks))
+        with self.db.session() as s:
+            vm = self._upsert_vm(s, vm_name, disks)
+            job = Job(vm_id=vm.id, backup_type=backup_type, state=JobState.PREPARING)
+            job.started_at = utcnow()
+            s.add(job)
+            s.flush()
+            self._lock_vm(s, vm, job.id)
+            point = RestorePoint(vm_id=vm.id, job_id=job.id, repository_id=repo.id)
+            s.add(point)
+            s.flush()
+            ordered = sorted(disks, key=lambda d: d.key)
+            plans = [self._plan_disk(s, vm, point, d, backup_type) for d in ordered]
+            job_id, vm_id, point_id = job.id, vm.id, point.id
+        try:
+            prepared = self._open(repo, job_id, vm_name, plans)
+        except BaseException as exc:
+            self.fail(job_id, f"could not open exports: {exc}")
+            raise
+        with self.db.session() as s:
+            s.get_one(Job, job_id).state = JobState.RUNNING
+        result = PreparedJob(job_id, vm_id, point_id, prepared)
+        log.info("job prepared job=%s vm=%s targets=%s", job_id, vm_name, result.nbd_targets)
+        return result
+
+    @staticmethod
+    def _upsert_vm(s: Session, vm_name: str, disks: list[DiskSpec]) -> Vm:
+        vm = s.scalars(select(Vm).where(Vm.name == vm_name)).first()
+        if vm is None:
+            vm = Vm(name=vm_name)
+            s.add(vm)
+            s.flush()
+        known = {d.disk_key: d for d in s.scalars(select(VmDisk).where(VmDisk.vm_id == vm.id))}
+        for spec in disks:
+            row = known.get(spec.key) or VmDisk(vm_id=vm.id, disk_key=spec.key)
+            row.capacity_bytes = spec.capacity_bytes
+            row.label = spec.label
+            row.datastore_path = spec.datastore_path
+            row.removed = False
+            s.add(row)
+        return vm
+
+    @staticmethod
+    def _lock_vm(s: Session, vm: Vm, job_id: str) -> None:
+        result = s.execute(
+            update(Vm)
+            .where(Vm.id == vm.id, Vm.active_job_id.is_(None))
+            .values(active_job_id=job_id)
+        )
+        if getattr(result, "rowcount", 0) != 1:
+            s.refresh(vm)
+            raise Conflict(f"VM {vm.name!r} has a job running: {vm.active_job_id}")
+
+    @staticmethod
+    def _plan_disk(
+        s: Session, vm: Vm, point: RestorePoint, spec: DiskSpec, backup_type: str
+    ) -> _Plan:
+        parent = None
+        if backup_type != "full":
+            parent = s.scalars(
+                select(RestorePointDisk)
+                .join(RestorePoint)
+                .where(
+                    RestorePoint.vm_id == vm.id,
+                    RestorePointDisk.disk_key == spec.key,
+                    RestorePointDisk.status == PointStatus.COMPLETE,
+                    RestorePointDisk.change_id.is_not(None),
+                )
+                .order_by(RestorePoint.completed_at.desc())
+            ).first()
+        if backup_type == "incremental" and parent is None:
+            log.info("disk %d has no complete parent with a change id: full backup", spec.key)
+        disk_id = new_id()
+        row = RestorePointDisk(
+            id=disk_id,
+            restore_point_id=point.id,
+            disk_key=spec.key,
+            parent_id=parent.id if parent else None,
+            backup_type="incremental" if parent else "full",
+            virtual_size=spec.capacity_bytes,
+            file_path=RepositoryService.disk_file(vm.id, spec.key, disk_id),
+        )
+        s.add(row)
+        s.flush()
+        return _Plan(
+            spec.key,
+            row.file_path,
+            parent.file_path if parent else None,
+            row.backup_type,
+            parent.id if parent else None,
+            spec.capacity_bytes,
+        )
+
+    def _open(
+        self, repo: RepositoryInfo, job_id: str, vm_name: str, plans: list[_Plan]
+    ) -> list[PreparedDisk]:
+        cache = self.cache
+        if cache == "auto":
+            cache = "none" if supports_direct_io(repo.path) else "writeback"
+        prepared = []
+        for index, plan in enumerate(plans):
+            image = self.repos.create_image(repo, plan.file_path, plan.capacity, plan.parent_file)
+            port = self.ports.allocate(f"job:{job_id}", job_id, plan.key)
+            name = export_name(vm_name, index)
+            self.exports.start(job_id, plan.key, port, image, name, cache)
+            target = NbdTarget(plan.key, self.nbd_host, port, name)
+            prepared.append(
+                PreparedDisk(plan.key, plan.backup_type, plan.file_path, plan.parent_id, target)
+            )
+        return prepared
+
+    def finish(self, job_id: str, results: dict[int, DiskResult]) -> str:
+        """Stop the exports, check every image, then mark all complete in one transaction."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"job {job_id} does not exist")
+            if job.state != JobState.RUNNING:
+                raise Conflict(f"job {job_id} is {job.state.value}, not running")
+            job.state = JobState.FINALIZING
+            point = s.scalars(select(RestorePoint).where(RestorePoint.job_id == job_id)).one()
+            repo_id = point.repository_id
+            files = {d.disk_key: d.file_path for d in point.disks}
+        repo = self.repos.get(repo_id)
+        unknown = set(results) - set(files)
+        if unknown:
+            self.fail(job_id, f"results name disks that are not in the job: {sorted(unknown)}")
+            raise InvalidInput(
+                f"results name disks that are not in job {job_id}: {sorted(unknown)}"
+            )
+        self.exports.stop_job(job_id)
+        sizes: dict[int, int] = {}
+        for key, relative in files.items():
+            check = self.repos.check(repo, relative)
+            if not check.clean:
+                reason = f"disk {key}: qemu-img check exit {check.returncode}: {check.output}"
+                self.fail(job_id, reason)
+                raise SendenseError(f"job {job_id} failed: {reason}")
+            sizes[key] = self.repos.resolve(repo, relative).stat().st_blocks * 512
+        with self.db.session() as s:
+            self.ports.release_job(s, job_id)
+            point = s.scalars(select(RestorePoint).where(RestorePoint.job_id == job_id)).one()
+            for disk in point.disks:
+                result = results.get(disk.disk_key, DiskResult())
+                disk.change_id = result.change_id
+                disk.data_bytes = result.data_bytes
+                disk.checksum = result.checksum
+                disk.file_size = sizes[disk.disk_key]
+                disk.status = PointStatus.COMPLETE
+            point.status = PointStatus.COMPLETE
+            point.completed_at = utcnow()
+            job = s.get_one(Job, job_id)
+            job.state = JobState.COMPLETE
+            job.finished_at = utcnow()
+            _unlock_vm(s, job_id)
+            point_id = point.id
+        log.info("job complete job=%s restore_point=%s", job_id, point_id)
+        return point_id
+
+    def fail(self, job_id: str, reason: str) -> None:
+        """Stop exports, free ports, remove the job's unfinished files and rows; never
+        touches a complete restore point."""
+        self.exports.stop_job(job_id)
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"job {job_id} does not exist")
+            points = s.scalars(
+                select(RestorePoint).where(
+                    RestorePoint.job_id == job_id, RestorePoint.status != PointStatus.COMPLETE
+                )
+            ).all()
+            doomed = [(p.repository_id, d.file_path) for p in points for d in p.disks]
+        # Files before rows: a crash in between leaves a row whose file is gone,
+        # which the next clean-up handles; the other order would leave a file
+        # nothing points to.
+        for repo_id, relative in doomed:
+            self.repos.remove_image(self.repos.get(repo_id), relative)
+        with self.db.session() as s:
+            self.ports.release_job(s, job_id)
+            for point in s.scalars(
+                select(RestorePoint).where(
+                    RestorePoint.job_id == job_id, RestorePoint.status != PointStatus.COMPLETE
+                )
+            ):
+                for disk in point.disks:
+                    s.delete(disk)
+                s.delete(point)
+            job = s.get_one(Job, job_id)
+            if job.state in ACTIVE_JOB_STATES:
+                job.state = JobState.FAILED
+                job.error = reason
+                job.finished_at = utcnow()
+            _unlock_vm(s, job_id)
+        log.warning("job failed job=%s reason=%s", job_id, reason)
+
+
+def _unlock_vm(s: Session, job_id: str) -> None:
+    s.execute(update(Vm).where(Vm.active_job_id == job_id).values(active_job_id=None))

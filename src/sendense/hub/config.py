@@ -1,0 +1,46 @@
+"""The hub's settings (TOML section `[hub]`, environment prefix `SENDENSE_HUB_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from sendense.common.config import SendenseSettings, default_data_dir
+
+
+class HubSettings(SendenseSettings):
+    toml_section: ClassVar[str] = "hub"
+    model_config = SettingsConfigDict(env_prefix="SENDENSE_HUB_", extra="forbid")
+
+    data_dir: Path = Field(default_factory=lambda: default_data_dir("hub"))
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8082, ge=1, le=65535)
+    database_url: str = ""
+    # qemu-nbd binds here, and the targets string names it: the node reaches
+    # this address through the tunnel.
+    nbd_host: str = "127.0.0.1"
+    nbd_port_min: int = Field(default=10100, ge=1, le=65535)
+    nbd_port_max: int = Field(default=10200, ge=1, le=65535)
+    nbd_shared: int = Field(default=10, ge=2)
+    # `none` is fastest (O_DIRECT); `auto` falls back to writeback where the
+    # repository's filesystem refuses O_DIRECT (tmpfs).
+    nbd_cache: Literal["auto", "none", "writeback"] = "auto"
+    qemu_nbd: str = "qemu-nbd"
+    qemu_img: str = "qemu-img"
+    min_free_bytes: int = Field(default=1 << 30, ge=0)
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _check(self) -> HubSettings:
+        if self.nbd_port_min > self.nbd_port_max:
+            raise ValueError("nbd_port_min must not exceed nbd_port_max")
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'hub.db'}"
+        return self
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"

@@ -1,0 +1,1 @@
+"""The hub's job database: models, engine and sessions, Alembic migrations."""

@@ -1,0 +1,228 @@
+"""Tables of the hub. State that must survive a crash lives here, never only in memory."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware on both databases (SQLite returns naive values otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:  # noqa: ARG002
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    RUNNING = "running"
+    FINALIZING = "finalizing"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.FINALIZING)
+
+
+class PointStatus(enum.StrEnum):
+    INCOMPLETE = "incomplete"
+    COMPLETE = "complete"
+    INVALID = "invalid"
+
+
+def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
+    return Enum(cls, name=name, native_enum=False, length=16, values_callable=_values)
+
+
+def _values(cls: type[enum.StrEnum]) -> list[str]:
+    return [member.value for member in cls]
+
+
+class Repository(Base):
+    __tablename__ = "repositories"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    public_key: Mapped[str | None] = mapped_column(Text)
+    revoked: Mapped[bool] = mapped_column(default=False)
+    last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class Vm(Base):
+    __tablename__ = "vms"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    # VMware instance UUID when known; the repository directory is named by `id`.
+    vmware_uuid: Mapped[str | None] = mapped_column(String(64))
+    node_id: Mapped[str | None] = mapped_column(ForeignKey("nodes.id"))
+    # The VM's lock: set by a conditional UPDATE (`WHERE active_job_id IS NULL`),
+    # atomic on SQLite and PostgreSQL alike. One job per VM at a time.
+    active_job_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+    disks: Mapped[list[VmDisk]] = relationship(back_populates="vm", order_by="VmDisk.disk_key")
+
+
+class VmDisk(Base):
+    __tablename__ = "vm_disks"
+    __table_args__ = (UniqueConstraint("vm_id", "disk_key", name="uq_vm_disks_vm_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"))
+    # The real VirtualDisk.key (2000, 2016, 16000, 31000...), never index + 2000.
+    disk_key: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str | None] = mapped_column(String(255))
+    capacity_bytes: Mapped[int] = mapped_column(BigInteger)
+    datastore_path: Mapped[str | None] = mapped_column(Text)
+    removed: Mapped[bool] = mapped_column(default=False)
+
+    vm: Mapped[Vm] = relationship(back_populates="disks")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id"))
+    kind: Mapped[str] = mapped_column(String(16), default="backup")
+    backup_type: Mapped[str] = mapped_column(String(16), default="auto")
+    state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), default=JobState.QUEUED)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+    vm: Mapped[Vm] = relationship()
+
+
+class RestorePoint(Base):
+    __tablename__ = "restore_points"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    repository_id: Mapped[str] = mapped_column(ForeignKey("repositories.id"))
+    status: Mapped[PointStatus] = mapped_column(
+        _enum(PointStatus, "point_status"), default=PointStatus.INCOMPLETE
+    )
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+    disks: Mapped[list[RestorePointDisk]] = relationship(
+        back_populates="restore_point", order_by="RestorePointDisk.disk_key"
+    )
+
+
+class RestorePointDisk(Base):
+    __tablename__ = "restore_point_disks"
+    __table_args__ = (
+        UniqueConstraint("restore_point_id", "disk_key", name="uq_restore_point_disks_point_key"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    restore_point_id: Mapped[str] = mapped_column(ForeignKey("restore_points.id"))
+    disk_key: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("restore_point_disks.id"))
+    # Relative to the repository root; never derived from the VM's name.
+    file_path: Mapped[str] = mapped_column(Text, unique=True)
+    backup_type: Mapped[str] = mapped_column(String(16))
+    virtual_size: Mapped[int] = mapped_column(BigInteger)
+    data_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    file_size: Mapped[int | None] = mapped_column(BigInteger)
+    change_id: Mapped[str | None] = mapped_column(Text)
+    checksum: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[PointStatus] = mapped_column(
+        _enum(PointStatus, "disk_point_status"), default=PointStatus.INCOMPLETE
+    )
+
+    restore_point: Mapped[RestorePoint] = relationship(back_populates="disks")
+
+
+class NbdPort(Base):
+    """One row per allocated port; the primary key makes double allocation impossible."""
+
+    __tablename__ = "nbd_ports"
+
+    port: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
+    disk_key: Mapped[int | None] = mapped_column(Integer)
+    owner: Mapped[str] = mapped_column(String(64))
+    allocated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class NbdExport(Base):
+    __tablename__ = "nbd_exports"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    disk_key: Mapped[int] = mapped_column(Integer)
+    port: Mapped[int] = mapped_column(Integer, unique=True)
+    export_name: Mapped[str] = mapped_column(String(128))
+    file_path: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    # /proc/<pid>/stat start time: a recycled pid never matches it.
+    pid_start_ticks: Mapped[int | None] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

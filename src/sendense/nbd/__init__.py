@@ -1,0 +1,1 @@
+"""NBD and QEMU tooling: qemu-img and qemu-nbd wrappers, process helpers."""

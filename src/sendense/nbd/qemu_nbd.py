@@ -1,0 +1,154 @@
+"""One qemu-nbd process serving one image: start, wait until ready, probe, stop."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from sendense.common.errors import ToolFailed
+from sendense.nbd.process import ProcessInfo
+
+NBD_MAGIC = b"NBDMAGIC"
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    image: Path
+    port: int
+    name: str
+    host: str = "127.0.0.1"
+    shared: int = 10
+    cache: str = "none"
+    fmt: str = "qcow2"
+    read_only: bool = False
+
+
+def probe(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when an NBD server answers with its greeting on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            return sock.recv(8) == NBD_MAGIC
+    except OSError:
+        return False
+
+
+def is_qemu_nbd_for(info: ProcessInfo, port: int, image: str) -> bool:
+    """Does this process look like the qemu-nbd we started for `image` on `port`?"""
+    argv = info.argv
+    if not argv or not os.path.basename(argv[0]).startswith("qemu-nbd"):
+        return False
+    has_port = any(a == "-p" and b == str(port) for a, b in itertools.pairwise(argv))
+    return has_port and argv[-1] == image
+
+
+class QemuNbd:
+    """`qemu-nbd --persistent`: without it the server exits when its first client
+    (a health probe counts) disconnects."""
+
+    def __init__(self, spec: ExportSpec, binary: str = "qemu-nbd", log_path: Path | None = None):
+        self.spec = spec
+        self.binary = binary
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def argv(self) -> list[str]:
+        s = self.spec
+        argv = [
+            self.binary,
+            f"--shared={s.shared}",
+            "--persistent",
+            f"--cache={s.cache}",
+            "-f",
+            s.fmt,
+            "-b",
+            s.host,
+            "-p",
+            str(s.port),
+            "-x",
+            s.name,
+        ]
+        if s.read_only:
+            argv.append("--read-only")
+        return [*argv, str(s.image)]
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("qemu-nbd is not started")
+        return self._proc.pid
+
+    def start(self, timeout: float = 10.0) -> None:
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            # Own session: a ^C aimed at the hub must not kill the server
+            # under a write; the hub stops it in order.
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise ToolFailed(self.argv, None, f"{self.binary} is not installed") from exc
+        finally:
+            if log is not subprocess.DEVNULL and not isinstance(log, int):
+                log.close()
+        self._wait_ready(timeout)
+
+    def _log_text(self) -> str:
+        if self.log_path and self.log_path.exists():
+            return self.log_path.read_text(errors="replace")
+        return ""
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            if code is not None:
+                raise ToolFailed(self.argv, code, self._log_text())
+            if probe(self.spec.host, self.spec.port, timeout=0.5):
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise ToolFailed(self.argv, None, f"not listening after {timeout:.0f}s")
+
+    def healthy(self) -> bool:
+        return (
+            self._proc is not None
+            and self._proc.poll() is None
+            and probe(self.spec.host, self.spec.port)
+        )
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Terminate, wait, kill. Returns the exit code (None if never started)."""
+        if self._proc is None:
+            return None
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        return self._proc.returncode
+
+    def __enter__(self) -> QemuNbd:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,128 @@
+"""Fixtures: a hub on its own data directory, ports and database (SQLite, or a
+private PostgreSQL), and a check that no test leaves a qemu-nbd behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sendense.common.config import load_settings
+from sendense.hub.api.app import create_app
+from sendense.hub.config import HubSettings
+from sendense.hub.service import Hub
+from tests.rig.net import free_port_range
+from tests.rig.postgres import PostgresServer
+from tests.rig.procs import kill_all, pids_with, wait_gone
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each database test runs on both backends."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hub.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = server.create_database()
+    try:
+        yield server.admin_url(name)
+    finally:
+        server.drop_database(name)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'hub.db'}"
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_qemu_nbd(tmp_path: Path) -> Iterator[None]:
+    """Every qemu-nbd serving a file of this test must be gone when it ends."""
+    yield
+    left = wait_gone(pids_with(str(tmp_path)), timeout=5)
+    kill_all(left)
+    assert not left, f"qemu-nbd processes left behind: {left}"
+
+
+@pytest.fixture
+def repo_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    return path
+
+
+def make_settings(tmp_path: Path, database_url: str, pool: int = 8) -> HubSettings:
+    first, last = free_port_range(pool)
+    return load_settings(
+        HubSettings,
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        nbd_port_min=first,
+        nbd_port_max=last,
+        min_free_bytes=0,
+    )
+
+
+@pytest.fixture
+def db_hub(tmp_path: Path, database_url: str) -> Iterator[Hub]:
+    """A hub on each database backend in turn."""
+    hub = Hub.open(make_settings(tmp_path, database_url))
+    try:
+        yield hub
+    finally:
+        hub.reconcile("test ended")
+        hub.close()
+
+
+@pytest.fixture
+def hub(tmp_path: Path, sqlite_url: str) -> Iterator[Hub]:
+    hub = Hub.open(make_settings(tmp_path, sqlite_url))
+    try:
+        yield hub
+    finally:
+        hub.reconcile("test ended")
+        hub.close()
+
+
+@pytest.fixture
+def token(hub: Hub) -> str:
+    return hub.tokens.create("test")
+
+
+@pytest.fixture
+def api(hub: Hub, token: str) -> Iterator[TestClient]:
+    with TestClient(create_app(hub), headers={"Authorization": f"Bearer {token}"}) as client:
+        yield client
+
+
+@pytest.fixture
+def readonly_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory nobody can write to, root included (a read-only tmpfs when root)."""
+    path = tmp_path / "readonly"
+    path.mkdir()
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], check=True)
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", str(path)], check=True)
+    else:
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(0o755)

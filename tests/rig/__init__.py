@@ -1,0 +1,1 @@
+"""Test rig: real servers (PostgreSQL, qemu-nbd, the hub) started and stopped by PID."""

@@ -1,0 +1,128 @@
+"""The hub API on 8082: auth, errors as JSON with a message, and the write exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sendense.hub.api.app import create_app
+from sendense.hub.service import Hub
+from tests.rig.procs import pids_with
+
+DISKS = [{"key": 2000, "capacity_bytes": 1 << 30}, {"key": 2001, "capacity_bytes": 1 << 29}]
+
+
+def test_health_needs_no_token_and_docs_are_served(hub: Hub) -> None:
+    with TestClient(create_app(hub)) as client:
+        body = client.get("/api/v1/health").json()
+        assert body["status"] == "ok"
+        assert body["database"] == "ok"
+        assert client.get("/docs").status_code == 200
+        assert "/api/v1/repositories" in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic abc"])
+def test_missing_or_wrong_token_is_401_with_a_message(hub: Hub, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    with TestClient(create_app(hub), headers=headers) as client:
+        for path in ("/api/v1/repositories", "/api/v1/ports", "/api/v1/jobs", "/api/v1/vms"):
+            response = client.get(path)
+            assert response.status_code == 401
+            assert response.json()["message"]
+
+
+def test_repositories_add_list_capacity(api: TestClient, repo_dir: Path, tmp_path: Path) -> None:
+    created = api.post("/api/v1/repositories", json={"path": str(repo_dir), "name": "r1"})
+    assert created.status_code == 201
+    assert created.json()["capacity"]["total"] > 0
+    assert [r["name"] for r in api.get("/api/v1/repositories").json()] == ["r1"]
+    assert api.get("/api/v1/repositories/r1/capacity").json()["free"] > 0
+    bad = api.post("/api/v1/repositories", json={"path": str(tmp_path / "missing")})
+    assert bad.status_code == 422
+    assert "does not exist" in bad.json()["message"]
+    assert api.post("/api/v1/repositories", json={"path": str(repo_dir)}).status_code == 409
+    assert api.get("/api/v1/repositories/nope/capacity").status_code == 404
+
+
+def test_unwritable_repository_is_422(api: TestClient, readonly_dir: Path) -> None:
+    response = api.post("/api/v1/repositories", json={"path": str(readonly_dir)})
+    assert response.status_code == 422
+    assert "not writable" in response.json()["message"]
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a/../../b", "..", "x/y"])
+def test_path_like_vm_names_are_refused_and_nothing_is_written(
+    api: TestClient, repo_dir: Path, tmp_path: Path, name: str
+) -> None:
+    api.post("/api/v1/repositories", json={"path": str(repo_dir)})
+    before = sorted(tmp_path.parent.rglob("*"))
+    response = api.post("/api/v1/jobs", json={"vm_name": name, "disks": DISKS})
+    assert response.status_code == 422
+    assert "VM name" in response.json()["message"]
+    assert list(repo_dir.iterdir()) == []
+    assert sorted(tmp_path.parent.rglob("*")) == before
+    assert api.get("/api/v1/jobs").json() == []
+
+
+def test_job_opens_exports_and_a_second_job_for_the_vm_is_409(
+    api: TestClient, repo_dir: Path
+) -> None:
+    api.post("/api/v1/repositories", json={"path": str(repo_dir)})
+    created = api.post("/api/v1/jobs", json={"vm_name": "my vm", "disks": DISKS})
+    assert created.status_code == 201, created.text
+    job = created.json()
+    assert [t["disk_key"] for t in job["targets"]] == [2000, 2001]
+    assert job["targets"][0]["export_name"].startswith("my-vm-")
+    assert len(api.get("/api/v1/exports").json()) == 2
+    assert all(e["alive"] for e in api.get("/api/v1/exports").json())
+    again = api.post("/api/v1/jobs", json={"vm_name": "my vm", "disks": DISKS})
+    assert again.status_code == 409
+    assert job["job_id"] in again.json()["message"]
+    vm = api.get("/api/v1/vms/my vm").json()
+    assert [d["disk_key"] for d in vm["disks"]] == [2000, 2001]
+    assert vm["active_job_id"] == job["job_id"]
+
+    failed = api.post(
+        f"/api/v1/jobs/{job['job_id']}/finish", json={"success": False, "error": "node went away"}
+    )
+    assert failed.json()["state"] == "failed"
+    assert failed.json()["error"] == "node went away"
+    assert api.get("/api/v1/exports").json() == []
+    assert api.get("/api/v1/ports").json()["used"] == 0
+    assert api.get("/api/v1/restore-points").json() == []
+    assert list(repo_dir.rglob("*.qcow2")) == []
+    assert pids_with(str(repo_dir)) == []
+
+
+def test_full_pool_gives_503_with_a_message(hub: Hub, api: TestClient, repo_dir: Path) -> None:
+    api.post("/api/v1/repositories", json={"path": str(repo_dir)})
+    pool = hub.ports.last - hub.ports.first + 1
+    for i in range(pool):
+        hub.ports.allocate(f"filler-{i}")
+    response = api.post("/api/v1/jobs", json={"vm_name": "pgtest1", "disks": DISKS})
+    assert response.status_code == 503
+    assert "no free NBD port" in response.json()["message"]
+    assert api.get("/api/v1/exports").json() == []
+    assert list(repo_dir.rglob("*.qcow2")) == []
+    assert api.get("/api/v1/jobs").json()[0]["state"] == "failed"
+    assert api.get("/api/v1/ports").json()["used"] == pool
+
+
+def test_job_without_a_repository_is_a_clear_404(api: TestClient) -> None:
+    response = api.post("/api/v1/jobs", json={"vm_name": "pgtest1", "disks": DISKS})
+    assert response.status_code == 404
+    assert "sendense repo add" in response.json()["message"]
+
+
+def test_malformed_bodies_are_422(api: TestClient) -> None:
+    for body in (
+        {},
+        {"vm_name": "x", "disks": []},
+        {"vm_name": "x", "disks": [{"key": -1, "capacity_bytes": 1}]},
+        {"vm_name": "x", "disks": DISKS, "backup_type": "weird"},
+    ):
+        response = api.post("/api/v1/jobs", json=body)
+        assert response.status_code == 422, body
+        assert response.json()["message"]

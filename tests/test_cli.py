@@ -1,0 +1,100 @@
+"""The `sendense` command against a real hub process: tables, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.rig.hub import HubProcess
+from tests.rig.net import free_port
+
+
+@pytest.fixture
+def running_hub(tmp_path: Path, sqlite_url: str) -> Iterator[HubProcess]:
+    hub = HubProcess(tmp_path / "data", sqlite_url)
+    try:
+        hub.start()
+        yield hub
+    finally:
+        hub.stop()
+
+
+def sendense(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sendense", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        timeout=60,
+        check=False,
+    )
+
+
+def test_repo_add_list_ports_status(running_hub: HubProcess, repo_dir: Path) -> None:
+    env = {"SENDENSE_HUB_URL": running_hub.url, "SENDENSE_TOKEN": running_hub.initial_token()}
+    added = sendense("repo", "add", str(repo_dir), "--name", "main", env=env)
+    assert added.returncode == 0, added.stderr
+    assert "main" in added.stdout
+    listed = sendense("repo", "list", env=env)
+    assert listed.returncode == 0
+    assert str(repo_dir) in listed.stdout
+    ports = sendense("ports", env=env)
+    assert ports.returncode == 0
+    assert "0 used, 8 free of 8" in ports.stdout
+    status = sendense("hub", "status", env=env)
+    assert status.returncode == 0, status.stderr
+    assert "ok" in status.stdout
+    assert "main" in status.stdout
+
+
+def test_errors_are_one_line_with_an_exit_code(running_hub: HubProcess, tmp_path: Path) -> None:
+    env = {"SENDENSE_HUB_URL": running_hub.url, "SENDENSE_TOKEN": running_hub.initial_token()}
+    missing = sendense("repo", "add", str(tmp_path / "missing"), env=env)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().count("\n") == 0
+    assert "does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+    wrong = sendense("repo", "list", env={**env, "SENDENSE_TOKEN": "nope"})
+    assert wrong.returncode == 5
+    assert wrong.stderr.startswith("error: API token is not valid")
+
+    down = sendense("ports", env={**env, "SENDENSE_HUB_URL": f"http://127.0.0.1:{free_port()}"})
+    assert down.returncode == 9
+    assert "does not answer" in down.stderr
+    assert down.stderr.strip().count("\n") == 0
+
+
+def test_serve_refuses_bad_arguments_in_one_line(tmp_path: Path) -> None:
+    bad = sendense("hub", "serve", "--data-dir", str(tmp_path), "--listen", "nonsense")
+    assert bad.returncode == 2
+    assert "HOST:PORT" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    config = tmp_path / "hub.toml"
+    config.write_text("[hub]\nnbd_port_min = 5\nnbd_port_max = 1\n")
+    bad_config = sendense("hub", "serve", "--config", str(config))
+    assert bad_config.returncode == 2
+    assert "nbd_port_min must not exceed" in bad_config.stderr
+
+
+def test_token_command_mints_a_working_token(running_hub: HubProcess, repo_dir: Path) -> None:
+    minted = sendense(
+        "hub",
+        "token",
+        "--name",
+        "ops",
+        "--data-dir",
+        str(running_hub.data_dir),
+        env={"SENDENSE_HUB_DATABASE_URL": running_hub.env["SENDENSE_HUB_DATABASE_URL"]},
+    )
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.strip()
+    listed = sendense(
+        "repo", "list", env={"SENDENSE_HUB_URL": running_hub.url, "SENDENSE_TOKEN": token}
+    )
+    assert listed.returncode == 0

@@ -1,0 +1,62 @@
+"""The qemu-nbd wrapper against the real binary."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import nbd
+import pytest
+
+from sendense.common.errors import ToolFailed
+from sendense.nbd.process import process_info
+from sendense.nbd.qemu_img import QemuImg
+from sendense.nbd.qemu_nbd import ExportSpec, QemuNbd, is_qemu_nbd_for
+from tests.rig.net import free_port
+from tests.rig.procs import listening_addresses
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "disk.qcow2"
+    QemuImg().create(path, 16 << 20)
+    return path
+
+
+def test_serves_on_loopback_only_survives_probes_and_stops(image: Path, tmp_path: Path) -> None:
+    port = free_port()
+    server = QemuNbd(ExportSpec(image, port, "disk0"), log_path=tmp_path / "q.log")
+    with server:
+        assert listening_addresses(port) == [f"127.0.0.1:{port}"]
+        assert server.healthy()
+        assert server.healthy()  # --persistent: a probe does not end the server
+        info = process_info(server.pid)
+        assert info is not None
+        assert is_qemu_nbd_for(info, port, str(image))
+        assert not is_qemu_nbd_for(info, port + 1, str(image))
+        assert "--shared=10" in server.argv
+        handle = nbd.NBD()
+        handle.connect_uri(f"nbd://127.0.0.1:{port}/disk0")
+        assert handle.get_size() == 16 << 20
+        assert handle.can_multi_conn()
+        handle.shutdown()
+        pid = server.pid
+    assert process_info(pid) is None
+
+
+def test_a_port_in_use_fails_with_the_servers_own_words(image: Path, tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        server = QemuNbd(ExportSpec(image, port, "disk0"), log_path=tmp_path / "q.log")
+        with pytest.raises(ToolFailed, match="qemu-nbd failed") as caught:
+            server.start(timeout=5)
+    assert caught.value.argv[0] == "qemu-nbd"
+    assert "Address already in use" in caught.value.stderr
+
+
+def test_a_missing_binary_is_a_clear_error(image: Path) -> None:
+    server = QemuNbd(ExportSpec(image, free_port(), "d"), binary="/nonexistent/qemu-nbd")
+    with pytest.raises(ToolFailed, match="not installed"):
+        server.start()
