@@ -6,13 +6,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo deps system-deps lint typecheck pytest clean
+.PHONY: test demo bench deps system-deps lint typecheck pytest clean
 
 test: deps lint typecheck pytest
 
 demo: deps
 	@echo "make demo arrives with the end-to-end backup (issue 5); run 'make test' meanwhile." >&2
 	@exit 2
+
+# Throughput beside nbdcopy in the same run; figures in bench/results.json.
+bench: deps
+	$(PY) bench/nbd_writer.py
+	$(PY) bench/node_backup.py
 
 deps: system-deps $(STAMP)
 

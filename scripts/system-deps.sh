@@ -10,6 +10,8 @@ packages=(
   python3-venv
   postgresql        # the database tests run on PostgreSQL too
   iproute2          # ss, ip netns
+  golang-go         # builds the vCenter simulator for the tests (offline)
+  golang-github-vmware-govmomi-dev  # vcsim's source: the simulator package
   procps            # pgrep
 )
 

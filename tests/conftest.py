@@ -18,6 +18,7 @@ from sendense.hub.service import Hub
 from tests.rig.net import free_port_range
 from tests.rig.postgres import PostgresServer
 from tests.rig.procs import kill_all, pids_with, wait_gone
+from tests.rig.vcsim import Vcsim, running_vcsim
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +29,22 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def vcsim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vcsim]:
+    """One simulated vCenter for the session; each test makes its own VMs."""
+    with running_vcsim(tmp_path_factory.mktemp("vcsim")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_vcsim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    yield
+    root = str(tmp_path_factory.getbasetemp())
+    left = wait_gone(pids_with(root, name="vcsim"), timeout=5)
+    kill_all(left)
+    assert not left, f"vcsim processes left behind: {left}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

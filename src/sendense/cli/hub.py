@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -13,8 +11,8 @@ import uvicorn
 
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.output import console, one_line_errors, repo_table, table
+from sendense.cli.serving import announce_token, parse_listen
 from sendense.common.config import load_settings
-from sendense.common.errors import InvalidInput
 from sendense.common.logging import setup_logging
 from sendense.hub.config import HubSettings
 
@@ -30,29 +28,9 @@ TokenFileOpt = Annotated[
 ]
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidInput(f"--listen {listen!r}: use HOST:PORT, for example 127.0.0.1:8082")
-    return host.strip("[]"), int(port)
-
-
 def _settings(config: Path | None, data_dir: Path | None, listen: str | None) -> HubSettings:
     host, port = parse_listen(listen) if listen else (None, None)
     return load_settings(HubSettings, config, data_dir=data_dir, listen_host=host, listen_port=port)
-
-
-def _announce_token(settings: HubSettings, token: str) -> None:
-    """Shown once. On a terminal it is printed; under a service manager stdout is a
-    log, so the token goes to a 0600 file instead and only its path is logged."""
-    if sys.stdout.isatty():
-        console.print(f"API token (shown once, keep it): [bold]{token}[/bold]")
-        return
-    path = settings.data_dir / "initial-api-token"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token + "\n")
-    log.warning("first start: API token written to %s (read it, then delete the file)", path)
 
 
 @app.command()
@@ -71,7 +49,7 @@ def serve(
     hub = Hub.open(settings)
     hub.reconcile()
     if hub.tokens.count() == 0:
-        _announce_token(settings, hub.tokens.create("admin"))
+        announce_token(settings.data_dir, hub.tokens.create("admin"))
     log.info(
         "hub listening on %s:%d data=%s",
         settings.listen_host,

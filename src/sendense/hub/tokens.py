@@ -1,23 +1,15 @@
-"""API tokens: random, shown once, stored as SHA-256 (they carry 256 bits of
-entropy, so a slow password hash would add nothing)."""
+"""The hub's API tokens, stored as digests in its database."""
 
 from __future__ import annotations
-
-import hashlib
-import secrets
 
 from sqlalchemy import func, select
 
 from sendense.common.errors import Unauthorized
-from sendense.common.logging import register_secret
+from sendense.common.tokens import new_token, token_digest
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import ApiToken
 
 PREFIX = "sdh_"
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class TokenService:
@@ -25,10 +17,9 @@ class TokenService:
         self.db = db
 
     def create(self, name: str) -> str:
-        token = PREFIX + secrets.token_urlsafe(32)
-        register_secret(token)
+        token = new_token(PREFIX)
         with self.db.session() as s:
-            s.add(ApiToken(name=name, token_hash=_hash(token)))
+            s.add(ApiToken(name=name, token_hash=token_digest(token)))
         return token
 
     def count(self) -> int:
@@ -40,7 +31,9 @@ class TokenService:
         if not token:
             raise Unauthorized("missing API token: send 'Authorization: Bearer <token>'")
         with self.db.session() as s:
-            row = s.scalars(select(ApiToken).where(ApiToken.token_hash == _hash(token))).first()
+            row = s.scalars(
+                select(ApiToken).where(ApiToken.token_hash == token_digest(token))
+            ).first()
         if row is None:
             raise Unauthorized("API token is not valid")
         return row.name

@@ -10,8 +10,8 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from sendense import __version__
+from sendense.common.api_errors import install_error_handlers
 from sendense.hub.api import routes_backups, routes_repositories, routes_system
-from sendense.hub.api.errors import install_error_handlers
 from sendense.hub.service import Hub
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,33 @@
+"""What `hub serve` and `node serve` share: the listen address and the first token."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from sendense.cli.output import console
+from sendense.common.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"--listen {listen!r}: use HOST:PORT, for example 127.0.0.1:8082")
+    return host.strip("[]"), int(port)
+
+
+def announce_token(data_dir: Path, token: str) -> None:
+    """Shown once. On a terminal it is printed; under a service manager stdout is a
+    log, so the token goes to a 0600 file instead and only its path is logged."""
+    if sys.stdout.isatty():
+        console.print(f"API token (shown once, keep it): [bold]{token}[/bold]")
+        return
+    path = data_dir / "initial-api-token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    log.warning("first start: API token written to %s (read it, then delete the file)", path)

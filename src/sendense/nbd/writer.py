@@ -1,0 +1,270 @@
+"""NbdWriter: the per-disk writer the node's copy engine feeds.
+
+Requests are pipelined up to `max_in_flight`; `write()` returns once its data is in
+flight, so a producer can read the next block while this one crosses the wire, and
+the buffers held stay below max_in_flight * request_size. All-zero chunks go as
+WRITE_ZEROES, never as data. A dropped connection is re-established with backoff
+and the requests it had not acknowledged are sent again (writes are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from types import TracebackType
+
+from sendense.nbd.client import (
+    CMD_FLUSH,
+    CMD_WRITE,
+    CMD_WRITE_ZEROES,
+    ExportInfo,
+    NbdClient,
+    NbdConnectError,
+    NbdConnectionLost,
+    NbdError,
+    parse_uri,
+)
+
+MAX_BUFFERED = 64 << 20  # per disk: max_in_flight * request_size may not exceed this
+# One WRITE_ZEROES request at most: large enough to make a hole a handful of
+# requests, well inside the 32-bit length field.
+MAX_ZERO_REQUEST = 1 << 30
+MAX_BACKOFF = 30.0
+
+
+@dataclass
+class WriteStats:
+    data_bytes: int = 0  # bytes sent as NBD_CMD_WRITE
+    zero_bytes: int = 0  # bytes sent as WRITE_ZEROES (or skipped)
+    requests: int = 0
+    retries: int = 0  # reconnect attempts
+    resent: int = 0  # requests sent again on a new connection
+
+
+@dataclass(eq=False)  # identity hash: ops live in a set
+class _Op:
+    cmd: int
+    offset: int
+    length: int
+    data: bytes | memoryview | None = None
+
+
+class NbdWriter:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        max_in_flight: int = 8,
+        request_size: int = 4 << 20,
+        retries: int = 5,
+        backoff: float = 0.5,
+        skip_zeroes: bool = False,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        parse_uri(uri)  # a bad URI fails here, before any connection attempt
+        if max_in_flight < 1 or request_size < 1:
+            raise ValueError("max_in_flight and request_size must be positive")
+        if max_in_flight * request_size > MAX_BUFFERED:
+            raise ValueError(
+                f"max_in_flight * request_size = {max_in_flight * request_size} bytes "
+                f"exceeds the per-disk buffer limit of {MAX_BUFFERED}"
+            )
+        self.uri = uri
+        self.max_in_flight = max_in_flight
+        self.request_size = request_size
+        self.retries = retries
+        self.backoff = backoff
+        self.skip_zeroes = skip_zeroes
+        self.connect_timeout = connect_timeout
+        self.size = 0
+        self.stats = WriteStats()
+        self._client: NbdClient | None = None  # None while reconnecting
+        self._info = ExportInfo(0, 0)
+        self._entered = False
+        self._zero = memoryview(bytes(request_size))  # calloc'd: costs no real memory
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._ops: set[_Op] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reconnecting = asyncio.Lock()
+        self._failures = 0  # reconnect attempts since the last acknowledged request
+        self._error: BaseException | None = None
+        self._zero_run: tuple[int, int] | None = None  # adjacent zero chunks, not yet sent
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._ops)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of data this writer holds for requests not yet acknowledged."""
+        return sum(len(op.data) for op in self._ops if op.data is not None)
+
+    async def __aenter__(self) -> NbdWriter:
+        client = await NbdClient.connect(self.uri, timeout=self.connect_timeout)
+        if client.info.read_only:
+            await client.close()
+            raise NbdError(f"{self.uri}: the export is read-only")
+        self._client = client
+        self._entered = True
+        self._info = client.info
+        self.size = client.info.size
+        self.request_size = min(self.request_size, client.info.max_payload)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None:
+                await self.drain()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._client is not None:
+                await self._client.close()
+
+    async def write(self, offset: int, data: bytes) -> None:
+        """Queue `data` at `offset`; returns when it is in flight (raises an earlier error)."""
+        self._check()
+        size, pos = len(data), 0
+        while pos < size:
+            n = min(self.request_size, size - pos)
+            # startswith with bounds compares in place at memcmp speed: no slice
+            # copy, unlike `==` on a memoryview (DESIGN.md).
+            if data.startswith(self._zero[:n], pos, pos + n):
+                await self._zeroes(offset + pos, n)
+            else:
+                await self._emit_zero_run()
+                # A slice copy lets the caller's (possibly larger) buffer go, so
+                # the memory bound holds whatever the caller hands in.
+                chunk = data if n == size else data[pos : pos + n]
+                await self._submit(_Op(CMD_WRITE, offset + pos, n, chunk))
+            pos += n
+
+    async def zero(self, offset: int, length: int) -> None:
+        self._check()
+        if length > 0:
+            await self._zeroes(offset, length)
+
+    async def flush(self) -> None:
+        """Wait for everything in flight, then NBD_CMD_FLUSH."""
+        await self.drain()
+        if self._info.can_flush:
+            await self._submit(_Op(CMD_FLUSH, 0, 0))
+            await self.drain()
+
+    async def drain(self) -> None:
+        """Wait for every request in flight; raise the first error."""
+        self._check()
+        await self._emit_zero_run()
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+        self._check()
+
+    def _check(self) -> None:
+        if not self._entered:
+            raise RuntimeError("NbdWriter is not connected: use `async with`")
+        if self._error is not None:
+            raise self._error
+
+    async def _zeroes(self, offset: int, length: int) -> None:
+        """Coalesce adjacent zero ranges into a few large WRITE_ZEROES requests."""
+        if self.skip_zeroes:
+            self.stats.zero_bytes += length
+            return
+        run = self._zero_run
+        if run is not None and run[0] + run[1] == offset:
+            self._zero_run = (run[0], run[1] + length)
+        else:
+            await self._emit_zero_run()
+            self._zero_run = (offset, length)
+        if self._zero_run[1] >= MAX_ZERO_REQUEST:
+            await self._emit_zero_run()
+
+    async def _emit_zero_run(self) -> None:
+        if self._zero_run is None:
+            return
+        (offset, length), self._zero_run = self._zero_run, None
+        can_zero = self._info.can_write_zeroes
+        step = MAX_ZERO_REQUEST if can_zero else self.request_size
+        for pos in range(offset, offset + length, step):
+            n = min(step, offset + length - pos)
+            if can_zero:
+                await self._submit(_Op(CMD_WRITE_ZEROES, pos, n))
+            else:  # last resort: the shared zero buffer, sent as data
+                await self._submit(_Op(CMD_WRITE, pos, n, self._zero[:n]))
+
+    async def _submit(self, op: _Op) -> None:
+        await self._slots.acquire()
+        if self._error is not None:
+            self._slots.release()
+            raise self._error
+        self._ops.add(op)
+        self.stats.requests += 1
+        task = asyncio.get_running_loop().create_task(self._run(op))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, op: _Op) -> None:
+        try:
+            while True:
+                client = self._client
+                try:
+                    if client is None:
+                        raise NbdConnectionLost(f"{self.uri}: not connected")
+                    if op.cmd == CMD_WRITE:
+                        assert op.data is not None
+                        await client.write(op.offset, op.data)
+                    elif op.cmd == CMD_WRITE_ZEROES:
+                        await client.write_zeroes(op.offset, op.length)
+                    else:
+                        await client.flush()
+                except NbdConnectionLost as exc:
+                    await self._reconnect(client, exc)
+                    self.stats.resent += 1
+                    continue
+                self._failures = 0
+                if op.cmd == CMD_WRITE:
+                    self.stats.data_bytes += op.length
+                elif op.cmd == CMD_WRITE_ZEROES:
+                    self.stats.zero_bytes += op.length
+                return
+        except Exception as exc:  # kept for drain/write/flush to raise
+            if self._error is None:
+                self._error = exc
+        finally:
+            self._ops.discard(op)
+            self._slots.release()
+
+    async def _reconnect(self, dead: NbdClient | None, cause: NbdConnectionLost) -> None:
+        """Replace a dead connection; one task does it, the others wait and resend."""
+        async with self._reconnecting:
+            if self._error is not None:
+                raise self._error
+            if self._client is not dead:
+                return  # another task already reconnected
+            self._client = None
+            if dead is not None:
+                await dead.close()
+            last: NbdError = cause
+            while self._failures < self.retries:
+                await asyncio.sleep(min(self.backoff * 2**self._failures, MAX_BACKOFF))
+                self._failures += 1
+                self.stats.retries += 1
+                try:
+                    client = await NbdClient.connect(self.uri, timeout=self.connect_timeout)
+                except NbdConnectError as exc:
+                    last = exc
+                    continue
+                if client.info.size != self.size:
+                    await client.close()
+                    raise NbdError(f"{self.uri}: export size changed on reconnect")
+                self._client = client
+                return
+            raise NbdConnectionLost(
+                f"{self.uri}: gave up after {self.retries} reconnect attempts: {last}"
+            ) from cause

@@ -1,0 +1,123 @@
+"""The node's FastAPI application: health, inventory, the seed's backup/start, jobs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from sendense import __version__
+from sendense.common.api_errors import install_error_handlers
+from sendense.common.contract import (
+    BackupStartRequest,
+    BackupStartResponse,
+    DiscoverResponse,
+    NodeJobStatus,
+    VcenterLogin,
+)
+from sendense.common.logging import register_secret
+from sendense.node.auth import NodeTokens
+from sendense.node.config import NodeSettings
+from sendense.node.jobs import JobRunner
+from sendense.node.vmware.connection import connect
+from sendense.node.vmware.inventory import list_vms
+
+
+@dataclass
+class Node:
+    settings: NodeSettings
+    tokens: NodeTokens
+    runner: JobRunner
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def _node(request: Request) -> Node:
+    node: Node = request.app.state.node
+    return node
+
+
+NodeDep = Annotated[Node, Depends(_node)]
+
+
+def _auth(
+    node: NodeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    return node.tokens.verify(credentials.credentials if credentials else None)
+
+
+public = APIRouter(prefix="/api/v1", tags=["system"])
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(_auth)])
+
+
+@public.get("/health")
+def health(node: NodeDep) -> dict[str, str | int]:
+    running = sum(1 for j in node.runner.jobs.values() if j.status.state == "running")
+    return {"status": "ok", "version": __version__, "role": "node", "running_jobs": running}
+
+
+@router.post("/vms/discover", tags=["inventory"])
+async def discover(node: NodeDep, login: VcenterLogin) -> DiscoverResponse:
+    password = login.vcenter_password.get_secret_value()
+    register_secret(password)
+    pins = node.settings.vcenter_thumbprints
+    thumbprint = login.vcenter_thumbprint or pins.get(login.vcenter_host)
+
+    def work() -> DiscoverResponse:
+        vc = connect(
+            login.vcenter_host,
+            login.vcenter_user,
+            password,
+            thumbprint,
+            node.settings.vcenter_insecure,
+        )
+        try:
+            return DiscoverResponse(vms=list_vms(vc))
+        finally:
+            vc.close()
+
+    return await asyncio.to_thread(work)
+
+
+@router.post("/backup/start", status_code=202, tags=["backup"])
+async def backup_start(node: NodeDep, body: BackupStartRequest) -> BackupStartResponse:
+    job = node.runner.start(body)
+    return BackupStartResponse(job_id=job.status.job_id, status="running")
+
+
+@router.get("/jobs", tags=["backup"])
+async def list_jobs(node: NodeDep) -> list[NodeJobStatus]:
+    return [j.status for j in node.runner.jobs.values()]
+
+
+@router.get("/jobs/{job_id}", tags=["backup"])
+async def get_job(node: NodeDep, job_id: str) -> NodeJobStatus:
+    return node.runner.get(job_id).status
+
+
+@router.post("/jobs/{job_id}/cancel", tags=["backup"])
+async def cancel_job(node: NodeDep, job_id: str) -> NodeJobStatus:
+    return node.runner.cancel(job_id).status
+
+
+def create_node_app(settings: NodeSettings) -> FastAPI:
+    node = Node(settings, NodeTokens(settings.data_dir), JobRunner(settings))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Stopping cancels running jobs; each removes its snapshot on the way out.
+        await node.runner.shutdown()
+
+    app = FastAPI(title="Sendense node", version=__version__, lifespan=lifespan)
+    app.state.node = node
+    install_error_handlers(app)
+    app.include_router(public)
+    app.include_router(router)
+    return app

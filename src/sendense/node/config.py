@@ -1,0 +1,30 @@
+"""The node's settings (TOML section `[node]`, environment prefix `SENDENSE_NODE_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from sendense.common.config import SendenseSettings, default_data_dir
+
+
+class NodeSettings(SendenseSettings):
+    toml_section: ClassVar[str] = "node"
+    model_config = SettingsConfigDict(env_prefix="SENDENSE_NODE_", extra="forbid")
+
+    data_dir: Path = Field(default_factory=lambda: default_data_dir("node"))
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8081, ge=1, le=65535)
+    log_level: str = "INFO"
+    # TLS to vCenter: a pinned SHA-256 per host ("vc.example.com" or "host:port"),
+    # or `vcenter_insecure` (the simulator); a request may also carry a thumbprint.
+    vcenter_thumbprints: dict[str, str] = Field(default_factory=dict)
+    vcenter_insecure: bool = False
+    enable_cbt: bool = True
+    chunk_mib: int = Field(default=4, ge=1, le=32)
+    readers_per_disk: int = Field(default=4, ge=1, le=16)
+    writes_in_flight: int = Field(default=8, ge=1, le=16)
+    max_jobs: int = Field(default=4, ge=1)

@@ -1,0 +1,1 @@
+"""vSphere access through pyVmomi: connection, inventory, snapshots, changed areas, readers."""

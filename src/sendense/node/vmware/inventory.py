@@ -1,0 +1,123 @@
+"""VMs and their disks, with the real VirtualDisk.key (2000, 2016, 16000, 31000...)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyVmomi import vim, vmodl
+
+from sendense.common.contract import DiskInventory, VmInventory
+from sendense.common.errors import NotFound
+from sendense.node.vmware.connection import Vcenter, VcenterError
+from sendense.node.vmware.tasks import wait_task
+
+_PC = vmodl.query.PropertyCollector
+
+
+def _all_vms(vc: Vcenter) -> list[tuple[Any, str]]:
+    """(vm, name) for every VM, in one property-collector round trip."""
+    content = vc.content
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    try:
+        spec = _PC.FilterSpec(
+            objectSet=[
+                _PC.ObjectSpec(
+                    obj=view,
+                    skip=True,
+                    selectSet=[
+                        _PC.TraversalSpec(
+                            name="view", path="view", skip=False, type=vim.view.ContainerView
+                        )
+                    ],
+                )
+            ],
+            propSet=[_PC.PropertySpec(type=vim.VirtualMachine, pathSet=["name"])],
+        )
+        result = content.propertyCollector.RetrieveContents([spec]) or []
+    finally:
+        view.Destroy()
+    return [(obj.obj, obj.propSet[0].val) for obj in result if obj.propSet]
+
+
+def find_vm(vc: Vcenter, ref: str) -> Any:
+    """By inventory path (`DC0/vm/pgtest1`) when it holds a '/', else by name."""
+    if "/" in ref:
+        found = vc.content.searchIndex.FindByInventoryPath(ref)
+        if isinstance(found, vim.VirtualMachine):
+            return found
+        raise NotFound(f"no VM at inventory path {ref!r}")
+    matches = [vm for vm, name in _all_vms(vc) if name == ref]
+    if not matches:
+        raise NotFound(f"vCenter has no VM named {ref!r}")
+    if len(matches) > 1:
+        raise VcenterError(f"{len(matches)} VMs are named {ref!r}: use the inventory path")
+    return matches[0]
+
+
+def datacenter_of(entity: Any) -> Any:
+    node = entity
+    while node is not None and not isinstance(node, vim.Datacenter):
+        node = node.parent
+    if node is None:
+        raise VcenterError("VM is not inside a datacenter")
+    return node
+
+
+def inventory_path(entity: Any) -> str:
+    """`DC0/vm/folder/name`: the root folder (the only entity without a parent) is left out."""
+    parts = []
+    node = entity
+    while node is not None and node.parent is not None:
+        parts.append(node.name)
+        node = node.parent
+    return "/".join(reversed(parts))
+
+
+def virtual_disks(devices: list[Any]) -> list[DiskInventory]:
+    disks = []
+    for dev in devices:
+        if isinstance(dev, vim.vm.device.VirtualDisk):
+            backing = dev.backing
+            disks.append(
+                DiskInventory(
+                    key=dev.key,
+                    label=dev.deviceInfo.label if dev.deviceInfo else f"disk {dev.key}",
+                    controller_key=dev.controllerKey,
+                    unit_number=dev.unitNumber,
+                    capacity_bytes=dev.capacityInBytes or dev.capacityInKB * 1024,
+                    datastore_path=getattr(backing, "fileName", ""),
+                    change_id=getattr(backing, "changeId", None) or None,
+                )
+            )
+    return sorted(disks, key=lambda d: d.key)
+
+
+def describe(vm: Any) -> VmInventory:
+    config = vm.config
+    if config is None:
+        raise VcenterError(f"VM {vm.name!r} has no configuration (inaccessible?)")
+    return VmInventory(
+        name=vm.name,
+        uuid=config.instanceUuid,
+        path=inventory_path(vm),
+        power_state=str(vm.runtime.powerState),
+        cbt_enabled=bool(config.changeTrackingEnabled),
+        tools_running=tools_running(vm),
+        disks=virtual_disks(config.hardware.device),
+    )
+
+
+def tools_running(vm: Any) -> bool:
+    guest = vm.guest
+    return guest is not None and guest.toolsRunningStatus == "guestToolsRunning"
+
+
+def list_vms(vc: Vcenter) -> list[VmInventory]:
+    return sorted((describe(vm) for vm, _name in _all_vms(vc)), key=lambda v: v.name)
+
+
+def enable_cbt(vm: Any) -> None:
+    """Turn CBT on. VMware applies it at the next snapshot cycle (or power cycle); the
+    first backup after it is a full anyway."""
+    spec = vim.vm.ConfigSpec(changeTrackingEnabled=True)
+    wait_task(vm.ReconfigVM_Task(spec=spec), f"enable CBT on {vm.name}")

@@ -1,0 +1,378 @@
+"""NbdWriter and NbdClient against a real qemu-nbd (and nbdkit where qemu-nbd cannot
+play the part). Async code runs under asyncio.run inside plain tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+import tracemalloc
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from sendense.common.errors import InvalidInput
+from sendense.nbd.client import (
+    NbdClient,
+    NbdConnectError,
+    NbdConnectionLost,
+    NbdError,
+    NbdServerError,
+)
+from sendense.nbd.qemu_img import QemuImg
+from sendense.nbd.qemu_nbd import ExportSpec, QemuNbd
+from sendense.nbd.writer import NbdWriter
+from tests.rig.net import free_port
+from tests.rig.procs import stop
+
+MiB = 1 << 20
+SIZE = 64 * MiB
+T = TypeVar("T")
+
+
+class Abort(Exception):
+    pass
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+    """Every scenario under a deadline: a hang is a failure, never a stuck run."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+def block(seed: int, size: int = MiB) -> bytes:
+    """Deterministic, never all zero."""
+    return (b"\x01" + random.Random(seed).randbytes(4095)) * (size // 4096)
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "disk.qcow2"
+    QemuImg().create(path, SIZE)
+    return path
+
+
+@contextmanager
+def served(image: Path, port: int | None = None, read_only: bool = False) -> Iterator[QemuNbd]:
+    spec = ExportSpec(image, port or free_port(), "disk0", read_only=read_only)
+    server = QemuNbd(spec, log_path=image.with_suffix(f".{spec.port}.log"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def uri_of(server: QemuNbd) -> str:
+    return f"nbd://127.0.0.1:{server.spec.port}/disk0"
+
+
+def expected_raw(path: Path, writes: list[tuple[int, bytes]]) -> Path:
+    with path.open("wb") as handle:
+        handle.truncate(SIZE)
+        for offset, data in writes:
+            handle.seek(offset)
+            handle.write(data)
+    return path
+
+
+def qemu_map(image: Path) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        ["qemu-img", "map", "--output=json", str(image)], capture_output=True, text=True, check=True
+    ).stdout
+    extents: list[dict[str, Any]] = json.loads(out)
+    return extents
+
+
+def extents_over(image: Path, start: int, length: int) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in qemu_map(image)
+        if e["start"] < start + length and start < e["start"] + e["length"]
+    ]
+
+
+def test_data_and_zero_chunks_land_identically(image: Path, tmp_path: Path) -> None:
+    data_a, data_b = block(1, 8 * MiB), block(2, 3 * MiB)
+    mixed = block(3) + bytes(2 * MiB) + block(4)  # split into data, zero, zero, data
+    writes = [
+        (0, data_a),
+        (16 * MiB, mixed),
+        (32 * MiB, data_b),
+        (40 * MiB, bytes(8 * MiB)),  # a hole never written before
+        (4 * MiB, bytes(4 * MiB)),  # zeroes over data written earlier
+    ]
+    with served(image) as server:
+
+        async def scenario() -> NbdWriter:
+            async with NbdWriter(uri_of(server), max_in_flight=4, request_size=MiB) as writer:
+                assert writer.size == SIZE
+                for offset, data in writes[:4]:
+                    await writer.write(offset, data)
+                await writer.drain()  # the overwrite below must come after the data
+                await writer.write(*writes[4])
+                await writer.zero(60 * MiB, 4 * MiB)
+                await writer.flush()
+            return writer
+
+        writer = run(scenario())
+    expected = expected_raw(tmp_path / "expected.raw", writes)
+    assert QemuImg().compare(expected, image)
+    assert writer.stats.data_bytes == 8 * MiB + 2 * MiB + 3 * MiB
+    assert writer.stats.zero_bytes == 2 * MiB + 8 * MiB + 4 * MiB + 4 * MiB
+    # Zero chunks reached the server as WRITE_ZEROES: present, zero, no data.
+    for start, length in [(17 * MiB, 2 * MiB), (40 * MiB, 8 * MiB), (60 * MiB, 4 * MiB)]:
+        extents = extents_over(image, start, length)
+        assert extents
+        assert all(e["present"] and e["zero"] and not e["data"] for e in extents), extents
+    assert all(not e["data"] for e in extents_over(image, 4 * MiB, 4 * MiB))
+
+
+def test_skip_zeroes_sends_nothing_for_zero_chunks(image: Path, tmp_path: Path) -> None:
+    writes = [(0, block(5, 2 * MiB) + bytes(6 * MiB) + block(6))]
+    with served(image) as server:
+
+        async def scenario() -> NbdWriter:
+            async with NbdWriter(uri_of(server), request_size=MiB, skip_zeroes=True) as writer:
+                await writer.write(*writes[0])
+                await writer.zero(32 * MiB, 8 * MiB)
+                await writer.flush()
+            return writer
+
+        writer = run(scenario())
+    assert QemuImg().compare(expected_raw(tmp_path / "expected.raw", writes), image)
+    assert writer.stats.data_bytes == 3 * MiB
+    assert writer.stats.zero_bytes == 14 * MiB
+    assert writer.stats.requests == 3 + 1  # three data chunks and the flush
+    assert all(not e["present"] for e in extents_over(image, 2 * MiB, 6 * MiB))
+
+
+def test_memory_stays_within_max_in_flight(image: Path) -> None:
+    with pytest.raises(ValueError, match="exceeds the per-disk buffer limit"):
+        NbdWriter("nbd://127.0.0.1:1/x", max_in_flight=32, request_size=4 * MiB)
+    with served(image) as server:
+
+        async def scenario() -> tuple[int, int, int]:
+            most_buffered = most_in_flight = 0
+            async with NbdWriter(uri_of(server), max_in_flight=4, request_size=MiB) as writer:
+                tracemalloc.start()
+                for i in range(24):
+                    # 3 MiB per call: the writer must split and keep only its chunks.
+                    await writer.write(i * 3 * MiB % (SIZE - 3 * MiB), os.urandom(3 * MiB))
+                    most_buffered = max(most_buffered, writer.buffered_bytes)
+                    most_in_flight = max(most_in_flight, writer.in_flight)
+                await writer.flush()
+                _, peak = tracemalloc.get_traced_memory()
+                tracemalloc.stop()
+            return most_buffered, most_in_flight, peak
+
+        most_buffered, most_in_flight, peak = run(scenario())
+    assert most_in_flight == 4  # pipelined, and never beyond the bound
+    assert most_buffered <= 4 * MiB
+    # 72 MiB went through; what was alive at once: 4 chunks + the caller's 3 MiB.
+    assert peak < 10 * MiB, peak
+
+
+def test_a_killed_server_fails_writes_and_flush_promptly(image: Path) -> None:
+    with served(image) as server:
+
+        async def scenario() -> None:
+            async with NbdWriter(uri_of(server), request_size=MiB, retries=0) as writer:
+                for i in range(4):
+                    await writer.write(i * MiB, block(i))
+                await writer.flush()
+                os.kill(server.pid, signal.SIGKILL)
+
+                async def keep_writing() -> None:
+                    for i in range(4, 64):
+                        await writer.write(i * MiB, block(i))
+                    await writer.flush()
+
+                with pytest.raises(NbdConnectionLost, match=uri_of(server)):
+                    await keep_writing()
+                with pytest.raises(NbdConnectionLost):
+                    await writer.flush()
+                with pytest.raises(NbdConnectionLost):
+                    await writer.write(0, block(9))
+                raise Abort  # the failed path: __aexit__ must close, not raise
+
+        with pytest.raises(Abort):
+            run(scenario())
+
+
+def test_retries_run_out_with_an_error_naming_the_uri(image: Path) -> None:
+    with served(image) as server:
+
+        async def scenario() -> NbdWriter:
+            writer = NbdWriter(uri_of(server), request_size=MiB, retries=3, backoff=0.02)
+
+            async def write_across_a_stop() -> None:
+                async with writer:
+                    await writer.write(0, block(1))
+                    await writer.drain()
+                    server.stop()
+                    await writer.write(MiB, block(2))
+                    await writer.flush()
+
+            with pytest.raises(NbdConnectionLost, match="gave up after 3 reconnect attempts"):
+                await write_across_a_stop()
+            return writer
+
+        writer = run(scenario())
+    assert writer.stats.retries == 3
+
+
+def test_reconnects_and_resends_when_the_server_restarts(image: Path, tmp_path: Path) -> None:
+    writes = [(i * MiB, block(i)) for i in range(48)]
+    port = free_port()
+    servers: list[QemuNbd] = []
+    stopped = threading.Event()
+
+    def restart() -> None:
+        servers[0].stop()
+        stopped.set()
+        time.sleep(0.2)  # the writer meets a refused port a few times first
+        second = QemuNbd(ExportSpec(image, port, "disk0"), log_path=tmp_path / "second.log")
+        servers.append(second)
+        second.start()
+
+    async def scenario() -> NbdWriter:
+        async with NbdWriter(uri_of(servers[0]), request_size=MiB, retries=8, backoff=0.05) as w:
+            for offset, data in writes[:16]:
+                await w.write(offset, data)  # left in flight when the server stops
+            restarting = asyncio.create_task(asyncio.to_thread(restart))
+            while not stopped.is_set():
+                await asyncio.sleep(0.01)
+            for offset, data in writes[16:]:
+                await w.write(offset, data)
+            await w.flush()
+            await restarting
+        return w
+
+    try:
+        with served(image, port) as first:
+            servers.append(first)
+            writer = run(scenario(), timeout=20)
+    finally:
+        for server in servers:
+            server.stop()
+    assert writer.stats.retries >= 1
+    assert writer.stats.resent >= 1
+    assert writer.stats.data_bytes == 48 * MiB
+    assert QemuImg().compare(expected_raw(tmp_path / "expected.raw", writes), image)
+
+
+def test_bad_uri_closed_port_and_unknown_export_are_clear(image: Path) -> None:
+    with pytest.raises(InvalidInput, match="is not an NBD URI"):
+        NbdWriter("http://127.0.0.1:10809/disk0")
+    with pytest.raises(InvalidInput, match="is not an NBD URI"):
+        NbdWriter("nbd://127.0.0.1:99999/disk0")
+    closed = free_port()
+    with pytest.raises(NbdConnectError, match=f"cannot connect to nbd://127.0.0.1:{closed}/d"):
+        run(NbdWriter(f"nbd://127.0.0.1:{closed}/d").__aenter__())
+    with served(image) as server:
+        other = f"nbd://127.0.0.1:{server.spec.port}/nope"
+        with pytest.raises(NbdConnectError, match="refused export 'nope'"):
+            run(NbdWriter(other).__aenter__())
+
+
+def test_an_error_reply_is_raised_with_its_errno_and_not_retried(image: Path) -> None:
+    with served(image) as server:
+
+        async def scenario() -> NbdWriter:
+            writer = NbdWriter(uri_of(server), request_size=MiB)
+
+            async def write_past_the_end() -> None:
+                async with writer:
+                    await writer.write(SIZE - MiB, block(1) + block(2))  # 1 MiB too far
+                    await writer.flush()
+
+            with pytest.raises(NbdServerError) as caught:
+                await write_past_the_end()
+            # qemu-nbd 7.2 answers EINVAL; the NBD spec suggests ENOSPC for writes.
+            assert caught.value.errno_name in {"EINVAL", "ENOSPC"}
+            assert f"WRITE of 1048576 bytes at offset {SIZE}" in str(caught.value)
+            assert uri_of(server) in str(caught.value)
+            return writer
+
+        writer = run(scenario())
+    assert writer.stats.retries == 0
+
+
+def test_read_only_export_is_refused(image: Path) -> None:
+    with served(image, read_only=True) as server, pytest.raises(NbdError, match="read-only"):
+        run(NbdWriter(uri_of(server)).__aenter__())
+
+
+def test_client_pipelines_and_fails_everything_once_the_connection_dies(image: Path) -> None:
+    with served(image) as server:
+
+        async def scenario() -> None:
+            async with await NbdClient.connect(uri_of(server), timeout=5) as client:
+                assert client.info.size == SIZE
+                assert client.info.can_write_zeroes
+                assert client.info.can_flush
+                blocks = [block(i) for i in range(16)]
+                await asyncio.gather(*(client.write(i * MiB, b) for i, b in enumerate(blocks)))
+                await client.flush()
+                reads = await asyncio.gather(*(client.read(i * MiB, MiB) for i in range(16)))
+                assert reads == blocks
+                pending = [asyncio.ensure_future(client.read(i * MiB, MiB)) for i in range(64)]
+                await asyncio.sleep(0)  # let them reach the wire
+                os.kill(server.pid, signal.SIGKILL)
+                results = await asyncio.gather(*pending, return_exceptions=True)
+                lost = [r for r in results if isinstance(r, NbdConnectionLost)]
+                assert lost, "the kill came too late to catch any request in flight"
+                assert all(isinstance(r, bytes | NbdConnectionLost) for r in results)
+                assert not client.alive
+                with pytest.raises(NbdConnectionLost, match="connection lost"):
+                    await client.write(0, blocks[0])
+
+        run(scenario())
+
+
+def test_zeroes_go_as_data_when_the_server_cannot_write_zeroes() -> None:
+    port = free_port()
+    nbdkit = subprocess.Popen(
+        ["nbdkit", "-f", "-p", str(port), "-i", "127.0.0.1", "--filter=nozero", "memory", "16M"]
+    )
+    first = block(1, 4 * MiB)
+    try:
+        deadline = time.monotonic() + 10
+        while not _listening(port) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+        async def scenario() -> tuple[NbdWriter, bytes]:
+            uri = f"nbd://127.0.0.1:{port}/"
+            async with NbdWriter(uri, request_size=MiB) as writer:
+                await writer.write(0, first)
+                await writer.drain()
+                await writer.write(MiB, bytes(2 * MiB))
+                await writer.flush()
+            async with await NbdClient.connect(uri) as client:
+                assert not client.info.can_write_zeroes
+                return writer, await client.read(0, 4 * MiB)
+
+        writer, back = run(scenario())
+    finally:
+        stop(nbdkit)
+    assert back == first[:MiB] + bytes(2 * MiB) + first[3 * MiB :]
+    assert writer.stats.data_bytes == 6 * MiB
+    assert writer.stats.zero_bytes == 0
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -1,0 +1,159 @@
+"""Every way a node job goes wrong ends with a clear message, no snapshot left
+behind, and the vCenter password in no log line."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sendense.common.config import load_settings
+from sendense.hub.service import Hub
+from sendense.node.api.app import create_node_app
+from sendense.node.auth import NodeTokens
+from sendense.node.config import NodeSettings
+from tests.node_rig import disk_specs, snapshot_names, start_body, unique, wait_job
+from tests.rig.net import free_port
+from tests.rig.procs import kill_all, pids_with
+from tests.rig.vcsim import Disconnect, Vcsim
+from tests.rig.vmware_vms import SCSI0, MiB, create_snapshot, create_vm, fill, flat_file
+
+
+@pytest.fixture
+def slow_node(tmp_path: Path) -> Iterator[TestClient]:
+    """One 1 MiB read at a time: slow enough to interrupt."""
+    settings = load_settings(
+        NodeSettings,
+        data_dir=tmp_path / "node",
+        chunk_mib=1,
+        readers_per_disk=1,
+        writes_in_flight=1,
+    )
+    token = NodeTokens(settings.data_dir).create("hub")
+    with TestClient(create_node_app(settings), headers={"Authorization": f"Bearer {token}"}) as c:
+        yield c
+
+
+@pytest.fixture
+def si(vcsim: Vcsim) -> Iterator[Any]:
+    session = vcsim.connect()
+    try:
+        yield session
+    finally:
+        Disconnect(session)
+
+
+@pytest.fixture(autouse=True)
+def password_never_logged(vcsim: Vcsim, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.DEBUG)
+    yield
+    assert vcsim.password not in caplog.text
+
+
+def big_vm(si: Any, vcsim: Vcsim, size: int = 256 * MiB) -> tuple[str, Any]:
+    name = unique("big")
+    vm = create_vm(si, name, [(2000, size, SCSI0)], cbt=True)
+    fill(flat_file(vcsim, vm, 2000), [(off, b"\xa5" * MiB) for off in range(0, size, MiB)])
+    return name, vm
+
+
+def test_target_closed_mid_job_fails_and_removes_the_snapshot(
+    slow_node: TestClient, hub: Hub, repo_dir: Path, vcsim: Vcsim, si: Any
+) -> None:
+    hub.repos.add(str(repo_dir))
+    name, vm = big_vm(si, vcsim)
+    prepared = hub.backups.prepare(name, disk_specs(vm), "full")
+    slow_node.post("/api/v1/backup/start", json=start_body(vcsim, prepared, name, {}))
+
+    def kill_export(status: dict[str, Any]) -> None:
+        if status["disks"] and status["disks"][0]["bytes_done"] > 0:
+            kill_all(pids_with(str(repo_dir)))
+
+    status, watch = wait_job(slow_node, prepared.job_id, vm, during=kill_export)
+    assert status["state"] == "failed"
+    assert prepared.disks[0].target.uri.split("/")[2] in status["error"]
+    assert len(watch.seen) == 1
+    assert snapshot_names(vm) == []
+    hub.backups.fail(prepared.job_id, status["error"])
+
+
+def test_cancel_stops_the_job_and_removes_the_snapshot(
+    slow_node: TestClient, hub: Hub, repo_dir: Path, vcsim: Vcsim, si: Any
+) -> None:
+    hub.repos.add(str(repo_dir))
+    name, vm = big_vm(si, vcsim)
+    prepared = hub.backups.prepare(name, disk_specs(vm), "full")
+    slow_node.post("/api/v1/backup/start", json=start_body(vcsim, prepared, name, {}))
+
+    def cancel(status: dict[str, Any]) -> None:
+        if status["disks"] and status["disks"][0]["bytes_done"] > 0:
+            slow_node.post(f"/api/v1/jobs/{prepared.job_id}/cancel")
+
+    status, _ = wait_job(slow_node, prepared.job_id, vm, during=cancel)
+    assert status["state"] == "cancelled"
+    assert snapshot_names(vm) == []
+    hub.backups.fail(prepared.job_id, "cancelled")
+
+
+def test_leftover_snapshots_of_a_crashed_run_are_swept(
+    slow_node: TestClient, hub: Hub, repo_dir: Path, vcsim: Vcsim, si: Any
+) -> None:
+    hub.repos.add(str(repo_dir))
+    name = unique("left")
+    vm = create_vm(si, name, [(2000, 4 * MiB, SCSI0)], cbt=True)
+    create_snapshot(si, vm, "sendense-crashed-run")
+    create_snapshot(si, vm, "operator-snapshot")
+    prepared = hub.backups.prepare(name, disk_specs(vm), "full")
+    slow_node.post("/api/v1/backup/start", json=start_body(vcsim, prepared, name, {}))
+    status, _ = wait_job(slow_node, prepared.job_id, vm)
+    assert status["state"] == "complete", status
+    assert snapshot_names(vm) == ["operator-snapshot"]
+    hub.backups.fail(prepared.job_id, "test done")
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("unknown_vm", "has no VM named"),
+        ("wrong_password", "refused the login"),
+        ("key_not_a_disk", "is not a disk of VM"),
+        ("unreachable_target", "nbd://"),
+        ("wrong_thumbprint", "not the pinned"),
+        ("no_thumbprint", "no certificate thumbprint"),
+    ],
+)
+def test_bad_input_fails_the_job_with_a_clear_message(
+    slow_node: TestClient, vcsim: Vcsim, si: Any, case: str, message: str
+) -> None:
+    name = unique("bad")
+    vm = create_vm(si, name, [(2000, 4 * MiB, SCSI0)], cbt=True)
+    port = free_port()
+    body: dict[str, Any] = {
+        "job_id": unique("job"),
+        "vm_name": name,
+        "vcenter_host": vcsim.host,
+        "vcenter_user": vcsim.username,
+        "vcenter_password": vcsim.password,
+        "vcenter_thumbprint": vcsim.thumbprint,
+        "nbd_targets": f"2000:nbd://127.0.0.1:{port}/x-disk0",
+    }
+    if case == "unknown_vm":
+        body["vm_name"] = "no-such-vm"
+    elif case == "wrong_password":
+        body["vcenter_password"] = vcsim.password + "x"
+    elif case == "key_not_a_disk":
+        body["nbd_targets"] = f"2001:nbd://127.0.0.1:{port}/x-disk1"
+    elif case == "wrong_thumbprint":
+        body["vcenter_thumbprint"] = "00" * 32
+    elif case == "no_thumbprint":
+        del body["vcenter_thumbprint"]
+    response = slow_node.post("/api/v1/backup/start", json=body)
+    assert response.status_code == 202
+    status, _ = wait_job(slow_node, body["job_id"], vm)
+    assert status["state"] == "failed"
+    assert message in status["error"]
+    assert snapshot_names(vm) == []
