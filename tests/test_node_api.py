@@ -1,0 +1,139 @@
+"""The node's inventory endpoint, CBT switched on when it is off, and `sendense node serve`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from sendense.common.config import load_settings
+from sendense.hub.service import Hub
+from sendense.nbd.qemu_img import QemuImg
+from sendense.node.api.app import create_node_app
+from sendense.node.auth import NodeTokens
+from sendense.node.config import NodeSettings
+from tests.node_rig import disk_specs, finish_on_hub, start_body, unique, wait_job
+from tests.rig.net import free_port
+from tests.rig.procs import stop
+from tests.rig.vcsim import Disconnect, Vcsim
+from tests.rig.vmware_vms import SCSI0, SCSI1, MiB, create_vm, fill, flat_file
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[TestClient]:
+    settings = load_settings(NodeSettings, data_dir=tmp_path / "node")
+    token = NodeTokens(settings.data_dir).create("hub")
+    with TestClient(create_node_app(settings), headers={"Authorization": f"Bearer {token}"}) as c:
+        yield c
+
+
+@pytest.fixture
+def si(vcsim: Vcsim) -> Iterator[Any]:
+    session = vcsim.connect()
+    try:
+        yield session
+    finally:
+        Disconnect(session)
+
+
+def login(vcsim: Vcsim, **change: str) -> dict[str, str]:
+    return {
+        "vcenter_host": vcsim.host,
+        "vcenter_user": vcsim.username,
+        "vcenter_password": vcsim.password,
+        "vcenter_thumbprint": vcsim.thumbprint,
+        **change,
+    }
+
+
+def test_discover_lists_vms_with_their_real_disk_keys(
+    node: TestClient, vcsim: Vcsim, si: Any
+) -> None:
+    name = unique("inv")
+    create_vm(si, name, [(2000, 8 * MiB, SCSI0), (2016, 4 * MiB, SCSI1)], cbt=True)
+    response = node.post("/api/v1/vms/discover", json=login(vcsim))
+    assert response.status_code == 200, response.text
+    vms = {vm["name"]: vm for vm in response.json()["vms"]}
+    vm = vms[name]
+    assert vm["path"] == f"DC0/vm/{name}"
+    assert vm["cbt_enabled"] is True
+    assert [(d["key"], d["capacity_bytes"]) for d in vm["disks"]] == [
+        (2000, 8 * MiB),
+        (2016, 4 * MiB),
+    ]
+    assert vm["disks"][1]["datastore_path"].startswith("[LocalDS_0]")
+
+    refused = node.post("/api/v1/vms/discover", json=login(vcsim, vcenter_password="wrong"))
+    assert refused.status_code == 422
+    assert "refused the login" in refused.json()["message"]
+    assert vcsim.password not in refused.text
+
+
+def test_a_vm_without_cbt_gets_it_and_the_next_backup_is_incremental(
+    node: TestClient, hub: Hub, repo_dir: Path, vcsim: Vcsim, si: Any
+) -> None:
+    hub.repos.add(str(repo_dir))
+    name = unique("nocbt")
+    vm = create_vm(si, name, [(2000, 8 * MiB, SCSI0)], cbt=False)
+    source = flat_file(vcsim, vm, 2000)
+    fill(source, [(0, b"\x11" * MiB)])
+    first = hub.backups.prepare(name, disk_specs(vm), "auto")
+    node.post("/api/v1/backup/start", json=start_body(vcsim, first, name, {}))
+    status, _ = wait_job(node, first.job_id, vm)
+    assert status["state"] == "complete", status
+    assert any("CBT was off" in w for w in status["warnings"])
+    assert any("crash-consistent" in w for w in status["warnings"])
+    finish_on_hub(hub, first, status)
+    assert vm.config.changeTrackingEnabled is True
+
+    fill(source, [(4 * MiB, b"\x22" * 65536)])
+    second = hub.backups.prepare(name, disk_specs(vm), "auto")
+    previous = {d["disk_key"]: d["change_id"] for d in status["disks"]}
+    node.post("/api/v1/backup/start", json=start_body(vcsim, second, name, previous))
+    status, _ = wait_job(node, second.job_id, vm)
+    assert status["disks"][0]["backup_type"] == "incremental"
+    assert status["disks"][0]["bytes_written"] == 65536
+    point = finish_on_hub(hub, second, status)
+    image = repo_dir / hub.queries.restore_point(point).disks[0].file_path
+    assert QemuImg().compare(source, image)
+
+
+def test_node_serve_starts_writes_its_first_token_and_stops(tmp_path: Path) -> None:
+    port = free_port()
+    data = tmp_path / "node"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sendense", "node", "serve", "--data-dir", str(data),
+         "--listen", f"127.0.0.1:{port}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert health.json()["role"] == "node"
+        token = (data / "initial-api-token").read_text().strip()
+        jobs = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/jobs", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert jobs.json() == []
+    finally:
+        stop(proc)
+        if proc.stdout:
+            output = proc.stdout.read().decode()
+            proc.stdout.close()
+    assert token not in output
