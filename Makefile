@@ -18,6 +18,7 @@ demo: deps
 bench: deps
 	$(PY) bench/nbd_writer.py
 	$(PY) bench/node_backup.py
+	$(PY) bench/tunnel.py
 
 deps: system-deps $(STAMP)
 
@@ -32,11 +33,11 @@ $(STAMP): pyproject.toml
 	touch $@
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy src tests
+	$(VENV)/bin/mypy src tests bench
 
 pytest: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

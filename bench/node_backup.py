@@ -29,15 +29,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sendense.common.config import load_settings  # noqa: E402
-from sendense.common.contract import BackupStartRequest, NodeJobStatus  # noqa: E402
-from sendense.hub.backups import DiskResult, DiskSpec, PreparedJob  # noqa: E402
-from sendense.hub.config import HubSettings  # noqa: E402
-from sendense.hub.service import Hub  # noqa: E402
-from sendense.node.config import NodeSettings  # noqa: E402
-from sendense.node.jobs import JobRunner  # noqa: E402
-from tests.rig.vcsim import Vcsim, running_vcsim  # noqa: E402
-from tests.rig.vmware_vms import SCSI0, create_vm, flat_file  # noqa: E402
+from pydantic import SecretStr
+from tests.rig.vcsim import Vcsim, running_vcsim
+from tests.rig.vmware_vms import SCSI0, create_vm, flat_file
+
+from sendense.common.config import load_settings
+from sendense.common.contract import BackupStartRequest, NodeJobStatus
+from sendense.hub.backups import DiskResult, DiskSpec, PreparedJob
+from sendense.hub.config import HubSettings
+from sendense.hub.service import Hub
+from sendense.node.config import NodeSettings
+from sendense.node.jobs import JobRunner
 
 MiB = 1 << 20
 EXTENT = 16 * MiB
@@ -90,7 +92,7 @@ async def node_backup(
         vm_name=vm_name,
         vcenter_host=vc.host,
         vcenter_user=vc.username,
-        vcenter_password=vc.password,  # type: ignore[arg-type]
+        vcenter_password=SecretStr(vc.password),
         vcenter_thumbprint=vc.thumbprint,
         nbd_targets=prepared.nbd_targets,
         backup_type="incremental" if incremental else "full",

@@ -13,6 +13,8 @@ packages=(
   golang-go         # builds the vCenter simulator for the tests (offline)
   golang-github-vmware-govmomi-dev  # vcsim's source: the simulator package
   procps            # pgrep
+  openssh-server    # the hub's private tunnel sshd
+  openssh-client    # the node's tunnel
 )
 
 missing=()

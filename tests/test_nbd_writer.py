@@ -119,10 +119,8 @@ def test_data_and_zero_chunks_land_identically(image: Path, tmp_path: Path) -> N
         async def scenario() -> NbdWriter:
             async with NbdWriter(uri_of(server), max_in_flight=4, request_size=MiB) as writer:
                 assert writer.size == SIZE
-                for offset, data in writes[:4]:
+                for offset, data in writes:  # the last one overwrites data still in flight
                     await writer.write(offset, data)
-                await writer.drain()  # the overwrite below must come after the data
-                await writer.write(*writes[4])
                 await writer.zero(60 * MiB, 4 * MiB)
                 await writer.flush()
             return writer
@@ -138,6 +136,54 @@ def test_data_and_zero_chunks_land_identically(image: Path, tmp_path: Path) -> N
         assert extents
         assert all(e["present"] and e["zero"] and not e["data"] for e in extents), extents
     assert all(not e["data"] for e in extents_over(image, 4 * MiB, 4 * MiB))
+
+
+def test_a_later_write_over_a_range_in_flight_wins(image: Path, tmp_path: Path) -> None:
+    """NBD lets a server reorder requests in flight; the writer must not."""
+    writes: list[tuple[int, bytes]] = []
+    for i in range(8):
+        base = i * 8 * MiB
+        writes += [(base, block(i, 4 * MiB)), (base, bytes(4 * MiB))]  # data, then zeroes
+        writes += [(base + 4 * MiB, bytes(4 * MiB)), (base + 4 * MiB, block(i + 8, 4 * MiB))]
+    with served(image) as server:
+
+        async def scenario() -> None:
+            async with NbdWriter(uri_of(server), max_in_flight=8, request_size=4 * MiB) as w:
+                for offset, data in writes:
+                    await w.write(offset, data)
+                await w.flush()
+
+        run(scenario())
+    assert QemuImg().compare(expected_raw(tmp_path / "expected.raw", writes), image)
+
+
+def test_concurrent_producers_lose_no_zero_run(image: Path, tmp_path: Path) -> None:
+    """The node's engine calls write() from several readers at once. Each producer
+    here owns 8 MiB, alternates zero and data chunks and pauses as a read would,
+    so zero runs keep replacing one another while submitters wait for a slot."""
+    chunks = [(i * MiB, bytes(MiB) if i % 2 == 0 else block(i)) for i in range(64)]
+    pauses = random.Random(7)
+    with served(image) as server:
+
+        async def scenario() -> NbdWriter:
+            async with NbdWriter(uri_of(server), max_in_flight=1, request_size=MiB) as writer:
+
+                async def producer(k: int) -> None:
+                    for offset, data in chunks[k * 8 : k * 8 + 8]:
+                        await writer.write(offset, data)
+                        await asyncio.sleep(pauses.random() * 0.002)
+
+                await asyncio.gather(*(producer(k) for k in range(8)))
+                await writer.flush()
+            return writer
+
+        writer = run(scenario())
+    assert writer.stats.zero_bytes == 32 * MiB
+    assert writer.stats.data_bytes == 32 * MiB
+    assert QemuImg().compare(expected_raw(tmp_path / "expected.raw", chunks), image)
+    for offset, data in chunks:  # every zero chunk reached the server, none was dropped
+        if not any(data):
+            assert all(e["present"] and e["zero"] for e in extents_over(image, offset, MiB))
 
 
 def test_skip_zeroes_sends_nothing_for_zero_chunks(image: Path, tmp_path: Path) -> None:
@@ -179,7 +225,7 @@ def test_memory_stays_within_max_in_flight(image: Path) -> None:
             return most_buffered, most_in_flight, peak
 
         most_buffered, most_in_flight, peak = run(scenario())
-    assert most_in_flight == 4  # pipelined, and never beyond the bound
+    assert 2 <= most_in_flight <= 4  # pipelined, and never beyond the bound
     assert most_buffered <= 4 * MiB
     # 72 MiB went through; what was alive at once: 4 chunks + the caller's 3 MiB.
     assert peak < 10 * MiB, peak
@@ -329,6 +375,14 @@ def test_client_pipelines_and_fails_everything_once_the_connection_dies(image: P
                 await client.flush()
                 reads = await asyncio.gather(*(client.read(i * MiB, MiB) for i in range(16)))
                 assert reads == blocks
+                # Many small replies arrive together: parsed from one buffer.
+                small = await asyncio.gather(*(client.read(i * 4096, 4096) for i in range(256)))
+                assert b"".join(small) == blocks[0]
+                # A cancelled READ's data is still consumed: the stream stays in step.
+                abandoned = asyncio.ensure_future(client.read(0, 4 * MiB))
+                await asyncio.sleep(0)
+                abandoned.cancel()
+                assert await client.read(5 * MiB, MiB) == blocks[5]
                 pending = [asyncio.ensure_future(client.read(i * MiB, MiB)) for i in range(64)]
                 await asyncio.sleep(0)  # let them reach the wire
                 os.kill(server.pid, signal.SIGKILL)

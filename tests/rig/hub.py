@@ -20,6 +20,8 @@ class HubProcess:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.tunnel_port = free_port()
+        rev_first, rev_last = free_port_range(4)
         first, last = free_port_range(pool)
         self.env = {
             **os.environ,
@@ -27,6 +29,12 @@ class HubProcess:
             "SENDENSE_HUB_NBD_PORT_MIN": str(first),
             "SENDENSE_HUB_NBD_PORT_MAX": str(last),
             "SENDENSE_HUB_MIN_FREE_BYTES": "0",
+            "SENDENSE_HUB_TUNNEL_PORT": str(self.tunnel_port),
+            "SENDENSE_HUB_REVERSE_PORT_MIN": str(rev_first),
+            "SENDENSE_HUB_REVERSE_PORT_MAX": str(rev_last),
+            # hub and node share this machine: the node's end of the tunnel
+            # shows the hub's ports on 127.0.0.2
+            "SENDENSE_HUB_TARGETS_HOST": "127.0.0.2",
         }
         self.log = data_dir.parent / "hub.log"
         self.proc: subprocess.Popen[bytes] | None = None

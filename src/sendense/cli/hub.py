@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -48,6 +49,7 @@ def serve(
     setup_logging(settings.log_level)
     hub = Hub.open(settings)
     hub.reconcile()
+    hub.start_tunnel()
     if hub.tokens.count() == 0:
         announce_token(settings.data_dir, hub.tokens.create("admin"))
     log.info(
@@ -87,6 +89,25 @@ def token(
 
 @app.command()
 @one_line_errors
+def pair(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Print a single-use pairing code for `sendense node enroll` (expires in 15 minutes)."""
+    from sendense.hub.service import Hub
+
+    hub = Hub.open(_settings(config, data_dir, None))
+    try:
+        code, expires = hub.nodes.pairing_code()
+    finally:
+        hub.db.dispose()
+    print(code)
+    print(
+        f"expires {expires:%Y-%m-%d %H:%M} UTC; hub tunnel host key "
+        f"{hub.tunnel_identity().fingerprint}",
+        file=sys.stderr,
+    )
+
+
+@app.command()
+@one_line_errors
 def status(hub_url: HubUrlOpt = None, token_file: TokenFileOpt = None) -> None:
     """Health, repositories, the port pool and running exports."""
     client = HubClient(hub_url, read_token(token_file))
@@ -101,6 +122,11 @@ def status(hub_url: HubUrlOpt = None, token_file: TokenFileOpt = None) -> None:
     console.print(
         f"NBD ports {pool['first']}-{pool['last']}: {pool['used']} used, {pool['free']} free"
     )
+    nodes = client.get("/api/v1/nodes")
+    table("Nodes", ["name", "connected", "last seen", "key", "revoked"], [
+        (n["name"], n["connected"], n["last_seen"], n["key_fingerprint"], n["revoked"])
+        for n in nodes
+    ])  # fmt: skip
     exports = client.get("/api/v1/exports")
     table(
         "Exports",

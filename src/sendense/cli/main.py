@@ -59,3 +59,65 @@ def ports(hub_url: hub.HubUrlOpt = None, token_file: hub.TokenFileOpt = None) ->
         ["port", "owner", "job", "disk"],
         [(a["port"], a["owner"], a["job_id"], a["disk_key"]) for a in pool["allocations"]],
     )
+
+
+nodes_app = typer.Typer(help="Nodes enrolled with the hub.", no_args_is_help=True)
+app.add_typer(nodes_app, name="nodes")
+vms_app = typer.Typer(help="VMs of a vCenter, seen through a node.", no_args_is_help=True)
+app.add_typer(vms_app, name="vms")
+
+
+@nodes_app.command("list")
+@one_line_errors
+def nodes_list(hub_url: hub.HubUrlOpt = None, token_file: hub.TokenFileOpt = None) -> None:
+    """Nodes with their tunnel state."""
+    rows = _client(hub_url, token_file).get("/api/v1/nodes")
+    table("Nodes", ["name", "connected", "last seen", "key", "revoked"], [
+        (n["name"], n["connected"], n["last_seen"], n["key_fingerprint"], n["revoked"])
+        for n in rows
+    ])  # fmt: skip
+
+
+@nodes_app.command("revoke")
+@one_line_errors
+def nodes_revoke(
+    name: str, hub_url: hub.HubUrlOpt = None, token_file: hub.TokenFileOpt = None
+) -> None:
+    """Refuse the node's tunnel from now on and end its connection."""
+    node = _client(hub_url, token_file).post(f"/api/v1/nodes/{name}/revoke", {})
+    console.print(f"node {node['name']} revoked")
+
+
+@vms_app.command("list")
+@one_line_errors
+def vms_list(
+    node: Annotated[str, typer.Option(help="The node next to the vCenter")],
+    vcenter: Annotated[str, typer.Option(help="vCenter host[:port]")],
+    user: Annotated[str, typer.Option(help="vCenter user")],
+    thumbprint: Annotated[str | None, typer.Option(help="vCenter certificate SHA-256")] = None,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(help="File with the vCenter password (else SENDENSE_VCENTER_PASSWORD)"),
+    ] = None,
+    hub_url: hub.HubUrlOpt = None,
+    token_file: hub.TokenFileOpt = None,
+) -> None:
+    """List the vCenter's VMs: the hub asks the node through its tunnel."""
+    import os
+
+    from sendense.common.errors import InvalidInput
+
+    if password_file is not None:
+        password = password_file.read_text().strip()
+    else:
+        password = os.environ.get("SENDENSE_VCENTER_PASSWORD", "")
+    if not password:
+        raise InvalidInput("no vCenter password: --password-file or SENDENSE_VCENTER_PASSWORD")
+    body = {"vcenter_host": vcenter, "vcenter_user": user, "vcenter_password": password,
+            "vcenter_thumbprint": thumbprint}  # fmt: skip
+    found = _client(hub_url, token_file).post(f"/api/v1/nodes/{node}/vms", body)
+    table(f"VMs of {vcenter} (via node {node})", ["name", "power", "CBT", "disks"], [
+        (v["name"], v["power_state"], v["cbt_enabled"],
+         ", ".join(f"{d['key']}:{d['capacity_bytes'] >> 30} GiB" for d in v["disks"]))
+        for v in found["vms"]
+    ])  # fmt: skip

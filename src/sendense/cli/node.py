@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from sendense.cli.output import one_line_errors
+from sendense.cli.output import console, one_line_errors
 from sendense.cli.serving import announce_token, parse_listen
 from sendense.common.config import load_settings
 from sendense.common.logging import setup_logging
@@ -66,3 +66,68 @@ def token(
     """Create a new node API token and print it once."""
     settings = _settings(config, data_dir, None)
     print(NodeTokens(settings.data_dir).create(name))
+
+
+@app.command()
+@one_line_errors
+def enroll(
+    hub: Annotated[str, typer.Option(help="The hub's API address, HOST[:PORT]")],
+    code: Annotated[str, typer.Option(help="Pairing code from `sendense hub pair`")],
+    name: Annotated[str | None, typer.Option(help="This node's name (default: hostname)")] = None,
+    local_address: Annotated[
+        str, typer.Option(help="Loopback address the hub's ports appear on here")
+    ] = "127.0.0.1",
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Join a hub: make this node's key, send it with the code, pin the hub's host key."""
+    import socket
+
+    from sendense.node.enroll import enroll as do_enroll
+
+    settings = _settings(config, data_dir, None)
+    answer, own = do_enroll(settings, hub, code, name or socket.gethostname(), local_address)
+    console.print(f"enrolled as [bold]{answer.node_name}[/bold] (node id {answer.node_id})")
+    console.print(f"this node's key:  {own}")
+    console.print(f"hub host key:     {answer.hub_host_key_fingerprint} (pinned)")
+    console.print("start the tunnel: sendense node tunnel")
+
+
+@app.command()
+@one_line_errors
+def tunnel(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Keep the tunnel to the hub up (foreground; systemd-ready)."""
+    from sendense.node.tunnel import Supervisor
+
+    settings = _settings(config, data_dir, None)
+    setup_logging(settings.log_level)
+    Supervisor(settings.data_dir).run()
+
+
+@app.command()
+@one_line_errors
+def status(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """The tunnel's state: connected or reconnecting, and why."""
+    import json
+    import time
+
+    from sendense.node.tunnel import load_config, tunnel_dir
+
+    settings = _settings(config, data_dir, None)
+    tunnel_config = load_config(settings.data_dir)
+    console.print(
+        f"node {tunnel_config.node_name} -> hub {tunnel_config.hub_host}:"
+        f"{tunnel_config.tunnel_port}"
+    )
+    path = tunnel_dir(settings.data_dir) / "status.json"
+    if not path.exists():
+        console.print("tunnel: never started (run `sendense node tunnel`)")
+        raise typer.Exit(1)
+    state = json.loads(path.read_text())
+    age = time.time() - float(state.get("at", 0))
+    line = f"tunnel: {state['state']} ({age:.0f}s ago), restarts {state.get('restarts', 0)}"
+    if state.get("last_error"):
+        line += f", last error: {state['last_error']}"
+    console.print(line)
+    if state["state"] != "connected":
+        raise typer.Exit(1)

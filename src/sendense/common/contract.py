@@ -103,3 +103,27 @@ class VmInventory(BaseModel):
 
 class DiscoverResponse(BaseModel):
     vms: list[VmInventory]
+
+
+class EnrollRequest(BaseModel):
+    """A node asks to join a hub with a pairing code."""
+
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(min_length=4, max_length=64)
+    node_name: str = Field(min_length=1, max_length=64)
+    public_key: str = Field(min_length=16, max_length=8192, description="OpenSSH public key")
+    node_api_token: SecretStr = Field(description="token the hub uses to call the node's API")
+
+
+class EnrollResponse(BaseModel):
+    node_id: str
+    node_name: str
+    key_fingerprint: str
+    hub_host_key: str = Field(description="the tunnel server's public host key, to pin")
+    hub_host_key_fingerprint: str
+    tunnel_port: int
+    tunnel_user: str
+    reverse_port: int
+    nbd_port_min: int
+    nbd_port_max: int
+    api_port: int

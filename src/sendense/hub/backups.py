@@ -106,14 +106,14 @@ class BackupExports:
         repos: RepositoryService,
         ports: PortAllocator,
         exports: ExportManager,
-        nbd_host: str,
+        targets_host: str,
         cache: str,
     ) -> None:
         self.db = db
         self.repos = repos
         self.ports = ports
         self.exports = exports
-        self.nbd_host = nbd_host
+        self.targets_host = targets_host
         self.cache = cache
 
     def prepare(
@@ -230,7 +230,7 @@ class BackupExports:
             port = self.ports.allocate(f"job:{job_id}", job_id, plan.key)
             name = export_name(vm_name, index)
             self.exports.start(job_id, plan.key, port, image, name, cache)
-            target = NbdTarget(plan.key, self.nbd_host, port, name)
+            target = NbdTarget(plan.key, self.targets_host, port, name)
             prepared.append(
                 PreparedDisk(plan.key, plan.backup_type, plan.file_path, plan.parent_id, target)
             )

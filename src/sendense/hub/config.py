@@ -22,6 +22,9 @@ class HubSettings(SendenseSettings):
     # qemu-nbd binds here, and the targets string names it: the node reaches
     # this address through the tunnel.
     nbd_host: str = "127.0.0.1"
+    # The NBD address as the node sees it, in the targets string: its end of the
+    # tunnel (127.0.0.1 on its own machine; 127.0.0.2 when both share one).
+    targets_host: str = ""
     nbd_port_min: int = Field(default=10100, ge=1, le=65535)
     nbd_port_max: int = Field(default=10200, ge=1, le=65535)
     nbd_shared: int = Field(default=10, ge=2)
@@ -31,12 +34,21 @@ class HubSettings(SendenseSettings):
     qemu_nbd: str = "qemu-nbd"
     qemu_img: str = "qemu-img"
     min_free_bytes: int = Field(default=1 << 30, ge=0)
+    # The tunnel: nodes dial this; each node's API is reached back through a
+    # reverse forward on a hub loopback port from this range (the seed's 9081).
+    tunnel_host: str = "127.0.0.1"
+    tunnel_port: int = Field(default=8022, ge=1, le=65535)
+    reverse_port_min: int = Field(default=9081, ge=1, le=65535)
+    reverse_port_max: int = Field(default=9180, ge=1, le=65535)
+    pairing_minutes: int = Field(default=15, ge=1, le=1440)
     log_level: str = "INFO"
 
     @model_validator(mode="after")
     def _check(self) -> HubSettings:
         if self.nbd_port_min > self.nbd_port_max:
             raise ValueError("nbd_port_min must not exceed nbd_port_max")
+        if not self.targets_host:
+            self.targets_host = self.nbd_host
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'hub.db'}"
         return self

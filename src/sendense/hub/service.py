@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from sendense.common.sshkeys import KeyPair
 from sendense.hub.backups import BackupExports
 from sendense.hub.config import HubSettings
 from sendense.hub.db.database import Database
 from sendense.hub.exports import ExportManager, ExportSettings
+from sendense.hub.nodes import NodeInfo, NodeService
 from sendense.hub.ports import PortAllocator
 from sendense.hub.queries import Queries
 from sendense.hub.reconcile import ReconcileReport, reconcile
 from sendense.hub.repository import RepositoryService
+from sendense.hub.secrets import SecretBox
 from sendense.hub.tokens import TokenService
+from sendense.hub.tunnel.sshd import TunnelSshd, is_listening
 from sendense.nbd.qemu_img import QemuImg
 
 log = logging.getLogger(__name__)
@@ -29,6 +33,8 @@ class Hub:
     backups: BackupExports
     tokens: TokenService
     queries: Queries
+    nodes: NodeService
+    tunnel: TunnelSshd
 
     @classmethod
     def open(cls, settings: HubSettings, migrate: bool = True) -> Hub:
@@ -44,12 +50,68 @@ class Hub:
                 settings.nbd_host, settings.nbd_shared, settings.qemu_nbd, settings.log_dir
             ),
         )
-        backups = BackupExports(db, repos, ports, exports, settings.nbd_host, settings.nbd_cache)
-        return cls(settings, db, repos, ports, exports, backups, TokenService(db), Queries(db))
+        backups = BackupExports(
+            db, repos, ports, exports, settings.targets_host, settings.nbd_cache
+        )
+        nodes = NodeService(
+            db,
+            SecretBox(settings.data_dir / "secret.key"),
+            (settings.reverse_port_min, settings.reverse_port_max),
+            settings.pairing_minutes,
+        )
+        permitted = [*range(settings.nbd_port_min, settings.nbd_port_max + 1), settings.listen_port]
+        tunnel = TunnelSshd(
+            settings.data_dir / "tunnel", (settings.tunnel_host, settings.tunnel_port), permitted
+        )
+        return cls(
+            settings,
+            db,
+            repos,
+            ports,
+            exports,
+            backups,
+            TokenService(db),
+            Queries(db),
+            nodes,
+            tunnel,
+        )
+
+    def start_tunnel(self) -> None:
+        self.sync_tunnel_keys()
+        self.tunnel.start()
+
+    def sync_tunnel_keys(self) -> None:
+        self.tunnel.write_authorized_keys(self.nodes.list(), self.nodes.public_keys())
+
+    def tunnel_identity(self) -> KeyPair:
+        return self.tunnel.identity
+
+    def enroll_node(self, code: str, name: str, public_key: str, api_token: str) -> NodeInfo:
+        info = self.nodes.enroll(code, name, public_key, api_token)
+        self.sync_tunnel_keys()
+        return info
+
+    def revoke_node(self, name: str) -> NodeInfo:
+        info = self.nodes.revoke(name)
+        self.sync_tunnel_keys()
+        if info.reverse_port is not None:
+            self.tunnel.disconnect(info.reverse_port)
+        return info
+
+    def node_status(self) -> list[NodeInfo]:
+        """Nodes, with `connected` probed now: a node is connected while its reverse
+        forward listens on the hub."""
+        for node in self.nodes.list():
+            if node.reverse_port is not None:
+                up = not node.revoked and is_listening("127.0.0.1", node.reverse_port)
+                if up or node.connected:
+                    self.nodes.set_connected(node.id, up)
+        return self.nodes.list()
 
     def reconcile(self, reason: str = "the hub restarted during the job") -> ReconcileReport:
         return reconcile(self.backups, reason)
 
     def close(self) -> None:
+        self.tunnel.stop()
         self.exports.stop_all()
         self.db.dispose()

@@ -1,10 +1,11 @@
 """A small asyncio NBD client: fixed newstyle, NBD_OPT_GO, simple replies, pipelined.
 
 Protocol: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md.
-Many requests may be in flight, keyed by cookie; one reader task resolves their
+Many requests may be in flight, keyed by cookie; one read callback resolves their
 futures. Once the connection is lost every pending and every later request fails
 at once with NbdConnectionLost: a client that keeps queueing on a dead socket
-hangs forever (DESIGN.md).
+hangs forever (DESIGN.md). No NBD_OPT_EXPORT_NAME fallback: qemu-nbd and nbdkit
+both answer NBD_OPT_GO, and a server that does not is refused by name.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import itertools
 import os
 import socket
 import struct
+from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import unquote, urlsplit
@@ -28,8 +30,7 @@ OPT_REPLY_MAGIC = 0x3E889045565A9
 REQUEST_MAGIC = 0x25609513
 SIMPLE_REPLY_MAGIC = 0x67446698
 FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2
-OPT_EXPORT_NAME, OPT_GO = 1, 7
-REP_ACK, REP_INFO, REP_ERR_UNSUP = 1, 3, (1 << 31) + 1
+OPT_GO, REP_ACK, REP_INFO = 7, 1, 3
 INFO_EXPORT, INFO_BLOCK_SIZE = 0, 3
 F_READ_ONLY, F_SEND_FLUSH, F_SEND_WRITE_ZEROES = 1 << 1, 1 << 2, 1 << 6
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_WRITE_ZEROES = 0, 1, 2, 3, 6
@@ -48,6 +49,7 @@ _REQUEST = struct.Struct(">IHHQQI")
 _REPLY = struct.Struct(">IIQ")
 _OPT = struct.Struct(">8sII")
 _OPT_REPLY = struct.Struct(">QIII")
+_READ_BUFFER = 256 << 10  # replies are parsed from here; READ payloads bypass it
 
 
 class NbdError(SendenseError):
@@ -106,16 +108,13 @@ def parse_uri(uri: str) -> tuple[str, int, str]:
 
 
 async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = await loop.sock_recv_into(sock, view[got:])
-        if k == 0:
+    data = b""
+    while len(data) < n:
+        chunk = await loop.sock_recv(sock, n - len(data))  # handshake only: small
+        if not chunk:
             raise ConnectionResetError("the server closed the connection")
-        got += k
-    view.release()
-    return bytes(buf)
+        data += chunk
+    return data
 
 
 def _tune(sock: socket.socket) -> None:
@@ -176,9 +175,7 @@ async def _handshake(
             blocks = struct.unpack_from(">III", data, 2)
         elif rtype == REP_ACK:
             break
-        elif rtype == REP_ERR_UNSUP:
-            return await _export_name(loop, sock, name, bool(no_zeroes))
-        elif rtype & (1 << 31):
+        elif rtype & (1 << 31):  # "unsupported" here means a server without NBD_OPT_GO
             why = REP_ERRORS.get(rtype & 0xFFFF, f"error {rtype & 0xFFFF}")
             text = data.decode(errors="replace")
             raise NbdConnectError(f"{uri}: the server refused export {export!r}: {why}: {text}")
@@ -187,31 +184,32 @@ async def _handshake(
     return ExportInfo(size, flags, *blocks)
 
 
-async def _export_name(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, name: bytes, no_zeroes: bool
-) -> ExportInfo:
-    """Pre-NBD_OPT_GO servers only; an unknown export makes them hang up."""
-    await loop.sock_sendall(sock, _OPT.pack(IHAVEOPT, OPT_EXPORT_NAME, len(name)) + name)
-    size, flags = struct.unpack(">QH", await _recv_exact(loop, sock, 10))
-    if not no_zeroes:
-        await _recv_exact(loop, sock, 124)
-    return ExportInfo(size, flags)
-
-
 class NbdClient:
-    """One connection in the transmission phase. Create with `await NbdClient.connect(uri)`."""
+    """One connection in the transmission phase. Create with `await NbdClient.connect(uri)`.
+
+    Callback-driven like a transport: `submit()` puts the request on the wire at
+    once (as much as the socket takes, the rest when it is writable) and returns
+    a future; one read callback parses replies from a buffer and resolves futures.
+    No task, lock or per-request syscall beyond the send itself.
+    """
 
     def __init__(self, sock: socket.socket, uri: str, info: ExportInfo) -> None:
         self.uri = uri
         self.info = info
         self._sock = sock
+        self._fd = sock.fileno()
         self._loop = asyncio.get_running_loop()
         self._pending: dict[int, tuple[asyncio.Future[bytes], int, int, int]] = {}
         self._cookies = itertools.count(1)
-        self._send_lock = asyncio.Lock()
+        self._out: deque[memoryview] = deque()  # bytes not yet taken by the socket
+        self._writing = False
+        self._buf = bytearray(_READ_BUFFER)
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0
+        self._payload: tuple[int, bytearray, int] | None = None  # READ data being received
         self._lost: str | None = None
         self._closed = False
-        self._reader = self._loop.create_task(self._read_replies())
+        self._loop.add_reader(self._fd, self._on_readable)
 
     @classmethod
     async def connect(cls, uri: str, *, timeout: float = 10.0) -> NbdClient:
@@ -238,97 +236,133 @@ class NbdClient:
         return self._lost is None
 
     async def write(self, offset: int, data: bytes | memoryview) -> None:
-        await self._request(CMD_WRITE, offset, len(data), data)
+        await self.submit(CMD_WRITE, offset, len(data), data)
 
     async def write_zeroes(self, offset: int, length: int) -> None:
-        if not self.info.can_write_zeroes:
-            raise NbdError(f"{self.uri}: the server does not support WRITE_ZEROES")
-        await self._request(CMD_WRITE_ZEROES, offset, length)
+        await self.submit(CMD_WRITE_ZEROES, offset, length)
 
     async def flush(self) -> None:
         if self.info.can_flush:  # a server without FLUSH writes through
-            await self._request(CMD_FLUSH, 0, 0)
+            await self.submit(CMD_FLUSH, 0, 0)
 
     async def read(self, offset: int, length: int) -> bytes:
-        return await self._request(CMD_READ, offset, length)
+        return await self.submit(CMD_READ, offset, length)
 
-    async def _request(
+    def submit(
         self, cmd: int, offset: int, length: int, payload: bytes | memoryview | None = None
-    ) -> bytes:
+    ) -> asyncio.Future[bytes]:
+        """Send a request now; the future gets the reply (READ data, else b"")."""
         if self._lost is not None:
             raise self._lost_error()
+        if cmd == CMD_WRITE_ZEROES and not self.info.can_write_zeroes:
+            raise NbdError(f"{self.uri}: the server does not support WRITE_ZEROES")
         cookie = next(self._cookies)
         future: asyncio.Future[bytes] = self._loop.create_future()
         self._pending[cookie] = (future, cmd, offset, length)
-        header = _REQUEST.pack(REQUEST_MAGIC, 0, cmd, cookie, offset, length)
-        sending = False
-        try:
-            async with self._send_lock:
-                if self._lost is None:  # else _fail has already failed our future
-                    sending = True
-                    await self._send(header, payload)
-                    sending = False
-        except OSError as exc:
-            self._fail(f"send failed: {exc.strerror or exc}")
-        except BaseException:
-            self._pending.pop(cookie, None)
-            if sending:  # half a request on the wire: the stream cannot be parsed any more
-                self._fail("a request was interrupted while being sent")
-            if future.done() and not future.cancelled():
-                future.exception()  # its caller is gone: nobody else will look
-            future.cancel()
-            raise
-        return await future
+        self._out.append(memoryview(_REQUEST.pack(REQUEST_MAGIC, 0, cmd, cookie, offset, length)))
+        if payload is not None:
+            self._out.append(memoryview(payload))
+        if not self._writing:
+            self._send()
+        return future
 
-    async def _send(self, header: bytes, payload: bytes | memoryview | None) -> None:
-        """Header and payload in one sendmsg: no lone 28-byte segment for the server
-        to wake up for (libnbd gets the same with MSG_MORE), and no copy."""
-        parts = [header] if payload is None else [header, payload]
+    def _send(self) -> None:
+        """Header and payload go in one sendmsg, with no copy: no lone 28-byte
+        segment for the server to wake up for (libnbd uses MSG_MORE for that)."""
+        while self._out:
+            try:
+                sent = self._sock.sendmsg(list(itertools.islice(self._out, 64)))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._fail(f"send failed: {exc.strerror or exc}")
+                return
+            while sent:
+                head = self._out[0]
+                if len(head) > sent:
+                    self._out[0] = head[sent:]
+                    break
+                sent -= len(head)
+                self._out.popleft()
+        if self._out and not self._writing:
+            self._loop.add_writer(self._fd, self._send)
+            self._writing = True
+        elif not self._out and self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+
+    def _on_readable(self) -> None:
         try:
-            sent = self._sock.sendmsg(parts)
+            if self._payload is not None:  # straight into the READ buffer, no staging copy
+                cookie, data, got = self._payload
+                n = self._sock.recv_into(memoryview(data)[got:])
+                self._payload = (cookie, data, got + n)
+            else:
+                if self._start == self._end:
+                    self._start = self._end = 0
+                elif self._end == len(self._buf):  # keep the unparsed tail, make room
+                    self._buf[: self._end - self._start] = self._buf[self._start : self._end]
+                    self._start, self._end = 0, self._end - self._start
+                n = self._sock.recv_into(self._view[self._end :])
+                self._end += n
         except (BlockingIOError, InterruptedError):
-            sent = 0
-        if sent < len(header):
-            await self._loop.sock_sendall(self._sock, header[sent:])
-            sent = len(header)
-        if payload is not None and sent - len(header) < len(payload):
-            await self._loop.sock_sendall(self._sock, memoryview(payload)[sent - len(header) :])
-
-    async def _read_replies(self) -> None:
+            return
+        except OSError as exc:
+            self._fail(exc.strerror or str(exc))
+            return
+        if n == 0:
+            self._fail("the server closed the connection")
+            return
         try:
-            while True:
-                magic, err, cookie = _REPLY.unpack(await _recv_exact(self._loop, self._sock, 16))
-                if magic != SIMPLE_REPLY_MAGIC:
-                    raise ValueError(f"bad reply magic {magic:#x}")
-                entry = self._pending.get(cookie)
-                if entry is None:
-                    raise ValueError(f"reply for unknown cookie {cookie}")
-                future, cmd, offset, length = entry
-                data = b""
-                if cmd == CMD_READ and err == 0:
-                    data = await _recv_exact(self._loop, self._sock, length)
-                # Only now: a connection lost mid-payload must still fail this request.
-                self._pending.pop(cookie, None)
-                if future.done():  # its caller was cancelled
-                    continue
-                if err == ESHUTDOWN:  # spec: the client must disconnect; a retry may succeed
-                    future.set_exception(self._lost_error("the server is shutting down"))
-                    self._fail("the server is shutting down (ESHUTDOWN)")
-                elif err:
-                    future.set_exception(self._server_error(cmd, offset, length, err))
-                else:
-                    future.set_result(data)
-        except (OSError, ValueError) as exc:
-            self._fail(str(exc) if isinstance(exc, ValueError) else exc.strerror or str(exc))
+            self._parse()
+        except ValueError as exc:
+            self._fail(str(exc))
+
+    def _parse(self) -> None:
+        while self._lost is None:
+            if self._payload is not None:
+                cookie, data, got = self._payload
+                if got < len(data):
+                    return
+                self._payload = None
+                self._complete(cookie, 0, bytes(data))
+                continue
+            if self._end - self._start < _REPLY.size:
+                return
+            magic, err, cookie = _REPLY.unpack_from(self._buf, self._start)
+            self._start += _REPLY.size
+            if magic != SIMPLE_REPLY_MAGIC:
+                raise ValueError(f"bad reply magic {magic:#x}")
+            entry = self._pending.get(cookie)
+            if entry is None:
+                raise ValueError(f"reply for unknown cookie {cookie}")
+            if entry[1] != CMD_READ or err:
+                self._complete(cookie, err, b"")
+                continue
+            data = bytearray(entry[3])
+            have = min(len(data), self._end - self._start)
+            data[:have] = self._view[self._start : self._start + have]
+            self._start += have
+            self._payload = (cookie, data, have)
+
+    def _complete(self, cookie: int, err: int, data: bytes) -> None:
+        future, cmd, offset, length = self._pending.pop(cookie)
+        if future.done():  # its caller was cancelled
+            return
+        if err == ESHUTDOWN:  # spec: the client must disconnect; a retry may succeed
+            future.set_exception(self._lost_error("the server is shutting down"))
+            self._fail("the server is shutting down (ESHUTDOWN)")
+        elif err:
+            future.set_exception(self._server_error(cmd, offset, length, err))
+        else:
+            future.set_result(data)
 
     def _server_error(self, cmd: int, offset: int, length: int, err: int) -> NbdServerError:
         name = NBD_ERRNO.get(err, f"errno {err}")
-        why = os.strerror(getattr(errno, name)) if err in NBD_ERRNO else ""
-        what = CMD_NAMES.get(cmd, str(cmd))
+        why = f" ({os.strerror(getattr(errno, name))})" if err in NBD_ERRNO else ""
         return NbdServerError(
-            f"{self.uri}: {what} of {length} bytes at offset {offset} failed: {name}"
-            + (f" ({why})" if why else "")
-            + f"; export size {self.info.size}",
+            f"{self.uri}: {CMD_NAMES.get(cmd, str(cmd))} of {length} bytes at offset {offset} "
+            f"failed: {name}{why}; export size {self.info.size}",
             name,
         )
 
@@ -336,10 +370,15 @@ class NbdClient:
         return NbdConnectionLost(f"{self.uri}: connection lost: {reason or self._lost}")
 
     def _fail(self, reason: str) -> None:
-        """Fail every pending request now; shutdown wakes a send or recv still waiting."""
+        """Fail every pending request now, and every later one at once."""
         if self._lost is not None:
             return
         self._lost = reason
+        self._loop.remove_reader(self._fd)
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+        self._out.clear()
         pending, self._pending = self._pending, {}
         for future, *_ in pending.values():
             if not future.done():
@@ -352,22 +391,12 @@ class NbdClient:
         if self._closed:
             return
         self._closed = True
-        try:
-            if self._lost is None and not self._pending and not self._send_lock.locked():
-                with contextlib.suppress(OSError):  # 28 bytes into an idle socket: no wait
-                    self._sock.send(_REQUEST.pack(REQUEST_MAGIC, 0, CMD_DISC, 0, 0, 0))
-            self._fail("the client closed the connection")
-            # A send still registered on the fd must finish (it fails fast after
-            # shutdown) before the fd is closed and possibly reused.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2), self._send_lock:
-                    pass
-        finally:
-            self._reader.cancel()
-            try:
-                await asyncio.gather(self._reader, return_exceptions=True)
-            finally:
-                self._sock.close()
+        if self._lost is None and not self._pending and not self._out:
+            with contextlib.suppress(OSError):  # 28 bytes into an idle socket: no wait
+                self._sock.send(_REQUEST.pack(REQUEST_MAGIC, 0, CMD_DISC, 0, 0, 0))
+        self._fail("the client closed the connection")
+        self._view.release()
+        self._sock.close()
 
     async def __aenter__(self) -> NbdClient:
         return self

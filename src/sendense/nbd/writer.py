@@ -47,6 +47,8 @@ class _Op:
     offset: int
     length: int
     data: bytes | memoryview | None = None
+    reply: asyncio.Future[bytes] | None = None
+    task: asyncio.Task[None] | None = None
 
 
 class NbdWriter:
@@ -121,6 +123,9 @@ class NbdWriter:
             if exc_type is None:
                 await self.drain()
         finally:
+            for op in self._ops:  # a task cancelled before it ran never awaits its reply
+                if op.reply is not None:
+                    op.reply.cancel()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -172,23 +177,28 @@ class NbdWriter:
             raise self._error
 
     async def _zeroes(self, offset: int, length: int) -> None:
-        """Coalesce adjacent zero ranges into a few large WRITE_ZEROES requests."""
+        """Coalesce adjacent zero ranges into a few large WRITE_ZEROES requests.
+
+        The run is read and replaced with no await in between: several producers
+        may call write() at once, and none may overwrite another's pending run.
+        """
         if self.skip_zeroes:
             self.stats.zero_bytes += length
             return
         run = self._zero_run
-        if run is not None and run[0] + run[1] == offset:
+        if run is not None and run[0] + run[1] == offset and run[1] + length <= MAX_ZERO_REQUEST:
             self._zero_run = (run[0], run[1] + length)
-        else:
-            await self._emit_zero_run()
-            self._zero_run = (offset, length)
-        if self._zero_run[1] >= MAX_ZERO_REQUEST:
-            await self._emit_zero_run()
+            return
+        self._zero_run = (offset, length)
+        if run is not None:
+            await self._send_zeroes(*run)
 
     async def _emit_zero_run(self) -> None:
-        if self._zero_run is None:
-            return
-        (offset, length), self._zero_run = self._zero_run, None
+        run, self._zero_run = self._zero_run, None
+        if run is not None:
+            await self._send_zeroes(*run)
+
+    async def _send_zeroes(self, offset: int, length: int) -> None:
         can_zero = self._info.can_write_zeroes
         step = MAX_ZERO_REQUEST if can_zero else self.request_size
         for pos in range(offset, offset + length, step):
@@ -200,32 +210,56 @@ class NbdWriter:
 
     async def _submit(self, op: _Op) -> None:
         await self._slots.acquire()
+        try:
+            await self._after_overlaps(op)
+        except BaseException:
+            self._slots.release()
+            raise
         if self._error is not None:
             self._slots.release()
             raise self._error
         self._ops.add(op)
         self.stats.requests += 1
-        task = asyncio.get_running_loop().create_task(self._run(op))
+        # On the wire now, while the caller reads its next block; the task only
+        # waits for the reply (and resends after a reconnect).
+        task = op.task = asyncio.get_running_loop().create_task(self._run(op, *self._send(op)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, op: _Op) -> None:
+    async def _after_overlaps(self, op: _Op) -> None:
+        """NBD servers may reorder requests in flight; a write over a range still in
+        flight waits for it, so the later write wins, as in a file."""
+        end = op.offset + op.length
+        while clash := {
+            o.task
+            for o in self._ops
+            if o.task is not None
+            and not o.task.done()
+            and o.offset < end
+            and op.offset < o.offset + o.length
+        }:
+            await asyncio.wait(clash)
+
+    def _send(self, op: _Op) -> tuple[NbdClient | None, asyncio.Future[bytes] | None]:
+        client = self._client
+        if client is None or not client.alive:
+            return client, None
+        op.reply = client.submit(op.cmd, op.offset, op.length, op.data)
+        return client, op.reply
+
+    async def _run(
+        self, op: _Op, client: NbdClient | None, reply: asyncio.Future[bytes] | None
+    ) -> None:
         try:
             while True:
-                client = self._client
                 try:
-                    if client is None:
+                    if reply is None:
                         raise NbdConnectionLost(f"{self.uri}: not connected")
-                    if op.cmd == CMD_WRITE:
-                        assert op.data is not None
-                        await client.write(op.offset, op.data)
-                    elif op.cmd == CMD_WRITE_ZEROES:
-                        await client.write_zeroes(op.offset, op.length)
-                    else:
-                        await client.flush()
+                    await reply
                 except NbdConnectionLost as exc:
                     await self._reconnect(client, exc)
                     self.stats.resent += 1
+                    client, reply = self._send(op)
                     continue
                 self._failures = 0
                 if op.cmd == CMD_WRITE:

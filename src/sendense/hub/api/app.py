@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sendense import __version__
 from sendense.common.api_errors import install_error_handlers
-from sendense.hub.api import routes_backups, routes_repositories, routes_system
+from sendense.hub.api import routes_backups, routes_nodes, routes_repositories, routes_system
 from sendense.hub.service import Hub
 
 log = logging.getLogger(__name__)
@@ -21,8 +21,11 @@ def create_app(hub: Hub) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        # A graceful stop leaves nothing running: exports stopped, jobs failed.
+        # A graceful stop leaves nothing running: exports stopped, jobs failed,
+        # the tunnel's sshd gone. (uvicorn re-raises SIGTERM once the app has shut
+        # down, so code after uvicorn.run() would never see it.)
         await run_in_threadpool(hub.reconcile, "the hub was stopped during the job")
+        await run_in_threadpool(hub.tunnel.stop)
 
     app = FastAPI(title="Sendense hub", version=__version__, lifespan=lifespan)
     app.state.hub = hub
@@ -31,4 +34,6 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(routes_system.router)
     app.include_router(routes_repositories.router)
     app.include_router(routes_backups.router)
+    app.include_router(routes_nodes.public)
+    app.include_router(routes_nodes.router)
     return app

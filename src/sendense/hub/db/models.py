@@ -95,9 +95,43 @@ class Node(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(64), unique=True)
+    # The node's SSH public key (OpenSSH format); its tunnel logs in with it.
     public_key: Mapped[str | None] = mapped_column(Text)
+    key_fingerprint: Mapped[str | None] = mapped_column(String(128))
+    # Hub-side loopback port of the reverse forward to the node's API (8081).
+    reverse_port: Mapped[int | None] = mapped_column(Integer, unique=True)
+    # The node's API token for the hub, encrypted with the hub's secret key.
+    api_token_sealed: Mapped[str | None] = mapped_column(Text)
     revoked: Mapped[bool] = mapped_column(default=False)
+    connected: Mapped[bool] = mapped_column(default=False)
     last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class PairingCode(Base):
+    """Single use, short-lived; only its digest is stored."""
+
+    __tablename__ = "pairing_codes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    node_id: Mapped[str | None] = mapped_column(ForeignKey("nodes.id"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class Vcenter(Base):
+    """A vCenter the hub backs up from, through one node."""
+
+    __tablename__ = "vcenters"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    host: Mapped[str] = mapped_column(String(255), unique=True)
+    username: Mapped[str] = mapped_column(String(255))
+    password_sealed: Mapped[str] = mapped_column(Text)
+    thumbprint: Mapped[str | None] = mapped_column(String(128))
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 

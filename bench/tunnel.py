@@ -1,0 +1,146 @@
+"""Throughput through the tunnel beside direct loopback NBD writes, in the same run.
+
+    .venv/bin/python bench/tunnel.py [--size-gib 2] [--runs 3]
+
+A hub (its services in this process, its tunnel sshd a child), one node enrolled
+with a pairing code and its tunnel supervisor (`sendense node tunnel`) running.
+The node's NbdWriter writes the same source (half random data, half holes) into
+a fresh QCOW2 export, once at nbd://127.0.0.1:PORT (direct) and once at
+nbd://127.0.0.2:PORT (the node's end of the tunnel). Median of the runs, MB/s of
+data. Writes `tunnel` and the top-level `tunnel_vs_direct` in bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nbd_writer import feed, make_source
+from tests.rig.net import free_port, free_port_range
+
+from sendense.common.config import load_settings
+from sendense.common.sshkeys import ensure_keypair
+from sendense.hub.config import HubSettings
+from sendense.hub.service import Hub
+from sendense.nbd.qemu_img import QemuImg
+from sendense.nbd.qemu_nbd import ExportSpec, QemuNbd
+from sendense.nbd.writer import NbdWriter
+from sendense.node.tunnel import TunnelConfig, save_config, tunnel_dir
+
+RESULTS = Path(__file__).with_name("results.json")
+
+
+async def write(uri: str, source: Path) -> None:
+    async with NbdWriter(uri, max_in_flight=8, request_size=4 << 20) as writer:
+        await feed(writer, source)
+
+
+def one_run(host: str, port: int, source: Path, size: int, work: Path) -> float:
+    target = work / "target.qcow2"
+    os.sync()
+    QemuImg().create(target, size)
+    try:
+        with QemuNbd(ExportSpec(target, port, "bench"), log_path=work / "qemu-nbd.log"):
+            start = time.perf_counter()
+            asyncio.run(write(f"nbd://{host}:{port}/bench", source))
+            return time.perf_counter() - start
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def enrolled_node(hub: Hub, node_dir: Path) -> TunnelConfig:
+    code, _ = hub.nodes.pairing_code()
+    keys = ensure_keypair(tunnel_dir(node_dir) / "id_ed25519", "bench-node")
+    info = hub.enroll_node(code, "bench-node", keys.public_key, "unused-token")
+    s = hub.settings
+    config = TunnelConfig(
+        hub_host="127.0.0.1", tunnel_port=s.tunnel_port, node_name=info.name,
+        reverse_port=info.reverse_port or 0, nbd_port_min=s.nbd_port_min,
+        nbd_port_max=s.nbd_port_max, api_port=s.listen_port,
+        hub_host_key=hub.tunnel_identity().public_key, tunnel_user=hub.tunnel.user,
+        local_address="127.0.0.2", node_api_port=free_port(),
+    )  # fmt: skip
+    save_config(node_dir, config)
+    return config
+
+
+def wait_connected(node_dir: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    status = tunnel_dir(node_dir) / "status.json"
+    while time.monotonic() < deadline:
+        if status.exists() and json.loads(status.read_text()).get("state") == "connected":
+            return
+        time.sleep(0.1)
+    raise SystemExit("the tunnel did not come up")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    size = int(args.size_gib * (1 << 30))
+    with tempfile.TemporaryDirectory(prefix="sendense-bench-tunnel-") as tmp:
+        work = Path(tmp)
+        source = work / "source.raw"
+        data = make_source(source, size)
+        first, last = free_port_range(2)
+        settings = load_settings(
+            HubSettings, data_dir=work / "hub", nbd_port_min=first, nbd_port_max=last,
+            tunnel_port=free_port(), listen_port=free_port(), min_free_bytes=0,
+        )  # fmt: skip
+        hub = Hub.open(settings)
+        supervisor = None
+        try:
+            hub.start_tunnel()
+            node_dir = work / "node"
+            enrolled_node(hub, node_dir)
+            supervisor = subprocess.Popen(
+                [sys.executable, "-m", "sendense", "node", "tunnel", "--data-dir", str(node_dir)],
+                stdin=subprocess.DEVNULL,
+            )
+            wait_connected(node_dir)
+            direct, tunnel = [], []
+            for _ in range(args.runs):
+                direct.append(one_run("127.0.0.1", first, source, size, work))
+                tunnel.append(one_run("127.0.0.2", first, source, size, work))
+        finally:
+            if supervisor is not None:
+                supervisor.terminate()
+                supervisor.wait(20)
+            hub.close()
+    d, t = statistics.median(direct), statistics.median(tunnel)
+    return {
+        "size_bytes": size, "data_bytes": data, "runs": args.runs,
+        "transport": "OpenSSH (hub-managed sshd), aes128-gcm",
+        "direct": {"seconds": direct, "median_s": d, "data_MBps": data / d / 1e6},
+        "tunnel": {"seconds": tunnel, "median_s": t, "data_MBps": data / t / 1e6},
+        "tunnel_vs_direct": d / t,
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-gib", type=float, default=2.0)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    figures = run(args)
+    print(f"{'path':<12}{'seconds':>10}{'MB/s data':>12}")
+    for key in ("direct", "tunnel"):
+        print(f"{key:<12}{figures[key]['median_s']:>10.2f}{figures[key]['data_MBps']:>12.0f}")
+    print(f"tunnel_vs_direct {figures['tunnel_vs_direct']:.3f}")
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results["tunnel"] = figures
+    results["tunnel_vs_direct"] = round(figures["tunnel_vs_direct"], 3)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

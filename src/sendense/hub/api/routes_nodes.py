@@ -1,0 +1,73 @@
+"""Nodes: enrollment (authenticated by a pairing code, not a token), list, revoke."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel
+
+from sendense.common.contract import (
+    DiscoverResponse,
+    EnrollRequest,
+    EnrollResponse,
+    VcenterLogin,
+)
+from sendense.hub.api.deps import HubDep, require_token
+from sendense.hub.node_client import NodeClient
+
+public = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
+router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"], dependencies=[Depends(require_token)])
+
+
+class NodeOut(BaseModel):
+    id: str
+    name: str
+    key_fingerprint: str | None
+    reverse_port: int | None
+    revoked: bool
+    connected: bool
+    last_seen: datetime | None
+
+
+@public.post("/enroll", status_code=201)
+def enroll(hub: HubDep, body: EnrollRequest) -> EnrollResponse:
+    info = hub.enroll_node(
+        body.code, body.node_name, body.public_key, body.node_api_token.get_secret_value()
+    )
+    host_key = hub.tunnel_identity()
+    s = hub.settings
+    return EnrollResponse(
+        node_id=info.id,
+        node_name=info.name,
+        key_fingerprint=info.key_fingerprint or "",
+        hub_host_key=host_key.public_key,
+        hub_host_key_fingerprint=host_key.fingerprint,
+        tunnel_port=s.tunnel_port,
+        tunnel_user=hub.tunnel.user,
+        reverse_port=info.reverse_port or 0,
+        nbd_port_min=s.nbd_port_min,
+        nbd_port_max=s.nbd_port_max,
+        api_port=s.listen_port,
+    )
+
+
+@router.get("")
+def list_nodes(hub: HubDep) -> list[NodeOut]:
+    return [NodeOut.model_validate(n, from_attributes=True) for n in hub.node_status()]
+
+
+@router.post("/{name}/revoke")
+def revoke(hub: HubDep, name: str) -> NodeOut:
+    info = hub.revoke_node(name)
+    return NodeOut.model_validate(info, from_attributes=True)
+
+
+@router.post("/{name}/vms")
+def discover(hub: HubDep, name: str, login: VcenterLogin) -> DiscoverResponse:
+    """The vCenter's VMs, asked of the node through its tunnel."""
+    client = NodeClient(hub.nodes, name)
+    try:
+        return client.discover(login)
+    finally:
+        client.close()

@@ -1,0 +1,55 @@
+"""The hub calling a node's API (8081) through the node's reverse forward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from sendense.common.contract import DiscoverResponse, VcenterLogin
+from sendense.common.errors import NotFound, SendenseError, Unavailable
+from sendense.hub.nodes import NodeService
+
+
+class NodeCallFailed(SendenseError):
+    http_status = 502
+    code = "node_error"
+
+
+class NodeClient:
+    def __init__(self, nodes: NodeService, name: str, timeout: float = 120.0) -> None:
+        info = nodes.get(name)
+        if info.revoked:
+            raise NotFound(f"node {name!r} is revoked")
+        if info.reverse_port is None:
+            raise NotFound(f"node {name!r} has no tunnel")
+        self.name = name
+        self.url = f"http://127.0.0.1:{info.reverse_port}"
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {nodes.api_token(name)}"},
+            timeout=timeout,
+        )
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise Unavailable(
+                f"node {self.name!r} does not answer through its tunnel: {exc}"
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("message", response.text)
+            except ValueError:
+                message = response.text
+            raise NodeCallFailed(f"node {self.name!r}: {message}")
+        return response.json()
+
+    def discover(self, login: VcenterLogin) -> DiscoverResponse:
+        body = login.model_dump(mode="json")
+        body["vcenter_password"] = login.vcenter_password.get_secret_value()
+        return DiscoverResponse.model_validate(self._call("POST", "/api/v1/vms/discover", body))
+
+    def close(self) -> None:
+        self._http.close()

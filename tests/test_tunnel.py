@@ -1,0 +1,383 @@
+"""The tunnel with real processes: hub (with its sshd), node API, node tunnel (ssh),
+and the simulated vCenter. The node dials out; everything crosses that one
+connection."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from sendense.common.config import load_settings
+from sendense.hub.config import HubSettings
+from sendense.hub.db.models import PairingCode
+from sendense.hub.service import Hub
+from sendense.nbd.qemu_img import QemuImg
+from tests.node_rig import snapshot_names, unique
+from tests.rig.hub import HubProcess
+from tests.rig.node import NodeProcesses, sendense
+from tests.rig.procs import pids_with
+from tests.rig.vcsim import Disconnect, Vcsim
+from tests.rig.vmware_vms import SCSI0, MiB, create_vm, fill, flat_file, virtual_disks
+
+
+@pytest.fixture
+def si(vcsim: Vcsim) -> Iterator[Any]:
+    session = vcsim.connect()
+    try:
+        yield session
+    finally:
+        Disconnect(session)
+
+
+class Site:
+    """A hub and one enrolled node, as processes."""
+
+    def __init__(self, tmp_path: Path, **node_settings: str) -> None:
+        self.hub = HubProcess(tmp_path / "hub", f"sqlite:///{tmp_path / 'hub.db'}")
+        self.node = NodeProcesses(tmp_path / "node", **node_settings)
+        self.name = unique("node")
+
+    def start(self) -> None:
+        self.hub.start()
+        self.token = self.hub.initial_token()
+        self.api = httpx.Client(
+            base_url=self.hub.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60
+        )
+
+    def pair(self) -> str:
+        done = sendense("hub", "pair", "--data-dir", str(self.hub.data_dir), env=self.hub.env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    def enroll_and_connect(self) -> None:
+        enrolled = self.node.enroll(self.hub.url, self.pair(), self.name)
+        assert enrolled.returncode == 0, enrolled.stderr
+        self.node.start_serve()
+        self.node.start_tunnel()
+        self.node.wait_tunnel("connected")
+
+    def hub_service(self) -> Hub:
+        """The hub's services in this process (same database and data directory)."""
+        settings = load_settings(
+            HubSettings,
+            data_dir=self.hub.data_dir,
+            database_url=self.hub.env["SENDENSE_HUB_DATABASE_URL"],
+        )
+        return Hub.open(settings, migrate=False)
+
+    def node_api(self) -> httpx.Client:
+        """The node's API as the hub reaches it: its reverse port, its token."""
+        hub = self.hub_service()
+        try:
+            node = hub.nodes.get(self.name)
+            token = hub.nodes.api_token(self.name)
+        finally:
+            hub.db.dispose()
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{node.reverse_port}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+
+    def stop(self) -> None:
+        self.node.stop()
+        self.hub.stop()
+        if hasattr(self, "api"):
+            self.api.close()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    site = Site(tmp_path)
+    try:
+        site.start()
+        yield site
+    finally:
+        site.stop()
+    assert pids_with(str(tmp_path), name="ssh") == []
+
+
+def backup_through_tunnel(
+    site: Site,
+    node_api: httpx.Client,
+    vcsim: Vcsim,
+    vm: Any,
+    name: str,
+    during: Any = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    disks = [
+        {"key": k, "capacity_bytes": int(d.capacityInBytes)}
+        for k, d in sorted(virtual_disks(vm.config).items())
+    ]
+    job = site.api.post("/api/v1/jobs", json={"vm_name": name, "disks": disks})
+    assert job.status_code == 201, job.text
+    created = job.json()
+    assert "nbd://127.0.0.2:" in created["nbd_targets"]
+    body = {
+        "job_id": created["job_id"],
+        "vm_name": name,
+        "vcenter_host": vcsim.host,
+        "vcenter_user": vcsim.username,
+        "vcenter_password": vcsim.password,
+        "vcenter_thumbprint": vcsim.thumbprint,
+        "nbd_targets": created["nbd_targets"],
+    }
+    assert node_api.post("/api/v1/backup/start", json=body).status_code == 202
+    deadline = time.monotonic() + 120
+    while True:
+        status = node_api.get(f"/api/v1/jobs/{created['job_id']}").json()
+        if status["state"] not in ("queued", "running"):
+            return created, status
+        if during is not None:
+            during(status)
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def finish(site: Site, created: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    if status["state"] == "complete":
+        disks = {
+            str(d["disk_key"]): {
+                "change_id": d["change_id"],
+                "checksum": d["checksum"],
+                "data_bytes": d["bytes_written"],
+            }
+            for d in status["disks"]
+        }
+        body: dict[str, Any] = {"success": True, "disks": disks}
+    else:
+        body = {"success": False, "error": status["error"]}
+    answer = site.api.post(f"/api/v1/jobs/{created['job_id']}/finish", json=body)
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def test_enrolled_node_lists_vms_and_backs_up_two_disks_through_the_tunnel(
+    site: Site, vcsim: Vcsim, si: Any, repo_dir: Path
+) -> None:
+    site.enroll_and_connect()
+    nodes = site.api.get("/api/v1/nodes").json()
+    assert [(n["name"], n["connected"]) for n in nodes] == [(site.name, True)]
+    shown = sendense(
+        "hub", "status", env={"SENDENSE_HUB_URL": site.hub.url, "SENDENSE_TOKEN": site.token}
+    )
+    assert site.name in shown.stdout
+
+    name = unique("pgtest1")
+    vm = create_vm(si, name, [(2000, 32 * MiB, SCSI0), (2001, 16 * MiB, SCSI0)], cbt=True)
+    fill(flat_file(vcsim, vm, 2000), [(0, b"\x5a" * MiB), (30 * MiB, b"\xa5" * MiB)])
+    fill(flat_file(vcsim, vm, 2001), [(5 * MiB, b"\x33" * MiB)])
+
+    listed = sendense(
+        "vms", "list", "--node", site.name, "--vcenter", vcsim.host, "--user", vcsim.username,
+        "--thumbprint", vcsim.thumbprint,
+        env={"SENDENSE_HUB_URL": site.hub.url, "SENDENSE_TOKEN": site.token,
+             "SENDENSE_VCENTER_PASSWORD": vcsim.password},
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert name in listed.stdout
+
+    assert site.api.post("/api/v1/repositories", json={"path": str(repo_dir)}).status_code == 201
+    with site.node_api() as node_api:
+        created, status = backup_through_tunnel(site, node_api, vcsim, vm, name)
+    assert status["state"] == "complete", status
+    job = finish(site, created, status)
+    assert job["state"] == "complete"
+    point = site.api.get("/api/v1/restore-points").json()[0]
+    for disk in point["disks"]:
+        assert QemuImg().compare(
+            flat_file(vcsim, vm, disk["disk_key"]), repo_dir / disk["file_path"]
+        )
+    assert snapshot_names(vm) == []
+
+
+def test_pairing_codes_are_single_use_and_expire(site: Site) -> None:
+    code = site.pair()
+    first = site.node.enroll(site.hub.url, code, site.name)
+    assert first.returncode == 0, first.stderr
+    again = NodeProcesses(site.node.data_dir.parent / "node2").enroll(site.hub.url, code, "n2")
+    assert again.returncode == 5
+    assert "used already" in again.stderr
+
+    expired = site.pair()
+    hub = site.hub_service()
+    try:
+        with hub.db.session() as s:
+            s.execute(
+                update(PairingCode)
+                .where(PairingCode.used_at.is_(None))
+                .values(expires_at=PairingCode.created_at)
+            )
+    finally:
+        hub.db.dispose()
+    late = NodeProcesses(site.node.data_dir.parent / "node3").enroll(site.hub.url, expired, "n3")
+    assert late.returncode == 5
+    assert "expired" in late.stderr
+    assert [n["name"] for n in site.api.get("/api/v1/nodes").json()] == [site.name]
+
+
+def test_unknown_key_and_forbidden_forwards_are_refused(site: Site, tmp_path: Path) -> None:
+    site.enroll_and_connect()
+    tunnel_dir = site.node.data_dir / "tunnel"
+    base = ["ssh", "-N", "-F", "/dev/null", "-p", str(site.hub.tunnel_port),
+            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={tunnel_dir / 'known_hosts'}", "-o", "ConnectTimeout=5",
+            "-o", "ExitOnForwardFailure=yes"]  # fmt: skip
+    user = f"{os.environ.get('USER', 'root')}@127.0.0.1"
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    refused = subprocess.run(
+        [*base, "-i", str(stranger), user], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert refused.returncode == 255
+    assert "Permission denied" in refused.stderr
+
+    key = ["-i", str(tunnel_dir / "id_ed25519")]
+    shell = subprocess.run(
+        ["ssh", *base[2:], *key, user, "id"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert shell.returncode != 0
+    assert "uid=" not in shell.stdout
+
+    # A forward to a port outside the NBD pool and API (the hub's tunnel sshd itself):
+    # the connection is opened by ssh locally, then closed without a byte.
+    from tests.rig.net import free_port
+
+    local = free_port()
+    with subprocess.Popen([*base, *key, "-L", f"127.0.0.2:{local}:127.0.0.1:"
+                           f"{site.hub.tunnel_port}", user],
+                          stderr=subprocess.PIPE) as forward:  # fmt: skip
+        try:
+            time.sleep(1.5)
+            import socket
+
+            with socket.create_connection(("127.0.0.2", local), timeout=5) as sock:
+                sock.settimeout(5)
+                assert sock.recv(64) == b""  # no SSH banner: sshd refused the open
+        finally:
+            forward.terminate()
+            _, err = forward.communicate(timeout=10)
+    assert b"administratively prohibited" in err or b"open failed" in err
+
+    reverse = subprocess.run(
+        [*base, *key, "-R", f"127.0.0.1:{free_port()}:127.0.0.1:22", user],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert reverse.returncode == 255
+    assert "forwarding failed" in reverse.stderr
+
+
+def test_revoked_node_is_cut_off(site: Site) -> None:
+    site.enroll_and_connect()
+    revoked = sendense(
+        "nodes",
+        "revoke",
+        site.name,
+        env={"SENDENSE_HUB_URL": site.hub.url, "SENDENSE_TOKEN": site.token},
+    )
+    assert revoked.returncode == 0, revoked.stderr
+    # The first drop is the hub ending the session; every retry after it is refused.
+    status = site.node.wait_tunnel("reconnecting", timeout=30, restarts=2)
+    assert "Permission denied" in str(status.get("last_error"))
+    nodes = site.api.get("/api/v1/nodes").json()
+    assert nodes[0]["revoked"] is True
+    assert nodes[0]["connected"] is False
+
+
+def test_node_refuses_a_hub_whose_host_key_changed(site: Site) -> None:
+    site.enroll_and_connect()
+    site.node.stop_tunnel()
+    site.hub.stop()
+    for path in (site.hub.data_dir / "tunnel").glob("host_ed25519*"):
+        path.unlink()
+    site.hub.start()
+    site.node.start_tunnel()
+    status = site.node.wait_tunnel("reconnecting", timeout=30)
+    assert "host key changed" in str(status.get("last_error"))
+    shown = sendense("node", "status", "--data-dir", str(site.node.data_dir), env=site.node.env)
+    assert shown.returncode == 1
+    assert "host key changed" in shown.stdout
+
+
+def test_kill_9_of_the_tunnel_mid_backup_heals_and_the_next_backup_succeeds(
+    tmp_path: Path, vcsim: Vcsim, si: Any, repo_dir: Path
+) -> None:
+    site = Site(tmp_path, chunk_mib="1", readers_per_disk="1", writes_in_flight="1")
+    try:
+        site.start()
+        site.enroll_and_connect()
+        site.api.post("/api/v1/repositories", json={"path": str(repo_dir)})
+        name = unique("heal")
+        vm = create_vm(si, name, [(2000, 128 * MiB, SCSI0), (2001, 64 * MiB, SCSI0)], cbt=True)
+        for key, size in ((2000, 128), (2001, 64)):
+            fill(flat_file(vcsim, vm, key), [(o * MiB, b"\x77" * MiB) for o in range(size)])
+        killed: list[int] = []
+
+        def kill_ssh(status: dict[str, Any]) -> None:
+            done = sum(d["bytes_done"] for d in status["disks"])
+            if not killed and done > 0:
+                ssh_pid = int(str(site.node.tunnel_status()["ssh_pid"]))
+                os.kill(ssh_pid, signal.SIGKILL)
+                killed.append(ssh_pid)
+
+        with site.node_api() as node_api:
+            created, status = _backup_surviving_tunnel_loss(
+                site, node_api, vcsim, vm, name, kill_ssh
+            )
+        assert killed
+        site.node.wait_tunnel("connected", restarts=1)
+        job = finish(site, created, status)
+        if status["state"] == "complete":
+            assert job["state"] == "complete"
+        else:
+            assert job["state"] == "failed"
+            assert "nbd://" in status["error"] or "connection" in status["error"].lower()
+        points = site.api.get("/api/v1/restore-points").json()
+        assert all(p["status"] == "complete" for p in points)
+        assert snapshot_names(vm) == []
+        with site.node_api() as node_api:
+            created, status = backup_through_tunnel(site, node_api, vcsim, vm, name)
+        assert status["state"] == "complete", status
+        assert finish(site, created, status)["state"] == "complete"
+        point = site.api.get("/api/v1/restore-points").json()[-1]
+        for disk in point["disks"]:
+            assert QemuImg().compare(
+                flat_file(vcsim, vm, disk["disk_key"]), repo_dir / disk["file_path"]
+            )
+    finally:
+        site.stop()
+
+
+def _backup_surviving_tunnel_loss(
+    site: Site, node_api: httpx.Client, vcsim: Vcsim, vm: Any, name: str, during: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The node's API is reached through the tunnel too: while it is down, polls fail."""
+    try:
+        return backup_through_tunnel(site, node_api, vcsim, vm, name, during=during)
+    except httpx.HTTPError:
+        site.node.wait_tunnel("connected", restarts=1)
+        job_id = site.api.get("/api/v1/jobs").json()[0]["id"]
+        deadline = time.monotonic() + 120
+        while True:
+            status: dict[str, Any] = node_api.get(f"/api/v1/jobs/{job_id}").json()
+            if status["state"] not in ("queued", "running"):
+                return {"job_id": job_id}, status
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
