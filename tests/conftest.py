@@ -7,6 +7,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,7 +19,7 @@ from sendense.hub.service import Hub
 from tests.rig.net import free_port_range
 from tests.rig.postgres import PostgresServer
 from tests.rig.procs import kill_all, pids_with, wait_gone
-from tests.rig.vcsim import Vcsim, running_vcsim
+from tests.rig.vcsim import Disconnect, Vcsim, running_vcsim
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +37,16 @@ def vcsim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vcsim]:
     """One simulated vCenter for the session; each test makes its own VMs."""
     with running_vcsim(tmp_path_factory.mktemp("vcsim")) as server:
         yield server
+
+
+@pytest.fixture
+def si(vcsim: Vcsim) -> Iterator[Any]:
+    """A logged-in pyVmomi ServiceInstance of the simulator, disconnected afterwards."""
+    session = vcsim.connect()
+    try:
+        yield session
+    finally:
+        Disconnect(session)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,8 +13,20 @@ from fastapi.testclient import TestClient
 
 from sendense.hub.backups import DiskResult, DiskSpec, PreparedJob
 from sendense.hub.service import Hub
+from sendense.node.api.app import create_node_app
+from sendense.node.auth import NodeTokens
+from sendense.node.config import NodeSettings
 from tests.rig.vcsim import Vcsim
 from tests.rig.vmware_vms import virtual_disks
+
+
+@contextmanager
+def node_client(settings: NodeSettings) -> Iterator[TestClient]:
+    """The node's API in-process, with a token of its own."""
+    token = NodeTokens(settings.data_dir).create("hub")
+    app = create_node_app(settings)
+    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as client:
+        yield client
 
 
 @dataclass

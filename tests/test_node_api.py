@@ -17,31 +17,18 @@ from fastapi.testclient import TestClient
 from sendense.common.config import load_settings
 from sendense.hub.service import Hub
 from sendense.nbd.qemu_img import QemuImg
-from sendense.node.api.app import create_node_app
-from sendense.node.auth import NodeTokens
 from sendense.node.config import NodeSettings
-from tests.node_rig import disk_specs, finish_on_hub, start_body, unique, wait_job
+from tests.node_rig import disk_specs, finish_on_hub, node_client, start_body, unique, wait_job
 from tests.rig.net import free_port
 from tests.rig.procs import stop
-from tests.rig.vcsim import Disconnect, Vcsim
+from tests.rig.vcsim import Vcsim
 from tests.rig.vmware_vms import SCSI0, SCSI1, MiB, create_vm, fill, flat_file
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[TestClient]:
-    settings = load_settings(NodeSettings, data_dir=tmp_path / "node")
-    token = NodeTokens(settings.data_dir).create("hub")
-    with TestClient(create_node_app(settings), headers={"Authorization": f"Bearer {token}"}) as c:
-        yield c
-
-
-@pytest.fixture
-def si(vcsim: Vcsim) -> Iterator[Any]:
-    session = vcsim.connect()
-    try:
-        yield session
-    finally:
-        Disconnect(session)
+    with node_client(load_settings(NodeSettings, data_dir=tmp_path / "node")) as client:
+        yield client
 
 
 def login(vcsim: Vcsim, **change: str) -> dict[str, str]:

@@ -16,19 +16,18 @@ from fastapi.testclient import TestClient
 from sendense.common.config import load_settings
 from sendense.hub.service import Hub
 from sendense.nbd.qemu_img import QemuImg
-from sendense.node.api.app import create_node_app
-from sendense.node.auth import NodeTokens
 from sendense.node.config import NodeSettings
 from tests.node_rig import (
     disk_specs,
     finish_on_hub,
+    node_client,
     snapshot_names,
     start_body,
     unique,
     wait_job,
 )
 from tests.rig.procs import pids_with
-from tests.rig.vcsim import Disconnect, Vcsim
+from tests.rig.vcsim import Vcsim
 from tests.rig.vmware_vms import SCSI0, SCSI1, MiB, create_vm, fill, flat_file
 
 BLOCK = bytes(range(256)) * 256  # 64 KiB of "guest data"
@@ -41,19 +40,8 @@ def node_settings(tmp_path: Path) -> NodeSettings:
 
 @pytest.fixture
 def node(node_settings: NodeSettings) -> Iterator[TestClient]:
-    token = NodeTokens(node_settings.data_dir).create("hub")
-    app = create_node_app(node_settings)
-    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as client:
+    with node_client(node_settings) as client:
         yield client
-
-
-@pytest.fixture
-def si(vcsim: Vcsim) -> Iterator[Any]:
-    session = vcsim.connect()
-    try:
-        yield session
-    finally:
-        Disconnect(session)
 
 
 @pytest.fixture

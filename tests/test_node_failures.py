@@ -13,13 +13,11 @@ from fastapi.testclient import TestClient
 
 from sendense.common.config import load_settings
 from sendense.hub.service import Hub
-from sendense.node.api.app import create_node_app
-from sendense.node.auth import NodeTokens
 from sendense.node.config import NodeSettings
-from tests.node_rig import disk_specs, snapshot_names, start_body, unique, wait_job
+from tests.node_rig import disk_specs, node_client, snapshot_names, start_body, unique, wait_job
 from tests.rig.net import free_port
 from tests.rig.procs import kill_all, pids_with
-from tests.rig.vcsim import Disconnect, Vcsim
+from tests.rig.vcsim import Vcsim
 from tests.rig.vmware_vms import SCSI0, MiB, create_snapshot, create_vm, fill, flat_file
 
 
@@ -33,18 +31,8 @@ def slow_node(tmp_path: Path) -> Iterator[TestClient]:
         readers_per_disk=1,
         writes_in_flight=1,
     )
-    token = NodeTokens(settings.data_dir).create("hub")
-    with TestClient(create_node_app(settings), headers={"Authorization": f"Bearer {token}"}) as c:
-        yield c
-
-
-@pytest.fixture
-def si(vcsim: Vcsim) -> Iterator[Any]:
-    session = vcsim.connect()
-    try:
-        yield session
-    finally:
-        Disconnect(session)
+    with node_client(settings) as client:
+        yield client
 
 
 @pytest.fixture(autouse=True)

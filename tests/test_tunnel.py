@@ -25,17 +25,8 @@ from tests.node_rig import snapshot_names, unique
 from tests.rig.hub import HubProcess
 from tests.rig.node import NodeProcesses, sendense
 from tests.rig.procs import pids_with
-from tests.rig.vcsim import Disconnect, Vcsim
+from tests.rig.vcsim import Vcsim
 from tests.rig.vmware_vms import SCSI0, MiB, create_vm, fill, flat_file, virtual_disks
-
-
-@pytest.fixture
-def si(vcsim: Vcsim) -> Iterator[Any]:
-    session = vcsim.connect()
-    try:
-        yield session
-    finally:
-        Disconnect(session)
 
 
 class Site:
