@@ -7,13 +7,17 @@ from typing import Annotated
 
 import typer
 
-from sendense.cli import hub, node
+from sendense.cli import backups, hub, node
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.output import console, one_line_errors, repo_table, table
 
 app = typer.Typer(help="Sendense VM backup.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(hub.app, name="hub")
 app.add_typer(node.app, name="node")
+app.add_typer(backups.vcenter_app, name="vcenter")
+app.add_typer(backups.backup_app, name="backup")
+app.add_typer(backups.jobs_app, name="jobs")
+app.add_typer(backups.backups_app, name="backups")
 repo_app = typer.Typer(help="Backup repositories of the hub.", no_args_is_help=True)
 app.add_typer(repo_app, name="repo")
 

@@ -24,6 +24,10 @@ class VcenterLogin(BaseModel):
     )
 
 
+class InventoryRequest(VcenterLogin):
+    vm_name: str = Field(min_length=1, max_length=255)
+
+
 class BackupStartRequest(VcenterLogin):
     job_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     vm_name: str = Field(min_length=1, max_length=255)

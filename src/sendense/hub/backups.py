@@ -122,17 +122,28 @@ class BackupExports:
         disks: list[DiskSpec],
         backup_type: str = "auto",
         repository: str | None = None,
+        job_id: str | None = None,
     ) -> PreparedJob:
+        """Open exports for a new job, or for `job_id` reserved by `reserve`."""
         _validate(vm_name, disks, backup_type)
-        repo = self.repos.get(repository)
-        self.repos.ensure_fits(repo, sum(d.estimated_bytes for d in disks))
+        try:
+            repo = self.repos.get(repository)
+            self.repos.ensure_fits(repo, sum(d.estimated_bytes for d in disks))
+        except SendenseError as exc:
+            if job_id is not None:
+                self.fail(job_id, exc.message)
+            raise
         with self.db.session() as s:
             vm = self._upsert_vm(s, vm_name, disks)
-            job = Job(vm_id=vm.id, backup_type=backup_type, state=JobState.PREPARING)
+            if job_id is None:
+                job = Job(vm_id=vm.id, backup_type=backup_type)
+                s.add(job)
+                s.flush()
+                self._lock_vm(s, vm, job.id)
+            else:
+                job = s.get_one(Job, job_id)
+            job.state = JobState.PREPARING
             job.started_at = utcnow()
-            s.add(job)
-            s.flush()
-            self._lock_vm(s, vm, job.id)
             point = RestorePoint(vm_id=vm.id, job_id=job.id, repository_id=repo.id)
             s.add(point)
             s.flush()
@@ -150,6 +161,32 @@ class BackupExports:
         log.info("job prepared job=%s vm=%s targets=%s", job_id, vm_name, result.nbd_targets)
         return result
 
+    def reserve(self, vm_name: str, backup_type: str) -> str:
+        """A queued job that holds the VM's lock: a second request gets 409 at once."""
+        validate_vm_name(vm_name)
+        if backup_type not in BACKUP_TYPES:
+            raise InvalidInput(f"backup type {backup_type!r}: use one of {', '.join(BACKUP_TYPES)}")
+        with self.db.session() as s:
+            vm = s.scalars(select(Vm).where(Vm.name == vm_name)).first()
+            if vm is None:
+                vm = Vm(name=vm_name)
+                s.add(vm)
+                s.flush()
+            job = Job(vm_id=vm.id, backup_type=backup_type, state=JobState.QUEUED)
+            s.add(job)
+            s.flush()
+            self._lock_vm(s, vm, job.id)
+            return job.id
+
+    def parent_change_ids(self, prepared: PreparedJob) -> dict[int, str]:
+        """Per incremental disk, the change ID its parent recorded."""
+        parents = {d.parent_id: d.key for d in prepared.disks if d.parent_id}
+        if not parents:
+            return {}
+        with self.db.session() as s:
+            rows = s.scalars(select(RestorePointDisk).where(RestorePointDisk.id.in_(parents)))
+            return {parents[r.id]: r.change_id for r in rows if r.change_id}
+
     @staticmethod
     def _upsert_vm(s: Session, vm_name: str, disks: list[DiskSpec]) -> Vm:
         vm = s.scalars(select(Vm).where(Vm.name == vm_name)).first()
@@ -165,6 +202,10 @@ class BackupExports:
             row.datastore_path = spec.datastore_path
             row.removed = False
             s.add(row)
+        wanted = {spec.key for spec in disks}
+        for key, row in known.items():
+            if key not in wanted:
+                row.removed = True  # a removed disk ends its chain
         return vm
 
     @staticmethod

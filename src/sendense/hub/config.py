@@ -41,6 +41,10 @@ class HubSettings(SendenseSettings):
     reverse_port_min: int = Field(default=9081, ge=1, le=65535)
     reverse_port_max: int = Field(default=9180, ge=1, le=65535)
     pairing_minutes: int = Field(default=15, ge=1, le=1440)
+    # Backups of different VMs at once; the rest wait in the queue.
+    max_jobs: int = Field(default=4, ge=1, le=64)
+    # A node silent this long fails its job.
+    node_timeout_s: float = Field(default=60.0, gt=0)
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -6,9 +6,24 @@ from typing import Any
 
 import httpx
 
-from sendense.common.contract import DiscoverResponse, VcenterLogin
+from sendense.common.contract import (
+    BackupStartRequest,
+    DiscoverResponse,
+    NodeJobStatus,
+    VcenterLogin,
+    VmInventory,
+)
 from sendense.common.errors import NotFound, SendenseError, Unavailable
 from sendense.hub.nodes import NodeService
+
+
+def _login_body(login: VcenterLogin) -> dict[str, Any]:
+    return {
+        "vcenter_host": login.vcenter_host,
+        "vcenter_user": login.vcenter_user,
+        "vcenter_password": login.vcenter_password.get_secret_value(),
+        "vcenter_thumbprint": login.vcenter_thumbprint,
+    }
 
 
 class NodeCallFailed(SendenseError):
@@ -47,9 +62,25 @@ class NodeClient:
         return response.json()
 
     def discover(self, login: VcenterLogin) -> DiscoverResponse:
-        body = login.model_dump(mode="json")
-        body["vcenter_password"] = login.vcenter_password.get_secret_value()
+        body = _login_body(login)
         return DiscoverResponse.model_validate(self._call("POST", "/api/v1/vms/discover", body))
+
+    def inventory(self, login: VcenterLogin, vm_name: str) -> VmInventory:
+        body = _login_body(login) | {"vm_name": vm_name}
+        return VmInventory.model_validate(self._call("POST", "/api/v1/vms/inventory", body))
+
+    def start_backup(self, request: BackupStartRequest) -> None:
+        body = _login_body(request) | request.model_dump(
+            mode="json", exclude={"vcenter_password", "vcenter_host", "vcenter_user",
+                                  "vcenter_thumbprint"}
+        )  # fmt: skip
+        self._call("POST", "/api/v1/backup/start", body)
+
+    def job(self, job_id: str) -> NodeJobStatus:
+        return NodeJobStatus.model_validate(self._call("GET", f"/api/v1/jobs/{job_id}"))
+
+    def cancel(self, job_id: str) -> None:
+        self._call("POST", f"/api/v1/jobs/{job_id}/cancel")
 
     def close(self) -> None:
         self._http.close()

@@ -11,7 +11,14 @@ from starlette.concurrency import run_in_threadpool
 
 from sendense import __version__
 from sendense.common.api_errors import install_error_handlers
-from sendense.hub.api import routes_backups, routes_nodes, routes_repositories, routes_system
+from sendense.hub.api import (
+    routes_backups,
+    routes_nodes,
+    routes_orchestration,
+    routes_repositories,
+    routes_system,
+)
+from sendense.hub.orchestrator import Orchestrator
 from sendense.hub.service import Hub
 
 log = logging.getLogger(__name__)
@@ -21,6 +28,7 @@ def create_app(hub: Hub) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        orchestrator.shutdown()
         # A graceful stop leaves nothing running: exports stopped, jobs failed,
         # the tunnel's sshd gone. (uvicorn re-raises SIGTERM once the app has shut
         # down, so code after uvicorn.run() would never see it.)
@@ -29,6 +37,10 @@ def create_app(hub: Hub) -> FastAPI:
 
     app = FastAPI(title="Sendense hub", version=__version__, lifespan=lifespan)
     app.state.hub = hub
+    orchestrator = Orchestrator(
+        hub, hub.settings.max_jobs, node_timeout=hub.settings.node_timeout_s
+    )
+    app.state.orchestrator = orchestrator
     install_error_handlers(app)
     app.include_router(routes_system.public)
     app.include_router(routes_system.router)
@@ -36,4 +48,5 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(routes_backups.router)
     app.include_router(routes_nodes.public)
     app.include_router(routes_nodes.router)
+    app.include_router(routes_orchestration.router)
     return app

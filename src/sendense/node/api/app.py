@@ -17,15 +17,17 @@ from sendense.common.contract import (
     BackupStartRequest,
     BackupStartResponse,
     DiscoverResponse,
+    InventoryRequest,
     NodeJobStatus,
     VcenterLogin,
+    VmInventory,
 )
 from sendense.common.logging import register_secret
 from sendense.node.auth import NodeTokens
 from sendense.node.config import NodeSettings
 from sendense.node.jobs import JobRunner
 from sendense.node.vmware.connection import connect
-from sendense.node.vmware.inventory import list_vms
+from sendense.node.vmware.inventory import describe, find_vm, list_vms
 
 
 @dataclass
@@ -79,6 +81,29 @@ async def discover(node: NodeDep, login: VcenterLogin) -> DiscoverResponse:
         )
         try:
             return DiscoverResponse(vms=list_vms(vc))
+        finally:
+            vc.close()
+
+    return await asyncio.to_thread(work)
+
+
+@router.post("/vms/inventory", tags=["inventory"])
+async def inventory(node: NodeDep, body: InventoryRequest) -> VmInventory:
+    """One VM and its disks: what the hub plans a backup from."""
+    password = body.vcenter_password.get_secret_value()
+    register_secret(password)
+    thumbprint = body.vcenter_thumbprint or node.settings.vcenter_thumbprints.get(body.vcenter_host)
+
+    def work() -> VmInventory:
+        vc = connect(
+            body.vcenter_host,
+            body.vcenter_user,
+            password,
+            thumbprint,
+            node.settings.vcenter_insecure,
+        )
+        try:
+            return describe(find_vm(vc, body.vm_name))
         finally:
             vc.close()
 

@@ -1,0 +1,155 @@
+"""`sendense vcenter add`, `sendense backup run`, `sendense jobs`, `sendense backups`."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from sendense.cli.client import HubClient, read_token
+from sendense.cli.hub import HubUrlOpt, TokenFileOpt
+from sendense.cli.output import console, human_bytes, one_line_errors, table
+from sendense.common.errors import InvalidInput, SendenseError
+
+vcenter_app = typer.Typer(help="vCenters the hub backs up from.", no_args_is_help=True)
+backup_app = typer.Typer(help="Run backups.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Jobs of the hub.", no_args_is_help=True)
+backups_app = typer.Typer(help="Restore points.", no_args_is_help=True)
+TERMINAL = ("complete", "failed", "cancelled")
+
+
+def _client(hub_url: str | None, token_file: Path | None) -> HubClient:
+    return HubClient(hub_url, read_token(token_file))
+
+
+@vcenter_app.command("add")
+@one_line_errors
+def vcenter_add(
+    host: str,
+    user: Annotated[str, typer.Option(help="vCenter user")],
+    node: Annotated[str, typer.Option(help="The node next to this vCenter")],
+    thumbprint: Annotated[str | None, typer.Option(help="vCenter certificate SHA-256")] = None,
+    password_file: Annotated[
+        Path | None, typer.Option(help="else SENDENSE_VCENTER_PASSWORD")
+    ] = None,
+    hub_url: HubUrlOpt = None,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Register a vCenter (its password is sealed on the hub, never shown again)."""
+    password = (
+        password_file.read_text().strip()
+        if password_file
+        else os.environ.get("SENDENSE_VCENTER_PASSWORD", "")
+    )
+    if not password:
+        raise InvalidInput("no vCenter password: --password-file or SENDENSE_VCENTER_PASSWORD")
+    body = {"host": host, "user": user, "password": password, "node": node,
+            "thumbprint": thumbprint}  # fmt: skip
+    added = _client(hub_url, token_file).post("/api/v1/vcenters", body)
+    console.print(f"vCenter {added['host']} added, reached through node {added['node']}")
+
+
+@backup_app.command("run")
+@one_line_errors
+def backup_run(
+    vm: str,
+    full: Annotated[bool, typer.Option("--full", help="A full backup, not an incremental")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Show progress until it ends")] = False,
+    vcenter: Annotated[str | None, typer.Option(help="Which vCenter, if several")] = None,
+    hub_url: HubUrlOpt = None,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Back up a VM: a full, or an incremental wherever its chain allows."""
+    client = _client(hub_url, token_file)
+    queued = client.post(
+        "/api/v1/backups", {"vm": vm, "type": "full" if full else "auto", "vcenter": vcenter}
+    )
+    job_id = queued["job_id"]
+    console.print(f"job {job_id} queued")
+    if watch:
+        job = _watch(client, job_id)
+        if job["state"] != "complete":
+            raise SendenseError(f"job {job_id} {job['state']}: {job['error']}")
+        console.print(f"job {job_id} complete")
+
+
+def _watch(client: HubClient, job_id: str) -> dict[str, Any]:
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=console, transient=False) as bars:
+        tasks: dict[int, Any] = {}
+        while True:
+            job: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}")
+            try:
+                progress = client.get(f"/api/v1/jobs/{job_id}/progress")
+            except SendenseError:
+                progress = {"disks": []}
+            for disk in progress["disks"]:
+                key = disk["disk_key"]
+                if key not in tasks:
+                    tasks[key] = bars.add_task(f"disk {key} ({disk['backup_type']})",
+                                               total=disk["bytes_total"] or None)  # fmt: skip
+                bars.update(tasks[key], completed=disk["bytes_done"],
+                            total=disk["bytes_total"] or None)  # fmt: skip
+            if job["state"] in TERMINAL:
+                return job
+            time.sleep(0.5)
+
+
+@jobs_app.command("list")
+@one_line_errors
+def jobs_list(hub_url: HubUrlOpt = None, token_file: TokenFileOpt = None) -> None:
+    """The latest jobs."""
+    rows = _client(hub_url, token_file).get("/api/v1/jobs")
+    table("Jobs", ["id", "vm", "type", "state", "created", "error"], [
+        (j["id"], j["vm_id"][:8], j["backup_type"], j["state"], j["created_at"][:19], j["error"])
+        for j in rows
+    ])  # fmt: skip
+
+
+@jobs_app.command("show")
+@one_line_errors
+def jobs_show(job_id: str, hub_url: HubUrlOpt = None, token_file: TokenFileOpt = None) -> None:
+    """One job, with per-disk progress when the node reported any."""
+    client = _client(hub_url, token_file)
+    job = client.get(f"/api/v1/jobs/{job_id}")
+    console.print(f"job {job['id']}: {job['state']} ({job['backup_type']})"
+                  + (f", error: {job['error']}" if job["error"] else ""))  # fmt: skip
+    try:
+        progress = client.get(f"/api/v1/jobs/{job_id}/progress")
+    except SendenseError:
+        return
+    table("Disks", ["disk", "type", "done", "total", "rate/s", "written", "change id"], [
+        (d["disk_key"], d["backup_type"], human_bytes(d["bytes_done"]),
+         human_bytes(d["bytes_total"]), human_bytes(int(d["rate_bytes_per_s"])),
+         human_bytes(d["bytes_written"]), d["change_id"])
+        for d in progress["disks"]
+    ])  # fmt: skip
+
+
+@backups_app.command("list")
+@one_line_errors
+def backups_list(vm: str, hub_url: HubUrlOpt = None, token_file: TokenFileOpt = None) -> None:
+    """The VM's restore points and their disks."""
+    points = _client(hub_url, token_file).get(f"/api/v1/restore-points?vm={vm}")
+    rows = []
+    for point in points:
+        for disk in point["disks"]:
+            rows.append((point["id"][:12], point["created_at"][:19], point["status"],
+                         disk["disk_key"], disk["backup_type"], human_bytes(disk["virtual_size"]),
+                         human_bytes(disk["data_bytes"]), human_bytes(disk["file_size"]),
+                         (disk["parent_id"] or "-")[:12]))  # fmt: skip
+    table(f"Restore points of {vm}",
+          ["point", "created", "status", "disk", "type", "virtual", "data", "file", "parent"],
+          rows)  # fmt: skip

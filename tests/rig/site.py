@@ -1,0 +1,75 @@
+"""A hub and one enrolled node, as real processes (hub with its sshd, node API,
+node tunnel)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from sendense.common.config import load_settings
+from sendense.hub.config import HubSettings
+from sendense.hub.service import Hub
+from tests.node_rig import unique
+from tests.rig.hub import HubProcess
+from tests.rig.node import NodeProcesses, sendense
+
+
+class Site:
+    """A hub and one enrolled node, as processes."""
+
+    def __init__(self, tmp_path: Path, **node_settings: str) -> None:
+        self.hub = HubProcess(tmp_path / "hub", f"sqlite:///{tmp_path / 'hub.db'}")
+        self.node = NodeProcesses(tmp_path / "node", **node_settings)
+        self.name = unique("node")
+
+    def start(self) -> None:
+        self.hub.start()
+        self.token = self.hub.initial_token()
+        self.api = httpx.Client(
+            base_url=self.hub.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60
+        )
+
+    def cli_env(self) -> dict[str, str]:
+        return {"SENDENSE_HUB_URL": self.hub.url, "SENDENSE_TOKEN": self.token}
+
+    def pair(self) -> str:
+        done = sendense("hub", "pair", "--data-dir", str(self.hub.data_dir), env=self.hub.env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    def enroll_and_connect(self) -> None:
+        enrolled = self.node.enroll(self.hub.url, self.pair(), self.name)
+        assert enrolled.returncode == 0, enrolled.stderr
+        self.node.start_serve()
+        self.node.start_tunnel()
+        self.node.wait_tunnel("connected")
+
+    def hub_service(self) -> Hub:
+        """The hub's services in this process (same database and data directory)."""
+        settings = load_settings(
+            HubSettings,
+            data_dir=self.hub.data_dir,
+            database_url=self.hub.env["SENDENSE_HUB_DATABASE_URL"],
+        )
+        return Hub.open(settings, migrate=False)
+
+    def node_api(self) -> httpx.Client:
+        """The node's API as the hub reaches it: its reverse port, its token."""
+        hub = self.hub_service()
+        try:
+            node = hub.nodes.get(self.name)
+            token = hub.nodes.api_token(self.name)
+        finally:
+            hub.db.dispose()
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{node.reverse_port}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+
+    def stop(self) -> None:
+        self.node.stop()
+        self.hub.stop()
+        if hasattr(self, "api"):
+            self.api.close()

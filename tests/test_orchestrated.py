@@ -1,0 +1,131 @@
+"""The product's main job: `sendense backup run` on the hub, through the tunnel, to the
+node, from the simulated vCenter; full then incremental, chains that heal."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sendense.nbd.qemu_img import QemuImg
+from tests.node_rig import snapshot_names, unique
+from tests.rig.node import sendense
+from tests.rig.site import Site
+from tests.rig.vcsim import Vcsim
+from tests.rig.vmware_vms import SCSI0, MiB, create_vm, fill, flat_file, reset_cbt
+
+
+@pytest.fixture
+def site(tmp_path: Path, vcsim: Vcsim, repo_dir: Path) -> Iterator[Site]:
+    site = Site(tmp_path)
+    try:
+        site.start()
+        site.enroll_and_connect()
+        env = site.cli_env() | {"SENDENSE_VCENTER_PASSWORD": vcsim.password}
+        added = sendense("vcenter", "add", vcsim.host, "--user", vcsim.username, "--node",
+                         site.name, "--thumbprint", vcsim.thumbprint, env=env)  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        assert (
+            site.api.post("/api/v1/repositories", json={"path": str(repo_dir)}).status_code == 201
+        )
+        yield site
+    finally:
+        site.stop()
+
+
+def run_backup(site: Site, vm_name: str, *extra: str) -> str:
+    done = sendense("backup", "run", vm_name, "--watch", *extra, env=site.cli_env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def snapshot_of(source: Path, copy: Path) -> Path:
+    shutil.copyfile(source, copy)  # the source as it was at this backup
+    return copy
+
+
+def points_of(site: Site, vm_name: str) -> list[dict[str, Any]]:
+    points: list[dict[str, Any]] = site.api.get(f"/api/v1/restore-points?vm={vm_name}").json()
+    return points
+
+
+def test_full_then_incremental_chain_matches_the_source_at_each_backup(
+    site: Site, vcsim: Vcsim, si: Any, repo_dir: Path, tmp_path: Path
+) -> None:
+    name = unique("pgtest1")
+    vm = create_vm(si, name, [(2000, 64 * MiB, SCSI0), (2001, 16 * MiB, SCSI0)], cbt=True)
+    sources = {k: flat_file(vcsim, vm, k) for k in (2000, 2001)}
+    fill(sources[2000], [(o * MiB, bytes([o]) * MiB) for o in range(1, 64, 4)])
+    fill(sources[2001], [(3 * MiB, b"\x42" * MiB)])
+    first = {k: snapshot_of(p, tmp_path / f"first-{k}.raw") for k, p in sources.items()}
+    out = run_backup(site, name)
+    assert "complete" in out
+
+    fill(sources[2000], [(9 * MiB, b"\xee" * 65536)])
+    fill(sources[2001], [(3 * MiB, bytes(65536))])
+    second = {k: snapshot_of(p, tmp_path / f"second-{k}.raw") for k, p in sources.items()}
+    run_backup(site, name)
+
+    points = points_of(site, name)
+    assert [p["status"] for p in points] == ["complete", "complete"]
+    full, inc = points
+    assert {d["backup_type"] for d in full["disks"]} == {"full"}
+    assert {d["backup_type"] for d in inc["disks"]} == {"incremental"}
+    parents = {d["id"]: d for d in full["disks"]}
+    for disk in inc["disks"]:
+        assert disk["parent_id"] in parents
+        assert disk["data_bytes"] <= 65536 + MiB
+        image = repo_dir / disk["file_path"]
+        backing = QemuImg().info(image)["backing-filename"]
+        assert (image.parent / backing).resolve() == (
+            repo_dir / parents[disk["parent_id"]]["file_path"]
+        ).resolve()
+        assert QemuImg().compare(second[disk["disk_key"]], image)
+    for disk in full["disks"]:
+        assert QemuImg().compare(first[disk["disk_key"]], repo_dir / disk["file_path"])
+    assert snapshot_names(vm) == []
+    listed = sendense("backups", "list", name, env=site.cli_env())
+    assert listed.returncode == 0
+    assert "incremental" in listed.stdout
+
+
+def test_a_second_request_for_the_same_vm_gets_409(site: Site, si: Any, vcsim: Vcsim) -> None:
+    name = unique("busy")
+    vm = create_vm(si, name, [(2000, 256 * MiB, SCSI0)], cbt=True)
+    fill(flat_file(vcsim, vm, 2000), [(o * MiB, b"\x11" * MiB) for o in range(256)])
+    first = site.api.post("/api/v1/backups", json={"vm": name})
+    assert first.status_code == 202
+    second = site.api.post("/api/v1/backups", json={"vm": name})
+    assert second.status_code == 409
+    assert first.json()["job_id"] in second.json()["message"]
+    deadline = time.monotonic() + 120
+    while site.api.get(f"/api/v1/jobs/{first.json()['job_id']}").json()["state"] not in (
+        "complete",
+        "failed",
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_a_cbt_reset_turns_that_disk_into_a_full_and_the_job_succeeds(
+    site: Site, vcsim: Vcsim, si: Any, repo_dir: Path
+) -> None:
+    name = unique("reset")
+    vm = create_vm(si, name, [(2000, 32 * MiB, SCSI0), (2001, 16 * MiB, SCSI0)], cbt=True)
+    sources = {k: flat_file(vcsim, vm, k) for k in (2000, 2001)}
+    fill(sources[2000], [(0, b"\x01" * MiB), (20 * MiB, b"\x02" * MiB)])
+    fill(sources[2001], [(MiB, b"\x03" * MiB)])
+    run_backup(site, name)
+    reset_cbt(si, vm)
+    fill(sources[2000], [(20 * MiB, bytes(MiB))])  # data gone: the parent's must not show
+    run_backup(site, name)
+    points = points_of(site, name)
+    assert [p["status"] for p in points] == ["complete", "complete"]
+    for disk in points[1]["disks"]:
+        assert QemuImg().compare(sources[disk["disk_key"]], repo_dir / disk["file_path"])
+    job = site.api.get(f"/api/v1/jobs/{points[1]['job_id']}/progress").json()
+    assert all(d["backup_type"] == "full" and d["full_reason"] for d in job["disks"])
