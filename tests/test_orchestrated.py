@@ -25,10 +25,7 @@ def site(tmp_path: Path, vcsim: Vcsim, repo_dir: Path) -> Iterator[Site]:
     try:
         site.start()
         site.enroll_and_connect()
-        env = site.cli_env() | {"SENDENSE_VCENTER_PASSWORD": vcsim.password}
-        added = sendense("vcenter", "add", vcsim.host, "--user", vcsim.username, "--node",
-                         site.name, "--thumbprint", vcsim.thumbprint, env=env)  # fmt: skip
-        assert added.returncode == 0, added.stderr
+        site.add_vcenter(vcsim)
         assert (
             site.api.post("/api/v1/repositories", json={"path": str(repo_dir)}).status_code == 201
         )

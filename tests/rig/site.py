@@ -3,7 +3,9 @@ node tunnel)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -13,13 +15,19 @@ from sendense.hub.service import Hub
 from tests.node_rig import unique
 from tests.rig.hub import HubProcess
 from tests.rig.node import NodeProcesses, sendense
+from tests.rig.vcsim import Vcsim
 
 
 class Site:
     """A hub and one enrolled node, as processes."""
 
-    def __init__(self, tmp_path: Path, **node_settings: str) -> None:
+    def __init__(
+        self, tmp_path: Path, hub_settings: dict[str, str] | None = None, **node_settings: str
+    ) -> None:
         self.hub = HubProcess(tmp_path / "hub", f"sqlite:///{tmp_path / 'hub.db'}")
+        self.hub.env.update(
+            {f"SENDENSE_HUB_{k.upper()}": v for k, v in (hub_settings or {}).items()}
+        )
         self.node = NodeProcesses(tmp_path / "node", **node_settings)
         self.name = unique("node")
 
@@ -29,6 +37,21 @@ class Site:
         self.api = httpx.Client(
             base_url=self.hub.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60
         )
+
+    def add_vcenter(self, vcsim: Vcsim) -> None:
+        env = self.cli_env() | {"SENDENSE_VCENTER_PASSWORD": vcsim.password}
+        added = sendense("vcenter", "add", vcsim.host, "--user", vcsim.username, "--node",
+                         self.name, "--thumbprint", vcsim.thumbprint, env=env)  # fmt: skip
+        assert added.returncode == 0, added.stderr
+
+    def wait_job(self, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            job: dict[str, Any] = self.api.get(f"/api/v1/jobs/{job_id}").json()
+            if job["state"] in ("complete", "failed", "cancelled"):
+                return job
+            assert time.monotonic() < deadline, f"job {job_id} still {job['state']}"
+            time.sleep(0.2)
 
     def cli_env(self) -> dict[str, str]:
         return {"SENDENSE_HUB_URL": self.hub.url, "SENDENSE_TOKEN": self.token}

@@ -1,0 +1,162 @@
+"""What a backup product must survive: the node or the hub killed mid-backup, and a
+repository that fills up. Nothing is marked complete unless whole; the next job works."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sendense.nbd.qemu_img import QemuImg
+from tests.node_rig import snapshot_names, unique
+from tests.rig.procs import pids_with, wait_gone
+from tests.rig.site import Site
+from tests.rig.vcsim import Vcsim
+from tests.rig.vmware_vms import SCSI0, MiB, create_vm, fill, flat_file
+
+SLOW = {"chunk_mib": "1", "readers_per_disk": "1", "writes_in_flight": "1"}
+
+
+@pytest.fixture
+def slow_site(tmp_path: Path, vcsim: Vcsim) -> Iterator[Site]:
+    site = Site(tmp_path, hub_settings={"node_timeout_s": "5"}, **SLOW)
+    try:
+        site.start()
+        site.enroll_and_connect()
+        site.add_vcenter(vcsim)
+        yield site
+    finally:
+        site.stop()
+
+
+def big_vm(si: Any, vcsim: Vcsim, mib: int = 192) -> tuple[str, Any]:
+    name = unique("crash")
+    vm = create_vm(si, name, [(2000, mib * MiB, SCSI0), (2001, 16 * MiB, SCSI0)], cbt=True)
+    fill(flat_file(vcsim, vm, 2000), [(o * MiB, bytes([o % 250 + 1]) * MiB) for o in range(mib)])
+    fill(flat_file(vcsim, vm, 2001), [(MiB, b"\x09" * MiB)])
+    return name, vm
+
+
+def wait_copying(site: Site, job_id: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        progress = site.api.get(f"/api/v1/jobs/{job_id}/progress")
+        if progress.status_code == 200 and any(
+            d["bytes_done"] > 0 for d in progress.json()["disks"]
+        ):
+            return
+        assert time.monotonic() < deadline, "the copy never started"
+        time.sleep(0.1)
+
+
+def test_node_killed_mid_backup_fails_the_job_and_the_next_one_heals(
+    slow_site: Site, vcsim: Vcsim, si: Any, repo_dir: Path
+) -> None:
+    site = slow_site
+    site.api.post("/api/v1/repositories", json={"path": str(repo_dir)})
+    name, vm = big_vm(si, vcsim)
+    first = site.api.post("/api/v1/backups", json={"vm": name}).json()["job_id"]
+    assert site.wait_job(first)["state"] == "complete"
+    fill(flat_file(vcsim, vm, 2000), [(5 * MiB, b"\xfe" * MiB)])
+
+    # a full: slow enough (1 MiB at a time) to be caught in the middle
+    second = site.api.post("/api/v1/backups", json={"vm": name, "type": "full"}).json()["job_id"]
+    wait_copying(site, second)
+    assert site.node.serve is not None
+    site.node.serve.send_signal(signal.SIGKILL)
+    site.node.serve.wait()
+    job = site.wait_job(second, timeout=60)
+    assert job["state"] == "failed"
+    assert "did not answer" in job["error"] or "does not answer" in job["error"]
+    points = site.api.get(f"/api/v1/restore-points?vm={name}").json()
+    assert len(points) == 1
+    assert points[0]["job_id"] == first
+    assert pids_with(str(repo_dir)) == [] or wait_gone(pids_with(str(repo_dir))) == []
+    assert any(n.startswith("sendense-") for n in snapshot_names(vm))  # the crash left it
+
+    site.node.start_serve()
+    third = site.api.post("/api/v1/backups", json={"vm": name}).json()["job_id"]
+    assert site.wait_job(third)["state"] == "complete"
+    assert snapshot_names(vm) == []
+    points = site.api.get(f"/api/v1/restore-points?vm={name}").json()
+    assert [p["job_id"] for p in points] == [first, third]
+    parents = {d["id"] for d in points[0]["disks"]}
+    for disk in points[1]["disks"]:
+        assert disk["parent_id"] in parents
+        assert QemuImg().compare(
+            flat_file(vcsim, vm, disk["disk_key"]), repo_dir / disk["file_path"]
+        )
+
+
+def test_hub_killed_mid_backup_cleans_up_at_restart(
+    slow_site: Site, vcsim: Vcsim, si: Any, repo_dir: Path
+) -> None:
+    site = slow_site
+    site.api.post("/api/v1/repositories", json={"path": str(repo_dir)})
+    name, vm = big_vm(si, vcsim)
+    job_id = site.api.post("/api/v1/backups", json={"vm": name}).json()["job_id"]
+    wait_copying(site, job_id)
+    orphans = pids_with(str(repo_dir))
+    assert len(orphans) == 2
+    site.hub.kill9()
+    site.hub.start()
+    assert wait_gone(orphans, timeout=10) == []
+    job = site.api.get(f"/api/v1/jobs/{job_id}").json()
+    assert job["state"] == "failed"
+    assert "restarted" in job["error"]
+    assert site.api.get("/api/v1/ports").json()["used"] == 0
+    assert list(repo_dir.rglob("*.qcow2")) == []
+    site.node.wait_tunnel("connected", timeout=60)
+    deadline = time.monotonic() + 60
+    while snapshot_names(vm):  # the node's copy fails on the dead exports and cleans up
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    again = site.api.post("/api/v1/backups", json={"vm": name}).json()["job_id"]
+    assert site.wait_job(again)["state"] == "complete"
+
+
+def test_a_repository_that_fills_up_fails_the_job_and_keeps_earlier_points(
+    tmp_path: Path, vcsim: Vcsim, si: Any
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs as the repository")
+    small = tmp_path / "small-repo"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(small)], check=True)
+    site = Site(tmp_path / "site")
+    try:
+        site.start()
+        site.enroll_and_connect()
+        site.add_vcenter(vcsim)
+        site.api.post("/api/v1/repositories", json={"path": str(small)})
+        name = unique("full")
+        vm = create_vm(si, name, [(2000, 128 * MiB, SCSI0)], cbt=True)
+        source = flat_file(vcsim, vm, 2000)
+        fill(source, [(0, b"\x01" * 8 * MiB)])
+        kept = tmp_path / "first.raw"
+        shutil.copyfile(source, kept)
+        first = site.api.post("/api/v1/backups", json={"vm": name}).json()["job_id"]
+        assert site.wait_job(first)["state"] == "complete"
+
+        fill(source, [(o * MiB, bytes([o]) * MiB) for o in range(16, 112)])  # 96 MiB new
+        second = site.api.post("/api/v1/backups", json={"vm": name}).json()["job_id"]
+        job = site.wait_job(second)
+        assert job["state"] == "failed"
+        assert "ENOSPC" in job["error"] or "No space" in job["error"], job["error"]
+        points = site.api.get(f"/api/v1/restore-points?vm={name}").json()
+        assert [p["job_id"] for p in points] == [first]
+        image = small / points[0]["disks"][0]["file_path"]
+        assert QemuImg().check(image).clean
+        assert QemuImg().compare(kept, image)
+        assert len(list(small.rglob("*.qcow2"))) == 1
+        assert snapshot_names(vm) == []
+    finally:
+        site.stop()
+        subprocess.run(["umount", str(small)], check=False)
