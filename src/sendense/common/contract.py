@@ -69,6 +69,7 @@ class DiskProgress(BaseModel):
     zero_bytes: int = 0
     rate_bytes_per_s: float = 0.0
     eta_seconds: float | None = None
+    seconds: float = 0.0
     change_id: str | None = None
     checksum: str | None = None
 

@@ -52,6 +52,8 @@ class DiskResult:
     change_id: str | None = None
     data_bytes: int | None = None
     checksum: str | None = None
+    duration_s: float | None = None
+    rate_bytes_per_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -313,6 +315,8 @@ class BackupExports:
                 disk.change_id = result.change_id
                 disk.data_bytes = result.data_bytes
                 disk.checksum = result.checksum
+                disk.duration_s = result.duration_s
+                disk.rate_bytes_per_s = result.rate_bytes_per_s
                 disk.file_size = sizes[disk.disk_key]
                 disk.status = PointStatus.COMPLETE
             point.status = PointStatus.COMPLETE

@@ -89,8 +89,12 @@ class Orchestrator:
                 log.warning("disk %d read as a full job=%s: %s", disk.disk_key, job_id,
                             disk.full_reason)  # fmt: skip
         results = {
-            d.disk_key: DiskResult(d.change_id, d.bytes_written, d.checksum) for d in status.disks
-        }
+            d.disk_key: DiskResult(
+                d.change_id, d.bytes_written, d.checksum, d.seconds,
+                d.bytes_total / d.seconds if d.seconds else None,
+            )
+            for d in status.disks
+        }  # fmt: skip
         self.hub.backups.finish(job_id, results)
 
     def _follow(self, client: NodeClient, job_id: str) -> NodeJobStatus:

@@ -84,6 +84,8 @@ class RestorePointDiskOut(Out):
     file_size: int | None
     change_id: str | None
     checksum: str | None
+    duration_s: float | None
+    rate_bytes_per_s: float | None
     status: str
 
 
@@ -149,6 +151,8 @@ class DiskResultIn(BaseModel):
     change_id: str | None = Field(default=None, max_length=1024)
     data_bytes: int | None = Field(default=None, ge=0)
     checksum: str | None = Field(default=None, max_length=256)
+    duration_s: float | None = Field(default=None, ge=0)
+    rate_bytes_per_s: float | None = Field(default=None, ge=0)
 
 
 class JobFinishIn(BaseModel):

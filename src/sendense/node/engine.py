@@ -73,6 +73,7 @@ class _Meter:
         p = self.progress
         p.bytes_done += length
         elapsed = max(time.monotonic() - self.started, 1e-6)
+        p.seconds = elapsed
         p.rate_bytes_per_s = p.bytes_done / elapsed
         remaining = p.bytes_total - p.bytes_done
         p.eta_seconds = remaining / p.rate_bytes_per_s if p.rate_bytes_per_s else None
@@ -114,3 +115,4 @@ async def copy_disk(plan: DiskPlan, reader: DiskReader, tuning: CopyTuning) -> N
         progress.zero_bytes = writer.stats.zero_bytes
     progress.checksum = hasher.hexdigest()
     progress.eta_seconds = 0.0
+    progress.seconds = time.monotonic() - meter.started

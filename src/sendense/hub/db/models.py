@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Integer,
     MetaData,
@@ -219,6 +220,8 @@ class RestorePointDisk(Base):
     file_size: Mapped[int | None] = mapped_column(BigInteger)
     change_id: Mapped[str | None] = mapped_column(Text)
     checksum: Mapped[str | None] = mapped_column(Text)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    rate_bytes_per_s: Mapped[float | None] = mapped_column(Float)
     status: Mapped[PointStatus] = mapped_column(
         _enum(PointStatus, "disk_point_status"), default=PointStatus.INCOMPLETE
     )
