@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 import pytest
 
 from sendense.common.errors import InvalidInput
-from sendense.nbd.client import (
-    NbdClient,
+from sendense.nbd.client import NbdClient
+from sendense.nbd.protocol import (
     NbdConnectError,
     NbdConnectionLost,
     NbdError,

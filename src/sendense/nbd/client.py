@@ -16,172 +16,32 @@ import errno
 import itertools
 import os
 import socket
-import struct
 from collections import deque
-from dataclasses import dataclass
 from types import TracebackType
-from urllib.parse import unquote, urlsplit
 
-from sendense.common.errors import InvalidInput, SendenseError
-
-NBDMAGIC = b"NBDMAGIC"
-IHAVEOPT = b"IHAVEOPT"
-OPT_REPLY_MAGIC = 0x3E889045565A9
-REQUEST_MAGIC = 0x25609513
-SIMPLE_REPLY_MAGIC = 0x67446698
-FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2
-OPT_GO, REP_ACK, REP_INFO = 7, 1, 3
-INFO_EXPORT, INFO_BLOCK_SIZE = 0, 3
-F_READ_ONLY, F_SEND_FLUSH, F_SEND_WRITE_ZEROES = 1 << 1, 1 << 2, 1 << 6
-CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_WRITE_ZEROES = 0, 1, 2, 3, 6
-CMD_NAMES = {0: "READ", 1: "WRITE", 2: "DISC", 3: "FLUSH", 6: "WRITE_ZEROES"}
-DEFAULT_PORT = 10809
-# The spec's default maximum payload when the server states no block sizes.
-DEFAULT_MAX_PAYLOAD = 32 << 20
-# NBD errno values are wire constants, not the host's errno numbering.
-NBD_ERRNO = {1: "EPERM", 5: "EIO", 12: "ENOMEM", 22: "EINVAL", 28: "ENOSPC"}
-NBD_ERRNO |= {75: "EOVERFLOW", 95: "ENOTSUP", 108: "ESHUTDOWN"}
-ESHUTDOWN = 108
-REP_ERRORS = {1: "unsupported", 2: "policy", 3: "invalid", 4: "platform", 5: "TLS required"}
-REP_ERRORS |= {6: "unknown export", 7: "shutting down", 8: "block size required", 9: "too big"}
-
-_REQUEST = struct.Struct(">IHHQQI")
-_REPLY = struct.Struct(">IIQ")
-_OPT = struct.Struct(">8sII")
-_OPT_REPLY = struct.Struct(">QIII")
-_READ_BUFFER = 256 << 10  # replies are parsed from here; READ payloads bypass it
-
-
-class NbdError(SendenseError):
-    http_status = 502
-    code = "nbd_error"
-
-
-class NbdConnectError(NbdError):
-    """The server could not be reached, or refused the handshake or the export."""
-
-
-class NbdConnectionLost(NbdError):
-    """The connection died; requests not yet answered may or may not have been done."""
-
-
-class NbdServerError(NbdError):
-    """The server answered a request with an error (EIO, ENOSPC...)."""
-
-    def __init__(self, message: str, errno_name: str) -> None:
-        super().__init__(message)
-        self.errno_name = errno_name
-
-
-@dataclass(frozen=True)
-class ExportInfo:
-    size: int
-    flags: int
-    min_block: int = 1
-    preferred_block: int = 4096
-    max_payload: int = DEFAULT_MAX_PAYLOAD
-
-    @property
-    def read_only(self) -> bool:
-        return bool(self.flags & F_READ_ONLY)
-
-    @property
-    def can_flush(self) -> bool:
-        return bool(self.flags & F_SEND_FLUSH)
-
-    @property
-    def can_write_zeroes(self) -> bool:
-        return bool(self.flags & F_SEND_WRITE_ZEROES)
-
-
-def parse_uri(uri: str) -> tuple[str, int, str]:
-    """`nbd://HOST[:PORT]/EXPORT` -> (host, port, export)."""
-    usage = f"{uri!r} is not an NBD URI nbd://HOST:PORT/EXPORT"
-    try:
-        parts = urlsplit(uri)
-        port = parts.port or DEFAULT_PORT
-    except ValueError as exc:
-        raise InvalidInput(f"{usage}: {exc}") from None
-    if parts.scheme != "nbd" or not parts.hostname or parts.query or parts.fragment:
-        raise InvalidInput(usage)
-    return parts.hostname, port, unquote(parts.path.removeprefix("/"))
-
-
-async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = await loop.sock_recv(sock, n - len(data))  # handshake only: small
-        if not chunk:
-            raise ConnectionResetError("the server closed the connection")
-        data += chunk
-    return data
-
-
-def _tune(sock: socket.socket) -> None:
-    # No Nagle: a FLUSH or a lone header must not wait for more data. Keepalive
-    # and TCP_USER_TIMEOUT turn a peer that silently vanished (a tunnel, a VM)
-    # into an error within ~30 s instead of a request that never completes.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
-        if hasattr(socket, name):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-    if hasattr(socket, "TCP_USER_TIMEOUT"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 30_000)
-
-
-async def _open_socket(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
-    last: OSError = OSError(f"{host} has no address")
-    for family, kind, proto, _, addr in await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, addr)
-            _tune(sock)
-            return sock
-        except BaseException as exc:
-            sock.close()
-            if not isinstance(exc, OSError):
-                raise
-            last = exc
-    raise last
-
-
-async def _handshake(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, export: str, uri: str
-) -> ExportInfo:
-    magic, opt_magic, hflags = struct.unpack(">8s8sH", await _recv_exact(loop, sock, 18))
-    if magic != NBDMAGIC or opt_magic != IHAVEOPT:
-        raise NbdConnectError(f"{uri}: the server does not speak newstyle NBD")
-    if not hflags & FLAG_FIXED_NEWSTYLE:
-        raise NbdConnectError(f"{uri}: the server does not speak fixed newstyle NBD")
-    no_zeroes = hflags & FLAG_NO_ZEROES
-    await loop.sock_sendall(sock, struct.pack(">I", FLAG_FIXED_NEWSTYLE | no_zeroes))
-    name = export.encode()
-    # Ask for block sizes: they tell us the largest payload the server takes.
-    payload = struct.pack(">I", len(name)) + name + struct.pack(">HH", 1, INFO_BLOCK_SIZE)
-    await loop.sock_sendall(sock, _OPT.pack(IHAVEOPT, OPT_GO, len(payload)) + payload)
-    size = flags = None
-    blocks = (1, 4096, DEFAULT_MAX_PAYLOAD)
-    while True:
-        magic, _, rtype, length = _OPT_REPLY.unpack(await _recv_exact(loop, sock, 20))
-        if magic != OPT_REPLY_MAGIC or length > 65536:
-            raise NbdConnectError(f"{uri}: malformed option reply from the server")
-        data = await _recv_exact(loop, sock, length) if length else b""
-        info = struct.unpack_from(">H", data)[0] if rtype == REP_INFO and length >= 2 else None
-        if info == INFO_EXPORT and length == 12:
-            size, flags = struct.unpack_from(">QH", data, 2)
-        elif info == INFO_BLOCK_SIZE and length == 14:
-            blocks = struct.unpack_from(">III", data, 2)
-        elif rtype == REP_ACK:
-            break
-        elif rtype & (1 << 31):  # "unsupported" here means a server without NBD_OPT_GO
-            why = REP_ERRORS.get(rtype & 0xFFFF, f"error {rtype & 0xFFFF}")
-            text = data.decode(errors="replace")
-            raise NbdConnectError(f"{uri}: the server refused export {export!r}: {why}: {text}")
-    if size is None or flags is None:
-        raise NbdConnectError(f"{uri}: the server sent no export size")
-    return ExportInfo(size, flags, *blocks)
+from sendense.nbd.protocol import (
+    CMD_DISC,
+    CMD_FLUSH,
+    CMD_NAMES,
+    CMD_READ,
+    CMD_WRITE,
+    CMD_WRITE_ZEROES,
+    ESHUTDOWN,
+    NBD_ERRNO,
+    READ_BUFFER,
+    REPLY,
+    REQUEST,
+    REQUEST_MAGIC,
+    SIMPLE_REPLY_MAGIC,
+    ExportInfo,
+    NbdConnectError,
+    NbdConnectionLost,
+    NbdError,
+    NbdServerError,
+    handshake,
+    open_socket,
+    parse_uri,
+)
 
 
 class NbdClient:
@@ -203,7 +63,7 @@ class NbdClient:
         self._cookies = itertools.count(1)
         self._out: deque[memoryview] = deque()  # bytes not yet taken by the socket
         self._writing = False
-        self._buf = bytearray(_READ_BUFFER)
+        self._buf = bytearray(READ_BUFFER)
         self._view = memoryview(self._buf)
         self._start = self._end = 0
         self._payload: tuple[int, bytearray, int] | None = None  # READ data being received
@@ -218,8 +78,8 @@ class NbdClient:
         sock: socket.socket | None = None
         try:
             async with asyncio.timeout(timeout):
-                sock = await _open_socket(loop, host, port)
-                info = await _handshake(loop, sock, export, uri)
+                sock = await open_socket(loop, host, port)
+                info = await handshake(loop, sock, export, uri)
         except BaseException as exc:
             if sock is not None:
                 sock.close()
@@ -259,7 +119,7 @@ class NbdClient:
         cookie = next(self._cookies)
         future: asyncio.Future[bytes] = self._loop.create_future()
         self._pending[cookie] = (future, cmd, offset, length)
-        self._out.append(memoryview(_REQUEST.pack(REQUEST_MAGIC, 0, cmd, cookie, offset, length)))
+        self._out.append(memoryview(REQUEST.pack(REQUEST_MAGIC, 0, cmd, cookie, offset, length)))
         if payload is not None:
             self._out.append(memoryview(payload))
         if not self._writing:
@@ -327,10 +187,10 @@ class NbdClient:
                 self._payload = None
                 self._complete(cookie, 0, bytes(data))
                 continue
-            if self._end - self._start < _REPLY.size:
+            if self._end - self._start < REPLY.size:
                 return
-            magic, err, cookie = _REPLY.unpack_from(self._buf, self._start)
-            self._start += _REPLY.size
+            magic, err, cookie = REPLY.unpack_from(self._buf, self._start)
+            self._start += REPLY.size
             if magic != SIMPLE_REPLY_MAGIC:
                 raise ValueError(f"bad reply magic {magic:#x}")
             entry = self._pending.get(cookie)
@@ -393,7 +253,7 @@ class NbdClient:
         self._closed = True
         if self._lost is None and not self._pending and not self._out:
             with contextlib.suppress(OSError):  # 28 bytes into an idle socket: no wait
-                self._sock.send(_REQUEST.pack(REQUEST_MAGIC, 0, CMD_DISC, 0, 0, 0))
+                self._sock.send(REQUEST.pack(REQUEST_MAGIC, 0, CMD_DISC, 0, 0, 0))
         self._fail("the client closed the connection")
         self._view.release()
         self._sock.close()

@@ -13,12 +13,12 @@ import asyncio
 from dataclasses import dataclass
 from types import TracebackType
 
-from sendense.nbd.client import (
+from sendense.nbd.client import NbdClient
+from sendense.nbd.protocol import (
     CMD_FLUSH,
     CMD_WRITE,
     CMD_WRITE_ZEROES,
     ExportInfo,
-    NbdClient,
     NbdConnectError,
     NbdConnectionLost,
     NbdError,
