@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -48,3 +49,15 @@ def terminate_pid(pid: int, timeout: float = 5.0) -> None:
             if not is_alive(pid):
                 return
             time.sleep(0.05)
+
+
+def stop_child(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """Our own child: SIGTERM, wait up to `timeout`, then SIGKILL. Returns its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

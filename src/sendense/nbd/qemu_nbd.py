@@ -12,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 
 from sendense.common.errors import ToolFailed
-from sendense.nbd.process import ProcessInfo
+from sendense.nbd.process import ProcessInfo, stop_child
 
 NBD_MAGIC = b"NBDMAGIC"
 
@@ -132,14 +132,7 @@ class QemuNbd:
         """Terminate, wait, kill. Returns the exit code (None if never started)."""
         if self._proc is None:
             return None
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        return self._proc.returncode
+        return stop_child(self._proc, timeout)
 
     def __enter__(self) -> QemuNbd:
         self.start()

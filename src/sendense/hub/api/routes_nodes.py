@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel
 
 from sendense.common.contract import (
     DiscoverResponse,
@@ -15,19 +12,10 @@ from sendense.common.contract import (
 )
 from sendense.hub.api.deps import HubDep, require_token
 from sendense.hub.node_client import NodeClient
+from sendense.hub.nodes import NodeInfo
 
 public = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
 router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"], dependencies=[Depends(require_token)])
-
-
-class NodeOut(BaseModel):
-    id: str
-    name: str
-    key_fingerprint: str | None
-    reverse_port: int | None
-    revoked: bool
-    connected: bool
-    last_seen: datetime | None
 
 
 @public.post("/enroll", status_code=201)
@@ -53,14 +41,13 @@ def enroll(hub: HubDep, body: EnrollRequest) -> EnrollResponse:
 
 
 @router.get("")
-def list_nodes(hub: HubDep) -> list[NodeOut]:
-    return [NodeOut.model_validate(n, from_attributes=True) for n in hub.node_status()]
+def list_nodes(hub: HubDep) -> list[NodeInfo]:
+    return hub.node_status()
 
 
 @router.post("/{name}/revoke")
-def revoke(hub: HubDep, name: str) -> NodeOut:
-    info = hub.revoke_node(name)
-    return NodeOut.model_validate(info, from_attributes=True)
+def revoke(hub: HubDep, name: str) -> NodeInfo:
+    return hub.revoke_node(name)
 
 
 @router.post("/{name}/vms")

@@ -11,6 +11,7 @@ from sendense.common.contract import NodeJobStatus
 from sendense.common.errors import NotFound
 from sendense.hub.api.deps import require_token
 from sendense.hub.orchestrator import Orchestrator
+from sendense.hub.vcenters import VcenterInfo
 
 router = APIRouter(prefix="/api/v1", tags=["backups"], dependencies=[Depends(require_token)])
 
@@ -44,14 +45,6 @@ class VcenterIn(BaseModel):
     thumbprint: str | None = Field(default=None, max_length=200)
 
 
-class VcenterOut(BaseModel):
-    id: str
-    host: str
-    username: str
-    thumbprint: str | None
-    node: str
-
-
 @router.post("/backups", status_code=202)
 def start_backup(orchestrator: OrchestratorDep, body: BackupIn) -> BackupQueued:
     job_id = orchestrator.submit(body.vm, body.type, body.vcenter)
@@ -67,15 +60,12 @@ def progress(orchestrator: OrchestratorDep, job_id: str) -> NodeJobStatus:
 
 
 @router.post("/vcenters", status_code=201)
-def add_vcenter(orchestrator: OrchestratorDep, body: VcenterIn) -> VcenterOut:
-    info = orchestrator.vcenters.add(
+def add_vcenter(orchestrator: OrchestratorDep, body: VcenterIn) -> VcenterInfo:
+    return orchestrator.vcenters.add(
         body.host, body.user, body.password.get_secret_value(), body.node, body.thumbprint
     )
-    return VcenterOut.model_validate(info, from_attributes=True)
 
 
 @router.get("/vcenters")
-def list_vcenters(orchestrator: OrchestratorDep) -> list[VcenterOut]:
-    return [
-        VcenterOut.model_validate(v, from_attributes=True) for v in orchestrator.vcenters.list()
-    ]
+def list_vcenters(orchestrator: OrchestratorDep) -> list[VcenterInfo]:
+    return orchestrator.vcenters.list()

@@ -23,7 +23,7 @@ from pathlib import Path
 from sendense.common.errors import ToolFailed
 from sendense.common.sshkeys import KeyPair, ensure_keypair
 from sendense.hub.nodes import NodeInfo
-from sendense.nbd.process import process_info, terminate_pid
+from sendense.nbd.process import process_info, stop_child, terminate_pid
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
@@ -194,11 +194,6 @@ class TunnelSshd:
             terminate_pid(pid)
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            stop_child(self._proc)
         self.pid_path.unlink(missing_ok=True)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -26,7 +26,7 @@ from sendense.common.logging import register_secret
 from sendense.node.auth import NodeTokens
 from sendense.node.config import NodeSettings
 from sendense.node.jobs import JobRunner
-from sendense.node.vmware.connection import connect
+from sendense.node.vmware.connection import Vcenter, connect
 from sendense.node.vmware.inventory import describe, find_vm, list_vms
 
 
@@ -38,6 +38,7 @@ class Node:
 
 
 _bearer = HTTPBearer(auto_error=False)
+T = TypeVar("T")
 
 
 def _node(request: Request) -> Node:
@@ -64,50 +65,34 @@ def health(node: NodeDep) -> dict[str, str | int]:
     return {"status": "ok", "version": __version__, "role": "node", "running_jobs": running}
 
 
-@router.post("/vms/discover", tags=["inventory"])
-async def discover(node: NodeDep, login: VcenterLogin) -> DiscoverResponse:
+async def _with_vcenter(node: Node, login: VcenterLogin, work: Callable[[Vcenter], T]) -> T:
+    """Log in (pinned TLS), run `work` in a thread, log out whatever happens."""
     password = login.vcenter_password.get_secret_value()
     register_secret(password)
-    pins = node.settings.vcenter_thumbprints
-    thumbprint = login.vcenter_thumbprint or pins.get(login.vcenter_host)
+    thumbprint = login.vcenter_thumbprint or node.settings.vcenter_thumbprints.get(
+        login.vcenter_host
+    )
 
-    def work() -> DiscoverResponse:
-        vc = connect(
-            login.vcenter_host,
-            login.vcenter_user,
-            password,
-            thumbprint,
-            node.settings.vcenter_insecure,
-        )
+    def run() -> T:
+        vc = connect(login.vcenter_host, login.vcenter_user, password, thumbprint,
+                     node.settings.vcenter_insecure)  # fmt: skip
         try:
-            return DiscoverResponse(vms=list_vms(vc))
+            return work(vc)
         finally:
             vc.close()
 
-    return await asyncio.to_thread(work)
+    return await asyncio.to_thread(run)
+
+
+@router.post("/vms/discover", tags=["inventory"])
+async def discover(node: NodeDep, login: VcenterLogin) -> DiscoverResponse:
+    return await _with_vcenter(node, login, lambda vc: DiscoverResponse(vms=list_vms(vc)))
 
 
 @router.post("/vms/inventory", tags=["inventory"])
 async def inventory(node: NodeDep, body: InventoryRequest) -> VmInventory:
     """One VM and its disks: what the hub plans a backup from."""
-    password = body.vcenter_password.get_secret_value()
-    register_secret(password)
-    thumbprint = body.vcenter_thumbprint or node.settings.vcenter_thumbprints.get(body.vcenter_host)
-
-    def work() -> VmInventory:
-        vc = connect(
-            body.vcenter_host,
-            body.vcenter_user,
-            password,
-            thumbprint,
-            node.settings.vcenter_insecure,
-        )
-        try:
-            return describe(find_vm(vc, body.vm_name))
-        finally:
-            vc.close()
-
-    return await asyncio.to_thread(work)
+    return await _with_vcenter(node, body, lambda vc: describe(find_vm(vc, body.vm_name)))
 
 
 @router.post("/backup/start", status_code=202, tags=["backup"])

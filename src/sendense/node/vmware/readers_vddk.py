@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sendense.common.errors import ToolFailed
 from sendense.common.logging import register_secret
+from sendense.nbd.process import stop_child
 
 
 def vddk_available(libdir: str | None) -> str | None:
@@ -80,11 +81,5 @@ class VddkReader:
         self._stop()
 
     def _stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_child(self._proc)
         shutil.rmtree(self._dir, ignore_errors=True)
