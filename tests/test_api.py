@@ -61,7 +61,7 @@ def test_path_like_vm_names_are_refused_and_nothing_is_written(
     response = api.post("/api/v1/jobs", json={"vm_name": name, "disks": DISKS})
     assert response.status_code == 422
     assert "VM name" in response.json()["message"]
-    assert list(repo_dir.iterdir()) == []
+    assert [p.name for p in repo_dir.iterdir()] == [".sendense-repository"]
     assert sorted(tmp_path.parent.rglob("*")) == before
     assert api.get("/api/v1/jobs").json() == []
 
@@ -126,3 +126,58 @@ def test_malformed_bodies_are_422(api: TestClient) -> None:
         response = api.post("/api/v1/jobs", json=body)
         assert response.status_code == 422, body
         assert response.json()["message"]
+
+
+def test_finish_without_a_result_for_every_disk_fails_the_job(
+    api: TestClient, repo_dir: Path
+) -> None:
+    api.post("/api/v1/repositories", json={"path": str(repo_dir)})
+    job = api.post("/api/v1/jobs", json={"vm_name": "half", "disks": DISKS}).json()
+    answer = api.post(
+        f"/api/v1/jobs/{job['job_id']}/finish",
+        json={"success": True, "disks": {"2000": {"change_id": "x"}}},
+    )
+    assert answer.status_code == 422
+    assert "results name [2000]" in answer.json()["message"]
+    state = api.get(f"/api/v1/jobs/{job['job_id']}").json()
+    assert state["state"] == "failed"
+    assert api.get("/api/v1/restore-points").json() == []
+    assert api.get("/api/v1/vms/half").json()["active_job_id"] is None
+    assert list(repo_dir.rglob("*.qcow2")) == []
+
+
+def test_an_unmounted_repository_is_refused_not_filled(api: TestClient, repo_dir: Path) -> None:
+    api.post("/api/v1/repositories", json={"path": str(repo_dir)})
+    (repo_dir / ".sendense-repository").unlink()  # what an empty mountpoint looks like
+    answer = api.post("/api/v1/jobs", json={"vm_name": "nfs", "disks": DISKS})
+    assert answer.status_code == 503
+    assert "not mounted" in answer.json()["message"]
+    assert list(repo_dir.rglob("*.qcow2")) == []
+
+
+def test_an_incremental_never_takes_a_parent_from_another_repository(
+    hub: Hub, api: TestClient, repo_dir: Path, tmp_path: Path
+) -> None:
+    second = tmp_path / "second"
+    second.mkdir()
+    api.post("/api/v1/repositories", json={"path": str(repo_dir), "name": "a"})
+    api.post("/api/v1/repositories", json={"path": str(second), "name": "b"})
+    first = api.post("/api/v1/jobs", json={"vm_name": "two", "disks": DISKS}).json()
+    done = {str(k["key"]): {"change_id": "c"} for k in DISKS}
+    assert (
+        api.post(
+            f"/api/v1/jobs/{first['job_id']}/finish", json={"success": True, "disks": done}
+        ).json()["state"]
+        == "complete"
+    )
+    other = api.post("/api/v1/jobs", json={"vm_name": "two", "disks": DISKS, "repository": "b"})
+    assert other.status_code == 201, other.text
+    assert {t["backup_type"] for t in other.json()["targets"]} == {"full"}
+    hub.backups.fail(other.json()["job_id"], "test done")
+
+
+def test_absurd_disk_sizes_are_422(api: TestClient) -> None:
+    answer = api.post(
+        "/api/v1/jobs", json={"vm_name": "x", "disks": [{"key": 2000, "capacity_bytes": 10**20}]}
+    )
+    assert answer.status_code == 422

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.rig.hub import HubProcess
@@ -98,3 +99,11 @@ def test_token_command_mints_a_working_token(running_hub: HubProcess, repo_dir: 
         "repo", "list", env={"SENDENSE_HUB_URL": running_hub.url, "SENDENSE_TOKEN": token}
     )
     assert listed.returncode == 0
+
+
+def test_a_second_hub_on_the_same_data_directory_is_refused(running_hub: HubProcess) -> None:
+    again = sendense("hub", "serve", "--data-dir", str(running_hub.data_dir), "--listen",
+                     f"127.0.0.1:{free_port()}", env=running_hub.env)  # fmt: skip
+    assert again.returncode == 4
+    assert "another hub is running" in again.stderr
+    assert httpx.get(f"{running_hub.url}/api/v1/health").status_code == 200

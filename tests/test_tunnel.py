@@ -19,6 +19,7 @@ from sqlalchemy import update
 from sendense.hub.db.models import PairingCode
 from sendense.nbd.qemu_img import QemuImg
 from tests.node_rig import snapshot_names, unique
+from tests.rig.net import free_port
 from tests.rig.node import NodeProcesses, sendense
 from tests.rig.procs import pids_with
 from tests.rig.site import Site
@@ -186,8 +187,6 @@ def test_unknown_key_and_forbidden_forwards_are_refused(site: Site, tmp_path: Pa
 
     # A forward to a port outside the NBD pool and API (the hub's tunnel sshd itself):
     # the connection is opened by ssh locally, then closed without a byte.
-    from tests.rig.net import free_port
-
     local = free_port()
     with subprocess.Popen([*base, *key, "-L", f"127.0.0.2:{local}:127.0.0.1:"
                            f"{site.hub.tunnel_port}", user],
@@ -312,3 +311,32 @@ def _backup_surviving_tunnel_loss(
                 return {"job_id": job_id}, status
             assert time.monotonic() < deadline
             time.sleep(0.2)
+
+
+def test_enrollment_refuses_a_hub_fingerprint_that_does_not_match(site: Site) -> None:
+    wrong = "SHA256:" + "A" * 43
+    done = sendense(
+        "node", "enroll", "--hub", site.hub.url.removeprefix("http://"), "--code", site.pair(),
+        "--name", site.name, "--hub-fingerprint", wrong, "--data-dir", str(site.node.data_dir),
+        env=site.node.env,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "refusing to pin it" in done.stderr
+    assert not (site.node.data_dir / "tunnel" / "known_hosts").exists()
+
+
+def test_revoking_ends_sessions_that_hold_no_reverse_forward(site: Site) -> None:
+    site.enroll_and_connect()
+    tunnel_dir = site.node.data_dir / "tunnel"
+    site.node.stop_tunnel()
+    argv = ["ssh", "-N", "-F", "/dev/null", "-p", str(site.hub.tunnel_port), "-o", "BatchMode=yes",
+            "-o", "IdentitiesOnly=yes", "-i", str(tunnel_dir / "id_ed25519"),
+            "-o", f"UserKnownHostsFile={tunnel_dir / 'known_hosts'}",
+            "-L", f"127.0.0.2:{free_port()}:127.0.0.1:{site.hub.port}",
+            f"{os.environ.get('USER', 'root')}@127.0.0.1"]  # fmt: skip
+    with subprocess.Popen(argv, stderr=subprocess.DEVNULL) as stolen:
+        time.sleep(1.5)
+        assert stolen.poll() is None  # connected, forwarding, no -R
+        revoked = sendense("nodes", "revoke", site.name, env=site.cli_env())
+        assert revoked.returncode == 0, revoked.stderr
+        assert stolen.wait(timeout=15) != 0

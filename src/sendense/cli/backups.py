@@ -142,7 +142,8 @@ def jobs_show(job_id: str, hub_url: HubUrlOpt = None, token_file: TokenFileOpt =
 @one_line_errors
 def backups_list(vm: str, hub_url: HubUrlOpt = None, token_file: TokenFileOpt = None) -> None:
     """The VM's restore points and their disks."""
-    points = _client(hub_url, token_file).get(f"/api/v1/restore-points?vm={vm}")
+    points = _client(hub_url, token_file).request("GET", "/api/v1/restore-points",
+                                                 params={"vm": vm})  # fmt: skip
     rows = []
     for point in points:
         for disk in point["disks"]:

@@ -12,7 +12,7 @@ import uvicorn
 
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.output import console, one_line_errors, repo_table, table
-from sendense.cli.serving import announce_token, parse_listen
+from sendense.cli.serving import announce_token, hold_lock, parse_listen
 from sendense.common.config import load_settings
 from sendense.common.logging import setup_logging
 from sendense.hub.config import HubSettings
@@ -47,6 +47,8 @@ def serve(
 
     settings = _settings(config, data_dir, listen)
     setup_logging(settings.log_level)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = hold_lock(settings.data_dir / "hub.lock")  # kept open while the hub runs
     hub = Hub.open(settings)
     hub.reconcile()
     hub.start_tunnel()
@@ -68,6 +70,7 @@ def serve(
         )
     finally:
         hub.close()
+        lock.close()  # the lock also dies with the process, whatever kills it
 
 
 @app.command("token")
@@ -100,7 +103,7 @@ def pair(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
         hub.db.dispose()
     print(code)
     print(
-        f"expires {expires:%Y-%m-%d %H:%M} UTC; hub tunnel host key "
+        f"expires {expires:%Y-%m-%d %H:%M} UTC; give the node --hub-fingerprint "
         f"{hub.tunnel_identity().fingerprint}",
         file=sys.stderr,
     )

@@ -77,6 +77,9 @@ def enroll(
     local_address: Annotated[
         str, typer.Option(help="Loopback address the hub's ports appear on here")
     ] = "127.0.0.1",
+    hub_fingerprint: Annotated[
+        str | None, typer.Option(help="The host key fingerprint `sendense hub pair` showed")
+    ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -86,7 +89,12 @@ def enroll(
     from sendense.node.enroll import enroll as do_enroll
 
     settings = _settings(config, data_dir, None)
-    answer, own = do_enroll(settings, hub, code, name or socket.gethostname(), local_address)
+    if hub_fingerprint is None:
+        console.print("[yellow]warning: no --hub-fingerprint: the hub's host key is pinned "
+                      "as received, unchecked[/yellow]")  # fmt: skip
+    answer, own = do_enroll(
+        settings, hub, code, name or socket.gethostname(), local_address, hub_fingerprint
+    )
     console.print(f"enrolled as [bold]{answer.node_name}[/bold] (node id {answer.node_id})")
     console.print(f"this node's key:  {own}")
     console.print(f"hub host key:     {answer.hub_host_key_fingerprint} (pinned)")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import IO
 
 from sendense.cli.output import console
-from sendense.common.errors import InvalidInput
+from sendense.common.errors import Conflict, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -31,3 +33,15 @@ def announce_token(data_dir: Path, token: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
     log.warning("first start: API token written to %s (read it, then delete the file)", path)
+
+
+def hold_lock(path: Path) -> IO[str]:
+    """An exclusive lock on the data directory: a second hub on it would fail the
+    first one's jobs and stop its qemu-nbd and sshd as crash leftovers."""
+    handle = path.open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise Conflict(f"another hub is running on {path.parent}") from None
+    return handle

@@ -144,13 +144,15 @@ class BackupExports:
                 self._lock_vm(s, vm, job.id)
             else:
                 job = s.get_one(Job, job_id)
+                if job.state != JobState.QUEUED:
+                    raise Conflict(f"job {job_id} is {job.state.value}, not queued")
             job.state = JobState.PREPARING
             job.started_at = utcnow()
             point = RestorePoint(vm_id=vm.id, job_id=job.id, repository_id=repo.id)
             s.add(point)
             s.flush()
             ordered = sorted(disks, key=lambda d: d.key)
-            plans = [self._plan_disk(s, vm, point, d, backup_type) for d in ordered]
+            plans = [self._plan_disk(s, vm, point, d, backup_type, repo.id) for d in ordered]
             job_id, vm_id, point_id = job.id, vm.id, point.id
         try:
             prepared = self._open(repo, job_id, vm_name, plans)
@@ -223,7 +225,7 @@ class BackupExports:
 
     @staticmethod
     def _plan_disk(
-        s: Session, vm: Vm, point: RestorePoint, spec: DiskSpec, backup_type: str
+        s: Session, vm: Vm, point: RestorePoint, spec: DiskSpec, backup_type: str, repo_id: str
     ) -> _Plan:
         parent = None
         if backup_type != "full":
@@ -232,6 +234,8 @@ class BackupExports:
                 .join(RestorePoint)
                 .where(
                     RestorePoint.vm_id == vm.id,
+                    # the backing file is named relative to the overlay: same repository
+                    RestorePoint.repository_id == repo_id,
                     RestorePointDisk.disk_key == spec.key,
                     RestorePointDisk.status == PointStatus.COMPLETE,
                     RestorePointDisk.change_id.is_not(None),
@@ -280,7 +284,10 @@ class BackupExports:
         return prepared
 
     def finish(self, job_id: str, results: dict[int, DiskResult]) -> str:
-        """Stop the exports, check every image, then mark all complete in one transaction."""
+        """Stop the exports, check every image, then mark all complete in one transaction.
+
+        Anything that goes wrong on the way fails the job (files removed, VM unlocked):
+        a job never stays `finalizing`."""
         with self.db.session() as s:
             job = s.get(Job, job_id)
             if job is None:
@@ -291,27 +298,44 @@ class BackupExports:
             point = s.scalars(select(RestorePoint).where(RestorePoint.job_id == job_id)).one()
             repo_id = point.repository_id
             files = {d.disk_key: d.file_path for d in point.disks}
-        repo = self.repos.get(repo_id)
-        unknown = set(results) - set(files)
-        if unknown:
-            self.fail(job_id, f"results name disks that are not in the job: {sorted(unknown)}")
+        try:
+            return self._finalize(job_id, repo_id, files, results)
+        except BaseException as exc:
+            reason = exc.message if isinstance(exc, SendenseError) else repr(exc)
+            self.fail(job_id, f"finishing failed: {reason}")
+            raise
+
+    def _finalize(
+        self, job_id: str, repo_id: str, files: dict[int, str], results: dict[int, DiskResult]
+    ) -> str:
+        if set(results) != set(files):
+            # A disk without a result was never confirmed written: never call it complete.
             raise InvalidInput(
-                f"results name disks that are not in job {job_id}: {sorted(unknown)}"
+                f"job {job_id} has disks {sorted(files)}, the results name {sorted(results)}"
             )
+        repo = self.repos.get(repo_id)
         self.exports.stop_job(job_id)
         sizes: dict[int, int] = {}
         for key, relative in files.items():
             check = self.repos.check(repo, relative)
             if not check.clean:
-                reason = f"disk {key}: qemu-img check exit {check.returncode}: {check.output}"
-                self.fail(job_id, reason)
-                raise SendenseError(f"job {job_id} failed: {reason}")
+                raise SendenseError(
+                    f"disk {key}: qemu-img check exit {check.returncode}: {check.output}"
+                )
             sizes[key] = self.repos.resolve(repo, relative).stat().st_blocks * 512
         with self.db.session() as s:
+            # Only a job still finalizing may complete: a concurrent fail() wins.
+            claimed = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.FINALIZING)
+                .values(state=JobState.COMPLETE, finished_at=utcnow())
+            )
+            if getattr(claimed, "rowcount", 0) != 1:
+                raise Conflict(f"job {job_id} was failed while it was being finished")
             self.ports.release_job(s, job_id)
             point = s.scalars(select(RestorePoint).where(RestorePoint.job_id == job_id)).one()
             for disk in point.disks:
-                result = results.get(disk.disk_key, DiskResult())
+                result = results[disk.disk_key]
                 disk.change_id = result.change_id
                 disk.data_bytes = result.data_bytes
                 disk.checksum = result.checksum
@@ -321,9 +345,6 @@ class BackupExports:
                 disk.status = PointStatus.COMPLETE
             point.status = PointStatus.COMPLETE
             point.completed_at = utcnow()
-            job = s.get_one(Job, job_id)
-            job.state = JobState.COMPLETE
-            job.finished_at = utcnow()
             _unlock_vm(s, job_id)
             point_id = point.id
         log.info("job complete job=%s restore_point=%s", job_id, point_id)
@@ -332,11 +353,19 @@ class BackupExports:
     def fail(self, job_id: str, reason: str) -> None:
         """Stop exports, free ports, remove the job's unfinished files and rows; never
         touches a complete restore point."""
-        self.exports.stop_job(job_id)
         with self.db.session() as s:
             job = s.get(Job, job_id)
             if job is None:
                 raise NotFound(f"job {job_id} does not exist")
+            # Claim it first: a finish() running at the same time can no longer
+            # mark the point complete once its files are being removed.
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state.in_(ACTIVE_JOB_STATES))
+                .values(state=JobState.FAILED, error=reason, finished_at=utcnow())
+            )
+        self.exports.stop_job(job_id)
+        with self.db.session() as s:
             points = s.scalars(
                 select(RestorePoint).where(
                     RestorePoint.job_id == job_id, RestorePoint.status != PointStatus.COMPLETE
@@ -347,7 +376,7 @@ class BackupExports:
         # which the next clean-up handles; the other order would leave a file
         # nothing points to.
         for repo_id, relative in doomed:
-            self.repos.remove_image(self.repos.get(repo_id), relative)
+            self.repos.remove_image(self.repos.get(repo_id, check_mounted=False), relative)
         with self.db.session() as s:
             self.ports.release_job(s, job_id)
             for point in s.scalars(
@@ -358,11 +387,6 @@ class BackupExports:
                 for disk in point.disks:
                     s.delete(disk)
                 s.delete(point)
-            job = s.get_one(Job, job_id)
-            if job.state in ACTIVE_JOB_STATES:
-                job.state = JobState.FAILED
-                job.error = reason
-                job.finished_at = utcnow()
             _unlock_vm(s, job_id)
         log.warning("job failed job=%s reason=%s", job_id, reason)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -32,12 +33,22 @@ class NodeCallFailed(SendenseError):
 
 
 class NodeClient:
-    def __init__(self, nodes: NodeService, name: str, timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        nodes: NodeService,
+        name: str,
+        timeout: float = 120.0,
+        owns_listener: Callable[[int], bool] | None = None,
+    ) -> None:
         info = nodes.get(name)
         if info.revoked:
             raise NotFound(f"node {name!r} is revoked")
         if info.reverse_port is None:
             raise NotFound(f"node {name!r} has no tunnel")
+        # The token and vCenter passwords go to whatever listens on the reverse port:
+        # make sure that is our sshd's session for the node, not a local squatter.
+        if owns_listener is not None and not owns_listener(info.reverse_port):
+            raise Unavailable(f"node {name!r} is not connected: its tunnel is down")
         self.name = name
         self.url = f"http://127.0.0.1:{info.reverse_port}"
         self._http = httpx.Client(

@@ -62,7 +62,7 @@ class Orchestrator:
 
     def _backup(self, job_id: str, vm_name: str, backup_type: str, vcenter: str | None) -> None:
         login, node_name = self.vcenters.login(vcenter)
-        client = NodeClient(self.hub.nodes, node_name)
+        client = NodeClient(self.hub.nodes, node_name, owns_listener=self.hub.tunnel.owns_listener)
         try:
             inventory = client.inventory(login, vm_name)
             disks = [

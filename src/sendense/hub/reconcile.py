@@ -52,7 +52,7 @@ def reconcile(
         doomed = [(p.id, p.repository_id, [d.file_path for d in p.disks]) for p in leftovers]
         s.execute(update(Vm).values(active_job_id=None))
     for _point_id, repo_id, files in doomed:
-        repo = backups.repos.get(repo_id)
+        repo = backups.repos.get(repo_id, check_mounted=False)
         for relative in files:
             backups.repos.remove_image(repo, relative)
     with db.session() as s:

@@ -19,13 +19,22 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from sendense.common.errors import Conflict, InsufficientSpace, InvalidInput, NotFound
+from sendense.common.errors import (
+    Conflict,
+    InsufficientSpace,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+)
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import Repository
 from sendense.hub.names import safe_label
 from sendense.nbd.qemu_img import CheckResult, QemuImg
 
 log = logging.getLogger(__name__)
+# Written when a repository is added; an NFS/CIFS share that is not mounted shows
+# an empty mountpoint without it, and backups must not land on the local disk.
+MARKER = ".sendense-repository"
 _REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -103,6 +112,7 @@ class RepositoryService:
                 repo_id = repo.id
         except IntegrityError as exc:
             raise Conflict(f"a repository named {label!r} or at {resolved} exists") from exc
+        (resolved / MARKER).write_text(repo_id + "\n")
         log.info("repository added id=%s name=%s path=%s", repo_id, label, resolved)
         return RepositoryInfo(repo_id, label, resolved, capacity_of(resolved))
 
@@ -111,8 +121,9 @@ class RepositoryService:
             rows = s.scalars(select(Repository).order_by(Repository.created_at)).all()
         return [self._info(r) for r in rows]
 
-    def get(self, ref: str | None = None) -> RepositoryInfo:
-        """By id or name; without a reference, the oldest repository."""
+    def get(self, ref: str | None = None, check_mounted: bool = True) -> RepositoryInfo:
+        """By id or name; without a reference, the oldest repository. Unless told not
+        to, refuses a repository whose marker is missing (share not mounted)."""
         with self.db.session() as s:
             query = select(Repository).order_by(Repository.created_at)
             if ref:
@@ -122,6 +133,16 @@ class RepositoryService:
             if ref:
                 raise NotFound(f"repository {ref!r} does not exist")
             raise NotFound("no repository is registered: add one with `sendense repo add PATH`")
+        if check_mounted:
+            try:
+                marker = (Path(row.path) / MARKER).read_text().strip()
+            except OSError:
+                marker = ""
+            if marker != row.id:
+                raise Unavailable(
+                    f"repository {row.name} at {row.path} is not available (not mounted?): "
+                    f"its {MARKER} is missing"
+                )
         return self._info(row)
 
     @staticmethod

@@ -115,7 +115,7 @@ class JobOut(Out):
 class DiskIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key: int = Field(ge=0, le=999999, description="VirtualDisk.key, e.g. 2000")
-    capacity_bytes: int = Field(gt=0)
+    capacity_bytes: int = Field(gt=0, le=64 << 40, description="at most 64 TiB (VMware: 62)")
     label: str | None = Field(default=None, max_length=255)
     datastore_path: str | None = Field(default=None, max_length=4096)
     estimated_bytes: int = Field(default=0, ge=0)

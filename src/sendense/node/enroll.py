@@ -14,7 +14,12 @@ from sendense.node.tunnel import TunnelConfig, save_config, tunnel_dir
 
 
 def enroll(
-    settings: NodeSettings, hub: str, code: str, name: str, local_address: str
+    settings: NodeSettings,
+    hub: str,
+    code: str,
+    name: str,
+    local_address: str,
+    hub_fingerprint: str | None = None,
 ) -> tuple[EnrollResponse, str]:
     """Returns the hub's answer and this node's key fingerprint."""
     host, _, port = hub.partition(":")
@@ -33,8 +38,13 @@ def enroll(
         error = Unauthorized if response.status_code == 401 else SendenseError
         raise error(f"the hub refused the enrollment: {message}")
     answer = EnrollResponse.model_validate(response.json())
-    if fingerprint(answer.hub_host_key) != answer.hub_host_key_fingerprint:
-        raise SendenseError("the hub's host key does not match its own fingerprint")
+    actual = fingerprint(answer.hub_host_key)
+    if hub_fingerprint is not None and actual != hub_fingerprint.strip():
+        # The enrollment answer came over the network: only the fingerprint the
+        # operator read on the hub (`sendense hub pair`) proves whose key it is.
+        raise SendenseError(
+            f"the hub's host key is {actual}, not {hub_fingerprint.strip()}: refusing to pin it"
+        )
     save_config(
         settings.data_dir,
         TunnelConfig(

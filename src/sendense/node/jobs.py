@@ -4,6 +4,7 @@ the snapshot removed in every outcome (success, failure, cancel)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -153,7 +154,16 @@ class JobRunner:
             status.warnings.append("VMware Tools not running: the snapshot is crash-consistent")
             log.warning("crash-consistent snapshot job=%s vm=%s", req.job_id, req.vm_name)
         name = snapshots.snapshot_name(req.job_id)
-        snap = await asyncio.to_thread(snapshots.create, vm, name, quiesce)
+        creating = asyncio.ensure_future(asyncio.to_thread(snapshots.create, vm, name, quiesce))
+        try:
+            snap = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            # The thread finishes the snapshot anyway (a quiesced one can take
+            # minutes): wait for it and remove it, then give up.
+            with contextlib.suppress(Exception):
+                made = await creating
+                await asyncio.to_thread(snapshots.remove, made, f"remove snapshot {name}")
+            raise
         status.snapshot = name
         log.info("snapshot created job=%s snapshot=%s quiesced=%s", req.job_id, name, quiesce)
         try:

@@ -53,7 +53,7 @@ def revoke(hub: HubDep, name: str) -> NodeInfo:
 @router.post("/{name}/vms")
 def discover(hub: HubDep, name: str, login: VcenterLogin) -> DiscoverResponse:
     """The vCenter's VMs, asked of the node through its tunnel."""
-    client = NodeClient(hub.nodes, name)
+    client = NodeClient(hub.nodes, name, owns_listener=hub.tunnel.owns_listener)
     try:
         return client.discover(login)
     finally:

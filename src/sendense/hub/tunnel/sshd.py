@@ -44,6 +44,21 @@ def listener_pid(host: str, port: int) -> int | None:
     return None
 
 
+def session_pids(parent: int) -> list[int]:
+    """sshd's per-connection children."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("PPid:") and line.split()[1] == str(parent):
+                    found.append(int(entry.name))
+    return found
+
+
 def is_listening(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
         return True
@@ -187,11 +202,23 @@ class TunnelSshd:
         log.info("tunnel sshd listening on %s:%d pid=%d", *self.listen, self._proc.pid)
 
     def disconnect(self, reverse_port: int) -> None:
-        """End a node's session: its sshd child holds the reverse forward's listener."""
+        """End a revoked node's sessions. Its reverse listener names one, but a stolen
+        key could hold a session without any: every session of this sshd ends, and
+        the nodes still enrolled reconnect within their backoff."""
         pid = listener_pid(LOOPBACK, reverse_port)
         info = process_info(pid) if pid else None
         if pid and info and info.argv and info.argv[0].startswith("sshd"):
             terminate_pid(pid)
+        if self._proc is not None:
+            for child in session_pids(self._proc.pid):
+                terminate_pid(child)
+
+    def owns_listener(self, port: int) -> bool:
+        """Is 127.0.0.1:port held by one of our sshd's sessions (and not by a local
+        process that bound a node's reverse port while its tunnel was down)?"""
+        pid = listener_pid(LOOPBACK, port)
+        info = process_info(pid) if pid else None
+        return bool(info and info.argv and info.argv[0].startswith("sshd"))
 
     def stop(self) -> None:
         if self._proc is not None:
