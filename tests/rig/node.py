@@ -35,11 +35,14 @@ class NodeProcesses:
         self.serve: subprocess.Popen[bytes] | None = None
         self.tunnel: subprocess.Popen[bytes] | None = None
 
-    def enroll(self, hub_url: str, code: str, name: str) -> subprocess.CompletedProcess[str]:
+    def enroll(
+        self, hub_url: str, code: str, name: str, fingerprint: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        pin = ["--hub-fingerprint", fingerprint] if fingerprint else []
         return sendense(
             "node", "enroll", "--hub", hub_url.removeprefix("http://"), "--code", code,
             "--name", name, "--local-address", "127.0.0.2", "--data-dir", str(self.data_dir),
-            env=self.env,
+            *pin, env=self.env,
         )  # fmt: skip
 
     def _spawn(self, *args: str, log: str) -> subprocess.Popen[bytes]:

@@ -59,10 +59,12 @@ class Site:
     def pair(self) -> str:
         done = sendense("hub", "pair", "--data-dir", str(self.hub.data_dir), env=self.hub.env)
         assert done.returncode == 0, done.stderr
+        self.hub_fingerprint = done.stderr.split("--hub-fingerprint", 1)[1].split()[0]
         return done.stdout.strip()
 
     def enroll_and_connect(self) -> None:
-        enrolled = self.node.enroll(self.hub.url, self.pair(), self.name)
+        code = self.pair()
+        enrolled = self.node.enroll(self.hub.url, code, self.name, self.hub_fingerprint)
         assert enrolled.returncode == 0, enrolled.stderr
         self.node.start_serve()
         self.node.start_tunnel()
