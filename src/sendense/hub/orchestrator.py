@@ -27,7 +27,7 @@ TERMINAL = ("complete", "failed", "cancelled")
 
 class Orchestrator:
     def __init__(
-        self, hub: Hub, max_jobs: int = 4, poll: float = 1.0, node_timeout: float = 60.0
+        self, hub: Hub, max_jobs: int = 4, poll: float = 0.25, node_timeout: float = 60.0
     ) -> None:
         self.hub = hub
         self.vcenters = VcenterService(hub.db, hub.nodes.box)
