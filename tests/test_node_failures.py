@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sendense.common.config import load_settings
+from sendense.hub.backups import PreparedJob
 from sendense.hub.service import Hub
 from sendense.node.config import NodeSettings
 from tests.node_rig import disk_specs, node_client, snapshot_names, start_body, unique, wait_job
@@ -49,13 +50,20 @@ def big_vm(si: Any, vcsim: Vcsim, size: int = 256 * MiB) -> tuple[str, Any]:
     return name, vm
 
 
-def test_target_closed_mid_job_fails_and_removes_the_snapshot(
-    slow_node: TestClient, hub: Hub, repo_dir: Path, vcsim: Vcsim, si: Any
-) -> None:
+def start_big_backup(
+    node: TestClient, hub: Hub, repo_dir: Path, vcsim: Vcsim, si: Any
+) -> tuple[Any, PreparedJob]:
     hub.repos.add(str(repo_dir))
     name, vm = big_vm(si, vcsim)
     prepared = hub.backups.prepare(name, disk_specs(vm), "full")
-    slow_node.post("/api/v1/backup/start", json=start_body(vcsim, prepared, name, {}))
+    node.post("/api/v1/backup/start", json=start_body(vcsim, prepared, name, {}))
+    return vm, prepared
+
+
+def test_target_closed_mid_job_fails_and_removes_the_snapshot(
+    slow_node: TestClient, hub: Hub, repo_dir: Path, vcsim: Vcsim, si: Any
+) -> None:
+    vm, prepared = start_big_backup(slow_node, hub, repo_dir, vcsim, si)
 
     def kill_export(status: dict[str, Any]) -> None:
         if status["disks"] and status["disks"][0]["bytes_done"] > 0:
@@ -72,10 +80,7 @@ def test_target_closed_mid_job_fails_and_removes_the_snapshot(
 def test_cancel_stops_the_job_and_removes_the_snapshot(
     slow_node: TestClient, hub: Hub, repo_dir: Path, vcsim: Vcsim, si: Any
 ) -> None:
-    hub.repos.add(str(repo_dir))
-    name, vm = big_vm(si, vcsim)
-    prepared = hub.backups.prepare(name, disk_specs(vm), "full")
-    slow_node.post("/api/v1/backup/start", json=start_body(vcsim, prepared, name, {}))
+    vm, prepared = start_big_backup(slow_node, hub, repo_dir, vcsim, si)
 
     def cancel(status: dict[str, Any]) -> None:
         if status["disks"] and status["disks"][0]["bytes_done"] > 0:

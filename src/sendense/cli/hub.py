@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.output import console, one_line_errors, repo_table, table
-from sendense.cli.serving import announce_token, hold_lock, parse_listen
-from sendense.common.config import load_settings
+from sendense.cli.serving import announce_token, appliance_settings, hold_lock, run_api
 from sendense.common.logging import setup_logging
 from sendense.hub.config import HubSettings
 
@@ -30,8 +28,7 @@ TokenFileOpt = Annotated[
 
 
 def _settings(config: Path | None, data_dir: Path | None, listen: str | None) -> HubSettings:
-    host, port = parse_listen(listen) if listen else (None, None)
-    return load_settings(HubSettings, config, data_dir=data_dir, listen_host=host, listen_port=port)
+    return appliance_settings(HubSettings, config, data_dir, listen)
 
 
 @app.command()
@@ -61,13 +58,7 @@ def serve(
         settings.data_dir,
     )
     try:
-        uvicorn.run(
-            create_app(hub),
-            host=settings.listen_host,
-            port=settings.listen_port,
-            log_config=None,
-            access_log=False,
-        )
+        run_api(create_app(hub), settings.listen_host, settings.listen_port)
     finally:
         hub.close()
         lock.close()  # the lock also dies with the process, whatever kills it

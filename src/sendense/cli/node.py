@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from sendense.cli.output import console, one_line_errors
-from sendense.cli.serving import announce_token, parse_listen
-from sendense.common.config import load_settings
+from sendense.cli.serving import announce_token, appliance_settings, run_api
 from sendense.common.logging import setup_logging
 from sendense.node.auth import NodeTokens
 from sendense.node.config import NodeSettings
@@ -24,10 +22,7 @@ DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data direct
 
 
 def _settings(config: Path | None, data_dir: Path | None, listen: str | None) -> NodeSettings:
-    host, port = parse_listen(listen) if listen else (None, None)
-    return load_settings(
-        NodeSettings, config, data_dir=data_dir, listen_host=host, listen_port=port
-    )
+    return appliance_settings(NodeSettings, config, data_dir, listen)
 
 
 @app.command()
@@ -47,13 +42,7 @@ def serve(
     if tokens.count() == 0:
         announce_token(settings.data_dir, tokens.create("hub"))
     log.info("node listening on %s:%d", settings.listen_host, settings.listen_port)
-    uvicorn.run(
-        create_node_app(settings),
-        host=settings.listen_host,
-        port=settings.listen_port,
-        log_config=None,
-        access_log=False,
-    )
+    run_api(create_node_app(settings), settings.listen_host, settings.listen_port)
 
 
 @app.command("token")

@@ -9,7 +9,11 @@ import sys
 from pathlib import Path
 from typing import IO
 
+import uvicorn
+from fastapi import FastAPI
+
 from sendense.cli.output import console
+from sendense.common.config import S, load_settings
 from sendense.common.errors import Conflict, InvalidInput
 
 log = logging.getLogger(__name__)
@@ -20,6 +24,19 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidInput(f"--listen {listen!r}: use HOST:PORT, for example 127.0.0.1:8082")
     return host.strip("[]"), int(port)
+
+
+def appliance_settings(
+    cls: type[S], config: Path | None, data_dir: Path | None, listen: str | None
+) -> S:
+    """Settings from defaults, the TOML file, the environment, then the flags given."""
+    host, port = parse_listen(listen) if listen else (None, None)
+    return load_settings(cls, config, data_dir=data_dir, listen_host=host, listen_port=port)
+
+
+def run_api(app: FastAPI, host: str, port: int) -> None:
+    """uvicorn with our logging (no access log: requests carry tokens in headers)."""
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
 
 
 def announce_token(data_dir: Path, token: str) -> None:
