@@ -105,7 +105,13 @@ def finish_on_hub(hub: Hub, prepared: PreparedJob, status: dict[str, Any]) -> st
         hub.backups.fail(prepared.job_id, status.get("error") or status["state"])
         raise AssertionError(f"node job ended {status['state']}: {status.get('error')}")
     results = {
-        d["disk_key"]: DiskResult(d["change_id"], d["bytes_written"], d["checksum"])
+        d["disk_key"]: DiskResult(
+            d["change_id"],
+            d["bytes_written"],
+            d["checksum"],
+            areas=None if d["areas"] is None else [(a, b) for a, b in d["areas"]],
+            checksum_block=d["checksum_block"],
+        )
         for d in status["disks"]
     }
     return hub.backups.finish(prepared.job_id, results)

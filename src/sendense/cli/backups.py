@@ -147,10 +147,11 @@ def backups_list(vm: str, hub_url: HubUrlOpt = None, token_file: TokenFileOpt = 
     rows = []
     for point in points:
         for disk in point["disks"]:
+            verified = (disk["verified_at"] or "never")[:19]
             rows.append((point["id"][:12], point["created_at"][:19], point["status"],
                          disk["disk_key"], disk["backup_type"], human_bytes(disk["virtual_size"]),
                          human_bytes(disk["data_bytes"]), human_bytes(disk["file_size"]),
-                         (disk["parent_id"] or "-")[:12]))  # fmt: skip
+                         (disk["parent_id"] or "-")[:12], verified))  # fmt: skip
     table(f"Restore points of {vm}",
-          ["point", "created", "status", "disk", "type", "virtual", "data", "file", "parent"],
-          rows)  # fmt: skip
+          ["point", "created", "status", "disk", "type", "virtual", "data", "file", "parent",
+           "verified"], rows)  # fmt: skip

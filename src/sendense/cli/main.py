@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from sendense.cli import backups, hub, node
+from sendense.cli import backups, hub, node, verify
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.output import console, one_line_errors, repo_table, table
 
@@ -18,6 +18,7 @@ app.add_typer(backups.vcenter_app, name="vcenter")
 app.add_typer(backups.backup_app, name="backup")
 app.add_typer(backups.jobs_app, name="jobs")
 app.add_typer(backups.backups_app, name="backups")
+app.command("verify")(verify.verify)
 repo_app = typer.Typer(help="Backup repositories of the hub.", no_args_is_help=True)
 app.add_typer(repo_app, name="repo")
 

@@ -9,11 +9,39 @@ verifier can recompute it from the image by reading the same blocks.
 from __future__ import annotations
 
 import struct
+import zlib
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 
 from blake3 import blake3
 
 ALGORITHM = "blake3-blocks"
+
+
+Area = tuple[int, int]
+_AREA = struct.Struct(">QQ")
+
+
+def blocks(areas: Iterable[Area], size: int) -> Iterator[Area]:
+    """Each area cut into blocks of at most `size` bytes, from its start: the blocks
+    the node hashes, and the blocks a verifier reads again."""
+    for start, length in areas:
+        end = start + length
+        offset = start
+        while offset < end:
+            step = min(size, end - offset)
+            yield offset, step
+            offset += step
+
+
+def pack_areas(areas: Iterable[Area]) -> bytes:
+    """The areas a backup read, compact for the database (16 bytes an area, zlib)."""
+    return zlib.compress(b"".join(_AREA.pack(start, length) for start, length in areas))
+
+
+def unpack_areas(packed: bytes) -> list[Area]:
+    raw = zlib.decompress(packed)
+    return [_AREA.unpack_from(raw, i) for i in range(0, len(raw), _AREA.size)]
 
 
 @lru_cache(maxsize=8)

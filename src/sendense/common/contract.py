@@ -72,6 +72,10 @@ class DiskProgress(BaseModel):
     seconds: float = 0.0
     change_id: str | None = None
     checksum: str | None = None
+    # Set when the disk is done: the areas read and the checksum's block size,
+    # so the hub can recompute the checksum from the restore point later.
+    checksum_block: int | None = None
+    areas: list[tuple[int, int]] | None = None
 
 
 class NodeJobStatus(BaseModel):

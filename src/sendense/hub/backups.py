@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from sendense.common.checksum import pack_areas
 from sendense.common.errors import Conflict, InvalidInput, NotFound, SendenseError
 from sendense.common.targets import NbdTarget, format_targets
 from sendense.hub.db.database import Database
@@ -54,6 +55,9 @@ class DiskResult:
     checksum: str | None = None
     duration_s: float | None = None
     rate_bytes_per_s: float | None = None
+    # The areas read, in the checksum's blocks of `checksum_block` bytes.
+    areas: list[tuple[int, int]] | None = None
+    checksum_block: int | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,8 @@ class BackupExports:
     ) -> _Plan:
         parent = None
         if backup_type != "full":
+            # The newest point of this disk, complete or found invalid by a
+            # verification: an invalid one is never a parent, the disk gets a full.
             parent = s.scalars(
                 select(RestorePointDisk)
                 .join(RestorePoint)
@@ -237,11 +243,16 @@ class BackupExports:
                     # the backing file is named relative to the overlay: same repository
                     RestorePoint.repository_id == repo_id,
                     RestorePointDisk.disk_key == spec.key,
-                    RestorePointDisk.status == PointStatus.COMPLETE,
-                    RestorePointDisk.change_id.is_not(None),
+                    RestorePointDisk.status.in_([PointStatus.COMPLETE, PointStatus.INVALID]),
                 )
                 .order_by(RestorePoint.completed_at.desc())
             ).first()
+            if parent is not None and parent.status == PointStatus.INVALID:
+                log.warning("disk %d: its last restore point failed verification: full backup",
+                            spec.key)  # fmt: skip
+                parent = None
+            elif parent is not None and parent.change_id is None:
+                parent = None
         if backup_type == "incremental" and parent is None:
             log.info("disk %d has no complete parent with a change id: full backup", spec.key)
         disk_id = new_id()
@@ -341,6 +352,9 @@ class BackupExports:
                 disk.checksum = result.checksum
                 disk.duration_s = result.duration_s
                 disk.rate_bytes_per_s = result.rate_bytes_per_s
+                if result.areas is not None and result.checksum_block:
+                    disk.areas = pack_areas(result.areas)
+                    disk.checksum_block = result.checksum_block
                 disk.file_size = sizes[disk.disk_key]
                 disk.status = PointStatus.COMPLETE
             point.status = PointStatus.COMPLETE

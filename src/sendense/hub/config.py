@@ -60,3 +60,8 @@ class HubSettings(SendenseSettings):
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Sockets of the hub's own read-only qemu-nbd servers (verification, exports)."""
+        return self.data_dir / "scratch"

@@ -91,7 +91,7 @@ class Orchestrator:
         results = {
             d.disk_key: DiskResult(
                 d.change_id, d.bytes_written, d.checksum, d.seconds,
-                d.bytes_total / d.seconds if d.seconds else None,
+                d.bytes_total / d.seconds if d.seconds else None, d.areas, d.checksum_block,
             )
             for d in status.disks
         }  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 
 class Out(BaseModel):
@@ -87,6 +87,8 @@ class RestorePointDiskOut(Out):
     duration_s: float | None
     rate_bytes_per_s: float | None
     status: str
+    verified_at: datetime | None
+    verify_error: str | None
 
 
 class RestorePointOut(Out):
@@ -97,6 +99,8 @@ class RestorePointOut(Out):
     status: str
     created_at: datetime
     completed_at: datetime | None
+    verified_at: datetime | None
+    verify_error: str | None
     disks: list[RestorePointDiskOut]
 
 
@@ -153,6 +157,8 @@ class DiskResultIn(BaseModel):
     checksum: str | None = Field(default=None, max_length=256)
     duration_s: float | None = Field(default=None, ge=0)
     rate_bytes_per_s: float | None = Field(default=None, ge=0)
+    areas: list[tuple[NonNegativeInt, PositiveInt]] | None = None
+    checksum_block: int | None = Field(default=None, gt=0, le=1 << 30)
 
 
 class JobFinishIn(BaseModel):

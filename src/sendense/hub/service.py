@@ -10,6 +10,7 @@ from sendense.hub.backups import BackupExports
 from sendense.hub.config import HubSettings
 from sendense.hub.db.database import Database
 from sendense.hub.exports import ExportManager, ExportSettings
+from sendense.hub.local_nbd import stop_leftovers
 from sendense.hub.nodes import NodeInfo, NodeService
 from sendense.hub.ports import PortAllocator
 from sendense.hub.queries import Queries
@@ -109,6 +110,7 @@ class Hub:
         return self.nodes.list()
 
     def reconcile(self, reason: str = "the hub restarted during the job") -> ReconcileReport:
+        stop_leftovers(self.settings.scratch_dir)
         return reconcile(self.backups, reason)
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ import asyncio
 import socket
 import struct
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from sendense.common.errors import InvalidInput, SendenseError
 
@@ -83,16 +83,24 @@ class ExportInfo:
 
 
 def parse_uri(uri: str) -> tuple[str, int, str]:
-    """`nbd://HOST[:PORT]/EXPORT` -> (host, port, export)."""
-    usage = f"{uri!r} is not an NBD URI nbd://HOST:PORT/EXPORT"
+    """`nbd://HOST[:PORT]/EXPORT` -> (host, port, export);
+    `nbd+unix:///EXPORT?socket=PATH` -> (PATH, 0, export): port 0 means a Unix socket."""
+    usage = f"{uri!r} is not an NBD URI nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH"
     try:
         parts = urlsplit(uri)
+        export = unquote(parts.path.removeprefix("/"))
+        if parts.scheme == "nbd+unix":
+            query = parse_qs(parts.query)
+            sockets = query.get("socket", [])
+            if parts.netloc or parts.fragment or set(query) != {"socket"} or len(sockets) != 1:
+                raise InvalidInput(usage)
+            return sockets[0], 0, export
         port = parts.port or DEFAULT_PORT
     except ValueError as exc:
         raise InvalidInput(f"{usage}: {exc}") from None
     if parts.scheme != "nbd" or not parts.hostname or parts.query or parts.fragment:
         raise InvalidInput(usage)
-    return parts.hostname, port, unquote(parts.path.removeprefix("/"))
+    return parts.hostname, port, export
 
 
 async def recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
@@ -119,6 +127,15 @@ def tune(sock: socket.socket) -> None:
 
 
 async def open_socket(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
+    if port == 0:  # a Unix socket path, from parse_uri
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
     last: OSError = OSError(f"{host} has no address")
     for family, kind, proto, _, addr in await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM):
         sock = socket.socket(family, kind, proto)

@@ -27,11 +27,25 @@ class ExportSpec:
     cache: str = "none"
     fmt: str = "qcow2"
     read_only: bool = False
+    # A Unix socket instead of host:port (the hub's own reads: no port, no network).
+    socket: Path | None = None
+
+    @property
+    def uri(self) -> str:
+        if self.socket is not None:
+            return f"nbd+unix:///{self.name}?socket={self.socket}"
+        return f"nbd://{self.host}:{self.port}/{self.name}"
 
 
 def probe(host: str, port: int, timeout: float = 1.0) -> bool:
-    """True when an NBD server answers with its greeting on host:port."""
+    """True when an NBD server answers with its greeting on host:port (port 0: host
+    is a Unix socket path)."""
     try:
+        if port == 0:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect(host)
+                return sock.recv(8) == NBD_MAGIC
         with socket.create_connection((host, port), timeout=timeout) as sock:
             return sock.recv(8) == NBD_MAGIC
     except OSError:
@@ -67,10 +81,7 @@ class QemuNbd:
             f"--cache={s.cache}",
             "-f",
             s.fmt,
-            "-b",
-            s.host,
-            "-p",
-            str(s.port),
+            *(["-k", str(s.socket)] if s.socket else ["-b", s.host, "-p", str(s.port)]),
             "-x",
             s.name,
         ]
@@ -115,18 +126,18 @@ class QemuNbd:
             code = self._proc.poll()
             if code is not None:
                 raise ToolFailed(self.argv, code, self._log_text())
-            if probe(self.spec.host, self.spec.port, timeout=0.5):
+            if self._probe(timeout=0.5):
                 return
             time.sleep(0.02)
         self.stop()
         raise ToolFailed(self.argv, None, f"not listening after {timeout:.0f}s")
 
     def healthy(self) -> bool:
-        return (
-            self._proc is not None
-            and self._proc.poll() is None
-            and probe(self.spec.host, self.spec.port)
-        )
+        return self._proc is not None and self._proc.poll() is None and self._probe()
+
+    def _probe(self, timeout: float = 1.0) -> bool:
+        s = self.spec
+        return probe(str(s.socket), 0, timeout) if s.socket else probe(s.host, s.port, timeout)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """Terminate, wait, kill. Returns the exit code (None if never started)."""

@@ -199,6 +199,8 @@ class JobRunner:
             )
             try:
                 await copy_disk(plan, reader, self.tuning)
+                plan.progress.areas = plan.areas
+                plan.progress.checksum_block = self.tuning.chunk
             finally:
                 await reader.close()
 

@@ -17,9 +17,11 @@ from sendense.hub.api import (
     routes_orchestration,
     routes_repositories,
     routes_system,
+    routes_verify,
 )
 from sendense.hub.orchestrator import Orchestrator
 from sendense.hub.service import Hub
+from sendense.hub.verify_jobs import VerifyJobs
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ def create_app(hub: Hub) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         orchestrator.shutdown()
+        verify_jobs.shutdown()
         # A graceful stop leaves nothing running: exports stopped, jobs failed,
         # the tunnel's sshd gone. (uvicorn re-raises SIGTERM once the app has shut
         # down, so code after uvicorn.run() would never see it.)
@@ -41,6 +44,8 @@ def create_app(hub: Hub) -> FastAPI:
         hub, hub.settings.max_jobs, node_timeout=hub.settings.node_timeout_s
     )
     app.state.orchestrator = orchestrator
+    verify_jobs = VerifyJobs(hub)
+    app.state.verify_jobs = verify_jobs
     install_error_handlers(app)
     app.include_router(routes_system.public)
     app.include_router(routes_system.router)
@@ -49,4 +54,5 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(routes_nodes.public)
     app.include_router(routes_nodes.router)
     app.include_router(routes_orchestration.router)
+    app.include_router(routes_verify.router)
     return app

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -196,6 +197,8 @@ class RestorePoint(Base):
     )
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    verified_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    verify_error: Mapped[str | None] = mapped_column(Text)
 
     disks: Mapped[list[RestorePointDisk]] = relationship(
         back_populates="restore_point", order_by="RestorePointDisk.disk_key"
@@ -225,6 +228,12 @@ class RestorePointDisk(Base):
     status: Mapped[PointStatus] = mapped_column(
         _enum(PointStatus, "disk_point_status"), default=PointStatus.INCOMPLETE
     )
+    # What the backup read (checksum.pack_areas) and the checksum's block size:
+    # a verifier reads the same blocks from this layer again.
+    areas: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    checksum_block: Mapped[int | None] = mapped_column(Integer)
+    verified_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    verify_error: Mapped[str | None] = mapped_column(Text)
 
     restore_point: Mapped[RestorePoint] = relationship(back_populates="disks")
 
