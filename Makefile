@@ -20,6 +20,7 @@ bench: deps
 	$(PY) bench/nbd_writer.py
 	$(PY) bench/node_backup.py
 	$(PY) bench/tunnel.py
+	$(PY) bench/backup_tunnel.py
 
 deps: system-deps $(STAMP)
 

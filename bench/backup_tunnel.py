@@ -1,0 +1,222 @@
+"""Full backup of a two-disk VM, through the tunnel and direct, in the same run.
+
+    .venv/bin/python bench/backup_tunnel.py [--disk-gib 1] [--runs 3]
+
+Everything is a real process: vcsim (tests/rig/vcsim.py), the hub (`sendense hub
+serve`, with its tunnel sshd), one node (`sendense node serve`) enrolled with a
+pairing code and the hub's fingerprint, and its tunnel (`sendense node tunnel`,
+ssh). The VM has two disks (default 2 x 1 GiB virtual), each half random data
+and half holes in alternating 16 MiB extents.
+
+Each figure is one orchestrated full backup: `POST /api/v1/backups` on the hub's
+API, timed from the request until `GET /api/v1/jobs/ID` says `complete` (polled
+every 50 ms). That includes the hub asking the node for the VM's disks, creating
+two QCOW2 files and their qemu-nbd exports, the node's snapshot, reads over the
+datastore's HTTPS, NBD writes and flush, snapshot removal, the hub's 0.25 s
+polls of the node, the hub's check of both images, and the commit. The two
+modes differ in the NBD data path only:
+
+* tunnel: the targets string names 127.0.0.2 (SENDENSE_HUB_TARGETS_HOST), the
+  node's end of the tunnel; the NBD writes cross ssh and the hub's sshd.
+* direct: the targets string names 127.0.0.1, the hub's qemu-nbd ports
+  themselves; the NBD writes go over plain loopback TCP.
+
+In both modes the hub reaches the node's API through its reverse forward: the
+product has no other way to reach an enrolled node (NodeClient dials
+127.0.0.1:<reverse port> and refuses a listener that is not its own sshd). So
+"direct" is direct data with tunnelled control (inventory, start, polls: a few
+KB per job). The hub is restarted with the mode's targets host before every run
+of either mode (outside the timing; the node and its tunnel stay up); the first
+mode of each pair alternates; one untimed warm-up backup comes first. Each
+restore point is checked with `qemu-img compare` against the -flat.vmdk files,
+outside the timing. Medians; MB = 10^6 B. Writes "backup_tunnel" and the
+top-level `tunnel_backup_vs_direct` (rate / rate) and `tunnel_vs_direct` (the
+same figure) in bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from node_backup import MiB, fill_half
+from tests.rig.procs import kill_all, pids_with, wait_gone
+from tests.rig.site import Site
+from tests.rig.vcsim import Vcsim, running_vcsim
+from tests.rig.vmware_vms import SCSI0, create_vm, flat_file
+
+from sendense.nbd.qemu_img import QemuImg
+
+RESULTS = Path(__file__).with_name("results.json")
+VM = "bench-tunnel"
+DISKS = (2000, 2001)
+TARGETS_HOST = {"tunnel": "127.0.0.2", "direct": "127.0.0.1"}
+
+
+@contextmanager
+def running_site(root: Path, vc: Vcsim) -> Iterator[Site]:
+    """Hub and enrolled node as processes; every one of them (and any qemu-nbd of
+    the hub's) gone afterwards, whatever happened."""
+    site = Site(root)
+    try:
+        site.start()
+        site.enroll_and_connect()
+        site.add_vcenter(vc)
+        repo = root / "repo"
+        repo.mkdir()
+        added = site.api.post("/api/v1/repositories", json={"path": str(repo)})
+        if added.status_code != 201:
+            raise SystemExit(f"adding the repository failed: {added.text}")
+        yield site
+    finally:
+        site.stop()
+        for name in ("qemu-nbd", "ssh"):
+            left = wait_gone(pids_with(str(root), name=name), timeout=5)
+            kill_all(left)
+
+
+def restart_hub(site: Site, mode: str, timeout: float = 30.0) -> None:
+    """The hub again, its NBD targets naming the mode's address; back once it sees
+    the node's reverse forward."""
+    site.hub.stop()
+    site.hub.env["SENDENSE_HUB_TARGETS_HOST"] = TARGETS_HOST[mode]
+    site.hub.start()
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = site.api.get("/api/v1/nodes").json()
+        if any(n["name"] == site.name and n["connected"] for n in nodes):
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the node did not come back after the hub restarted: {nodes}")
+        time.sleep(0.1)
+
+
+def timed_backup(site: Site, timeout: float = 600.0) -> tuple[float, str]:
+    """One full backup, request to `complete`: (seconds, job id)."""
+    started = time.perf_counter()
+    queued = site.api.post("/api/v1/backups", json={"vm": VM, "type": "full"})
+    if queued.status_code != 202:
+        raise SystemExit(f"the hub refused the backup: {queued.text}")
+    job_id: str = queued.json()["job_id"]
+    while True:
+        job = site.api.get(f"/api/v1/jobs/{job_id}").json()
+        if job["state"] in ("complete", "failed", "cancelled"):
+            break
+        if time.perf_counter() - started > timeout:
+            raise SystemExit(f"job {job_id} still {job['state']} after {timeout:.0f}s")
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    if job["state"] != "complete":
+        raise SystemExit(f"job {job_id} {job['state']}: {job['error']}")
+    return elapsed, job_id
+
+
+def targets_host_of(site: Site, job_id: str) -> str:
+    """The address the job's targets string named, from the hub's log line."""
+    for line in site.hub.log.read_text(errors="replace").splitlines():
+        if f"job prepared job={job_id}" in line:
+            return line.split("targets=", 1)[1].split("nbd://", 2)[1].split(":", 1)[0]
+    raise SystemExit(f"no 'job prepared' line for job {job_id} in {site.hub.log}")
+
+
+def verified_point(site: Site, job_id: str, sources: dict[int, Path]) -> list[dict[str, Any]]:
+    """The job's restore point disks, each compared with its source."""
+    points = site.api.get(f"/api/v1/restore-points?vm={VM}").json()
+    (point,) = [p for p in points if p["job_id"] == job_id]
+    repo = site.hub.data_dir.parent / "repo"
+    disks: list[dict[str, Any]] = point["disks"]
+    for disk in disks:
+        if disk["backup_type"] != "full" or disk["status"] != "complete":
+            raise SystemExit(f"job {job_id} disk {disk['disk_key']}: {disk}")
+        if not QemuImg().compare(sources[disk["disk_key"]], repo / disk["file_path"]):
+            raise SystemExit(f"job {job_id} disk {disk['disk_key']} differs from its source")
+    return disks
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    size = int(args.disk_gib * 1024) * MiB
+    pool = os.urandom(16 * MiB)
+    seconds: dict[str, list[float]] = {"tunnel": [], "direct": []}
+    disk_rates: dict[str, dict[int, list[float]]] = {m: {k: [] for k in DISKS} for m in seconds}
+    with tempfile.TemporaryDirectory(prefix="sendense-bench-backup-tunnel-", dir=args.tmp) as tmp:
+        root = Path(tmp)
+        with running_vcsim(root / "vcsim") as vc, vc.session() as si:
+            vm = create_vm(si, VM, [(k, size, SCSI0) for k in DISKS], cbt=True)
+            sources = {k: flat_file(vc, vm, k) for k in DISKS}
+            data = sum(fill_half(p, size, pool) for p in sources.values())
+            with running_site(root / "site", vc) as site:
+                timed_backup(site)  # warm-up: first vCenter login, first export
+                for i in range(args.runs):
+                    for mode in ("tunnel", "direct") if i % 2 == 0 else ("direct", "tunnel"):
+                        restart_hub(site, mode)
+                        elapsed, job_id = timed_backup(site)
+                        if targets_host_of(site, job_id) != TARGETS_HOST[mode]:
+                            raise SystemExit(f"job {job_id} did not write NBD {mode}")
+                        for disk in verified_point(site, job_id, sources):
+                            disk_rates[mode][disk["disk_key"]].append(disk["rate_bytes_per_s"])
+                        seconds[mode].append(elapsed)
+                        print(f"run {i + 1} {mode:<7}{elapsed:>8.2f} s  job {job_id}")
+    virtual = size * len(DISKS)
+    figures: dict[str, Any] = {
+        "virtual_bytes": virtual,
+        "data_bytes": data,
+        "disks": len(DISKS),
+        "layout": "alternating 16 MiB extents: random data, hole",
+        "runs": args.runs,
+        "measures": "POST /api/v1/backups (type full) until the job reads complete: "
+        "orchestrated job, real processes (vcsim, hub + sshd, node serve + tunnel)",
+        "control_path": "hub -> node API through the tunnel's reverse forward in both modes",
+    }
+    for mode in ("tunnel", "direct"):
+        median = statistics.median(seconds[mode])
+        figures[mode] = {
+            "nbd_targets_host": TARGETS_HOST[mode],
+            "seconds": seconds[mode],
+            "median_s": median,
+            "virtual_MBps": virtual / median / 1e6,
+            "per_disk_virtual_MBps": size / median / 1e6,
+            "node_disk_data_MBps": {
+                str(k): statistics.median(r) / 1e6 for k, r in disk_rates[mode].items()
+            },
+        }
+    rates = figures["tunnel"]["virtual_MBps"], figures["direct"]["virtual_MBps"]
+    figures["tunnel_backup_vs_direct"] = rates[0] / rates[1]
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--disk-gib", type=float, default=1.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tmp", default=None, help="where the temporary files go")
+    args = parser.parse_args()
+    figures = run(args)
+    print(f"{'full backup, 2 disks':<22}{'seconds':>10}{'MB/s virtual':>14}{'per disk':>10}"
+          f"{'node MB/s data/disk':>21}")  # fmt: skip
+    for key in ("direct", "tunnel"):
+        f = figures[key]
+        node = " ".join(f"{r:.0f}" for r in f["node_disk_data_MBps"].values())
+        print(f"{key:<22}{f['median_s']:>10.2f}{f['virtual_MBps']:>14.0f}"
+              f"{f['per_disk_virtual_MBps']:>10.0f}{node:>21}")  # fmt: skip
+    print(f"tunnel_backup_vs_direct {figures['tunnel_backup_vs_direct']:.3f}")
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results["backup_tunnel"] = figures
+    ratio = round(figures["tunnel_backup_vs_direct"], 3)
+    results["tunnel_backup_vs_direct"] = ratio
+    results["tunnel_vs_direct"] = ratio  # the full backup's figure, not the writer's
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
