@@ -21,6 +21,7 @@ bench: deps
 	$(PY) bench/node_backup.py
 	$(PY) bench/tunnel.py
 	$(PY) bench/backup_tunnel.py
+	$(PY) bench/verify.py
 
 deps: system-deps $(STAMP)
 
