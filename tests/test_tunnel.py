@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -340,3 +341,20 @@ def test_revoking_ends_sessions_that_hold_no_reverse_forward(site: Site) -> None
         revoked = sendense("nodes", "revoke", site.name, env=site.cli_env())
         assert revoked.returncode == 0, revoked.stderr
         assert stolen.wait(timeout=15) != 0
+
+
+def test_stopping_the_hub_ends_every_tunnel_session(site: Site) -> None:
+    """A session left behind would hold the node's reverse port and forwards open."""
+    site.enroll_and_connect()
+    reverse_port = site.api.get("/api/v1/nodes").json()[0]["reverse_port"]
+    site.hub.stop()
+    assert pids_with(str(site.hub.data_dir / "tunnel"), name="sshd") == []
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", reverse_port), timeout=1).close()
+    site.node.wait_tunnel("reconnecting", timeout=30)
+    site.hub.start()
+    site.node.wait_tunnel("connected", timeout=60)
+    site.hub.kill9()  # sshd is its own session: it and its sessions outlive the hub
+    site.hub.start()  # start-up stops the old sshd and its sessions
+    status = site.node.wait_tunnel("connected", timeout=60, restarts=2)
+    assert status["state"] == "connected"

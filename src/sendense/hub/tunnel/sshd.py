@@ -166,6 +166,8 @@ class TunnelSshd:
         # sshd rewrites its title: "sshd: /usr/sbin/sshd -D -e -f CONFIG [listener] ..."
         if info and str(self.config_path) in " ".join(info.argv):
             log.warning("stopping the tunnel sshd a previous hub left pid=%d", pid)
+            for child in session_pids(pid):  # its sessions hold nodes' forwards
+                terminate_pid(child)
             terminate_pid(pid)
         self.pid_path.unlink(missing_ok=True)
 
@@ -221,6 +223,10 @@ class TunnelSshd:
         return bool(info and info.argv and info.argv[0].startswith("sshd"))
 
     def stop(self) -> None:
+        """The listener and every session: a session left running would keep a
+        node's reverse port and NBD forwards open, and the node "connected"."""
         if self._proc is not None:
+            for child in session_pids(self._proc.pid):
+                terminate_pid(child)
             stop_child(self._proc)
         self.pid_path.unlink(missing_ok=True)
