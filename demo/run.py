@@ -139,7 +139,10 @@ def main() -> int:
                     backing = QemuImg().info(image)["backing-filename"]
                     console.print(f"disk {disk['disk_key']}: {image.name} -> {backing}")
                 console.print(f"full: {full['wall_s']:.1f}s, incremental: {inc['wall_s']:.1f}s")
-                ok = all(verified.values())
+                console.rule("sendense verify pgtest1 (checksums read back from each chain)")
+                checked = sendense("verify", "pgtest1", env=site.cli_env())
+                console.print(checked.stdout.rstrip() or checked.stderr.rstrip())
+                ok = all(verified.values()) and checked.returncode == 0
             finally:
                 site.stop()
     finally:
