@@ -22,6 +22,7 @@ bench: deps
 	$(PY) bench/tunnel.py
 	$(PY) bench/backup_tunnel.py
 	$(PY) bench/verify.py
+	$(PY) bench/restore.py
 
 deps: system-deps $(STAMP)
 

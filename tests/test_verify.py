@@ -88,9 +88,10 @@ def test_verify_passes_then_a_flipped_byte_invalidates_the_chain(
 
     job = verify(api, vm.name)
     assert (job["state"], job["error"]) == ("complete", None)
-    for point_id in points:
+    for position, point_id in enumerate(points, start=1):
         point = api.get(f"/api/v1/restore-points/{point_id}").json()
         assert point["status"] == "complete"
+        assert {d["chain_position"] for d in point["disks"]} == {position}
         assert point["verified_at"] is not None
         assert all(d["verified_at"] for d in point["disks"])
 

@@ -148,10 +148,12 @@ def backups_list(vm: str, hub_url: HubUrlOpt = None, token_file: TokenFileOpt = 
     for point in points:
         for disk in point["disks"]:
             verified = (disk["verified_at"] or "never")[:19]
-            rows.append((point["id"][:12], point["created_at"][:19], point["status"],
-                         disk["disk_key"], disk["backup_type"], human_bytes(disk["virtual_size"]),
-                         human_bytes(disk["data_bytes"]), human_bytes(disk["file_size"]),
-                         (disk["parent_id"] or "-")[:12], verified))  # fmt: skip
+            status = point["status"] + (" (protected)" if point.get("protected") else "")
+            checksum = (disk["checksum"] or "-").split(":")[-1][:12]
+            rows.append((point["id"][:12], point["created_at"][:19], status,
+                         disk["disk_key"], disk["backup_type"], disk.get("chain_position"),
+                         human_bytes(disk["virtual_size"]), human_bytes(disk["data_bytes"]),
+                         human_bytes(disk["file_size"]), checksum, verified))  # fmt: skip
     table(f"Restore points of {vm}",
-          ["point", "created", "status", "disk", "type", "virtual", "data", "file", "parent",
-           "verified"], rows)  # fmt: skip
+          ["point", "created", "status", "disk", "type", "chain", "virtual", "data", "file",
+           "checksum", "verified"], rows)  # fmt: skip

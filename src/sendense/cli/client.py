@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,19 +53,36 @@ class HubClient:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise Unavailable(f"hub at {self.url} does not answer: {exc}") from exc
-        if response.status_code >= 400:
-            try:
-                message = str(response.json().get("message", response.text))
-            except ValueError:
-                message = response.text or response.reason_phrase
-            error = _BY_STATUS.get(response.status_code, SendenseError)
-            if response.status_code == 503 and "port" not in message:
-                error = Unavailable
-            raise error(message)
+        _raise_for_status(response)
         return response.json()
+
+    @contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """A response whose body is read as it comes (downloads); errors as in `request`."""
+        try:
+            with self._http.stream(method, path, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for_status(response)
+                yield response
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"hub at {self.url}: {str(exc) or type(exc).__name__}") from exc
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self.request("POST", path, json=body)
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        message = str(response.json().get("message", response.text))
+    except ValueError:
+        message = response.text or response.reason_phrase
+    error = _BY_STATUS.get(response.status_code, SendenseError)
+    if response.status_code == 503 and "port" not in message:
+        error = Unavailable
+    raise error(message)

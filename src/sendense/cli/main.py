@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from sendense.cli import backups, hub, node, verify
+from sendense.cli import backups, hub, node, policies, restore, restore_vm, verify
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.output import console, one_line_errors, repo_table, table
 
@@ -19,6 +19,12 @@ app.add_typer(backups.backup_app, name="backup")
 app.add_typer(backups.jobs_app, name="jobs")
 app.add_typer(backups.backups_app, name="backups")
 app.command("verify")(verify.verify)
+app.add_typer(restore.app, name="restore")
+app.add_typer(policies.policy_app, name="policy")
+app.add_typer(policies.schedules_app, name="schedules")
+app.command("prune")(policies.prune)
+backups.backups_app.command("protect")(policies.protect)
+restore.app.command("vm")(restore_vm.vm)
 repo_app = typer.Typer(help="Backup repositories of the hub.", no_args_is_help=True)
 app.add_typer(repo_app, name="repo")
 

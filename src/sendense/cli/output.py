@@ -60,7 +60,9 @@ def repo_table(title: str, repos: list[dict[str, Any]]) -> None:
             human_bytes(r["capacity"]["total"]),
             human_bytes(r["capacity"]["used"]),
             human_bytes(r["capacity"]["free"]),
+            human_bytes(r.get("backup_bytes")),
+            human_bytes(r.get("prunable_bytes")),
         )
         for r in repos
     ]
-    table(title, ["name", "path", "total", "used", "free"], rows)
+    table(title, ["name", "path", "total", "used", "free", "backups", "prune frees"], rows)

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sendense.common.errors import InvalidInput
 from sendense.common.targets import parse_targets
@@ -98,6 +106,18 @@ class DiskInventory(BaseModel):
     capacity_bytes: int
     datastore_path: str
     change_id: str | None = None
+    thin_provisioned: bool | None = None
+
+
+class ControllerInventory(BaseModel):
+    """A storage controller a disk hangs on."""
+
+    key: int
+    type: str = Field(
+        description="vSphere class: ParaVirtualSCSIController, VirtualAHCIController..."
+    )
+    bus_number: int
+    shared_bus: str | None = Field(default=None, description="SCSI bus sharing")
 
 
 class VmInventory(BaseModel):
@@ -108,6 +128,69 @@ class VmInventory(BaseModel):
     cbt_enabled: bool
     tools_running: bool
     disks: list[DiskInventory]
+    # Older nodes send none of these: defaults keep their answers valid.
+    controllers: list[ControllerInventory] = Field(default_factory=list)
+    guest_id: str | None = None
+    num_cpus: int | None = None
+    memory_mb: int | None = None
+    firmware: str | None = None
+
+    def layout(self) -> VmLayout | None:
+        """The VM's shape as a restore needs it, its disks and their controllers;
+        None when the inventory does not describe a VM that can be rebuilt."""
+        used = {d.controller_key for d in self.disks}
+        disks = [
+            DiskLayout(
+                key=d.key, label=d.label, controller_key=d.controller_key,
+                unit_number=d.unit_number, capacity_bytes=d.capacity_bytes,
+                thin_provisioned=d.thin_provisioned is not False, datastore_path=d.datastore_path,
+            )
+            for d in self.disks
+        ]  # fmt: skip
+        try:
+            return VmLayout(
+                guest_id=self.guest_id,
+                num_cpus=self.num_cpus,
+                memory_mb=self.memory_mb,
+                firmware=self.firmware,
+                controllers=[c for c in self.controllers if c.key in used],
+                disks=disks,
+            )
+        except ValidationError:
+            return None
+
+
+class DiskLayout(BaseModel):
+    key: int = Field(ge=0)
+    label: str | None = None
+    controller_key: int
+    unit_number: int | None = Field(default=None, ge=0)
+    capacity_bytes: int = Field(gt=0)
+    thin_provisioned: bool = True
+    datastore_path: str | None = None
+
+
+class VmLayout(BaseModel):
+    """What a restore rebuilds a VM from: recorded with each restore point."""
+
+    guest_id: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)
+    memory_mb: int | None = Field(default=None, ge=1)
+    firmware: str | None = None
+    controllers: list[ControllerInventory] = Field(default_factory=list)
+    disks: list[DiskLayout] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VmLayout:
+        keys = [d.key for d in self.disks]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a disk key appears twice in the layout")
+        places = [
+            (d.controller_key, d.unit_number) for d in self.disks if d.unit_number is not None
+        ]
+        if len(set(places)) != len(places):
+            raise ValueError("two disks of the layout share a controller unit")
+        return self
 
 
 class DiscoverResponse(BaseModel):
@@ -136,3 +219,83 @@ class EnrollResponse(BaseModel):
     nbd_port_min: int
     nbd_port_max: int
     api_port: int
+
+
+def new_vm_name(value: str) -> str:
+    """A name for a VM to create: vSphere escapes '/', '\\' and '%' in names, and
+    blanks at either end are a typo."""
+    if value != value.strip() or any(c in value for c in "/\\%") or not value.isprintable():
+        raise ValueError("a VM name has no leading or trailing blanks, '/', '\\' or '%'")
+    return value
+
+
+class RestoreCheckRequest(VcenterLogin):
+    """A whole VM back to vCenter: where, and what it looks like."""
+
+    vm_name: str = Field(min_length=1, max_length=80, description="the VM to create")
+    datastore: str | None = Field(
+        default=None, max_length=255, description="default: the first disk's original one"
+    )
+    folder: str | None = Field(
+        default=None, max_length=1024, description="VM folder: inventory path or one under vm/"
+    )
+    force: bool = Field(default=False, description="replace a powered-off VM of that name")
+    power_on: bool = False
+    layout: VmLayout
+
+    @field_validator("vm_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return new_vm_name(value)
+
+
+class RestoreCheckResponse(BaseModel):
+    vm_name: str
+    datacenter: str
+    datastore: str
+    folder: str
+    replaces: bool = Field(description="an existing powered-off VM of that name is replaced")
+    bytes_needed: int
+    bytes_free: int
+
+
+class RestoreStartRequest(RestoreCheckRequest):
+    job_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    nbd_targets: str = Field(min_length=1, max_length=20000, description="disk key -> source")
+
+    @model_validator(mode="after")
+    def _targets(self) -> RestoreStartRequest:
+        try:
+            keys = {t.disk_key for t in parse_targets(self.nbd_targets)}
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+        wanted = {d.key for d in self.layout.disks}
+        if keys != wanted:
+            raise ValueError(
+                f"nbd_targets name disks {sorted(keys)}, the layout has {sorted(wanted)}"
+            )
+        return self
+
+
+class RestoreDiskProgress(BaseModel):
+    disk_key: int
+    datastore_path: str | None = None
+    bytes_total: int = 0
+    bytes_done: int = 0
+    rate_bytes_per_s: float = 0.0
+    eta_seconds: float | None = None
+    seconds: float = 0.0
+
+
+class RestoreJobStatus(BaseModel):
+    job_id: str
+    vm_name: str
+    state: JobStateName
+    error: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+    replaced: bool = False
+    vm_path: str | None = None
+    powered_on: bool = False
+    started_at: float
+    finished_at: float | None = None
+    disks: list[RestoreDiskProgress] = Field(default_factory=list)

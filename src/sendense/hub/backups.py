@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from sendense.common.checksum import pack_areas
+from sendense.common.contract import VmLayout
 from sendense.common.errors import Conflict, InvalidInput, NotFound, SendenseError
 from sendense.common.targets import NbdTarget, format_targets
 from sendense.hub.db.database import Database
@@ -129,8 +130,11 @@ class BackupExports:
         backup_type: str = "auto",
         repository: str | None = None,
         job_id: str | None = None,
+        layout: VmLayout | None = None,
+        max_chain: int | None = None,
     ) -> PreparedJob:
-        """Open exports for a new job, or for `job_id` reserved by `reserve`."""
+        """Open exports for a new job, or for `job_id` reserved by `reserve`; `layout`
+        (the VM's disks and controllers) is kept with the restore point."""
         _validate(vm_name, disks, backup_type)
         try:
             repo = self.repos.get(repository)
@@ -152,11 +156,18 @@ class BackupExports:
                     raise Conflict(f"job {job_id} is {job.state.value}, not queued")
             job.state = JobState.PREPARING
             job.started_at = utcnow()
-            point = RestorePoint(vm_id=vm.id, job_id=job.id, repository_id=repo.id)
+            point = RestorePoint(
+                vm_id=vm.id,
+                job_id=job.id,
+                repository_id=repo.id,
+                layout=layout.model_dump(mode="json") if layout is not None else None,
+            )
             s.add(point)
             s.flush()
             ordered = sorted(disks, key=lambda d: d.key)
-            plans = [self._plan_disk(s, vm, point, d, backup_type, repo.id) for d in ordered]
+            plans = [
+                self._plan_disk(s, vm, point, d, backup_type, repo.id, max_chain) for d in ordered
+            ]
             job_id, vm_id, point_id = job.id, vm.id, point.id
         try:
             prepared = self._open(repo, job_id, vm_name, plans)
@@ -229,7 +240,13 @@ class BackupExports:
 
     @staticmethod
     def _plan_disk(
-        s: Session, vm: Vm, point: RestorePoint, spec: DiskSpec, backup_type: str, repo_id: str
+        s: Session,
+        vm: Vm,
+        point: RestorePoint,
+        spec: DiskSpec,
+        backup_type: str,
+        repo_id: str,
+        max_chain: int | None = None,
     ) -> _Plan:
         parent = None
         if backup_type != "full":
@@ -252,6 +269,10 @@ class BackupExports:
                             spec.key)  # fmt: skip
                 parent = None
             elif parent is not None and parent.change_id is None:
+                parent = None
+            elif parent is not None and max_chain and _chain_length(s, parent) >= max_chain:
+                log.info("disk %d: its chain holds %d files, the policy's maximum: full backup",
+                         spec.key, max_chain)  # fmt: skip
                 parent = None
         if backup_type == "incremental" and parent is None:
             log.info("disk %d has no complete parent with a change id: full backup", spec.key)
@@ -403,6 +424,17 @@ class BackupExports:
                 s.delete(point)
             _unlock_vm(s, job_id)
         log.warning("job failed job=%s reason=%s", job_id, reason)
+
+
+def _chain_length(s: Session, layer: RestorePointDisk) -> int:
+    """How many files a chain ending in `layer` holds (the full counts)."""
+    length = 1
+    while layer.parent_id is not None:
+        parent = s.get(RestorePointDisk, layer.parent_id)
+        if parent is None:
+            break
+        layer, length = parent, length + 1
+    return length
 
 
 def _unlock_vm(s: Session, job_id: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import ClassVar, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -45,6 +46,12 @@ class HubSettings(SendenseSettings):
     max_jobs: int = Field(default=4, ge=1, le=64)
     # A node silent this long fails its job.
     node_timeout_s: float = Field(default=60.0, gt=0)
+    # Instant NBD access to a restore point closes after this long without a client.
+    access_idle_s: float = Field(default=1800.0, gt=0)
+    # Retention periods (a day, a week...) and schedules are in this time zone.
+    time_zone: str = "UTC"
+    # How often the hub looks for due schedules.
+    schedule_tick_s: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"
 
     @model_validator(mode="after")
@@ -53,6 +60,10 @@ class HubSettings(SendenseSettings):
             raise ValueError("nbd_port_min must not exceed nbd_port_max")
         if not self.targets_host:
             self.targets_host = self.nbd_host
+        try:
+            ZoneInfo(self.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {self.time_zone!r}") from None
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'hub.db'}"
         return self
@@ -65,3 +76,7 @@ class HubSettings(SendenseSettings):
     def scratch_dir(self) -> Path:
         """Sockets of the hub's own read-only qemu-nbd servers (verification, exports)."""
         return self.data_dir / "scratch"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)

@@ -11,6 +11,10 @@ from sendense.common.contract import (
     BackupStartRequest,
     DiscoverResponse,
     NodeJobStatus,
+    RestoreCheckRequest,
+    RestoreCheckResponse,
+    RestoreJobStatus,
+    RestoreStartRequest,
     VcenterLogin,
     VmInventory,
 )
@@ -30,6 +34,22 @@ def _login_body(login: VcenterLogin) -> dict[str, Any]:
 class NodeCallFailed(SendenseError):
     http_status = 502
     code = "node_error"
+
+
+class NodeRefused(SendenseError):
+    """The node refused a request as the caller's mistake (4xx): the hub's caller
+    gets the same status and message (a VM name in use is a 409 all the way)."""
+
+    def __init__(self, message: str, status: int, code: str) -> None:
+        super().__init__(message)
+        self.http_status = status
+        self.code = code
+        self.exit_code = {404: 3, 409: 4, 422: 2}.get(status, 1)
+
+
+def _with_login(request: VcenterLogin) -> dict[str, Any]:
+    """The request as JSON, the password in clear (only ever sent to the node)."""
+    return request.model_dump(mode="json") | _login_body(request)
 
 
 class NodeClient:
@@ -57,7 +77,9 @@ class NodeClient:
             timeout=timeout,
         )
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, relay: bool = False
+    ) -> Any:
         try:
             response = self._http.request(method, path, json=body)
         except httpx.HTTPError as exc:
@@ -66,9 +88,13 @@ class NodeClient:
             ) from exc
         if response.status_code >= 400:
             try:
-                message = response.json().get("message", response.text)
-            except ValueError:
-                message = response.text
+                answer = response.json()
+                message = answer.get("message", response.text)
+                code = answer.get("error", "node_refused")
+            except (ValueError, AttributeError):
+                message, code = response.text, "node_refused"
+            if relay and 400 <= response.status_code < 500 and response.status_code != 401:
+                raise NodeRefused(str(message), response.status_code, str(code))
             raise NodeCallFailed(f"node {self.name!r}: {message}")
         return response.json()
 
@@ -92,6 +118,19 @@ class NodeClient:
 
     def cancel(self, job_id: str) -> None:
         self._call("POST", f"/api/v1/jobs/{job_id}/cancel")
+
+    def check_restore(self, request: RestoreCheckRequest) -> RestoreCheckResponse:
+        answer = self._call("POST", "/api/v1/restore/check", _with_login(request), relay=True)
+        return RestoreCheckResponse.model_validate(answer)
+
+    def start_restore(self, request: RestoreStartRequest) -> None:
+        self._call("POST", "/api/v1/restore/start", _with_login(request), relay=True)
+
+    def restore_job(self, job_id: str) -> RestoreJobStatus:
+        return RestoreJobStatus.model_validate(self._call("GET", f"/api/v1/restore/jobs/{job_id}"))
+
+    def cancel_restore(self, job_id: str) -> None:
+        self._call("POST", f"/api/v1/restore/jobs/{job_id}/cancel")
 
     def close(self) -> None:
         self._http.close()

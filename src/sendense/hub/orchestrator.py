@@ -18,6 +18,7 @@ from sendense.common.contract import BackupStartRequest, NodeJobStatus
 from sendense.common.errors import SendenseError, Unavailable
 from sendense.hub.backups import DiskResult, DiskSpec
 from sendense.hub.node_client import NodeClient
+from sendense.hub.policies import PolicyService
 from sendense.hub.service import Hub
 from sendense.hub.vcenters import VcenterService
 
@@ -31,6 +32,7 @@ class Orchestrator:
     ) -> None:
         self.hub = hub
         self.vcenters = VcenterService(hub.db, hub.nodes.box)
+        self.policies = PolicyService(hub.db)
         self.poll = poll
         self.node_timeout = node_timeout
         self._pool = ThreadPoolExecutor(max_jobs, thread_name_prefix="backup-job")
@@ -69,7 +71,12 @@ class Orchestrator:
                 DiskSpec(d.key, d.capacity_bytes, d.label, d.datastore_path)
                 for d in inventory.disks
             ]
-            prepared = self.hub.backups.prepare(vm_name, disks, backup_type, job_id=job_id)
+            folder = inventory.path.rsplit("/", 1)[0] if "/" in inventory.path else None
+            policy = self.policies.policy_for(vm_name, folder)
+            prepared = self.hub.backups.prepare(
+                vm_name, disks, backup_type, job_id=job_id, layout=inventory.layout(),
+                max_chain=policy.max_chain_length if policy else None,
+            )  # fmt: skip
             previous = self.hub.backups.parent_change_ids(prepared)
             request = BackupStartRequest(
                 job_id=job_id, vm_name=vm_name, vcenter_host=login.vcenter_host,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from sendense.common.errors import NotFound
 from sendense.hub.db.database import Database
-from sendense.hub.db.models import Job, RestorePoint, Vm
+from sendense.hub.db.models import Job, RestorePoint, RestorePointDisk, Vm
 from sendense.hub.schemas import JobOut, RestorePointOut, VmOut
 
 
@@ -35,14 +35,14 @@ class Queries:
             query = query.where(RestorePoint.vm_id == self.vm(vm).id)
         with self.db.session() as s:
             rows = s.scalars(query.order_by(RestorePoint.created_at)).all()
-            return [RestorePointOut.model_validate(r) for r in rows]
+            return [_with_positions(s, RestorePointOut.model_validate(r)) for r in rows]
 
     def restore_point(self, point_id: str) -> RestorePointOut:
         with self.db.session() as s:
             row = s.get(RestorePoint, point_id, options=[selectinload(RestorePoint.disks)])
             if row is None:
                 raise NotFound(f"restore point {point_id} does not exist")
-            return RestorePointOut.model_validate(row)
+            return _with_positions(s, RestorePointOut.model_validate(row))
 
     def jobs(self, limit: int = 100) -> list[JobOut]:
         with self.db.session() as s:
@@ -55,3 +55,16 @@ class Queries:
             if row is None:
                 raise NotFound(f"job {job_id} does not exist")
             return JobOut.model_validate(row)
+
+
+def _with_positions(s: Session, point: RestorePointOut) -> RestorePointOut:
+    """Each disk's place in its chain: 1 for a full."""
+    for disk in point.disks:
+        position, parent = 1, disk.parent_id
+        while parent is not None:
+            position += 1
+            parent = s.scalar(
+                select(RestorePointDisk.parent_id).where(RestorePointDisk.id == parent)
+            )
+        disk.chain_position = position
+    return point

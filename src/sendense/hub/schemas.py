@@ -22,6 +22,8 @@ class RepositoryOut(Out):
     name: str
     path: str
     capacity: CapacityOut
+    backup_bytes: int = 0
+    prunable_bytes: int = 0
 
 
 class RepositoryIn(BaseModel):
@@ -89,6 +91,8 @@ class RestorePointDiskOut(Out):
     status: str
     verified_at: datetime | None
     verify_error: str | None
+    # 1 for a full, 2 for the first incremental on it, ...
+    chain_position: int = 1
 
 
 class RestorePointOut(Out):
@@ -101,6 +105,7 @@ class RestorePointOut(Out):
     completed_at: datetime | None
     verified_at: datetime | None
     verify_error: str | None
+    protected: bool = False
     disks: list[RestorePointDiskOut]
 
 

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from sendense.common.sshkeys import KeyPair
+from sendense.hub.access import AccessService
 from sendense.hub.backups import BackupExports
 from sendense.hub.config import HubSettings
 from sendense.hub.db.database import Database
@@ -13,6 +14,7 @@ from sendense.hub.exports import ExportManager, ExportSettings
 from sendense.hub.local_nbd import stop_leftovers
 from sendense.hub.nodes import NodeInfo, NodeService
 from sendense.hub.ports import PortAllocator
+from sendense.hub.prune import PruneService
 from sendense.hub.queries import Queries
 from sendense.hub.reconcile import ReconcileReport, reconcile
 from sendense.hub.repository import RepositoryService
@@ -36,6 +38,8 @@ class Hub:
     queries: Queries
     nodes: NodeService
     tunnel: TunnelSshd
+    access: AccessService
+    prune: PruneService
 
     @classmethod
     def open(cls, settings: HubSettings, migrate: bool = True) -> Hub:
@@ -64,6 +68,9 @@ class Hub:
         tunnel = TunnelSshd(
             settings.data_dir / "tunnel", (settings.tunnel_host, settings.tunnel_port), permitted
         )
+        access = AccessService(
+            db, repos, ports, exports, settings.scratch_dir, settings.targets_host
+        )
         return cls(
             settings,
             db,
@@ -75,6 +82,8 @@ class Hub:
             Queries(db),
             nodes,
             tunnel,
+            access,
+            PruneService(db, repos, access, settings.zone),
         )
 
     def start_tunnel(self) -> None:
@@ -111,7 +120,11 @@ class Hub:
 
     def reconcile(self, reason: str = "the hub restarted during the job") -> ReconcileReport:
         stop_leftovers(self.settings.scratch_dir)
-        return reconcile(self.backups, reason)
+        report = reconcile(self.backups, reason)
+        finished = self.prune.recover()  # a prune's merge steps roll forward
+        if finished:
+            log.warning("finished %d merge steps a stopped prune left", finished)
+        return report
 
     def close(self) -> None:
         self.tunnel.stop()

@@ -44,6 +44,14 @@ class QemuImg:
             args += ["-F", "qcow2", "-b", backing]
         self._run([*args, str(path), str(size)])
 
+    def rebase(self, path: Path, backing: str) -> None:
+        """Safe rebase onto `backing` (relative to `path`'s directory; "" = none): every
+        cluster whose content would change is copied into `path` first."""
+        args = ["rebase", "-q", "-f", "qcow2", "-b", backing]
+        if backing:
+            args[4:4] = ["-F", "qcow2"]
+        self._run([*args, str(path)])
+
     def info(self, path: Path | str, force_share: bool = False) -> dict[str, Any]:
         args = ["info", "--output=json"]
         if force_share:

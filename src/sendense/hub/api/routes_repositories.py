@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from sendense.hub.api.deps import HubDep, require_token
 from sendense.hub.repository import RepositoryInfo
 from sendense.hub.schemas import CapacityOut, RepositoryIn, RepositoryOut
+from sendense.hub.space import RepositoryUsage, repository_usage
 
 router = APIRouter(
     prefix="/api/v1/repositories", tags=["repositories"], dependencies=[Depends(require_token)]
 )
 
 
-def _out(info: RepositoryInfo) -> RepositoryOut:
+def _out(info: RepositoryInfo, usage: RepositoryUsage | None = None) -> RepositoryOut:
+    usage = usage or RepositoryUsage()
     return RepositoryOut(
         id=info.id,
         name=info.name,
         path=str(info.path),
         capacity=CapacityOut.model_validate(info.capacity),
+        backup_bytes=usage.backup_bytes,
+        prunable_bytes=usage.prunable_bytes,
     )
 
 
 @router.get("")
-def list_repositories(hub: HubDep) -> list[RepositoryOut]:
-    return [_out(r) for r in hub.repos.list()]
+def list_repositories(hub: HubDep, request: Request) -> list[RepositoryOut]:
+    """Each repository with its free space, what its backups take, and what prune
+    (each VM's policy, now) would free."""
+    usage = repository_usage(hub.prune, request.app.state.scheduler.policies)
+    return [_out(r, usage.get(r.id)) for r in hub.repos.list()]
 
 
 @router.post("", status_code=201)

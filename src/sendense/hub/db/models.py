@@ -5,8 +5,10 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     DateTime,
     Enum,
@@ -18,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -197,8 +200,13 @@ class RestorePoint(Base):
     )
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # A protected point is never pruned.
+    protected: Mapped[bool] = mapped_column(default=False, server_default=false())
     verified_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     verify_error: Mapped[str | None] = mapped_column(Text)
+    # The VM's shape at the backup (contract.VmLayout): what a whole-VM restore
+    # rebuilds. None for points made before it was recorded.
+    layout: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     disks: Mapped[list[RestorePointDisk]] = relationship(
         back_populates="restore_point", order_by="RestorePointDisk.disk_key"
@@ -271,4 +279,56 @@ class ApiToken(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(64))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class Policy(Base):
+    """Retention rules (Proxmox Backup Server style), a maximum chain length and a
+    cron schedule, assigned to VMs by name, name pattern or vCenter folder."""
+
+    __tablename__ = "policies"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    keep_last: Mapped[int] = mapped_column(Integer, default=0)
+    keep_hourly: Mapped[int] = mapped_column(Integer, default=0)
+    keep_daily: Mapped[int] = mapped_column(Integer, default=0)
+    keep_weekly: Mapped[int] = mapped_column(Integer, default=0)
+    keep_monthly: Mapped[int] = mapped_column(Integer, default=0)
+    keep_yearly: Mapped[int] = mapped_column(Integer, default=0)
+    max_chain_length: Mapped[int | None] = mapped_column(Integer)
+    schedule: Mapped[str | None] = mapped_column(String(128))
+    last_run_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+    assignments: Mapped[list[PolicyAssignment]] = relationship(
+        back_populates="policy", cascade="all, delete-orphan"
+    )
+
+
+class PolicyAssignment(Base):
+    __tablename__ = "policy_assignments"
+    __table_args__ = (UniqueConstraint("kind", "value", name="uq_policy_assignments_kind_value"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    policy_id: Mapped[str] = mapped_column(ForeignKey("policies.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # vm | pattern | folder
+    value: Mapped[str] = mapped_column(String(255))
+
+    policy: Mapped[Policy] = relationship(back_populates="assignments")
+
+
+class Merge(Base):
+    """One step of a prune, recorded before it starts: rebase `child_id` from the
+    doomed layer onto `new_parent_id` (None: standalone), then drop the doomed
+    layer. Start-up rolls every unfinished step forward (prune.py)."""
+
+    __tablename__ = "merges"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    doomed_id: Mapped[str] = mapped_column(String(32))
+    child_id: Mapped[str | None] = mapped_column(String(32))
+    new_parent_id: Mapped[str | None] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default="rebasing")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

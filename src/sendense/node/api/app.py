@@ -1,4 +1,5 @@
-"""The node's FastAPI application: health, inventory, the seed's backup/start, jobs."""
+"""The node's FastAPI application: health, inventory, the seed's backup/start, jobs,
+and restores of whole VMs."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from sendense.common.contract import (
     DiscoverResponse,
     InventoryRequest,
     NodeJobStatus,
+    RestoreCheckRequest,
+    RestoreCheckResponse,
+    RestoreJobStatus,
+    RestoreStartRequest,
     VcenterLogin,
     VmInventory,
 )
@@ -26,6 +31,7 @@ from sendense.common.logging import register_secret
 from sendense.node.auth import NodeTokens
 from sendense.node.config import NodeSettings
 from sendense.node.jobs import JobRunner
+from sendense.node.restore_jobs import RestoreRunner
 from sendense.node.vmware.connection import Vcenter, connect
 from sendense.node.vmware.inventory import describe, find_vm, list_vms
 
@@ -35,6 +41,7 @@ class Node:
     settings: NodeSettings
     tokens: NodeTokens
     runner: JobRunner
+    restores: RestoreRunner
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -62,6 +69,7 @@ router = APIRouter(prefix="/api/v1", dependencies=[Depends(_auth)])
 @public.get("/health")
 def health(node: NodeDep) -> dict[str, str | int]:
     running = sum(1 for j in node.runner.jobs.values() if j.status.state == "running")
+    running += sum(1 for j in node.restores.jobs.values() if j.status.state == "running")
     return {"status": "ok", "version": __version__, "role": "node", "running_jobs": running}
 
 
@@ -116,14 +124,40 @@ async def cancel_job(node: NodeDep, job_id: str) -> NodeJobStatus:
     return node.runner.cancel(job_id).status
 
 
+@router.post("/restore/check", tags=["restore"])
+async def restore_check(node: NodeDep, body: RestoreCheckRequest) -> RestoreCheckResponse:
+    """Where a restore would put the VM, or why it may not: changes nothing."""
+    return await node.restores.check(body)
+
+
+@router.post("/restore/start", status_code=202, tags=["restore"])
+async def restore_start(node: NodeDep, body: RestoreStartRequest) -> BackupStartResponse:
+    """Checked first: a refusal comes back here, with nothing made in vCenter."""
+    job = await node.restores.start(body)
+    return BackupStartResponse(job_id=job.status.job_id, status="running")
+
+
+@router.get("/restore/jobs/{job_id}", tags=["restore"])
+async def get_restore_job(node: NodeDep, job_id: str) -> RestoreJobStatus:
+    return node.restores.get(job_id).status
+
+
+@router.post("/restore/jobs/{job_id}/cancel", tags=["restore"])
+async def cancel_restore_job(node: NodeDep, job_id: str) -> RestoreJobStatus:
+    return node.restores.cancel(job_id).status
+
+
 def create_node_app(settings: NodeSettings) -> FastAPI:
-    node = Node(settings, NodeTokens(settings.data_dir), JobRunner(settings))
+    runner = JobRunner(settings)
+    node = Node(settings, NodeTokens(settings.data_dir), runner, RestoreRunner(settings, runner))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        # Stopping cancels running jobs; each removes its snapshot on the way out.
+        # Stopping cancels running jobs; each removes its snapshot on the way out,
+        # a restore the VM it was making.
         await node.runner.shutdown()
+        await node.restores.shutdown()
 
     app = FastAPI(title="Sendense node", version=__version__, lifespan=lifespan)
     app.state.node = node

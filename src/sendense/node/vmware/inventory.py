@@ -6,7 +6,7 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
-from sendense.common.contract import DiskInventory, VmInventory
+from sendense.common.contract import ControllerInventory, DiskInventory, VmInventory
 from sendense.common.errors import NotFound
 from sendense.node.vmware.connection import Vcenter, VcenterError
 from sendense.node.vmware.tasks import wait_task
@@ -39,6 +39,10 @@ def _all_vms(vc: Vcenter) -> list[tuple[Any, str]]:
     return [(obj.obj, obj.propSet[0].val) for obj in result if obj.propSet]
 
 
+def vms_named(vc: Vcenter, name: str) -> list[Any]:
+    return [vm for vm, found in _all_vms(vc) if found == name]
+
+
 def find_vm(vc: Vcenter, ref: str) -> Any:
     """By inventory path (`DC0/vm/pgtest1`) when it holds a '/', else by name."""
     if "/" in ref:
@@ -46,7 +50,7 @@ def find_vm(vc: Vcenter, ref: str) -> Any:
         if isinstance(found, vim.VirtualMachine):
             return found
         raise NotFound(f"no VM at inventory path {ref!r}")
-    matches = [vm for vm, name in _all_vms(vc) if name == ref]
+    matches = vms_named(vc, ref)
     if not matches:
         raise NotFound(f"vCenter has no VM named {ref!r}")
     if len(matches) > 1:
@@ -87,15 +91,53 @@ def virtual_disks(devices: list[Any]) -> list[DiskInventory]:
                     capacity_bytes=dev.capacityInBytes or dev.capacityInKB * 1024,
                     datastore_path=getattr(backing, "fileName", ""),
                     change_id=getattr(backing, "changeId", None) or None,
+                    thin_provisioned=getattr(backing, "thinProvisioned", None),
                 )
             )
     return sorted(disks, key=lambda d: d.key)
+
+
+# The controllers a disk can hang on, by the short name of their vSphere class.
+STORAGE_CONTROLLERS = (
+    "ParaVirtualSCSIController",
+    "VirtualLsiLogicController",
+    "VirtualLsiLogicSASController",
+    "VirtualBusLogicController",
+    "VirtualAHCIController",
+    "VirtualNVMEController",
+    "VirtualIDEController",
+)
+
+
+def controller_type(device: Any) -> str | None:
+    for name in STORAGE_CONTROLLERS:
+        if isinstance(device, getattr(vim.vm.device, name)):
+            return name
+    return None
+
+
+def controllers(devices: list[Any]) -> list[ControllerInventory]:
+    found = []
+    for dev in devices:
+        kind = controller_type(dev)
+        if kind is not None:
+            shared = getattr(dev, "sharedBus", None)
+            found.append(
+                ControllerInventory(
+                    key=dev.key,
+                    type=kind,
+                    bus_number=dev.busNumber,
+                    shared_bus=str(shared) if shared else None,
+                )
+            )
+    return sorted(found, key=lambda c: c.key)
 
 
 def describe(vm: Any) -> VmInventory:
     config = vm.config
     if config is None:
         raise VcenterError(f"VM {vm.name!r} has no configuration (inaccessible?)")
+    devices = config.hardware.device
     return VmInventory(
         name=vm.name,
         uuid=config.instanceUuid,
@@ -103,7 +145,12 @@ def describe(vm: Any) -> VmInventory:
         power_state=str(vm.runtime.powerState),
         cbt_enabled=bool(config.changeTrackingEnabled),
         tools_running=tools_running(vm),
-        disks=virtual_disks(config.hardware.device),
+        disks=virtual_disks(devices),
+        controllers=controllers(devices),
+        guest_id=config.guestId or None,
+        num_cpus=config.hardware.numCPU or None,
+        memory_mb=config.hardware.memoryMB or None,
+        firmware=config.firmware or None,
     )
 
 

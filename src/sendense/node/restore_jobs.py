@@ -1,0 +1,297 @@
+"""Restore jobs on the node: a restore point, served by the hub over NBD, becomes
+a VM in vCenter.
+
+`start` checks everything first (vmware/restore.py `plan`) and answers a refusal
+at once, with nothing made. The job then replaces the old VM when asked to
+(powered off only), creates the VM with the recorded controllers and disks,
+uploads each disk's flat file (NBD reads pipelined into one HTTPS PUT per disk,
+all disks at once) and powers the VM on if asked. A job that fails or is
+cancelled destroys the VM it created, never another one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyVmomi import vmodl
+
+from sendense.common.aio import run_all
+from sendense.common.contract import (
+    RestoreCheckRequest,
+    RestoreCheckResponse,
+    RestoreDiskProgress,
+    RestoreJobStatus,
+    RestoreStartRequest,
+    VcenterLogin,
+)
+from sendense.common.errors import Conflict, NotFound, SendenseError
+from sendense.common.logging import register_secret
+from sendense.common.targets import parse_targets
+from sendense.nbd.client import NbdClient
+from sendense.nbd.protocol import CMD_READ
+from sendense.node.config import NodeSettings
+from sendense.node.jobs import ACTIVE, JobRunner
+from sendense.node.vmware import restore
+from sendense.node.vmware.connection import Vcenter, connect
+from sendense.node.vmware.inventory import inventory_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RestoreJob:
+    status: RestoreJobStatus
+    task: asyncio.Task[None] | None = None
+    cancel_requested: bool = field(default=False)
+
+
+class _Meter:
+    def __init__(self, progress: RestoreDiskProgress) -> None:
+        self.progress = progress
+        self.started = time.monotonic()
+
+    def advance(self, length: int) -> None:
+        p = self.progress
+        p.bytes_done += length
+        p.seconds = max(time.monotonic() - self.started, 1e-6)
+        p.rate_bytes_per_s = p.bytes_done / p.seconds
+        p.eta_seconds = (p.bytes_total - p.bytes_done) / p.rate_bytes_per_s
+
+
+def _pieces(size: int, chunk: int) -> Iterator[tuple[int, int]]:
+    for offset in range(0, size, chunk):
+        yield offset, min(chunk, size - offset)
+
+
+async def pump(
+    nbd: NbdClient, upload: restore.DatastoreUpload, meter: _Meter, chunk: int, in_flight: int
+) -> None:
+    """Read the export in order, `in_flight` reads ahead, and send each piece on.
+    A hole reads as zeroes and is sent as zeroes: an upload has no holes."""
+    pieces = _pieces(upload.size, chunk)
+    reads: deque[asyncio.Future[bytes]] = deque()
+
+    def refill() -> None:
+        while len(reads) < in_flight and (piece := next(pieces, None)) is not None:
+            reads.append(nbd.submit(CMD_READ, *piece))
+
+    refill()
+    try:
+        while reads:
+            data = await reads.popleft()
+            refill()
+            await asyncio.to_thread(upload.send, data)
+            meter.advance(len(data))
+    finally:
+        for read in reads:
+            if read.done() and not read.cancelled():
+                read.exception()  # retrieved: a lost connection failed them all
+            else:
+                read.cancel()
+
+
+class RestoreRunner:
+    def __init__(self, settings: NodeSettings, backups: JobRunner) -> None:
+        self.settings = settings
+        self.backups = backups
+        self.jobs: dict[str, RestoreJob] = {}
+        self.chunk = settings.chunk_mib << 20
+        self.in_flight = settings.writes_in_flight
+
+    def _thumbprint(self, login: VcenterLogin) -> str | None:
+        pins = self.settings.vcenter_thumbprints
+        host = login.vcenter_host
+        return login.vcenter_thumbprint or pins.get(host) or pins.get(host.rsplit(":", 1)[0])
+
+    async def _connect(self, login: VcenterLogin) -> Vcenter:
+        password = login.vcenter_password.get_secret_value()
+        register_secret(password)
+        return await asyncio.to_thread(
+            connect, login.vcenter_host, login.vcenter_user, password, self._thumbprint(login),
+            self.settings.vcenter_insecure,
+        )  # fmt: skip
+
+    async def check(self, req: RestoreCheckRequest) -> RestoreCheckResponse:
+        """What a restore would do, or why it may not: changes nothing."""
+        self._refuse_busy(req.vm_name)
+        vc = await self._connect(req)
+        try:
+            return (await asyncio.to_thread(restore.plan, vc, req)).answer
+        finally:
+            await asyncio.to_thread(vc.close)
+
+    def _refuse_busy(self, vm_name: str, job_id: str | None = None) -> None:
+        if job_id is not None and job_id in self.jobs:
+            raise Conflict(f"restore job {job_id} exists already")
+        active = [
+            (j.status.job_id, j.status.vm_name)
+            for runner in (self.jobs, self.backups.jobs)
+            for j in runner.values()
+            if j.status.state in ACTIVE
+        ]
+        for other, name in active:
+            if name == vm_name:
+                raise Conflict(f"VM {vm_name!r} has job {other} running on the node")
+        if len(active) >= self.settings.max_jobs:
+            raise Conflict(f"the node runs {self.settings.max_jobs} jobs, its limit; retry later")
+
+    async def start(self, req: RestoreStartRequest) -> RestoreJob:
+        register_secret(req.vcenter_password.get_secret_value())
+        self._refuse_busy(req.vm_name, req.job_id)
+        status = RestoreJobStatus(
+            job_id=req.job_id, vm_name=req.vm_name, state="queued", started_at=time.time()
+        )
+        job = RestoreJob(status)
+        self.jobs[req.job_id] = job  # holds the name while the check runs
+        try:
+            vc = await self._connect(req)
+            try:
+                target = await asyncio.to_thread(restore.plan, vc, req)
+            except BaseException:
+                await asyncio.to_thread(vc.close)
+                raise
+        except BaseException:
+            del self.jobs[req.job_id]
+            raise
+        job.task = asyncio.get_running_loop().create_task(self._run(job, req, vc, target))
+        return job
+
+    def get(self, job_id: str) -> RestoreJob:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"node has no restore job {job_id}")
+        return job
+
+    def cancel(self, job_id: str) -> RestoreJob:
+        job = self.get(job_id)
+        if job.status.state in ACTIVE and job.task is not None:
+            job.cancel_requested = True
+            job.task.cancel()
+        return job
+
+    async def shutdown(self) -> None:
+        tasks = [j.task for j in self.jobs.values() if j.task and not j.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(
+        self, job: RestoreJob, req: RestoreStartRequest, vc: Vcenter, target: restore.RestoreTarget
+    ) -> None:
+        status = job.status
+        status.state = "running"
+        log.info("restore started job=%s vm=%s datastore=%s replaces=%s", req.job_id,
+                 req.vm_name, target.answer.datastore, target.answer.replaces)  # fmt: skip
+        try:
+            await self._restore(job, req, vc, target)
+            status.state = "complete"
+            log.info("restore complete job=%s vm=%s", req.job_id, req.vm_name)
+        except asyncio.CancelledError:
+            status.state, status.error = "cancelled", "cancelled"
+            log.warning("restore cancelled job=%s", req.job_id)
+            if not job.cancel_requested:
+                raise
+        except SendenseError as exc:
+            status.state, status.error = "failed", exc.message
+            log.warning("restore failed job=%s error=%s", req.job_id, exc.message)
+        except vmodl.MethodFault as exc:  # a fault outside a task: a VM gone meanwhile, say
+            status.state = "failed"
+            status.error = f"vCenter: {getattr(exc, 'msg', None) or type(exc).__name__}"
+            log.warning("restore failed job=%s error=%s", req.job_id, status.error)
+        except Exception as exc:
+            status.state = "failed"
+            status.error = f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("restore crashed job=%s", req.job_id)
+        finally:
+            status.finished_at = time.time()
+            await asyncio.to_thread(vc.close)
+
+    async def _restore(
+        self, job: RestoreJob, req: RestoreStartRequest, vc: Vcenter, target: restore.RestoreTarget
+    ) -> None:
+        status = job.status
+        if target.existing is not None:
+            await asyncio.to_thread(restore.destroy, target.existing)
+            status.replaced = True
+            log.info("VM replaced: old one destroyed job=%s vm=%s", req.job_id, req.vm_name)
+        try:
+            made = await asyncio.to_thread(restore.create_vm, target, req.vm_name, req.layout)
+        except SendenseError as exc:
+            if status.replaced:
+                raise SendenseError(f"{exc.message} (the VM of that name is gone)") from exc
+            raise
+        try:
+            status.vm_path = await asyncio.to_thread(inventory_path, made)
+            log.info("VM created job=%s path=%s", req.job_id, status.vm_path)
+            await self._write_disks(job, req, vc, target, made)
+        except BaseException:
+            # Runs on cancel too: the task is cancelled once, so this await completes.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(restore.destroy, made)
+                log.warning("VM of the failed restore destroyed job=%s", req.job_id)
+            raise
+        if req.power_on:
+            try:
+                await asyncio.to_thread(restore.power_on, made)
+                status.powered_on = True
+            except SendenseError as exc:  # the VM and its data are there: say so, keep it
+                status.warnings.append(f"restored, but not powered on: {exc.message}")
+                log.warning("power on failed job=%s: %s", req.job_id, exc.message)
+
+    async def _write_disks(
+        self,
+        job: RestoreJob,
+        req: RestoreStartRequest,
+        vc: Vcenter,
+        target: restore.RestoreTarget,
+        vm: Any,
+    ) -> None:
+        made = await asyncio.to_thread(restore.created_disks, vm, req.layout)
+        sources = {t.disk_key: t.uri for t in parse_targets(req.nbd_targets)}
+        datacenter = target.answer.datacenter
+        for disk in req.layout.disks:
+            if made[disk.key].key != disk.key:
+                job.status.warnings.append(
+                    f"vCenter gave disk {disk.key} the key {made[disk.key].key}"
+                )
+            job.status.disks.append(
+                RestoreDiskProgress(
+                    disk_key=disk.key,
+                    datastore_path=made[disk.key].datastore_path,
+                    bytes_total=disk.capacity_bytes,
+                )
+            )
+        await run_all(
+            self._write_disk(vc, datacenter, sources[p.disk_key], p) for p in job.status.disks
+        )
+        log.info("restore disks written job=%s bytes=%d", req.job_id,
+                 sum(p.bytes_done for p in job.status.disks))  # fmt: skip
+
+    async def _write_disk(
+        self, vc: Vcenter, datacenter: str, source: str, progress: RestoreDiskProgress
+    ) -> None:
+        assert progress.datastore_path is not None
+        upload = restore.DatastoreUpload(
+            vc.host, vc.port, vc.ssl_context, vc.session_cookie, datacenter,
+            progress.datastore_path, progress.bytes_total,
+        )  # fmt: skip
+        try:
+            async with await NbdClient.connect(source) as nbd:
+                if nbd.info.size < upload.size:
+                    raise SendenseError(
+                        f"disk {progress.disk_key}: {source} holds {nbd.info.size} bytes, "
+                        f"the disk {upload.size}"
+                    )
+                await asyncio.to_thread(upload.open)
+                await pump(nbd, upload, _Meter(progress), self.chunk, self.in_flight)
+                await asyncio.to_thread(upload.finish)
+        finally:
+            await asyncio.to_thread(upload.close)
+        progress.eta_seconds = 0.0

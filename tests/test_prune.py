@@ -1,0 +1,102 @@
+"""Prune with real QCOW2 chains: what is kept matches the rules, chains stay within the
+maximum length, and every kept restore point still reads as the guest did that day."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from sendense.hub.db.models import PointStatus, RestorePoint, RestorePointDisk
+from sendense.hub.retention import KeepRules
+from sendense.hub.service import Hub
+from tests.chain_rig import hub_backup, same_as
+
+SIZE = 1 << 20
+PIECE = 64 * 1024
+RULES = KeepRules(daily=7, weekly=4, monthly=12, yearly=2)
+MAX_CHAIN = 6
+
+
+def reference_keep(days: list[date]) -> set[date]:
+    """The rules for one backup a day, worked out by calendar: per rule, the newest
+    day of each period no earlier rule keeps a day in, newest periods first; the
+    days of a chosen period are used up for later rules."""
+    kept: set[date] = set()
+    used: set[date] = set()
+    periods = [
+        (lambda d: d, RULES.daily),
+        (lambda d: d.isocalendar()[:2], RULES.weekly),
+        (lambda d: (d.year, d.month), RULES.monthly),
+        (lambda d: d.year, RULES.yearly),
+    ]
+    for period, count in periods:
+        covered = {period(d) for d in kept}
+        groups: dict[object, list[date]] = defaultdict(list)
+        for d in days:
+            if d not in kept and d not in used and period(d) not in covered:
+                groups[period(d)].append(d)
+        for key in sorted(groups, key=lambda k: max(groups[k]), reverse=True)[:count]:
+            kept.add(max(groups[key]))
+            used.update(groups[key])
+    return kept
+
+
+def chain_lengths(hub: Hub) -> list[int]:
+    with hub.db.session() as s:
+        layers = {d.id: d.parent_id for d in s.scalars(select(RestorePointDisk))}
+    lengths = []
+    for parent in layers.values():
+        n = 1
+        while parent is not None:
+            parent, n = layers[parent], n + 1
+        lengths.append(n)
+    return lengths
+
+
+def test_400_days_of_daily_backups_and_prunes(hub: Hub, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    hub.repos.add(str(repo))
+    rng = random.Random(400)
+    disks = {2000: bytearray(rng.randbytes(SIZE)), 2001: bytearray(SIZE)}
+    at_point: dict[str, dict[int, bytes]] = {}
+    day_of: dict[str, date] = {}
+    expected: list[date] = []
+    start = datetime(2025, 3, 1, 22, 30, tzinfo=UTC)
+    started = time.monotonic()
+    for n in range(400):
+        when = start + timedelta(days=n)
+        changed: dict[int, list[tuple[int, int]]] = {}
+        for key, data in disks.items():
+            offset = rng.randrange(SIZE // PIECE) * PIECE
+            data[offset : offset + PIECE] = rng.randbytes(PIECE)
+            changed[key] = [(offset, PIECE)]
+        point = hub_backup(hub, "daily", {k: bytes(v) for k, v in disks.items()}, changed, when,
+                           max_chain=MAX_CHAIN)  # fmt: skip
+        at_point[point] = {k: bytes(v) for k, v in disks.items()}
+        day_of[point] = when.date()
+        hub.prune.run("daily", RULES)
+        expected = sorted(reference_keep([*expected, when.date()]))
+        with hub.db.session() as s:
+            kept = {p.id for p in s.scalars(select(RestorePoint))}
+        assert sorted(day_of[p] for p in kept) == expected, f"day {n}"
+        assert max(chain_lengths(hub)) <= MAX_CHAIN
+        for gone in set(at_point) - kept:
+            del at_point[gone]
+        if n % 100 == 99 or n == 399:
+            for point_id, sources in at_point.items():
+                for disk in hub.queries.restore_point(point_id).disks:
+                    assert disk.status == PointStatus.COMPLETE
+                    image = repo / disk.file_path
+                    assert same_as(image, sources[disk.disk_key], tmp_path), (point_id, disk)
+    files = {p.relative_to(repo).as_posix() for p in repo.rglob("*.qcow2")}
+    with hub.db.session() as s:
+        used = {d.file_path for d in s.scalars(select(RestorePointDisk))}
+    assert files == used
+    assert len(expected) <= 7 + 4 + 12 + 2
+    print(f"400 days in {time.monotonic() - started:.0f} s")
