@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import re
 import ssl
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +36,7 @@ from tests.rig.vmware_vms import (
     disk,
     fill,
     flat_file,
+    journal_path,
     remove_snapshot,
     reset_cbt,
     set_cbt,
@@ -217,6 +220,95 @@ def test_changes_since_a_change_id_are_exactly_the_changed_blocks(
     # Without a snapshot: the disk as it is now.
     now, _ = changed_areas(vm, None, 2000, base)
     assert now == blocks((2 * MiB + BLOCK, 1), (3 * MiB, 1), (MiB - 1, 2), (4 * MiB - 1, 1))
+
+
+def _guest_write_unjournaled(path: Path, offset: int, data: bytes) -> None:
+    """What anything but the rig's fill() does: the journal never hears of it."""
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def test_journaled_writes_are_exactly_the_changed_blocks(vc: Vcsim, si: Any, make_vm: Any) -> None:
+    vm = make_vm()
+    path = flat_file(vc, vm, 2000)
+    fill(path, [(0, b"a" * BLOCK), (2 * MiB, b"b" * 2 * BLOCK)])
+    base = change_id(create_snapshot(si, vm, "base"), 2000)
+    journaled = [(BLOCK - 1, b"xy"), (2 * MiB + 10, b"B" * 3), (3 * MiB, b"c" * (BLOCK + 1))]
+    fill(path, journaled)
+    assert journal_path(path).exists()
+    second = create_snapshot(si, vm, "incr")
+    assert changed_areas(vm, second, 2000, base)[0] == blocks(
+        *((off, len(data)) for off, data in journaled)
+    )
+    # No write since: the same blocks, and nothing new for the newer change ID.
+    third = create_snapshot(si, vm, "again")
+    assert changed_areas(vm, third, 2000, base)[0] == changed_areas(vm, second, 2000, base)[0]
+    assert changed_areas(vm, third, 2000, change_id(second, 2000))[0] == []
+
+
+def test_a_write_the_journal_does_not_hold_is_still_found(vc: Vcsim, si: Any, make_vm: Any) -> None:
+    vm = make_vm()
+    path = flat_file(vc, vm, 2000)
+    fill(path, [(0, b"a" * BLOCK)])
+    base = change_id(create_snapshot(si, vm, "base"), 2000)
+    fill(path, [(MiB, b"journaled")])
+    _guest_write_unjournaled(path, 3 * MiB, b"after")  # at once: the same clock tick, often
+    expected = blocks((MiB, 9), (3 * MiB, 5))
+    assert changed_areas(vm, create_snapshot(si, vm, "one"), 2000, base)[0] == expected
+
+    # Unjournaled first, journaled after: the journal's chain has a gap.
+    second = change_id(create_snapshot(si, vm, "two"), 2000)
+    _guest_write_unjournaled(path, 2 * MiB, b"before")
+    fill(path, [(BLOCK, b"journaled")])
+    found = changed_areas(vm, create_snapshot(si, vm, "three"), 2000, second)[0]
+    assert found == blocks((BLOCK, 9), (2 * MiB, 6))
+
+
+def test_a_snapshot_trusts_the_journal_and_the_mtime(vc: Vcsim, si: Any, make_vm: Any) -> None:
+    """Shows the journal is what a snapshot reads: a write hidden from both
+    the journal and the file's mtime (no guest can do that) goes unseen."""
+    vm = make_vm()
+    path = flat_file(vc, vm, 2000)
+    fill(path, [(0, b"a" * BLOCK)])
+    base = change_id(create_snapshot(si, vm, "base"), 2000)
+    fill(path, [(MiB, b"journaled")])
+    st = path.stat()
+    _guest_write_unjournaled(path, 3 * MiB, b"hidden")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert changed_areas(vm, create_snapshot(si, vm, "s"), 2000, base)[0] == blocks((MiB, 9))
+
+
+def test_a_write_in_the_mtime_tick_of_a_snapshot_is_found(vc: Vcsim, si: Any, make_vm: Any) -> None:
+    """A write in the clock tick the mtime already shows leaves the mtime as
+    it is: a snapshot read within that tick is no base for the journal."""
+    vm = make_vm()
+    path = flat_file(vc, vm, 2000)
+    tick = time.time_ns() + 10**10  # the clock will not reach it during the test
+    _guest_write_unjournaled(path, 0, b"first")
+    os.utime(path, ns=(tick, tick))
+    base = change_id(create_snapshot(si, vm, "base"), 2000)
+    _guest_write_unjournaled(path, MiB, b"second")
+    os.utime(path, ns=(tick, tick))  # what the same tick would leave
+    found = changed_areas(vm, create_snapshot(si, vm, "s"), 2000, base)[0]
+    assert found == blocks((MiB, 6))
+
+
+def test_an_answer_lists_a_bounded_number_of_areas(tmp_path: Path) -> None:
+    with running_vcsim(tmp_path / "vc", max_areas=2) as server, server.session() as session:
+        vm = create_vm(session, "areas", [(2000, 4 * MiB, SCSI0)], cbt=True)
+        offsets = [0, BLOCK, 3 * BLOCK, MiB, 2 * MiB + 5, 4 * MiB - 1]
+        fill(flat_file(server, vm, 2000), [(off, b"x") for off in offsets])
+        snap = create_snapshot(session, vm, "s")
+        info = vm.QueryChangedDiskAreas(snapshot=snap, deviceKey=2000, startOffset=0, changeId="*")
+        assert [(a.start, a.length) for a in info.changedArea] == [
+            (0, 2 * BLOCK),
+            (3 * BLOCK, BLOCK),
+        ]
+        assert (info.startOffset, info.length) == (0, MiB)  # up to the next area
+        areas, calls = changed_areas(vm, snap, 2000, "*")
+        assert areas == blocks(*((off, 1) for off in offsets))
+        assert calls == 3
 
 
 def _fault_property(call: Callable[[], Any]) -> str:

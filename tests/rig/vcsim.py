@@ -4,7 +4,8 @@ Debian's `golang-github-vmware-govmomi-dev` is the library only, so the rig
 compiles its own command, tests/rig/vcsim/main.go, offline. It imports the
 simulator package from an overlay GOPATH: a copy of Debian's simulator
 sources plus tests/rig/vcsim/overlay/sendense_*.go (fixes for two 0.24.2 bugs
-that break pyVmomi, and Changed Block Tracking with QueryChangedDiskAreas).
+that break pyVmomi, and Changed Block Tracking with QueryChangedDiskAreas,
+kept cheap by a journal of the writes tests make, see vmware_vms.fill).
 The binary is cached in tests/rig/bin/ under a hash of those sources.
 
     with Vcsim(tmp_path) as vc:
@@ -41,7 +42,10 @@ BIN_DIR = RIG / "bin"
 GOVMOMI = Path("/usr/share/gocode/src/github.com/vmware/govmomi")
 DEBIAN_GOPATH = Path("/usr/share/gocode")
 DEFAULT_BLOCK_SIZE = 64 * 1024
-DEFAULT_MAX_SPAN = 16 * 1024 * 1024
+# Like vSphere, one QueryChangedDiskAreas answer covers as much of the disk as
+# a bounded list of areas describes; 0 is "no limit".
+DEFAULT_MAX_SPAN = 0
+DEFAULT_MAX_AREAS = 2048
 
 # pyVim is untyped: the vSphere boundary is Any.
 SmartConnect: Any = pyvim_connect.SmartConnect
@@ -176,6 +180,7 @@ class Vcsim:
         datastores: tuple[str, ...] = ("LocalDS_0",),
         block_size: int = DEFAULT_BLOCK_SIZE,
         max_span: int = DEFAULT_MAX_SPAN,
+        max_areas: int = DEFAULT_MAX_AREAS,
         port: int = 0,
         start_timeout: float = 30.0,
     ) -> None:
@@ -185,6 +190,7 @@ class Vcsim:
         self.datastores = datastores
         self.block_size = block_size
         self.max_span = max_span
+        self.max_areas = max_areas
         self.requested_port = port
         self.start_timeout = start_timeout
         self.log_path = self.datastore_root / "vcsim.log"
@@ -237,6 +243,8 @@ class Vcsim:
             str(self.block_size),
             "-cbt-max-span",
             str(self.max_span),
+            "-cbt-max-areas",
+            str(self.max_areas),
             # Exit when this process dies, even by SIGKILL: stdin hits EOF.
             "-exit-on-stdin-eof",
         ]

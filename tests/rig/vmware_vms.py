@@ -9,7 +9,9 @@ data is a real local -flat.vmdk file that a test writes into.
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,13 +172,42 @@ def flat_file(vcsim: Vcsim, vm: Any, disk_key: int) -> Path:
     return vcsim.datastore_dir(match["ds"]) / relative
 
 
-def fill(path: Path, writes: Iterable[tuple[int, bytes]]) -> None:
+JOURNAL_SUFFIX = ".sendense-journal"
+
+
+def journal_path(flat: Path) -> Path:
+    """Where `fill` journals the writes to a -flat.vmdk."""
+    return flat.with_name(flat.name + JOURNAL_SUFFIX)
+
+
+def fill(path: Path, writes: Iterable[tuple[int, bytes | memoryview]]) -> None:
     """Write `data` at `offset` for each pair, leaving everything else as it
-    is (holes stay holes)."""
+    is (holes stay holes), and journal the ranges written.
+
+    With the journal the simulator's CBT digests only what changed at the next
+    snapshot instead of the whole disk (tests/rig/vcsim/overlay/
+    sendense_cbt_journal.go). It trusts the journal only when the file's mtime
+    says nothing else wrote: so the mtime is set a second into the past here,
+    and any other write (a plain open() in a test) moves it to the present.
+    Nothing else may write the file while this runs."""
+    before = path.stat().st_mtime_ns
+    ranges: list[tuple[int, int]] = []
     with path.open("r+b") as f:
         for offset, data in writes:
             f.seek(offset)
             f.write(data)
+            if ranges and sum(ranges[-1]) == offset:
+                ranges[-1] = (ranges[-1][0], ranges[-1][1] + len(data))
+            elif data:
+                ranges.append((offset, len(data)))
+    st = path.stat()
+    stamp = time.time_ns() - 1_000_000_000
+    if stamp == before:
+        stamp -= 1
+    os.utime(path, ns=(st.st_atime_ns, stamp))
+    line = f"{before} {stamp} {st.st_size} " + ",".join(f"{o}+{n}" for o, n in ranges)
+    with journal_path(path).open("a") as journal:
+        journal.write(line.rstrip() + "\n")
 
 
 def set_cbt(si: Any, vm: Any, enabled: bool) -> None:

@@ -41,6 +41,7 @@ from sendense.nbd.protocol import (
     handshake,
     open_socket,
     parse_uri,
+    quickack,
 )
 
 
@@ -69,6 +70,7 @@ class NbdClient:
         self._payload: tuple[int, bytearray, int] | None = None  # READ data being received
         self._lost: str | None = None
         self._closed = False
+        self._quickack = sock.family in (socket.AF_INET, socket.AF_INET6)
         self._loop.add_reader(self._fd, self._on_readable)
 
     @classmethod
@@ -173,6 +175,8 @@ class NbdClient:
         if n == 0:
             self._fail("the server closed the connection")
             return
+        if self._quickack:
+            quickack(self._sock)
         try:
             self._parse()
         except ValueError as exc:

@@ -103,6 +103,15 @@ def parse_uri(uri: str) -> tuple[str, int, str]:
     return parts.hostname, port, export
 
 
+def quickack(sock: socket.socket) -> None:
+    """Acknowledge at once. Linux delays ACKs in its default mode, and qemu-nbd holds
+    small replies back until the ACK comes (Nagle): ~40 ms on every handshake step and
+    on the last replies before a FLUSH. Linux leaves quick-ack mode by itself, so
+    this is set again after each receive."""
+    if hasattr(socket, "TCP_QUICKACK") and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+
+
 async def recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
     data = b""
     while len(data) < n:
@@ -110,6 +119,7 @@ async def recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: in
         if not chunk:
             raise ConnectionResetError("the server closed the connection")
         data += chunk
+        quickack(sock)
     return data
 
 

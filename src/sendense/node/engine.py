@@ -2,21 +2,24 @@
 
 Memory per disk stays bounded: `readers` chunks being read plus the writer's
 `in_flight` chunks being written, `chunk` bytes each (4 + 8 at 4 MiB = 48 MiB).
+Small areas (CBT blocks) are read up to `ranges_per_read` at a time in one
+request from a reader that can (`ManyReader`), together at most `chunk` bytes:
+the bound holds, and the checksum and progress still go chunk by chunk.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from sendense.common.aio import run_all
-from sendense.common.checksum import BlockHasher, block_digest
+from sendense.common.checksum import BlockHasher, block_digest, blocks
 from sendense.common.contract import DiskProgress
 from sendense.common.errors import SendenseError
 from sendense.common.targets import NbdTarget
 from sendense.nbd.writer import NbdWriter
-from sendense.node.vmware.readers import DiskReader
+from sendense.node.vmware.readers import DiskReader, ManyReader
 
 Area = tuple[int, int]
 MiB = 1 << 20
@@ -27,6 +30,9 @@ class CopyTuning:
     chunk: int = 4 * MiB
     readers: int = 4
     in_flight: int = 8
+    # An incremental's 64 KiB areas each cost a round trip; a multi-range read
+    # of 64 of them took about as long as 3 single ones (readers.py).
+    ranges_per_read: int = 64
 
 
 @dataclass
@@ -44,14 +50,23 @@ class DiskPlan:
         return self.progress.backup_type == "full" and not self.zero_gaps
 
 
-def chunks(areas: list[Area], size: int) -> Iterator[Area]:
-    for start, length in areas:
-        end = start + length
-        offset = start
-        while offset < end:
-            step = min(size, end - offset)
-            yield offset, step
-            offset += step
+# The blocks the checksum covers are the blocks read: a verifier reads them again.
+chunks = blocks
+
+
+def batches(work: Iterator[Area], size: int, most: int) -> Iterator[list[Area]]:
+    """Consecutive chunks grouped for one read: at most `most` of them, together
+    at most `size` bytes (a full chunk goes alone)."""
+    batch: list[Area] = []
+    total = 0
+    for offset, length in work:
+        if batch and (len(batch) >= most or total + length > size):
+            yield batch
+            batch, total = [], 0
+        batch.append((offset, length))
+        total += length
+    if batch:
+        yield batch
 
 
 def gaps(areas: list[Area], capacity: int) -> Iterator[Area]:
@@ -85,7 +100,9 @@ async def copy_disk(plan: DiskPlan, reader: DiskReader, tuning: CopyTuning) -> N
     meter = _Meter(progress)
     hasher = BlockHasher()
     zero_block = bytes(tuning.chunk)
-    work = chunks(plan.areas, tuning.chunk)
+    many = reader if isinstance(reader, ManyReader) else None
+    most = tuning.ranges_per_read if many is not None else 1
+    work = batches(chunks(plan.areas, tuning.chunk), tuning.chunk, most)
     async with NbdWriter(
         plan.target.uri,
         max_in_flight=tuning.in_flight,
@@ -98,13 +115,23 @@ async def copy_disk(plan: DiskPlan, reader: DiskReader, tuning: CopyTuning) -> N
                 f"bytes, the disk {plan.capacity}"
             )
 
+        async def one(area: Area) -> AsyncIterator[tuple[int, bytes]]:
+            yield 0, await reader.read(*area)
+
         async def pump() -> None:
-            for offset, length in work:
-                data = await reader.read(offset, length)
-                progress.bytes_read += length
-                hasher.add(offset, length, block_digest(data, zero_block))
-                await writer.write(offset, data)
-                meter.advance(length)
+            for batch in work:
+                # A batch's areas come as they arrive: written while the rest is read.
+                arrivals = many.read_many(batch) if many and len(batch) > 1 else one(batch[0])
+                count = 0
+                async for index, data in arrivals:
+                    offset, length = batch[index]
+                    progress.bytes_read += length
+                    hasher.add(offset, length, block_digest(data, zero_block))
+                    await writer.write(offset, data)
+                    meter.advance(length)
+                    count += 1
+                if count != len(batch):
+                    raise SendenseError(f"the reader returned {count} of {len(batch)} areas")
 
         await run_all(pump() for _ in range(tuning.readers))
         if plan.zero_gaps:

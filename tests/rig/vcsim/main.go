@@ -64,6 +64,7 @@ type ready struct {
 	Datastores map[string]string `json:"datastores"`
 	BlockSize  int64             `json:"cbt_block_size"`
 	MaxSpan    int64             `json:"cbt_max_span"`
+	MaxAreas   int               `json:"cbt_max_areas"`
 }
 
 func parseFlags() options {
@@ -78,7 +79,8 @@ func parseFlags() options {
 	flag.StringVar(&o.certOut, "cert-out", "", "also write the server certificate (PEM) to this file")
 	flag.BoolVar(&o.stdinEOF, "exit-on-stdin-eof", false, "stop when stdin reaches EOF (the parent died)")
 	flag.Int64Var(&o.cbt.BlockSize, "cbt-block-size", 64<<10, "CBT granularity in bytes")
-	flag.Int64Var(&o.cbt.MaxSpan, "cbt-max-span", 16<<20, "most bytes one QueryChangedDiskAreas call covers")
+	flag.Int64Var(&o.cbt.MaxSpan, "cbt-max-span", 0, "most bytes one QueryChangedDiskAreas call covers; 0: the rest of the disk")
+	flag.IntVar(&o.cbt.MaxAreas, "cbt-max-areas", 2048, "most areas one QueryChangedDiskAreas answer lists; 0: no limit")
 	flag.Parse()
 	for _, n := range strings.Split(names, ",") {
 		if n = strings.TrimSpace(n); n != "" {
@@ -110,8 +112,10 @@ func validate(o options, password string) error {
 		return fmt.Errorf("-datastore-root is required")
 	case len(o.datastores) == 0:
 		return fmt.Errorf("at least one datastore is required")
-	case o.cbt.BlockSize < 512 || o.cbt.MaxSpan < o.cbt.BlockSize || o.cbt.MaxSpan%o.cbt.BlockSize != 0:
-		return fmt.Errorf("-cbt-max-span must be a multiple of -cbt-block-size (>= 512)")
+	case o.cbt.BlockSize < 512 || o.cbt.MaxSpan < 0 || o.cbt.MaxSpan%o.cbt.BlockSize != 0:
+		return fmt.Errorf("-cbt-max-span must be 0 or a multiple of -cbt-block-size (>= 512)")
+	case o.cbt.MaxAreas < 0:
+		return fmt.Errorf("-cbt-max-areas must not be negative")
 	}
 	return nil
 }
@@ -260,6 +264,7 @@ func run() error {
 		Datastores: dirs,
 		BlockSize:  o.cbt.BlockSize,
 		MaxSpan:    o.cbt.MaxSpan,
+		MaxAreas:   o.cbt.MaxAreas,
 	})
 	if err != nil {
 		return err

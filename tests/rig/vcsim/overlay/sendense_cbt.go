@@ -14,10 +14,12 @@ import (
 // Changed Block Tracking, simulated. vcsim 0.24.2 has none: no
 // backing.changeId, no QueryChangedDiskAreas. Here, when a snapshot is
 // taken of a VM with config.changeTrackingEnabled, each of its flat disks
-// gets a new change ID and the disk's blocks are digested (blockMap); a
-// later query compares two such maps. Like vSphere, a change ID is
-// "<epoch UUID>/<sequence>": the epoch is new each time tracking is switched
-// on, and switching it off forgets every change ID of the VM (a "CBT reset").
+// gets a new change ID and a digest of each of its blocks (blockMap: from a
+// scan, or from the previous map and the write journal, see
+// sendense_cbt_journal.go); a later query compares two such maps. Like
+// vSphere, a change ID is "<epoch UUID>/<sequence>": the epoch is new each
+// time tracking is switched on, and switching it off forgets every change ID
+// of the VM (a "CBT reset").
 
 var sendenseCBT *cbtTracker
 
@@ -29,9 +31,11 @@ type cbtTracker struct {
 
 // cbtDisk is one disk's tracking state since tracking was last switched on.
 type cbtDisk struct {
-	epoch string
-	seq   int
-	maps  map[string]*blockMap // by change ID
+	epoch     string
+	seq       int
+	maps      map[string]*blockMap // by change ID
+	last      *blockMap            // the newest map, taken from the file in lastState
+	lastState fileState
 }
 
 func newCBTTracker(opts SendenseOptions) *cbtTracker {
@@ -52,8 +56,9 @@ func newEpoch() string {
 	return strings.Join(hexes[:8], " ") + "-" + strings.Join(hexes[8:], " ")
 }
 
-// record stores the disk's block map under a new change ID and returns it.
-func (t *cbtTracker) record(vm types.ManagedObjectReference, key int32, m *blockMap) string {
+// record stores the disk's block map, taken from its file in state s, under
+// a new change ID and returns it.
+func (t *cbtTracker) record(vm types.ManagedObjectReference, key int32, m *blockMap, s fileState) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	disks := t.vms[vm]
@@ -69,7 +74,34 @@ func (t *cbtTracker) record(vm types.ManagedObjectReference, key int32, m *block
 	d.seq++
 	id := fmt.Sprintf("%s/%d", d.epoch, d.seq)
 	d.maps[id] = m
+	d.last, d.lastState = m, s
 	return id
+}
+
+// latest is the disk's newest block map in this tracking epoch.
+func (t *cbtTracker) latest(vm types.ManagedObjectReference, key int32) (*blockMap, fileState, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	d := t.vms[vm][key]
+	if d == nil || d.last == nil {
+		return nil, fileState{}, false
+	}
+	return d.last, d.lastState, true
+}
+
+// mapNow digests the disk as it is now: from the journal when it accounts
+// for every write since the disk's previous map, else by a scan.
+func (t *cbtTracker) mapNow(vm types.ManagedObjectReference, key int32, f *flatDisk) (*blockMap, fileState, error) {
+	now := currentState(f)
+	if prev, was, ok := t.latest(vm, key); ok {
+		m, err := fromJournal(f, prev, was, now, t.opts.BlockSize)
+		if err == nil {
+			return m, now, nil
+		}
+		log.Printf("sendense: CBT of %s: scanning, not journaled: %s", f.path, err)
+	}
+	m, err := scanDisk(f, t.opts.BlockSize)
+	return m, now, err
 }
 
 // lookup finds the block map of a change ID of this VM's disk.
@@ -115,12 +147,12 @@ func (t *cbtTracker) snapshotCreated(snap *VirtualMachineSnapshot) {
 		if !ok {
 			continue
 		}
-		m, err := scanDisk(f, t.opts.BlockSize)
+		m, state, err := t.mapNow(vm.Self, disk.Key, f)
 		if err != nil {
 			log.Printf("sendense: CBT scan of %s: %s", f.path, err)
 			continue
 		}
-		id := t.record(vm.Self, disk.Key, m)
+		id := t.record(vm.Self, disk.Key, m, state)
 		backing := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
 		frozen, frozenBacking := *disk, *backing
 		frozenBacking.ChangeId = id

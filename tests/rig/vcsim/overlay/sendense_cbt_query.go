@@ -14,9 +14,10 @@ import (
 // The areas are relative to the snapshot's block map: with changeId "*"
 // the blocks holding non-zero data, otherwise the blocks whose digest
 // differs from the one recorded for changeId. Without a snapshot the disk's
-// current contents are scanned. One call covers at most
-// SendenseOptions.MaxSpan bytes from startOffset; the caller continues at
-// startOffset+length, as with vSphere.
+// current contents are scanned. One answer covers at most
+// SendenseOptions.MaxSpan bytes from the start of startOffset's block and
+// lists at most MaxAreas areas; the caller continues at startOffset+length,
+// as with vSphere.
 //
 // Every request it cannot answer faults with InvalidArgument, invalidProperty
 // naming the culprit: "changeId" (malformed, unknown, from before a CBT
@@ -62,12 +63,9 @@ func (t *cbtTracker) query(vm *VirtualMachine, req *types.QueryChangedDiskAreas)
 	if start < 0 || start > target.capacity {
 		return nil, cbtInvalid("startOffset")
 	}
-	bs := t.opts.BlockSize
-	end := start/bs*bs + t.opts.MaxSpan
-	if end > target.capacity {
-		end = target.capacity
-	}
+	end := t.spanEnd(start, target.capacity)
 	info := &types.DiskChangeInfo{StartOffset: start, Length: end - start}
+	bs := t.opts.BlockSize
 	for i := start / bs; i*bs < end; i++ {
 		if !changed(i) {
 			continue
@@ -78,9 +76,21 @@ func (t *cbtTracker) query(vm *VirtualMachine, req *types.QueryChangedDiskAreas)
 			info.ChangedArea[n-1].Length += hi - lo
 			continue
 		}
+		if limit := t.opts.MaxAreas; limit > 0 && n == limit {
+			info.Length = lo - start // the answer ends where the next area starts
+			break
+		}
 		info.ChangedArea = append(info.ChangedArea, types.DiskChangeExtent{Start: lo, Length: hi - lo})
 	}
 	return info, nil
+}
+
+// spanEnd is where an answer starting at start stops at the latest.
+func (t *cbtTracker) spanEnd(start, capacity int64) int64 {
+	if t.opts.MaxSpan <= 0 {
+		return capacity
+	}
+	return min64(start/t.opts.BlockSize*t.opts.BlockSize+t.opts.MaxSpan, capacity)
 }
 
 // targetMap is the block map the areas are reported for: the snapshot's,
@@ -105,7 +115,7 @@ func (t *cbtTracker) targetMap(vm *VirtualMachine, req *types.QueryChangedDiskAr
 	if req.Snapshot == nil {
 		// Only the range this answer covers (see query).
 		from := req.StartOffset / t.opts.BlockSize * t.opts.BlockSize
-		m, err := scanBlocks(f, t.opts.BlockSize, from, from+t.opts.MaxSpan)
+		m, err := scanBlocks(f, t.opts.BlockSize, from, t.spanEnd(req.StartOffset, f.capacity))
 		if err != nil {
 			return nil, cbtInvalid("deviceKey")
 		}

@@ -19,9 +19,9 @@ type blockMap struct {
 }
 
 // digestSeed is fixed for the process: digests only ever meet digests of the
-// same vcsim run. maphash (AES-accelerated) rather than SHA-256: the rig hashes
-// every written block at each snapshot, and SHA-256 made a snapshot of a few
-// GiB take seconds, which real CBT never costs.
+// same vcsim run. maphash (AES-accelerated) rather than SHA-256: a scan hashes
+// every written block, and SHA-256 made a snapshot of a few GiB take seconds,
+// which real CBT never costs (see also the write journal, sendense_cbt_journal.go).
 var digestSeed = maphash.MakeSeed()
 
 func digest(b []byte) uint64 {
@@ -82,16 +82,26 @@ func scanBlocks(f *flatDisk, blockSize, from, to int64) (*blockMap, error) {
 			i = data/blockSize - 1 // blocks up to data's block are holes
 			continue
 		}
-		copy(buf, zeros)
-		k, err := file.ReadAt(buf, off)
-		if err != nil && err != io.EOF {
+		if err := m.digestBlock(file, i, blockSize, buf, zeros); err != nil {
 			return nil, err
 		}
-		if limit := f.capacity - off; int64(k) > limit {
-			copy(buf[limit:], zeros) // the file is longer than the disk
-		}
-		m.digests[i] = digest(buf)
-		m.nonzero[i] = !bytes.Equal(buf, zeros)
 	}
 	return m, nil
+}
+
+// digestBlock reads block i of the data file into the map; buf and zeros are
+// blockSize long, zeros all zero.
+func (m *blockMap) digestBlock(file *os.File, i, blockSize int64, buf, zeros []byte) error {
+	off := i * blockSize
+	copy(buf, zeros)
+	k, err := file.ReadAt(buf, off)
+	if err != nil && err != io.EOF {
+		return err
+	}
+	if limit := m.capacity - off; int64(k) > limit {
+		copy(buf[limit:], zeros) // the file is longer than the disk
+	}
+	m.digests[i] = digest(buf)
+	m.nonzero[i] = !bytes.Equal(buf, zeros)
+	return nil
 }

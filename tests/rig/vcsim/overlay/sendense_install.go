@@ -15,9 +15,13 @@ import (
 type SendenseOptions struct {
 	// BlockSize is the CBT granularity: changes are tracked per block.
 	BlockSize int64
-	// MaxSpan caps the range one QueryChangedDiskAreas call covers, so
-	// callers must loop over startOffset as they must with real vSphere.
-	MaxSpan int64
+	// MaxSpan caps the bytes one QueryChangedDiskAreas answer covers (0: up
+	// to the end of the disk) and MaxAreas the areas it lists (0: any
+	// number). vSphere answers for as much of the disk as a bounded list of
+	// areas describes; either cap makes callers loop over startOffset, as
+	// they must with vSphere.
+	MaxSpan  int64
+	MaxAreas int
 }
 
 // SendenseInstall adds the fixes and the CBT simulation to the default
