@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from sendense.hub.db.models import RestorePoint
+from sendense.hub.db.models import RestorePoint, Vm
 from sendense.hub.orchestrator import Orchestrator
 from sendense.hub.policies import PolicyService
 from sendense.hub.retention import KeepRules
@@ -144,3 +144,25 @@ def test_repository_list_shows_what_prune_would_free(
     after = api.get("/api/v1/repositories").json()[0]
     assert after["prunable_bytes"] == 0
     assert after["backup_bytes"] < before["backup_bytes"]
+
+
+def test_a_vm_takes_its_own_policy_else_the_longest_folder_else_a_pattern(hub: Hub) -> None:
+    policies = PolicyService(hub.db)
+    for name in ("own", "prod", "prod-db", "web"):
+        policies.create(name, KeepRules(last=1), None, None)
+    with hub.db.session() as s:
+        s.add(Vm(name="db-7"))
+    policies.assign("own", "vm", "db-7")
+    policies.assign("prod", "folder", "DC0/vm/prod")
+    policies.assign("prod-db", "folder", "DC0/vm/prod/db/")
+    policies.assign("web", "pattern", "web-*")
+
+    def chosen(vm: str, folder: str | None) -> str | None:
+        policy = policies.policy_for(vm, folder)
+        return policy.name if policy else None
+
+    assert chosen("db-7", "DC0/vm/prod/db") == "own"
+    assert chosen("db-8", "DC0/vm/prod/db") == "prod-db"
+    assert chosen("web-1", "DC0/vm/prod") == "prod"
+    assert chosen("web-1", "DC0/vm/production") == "web"  # a folder matches whole names
+    assert chosen("mail", None) is None

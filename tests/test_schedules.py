@@ -68,6 +68,10 @@ def test_missed_schedule_runs_once_at_start_up_then_prunes(
         assert points[0]["job_id"] == backups[0]["id"]  # newest first
         image = repo_dir / points[0]["disks"][0]["file_path"]
         assert QemuImg().compare(flat_file(vcsim, vm, 2000), image)
+        plan = sendense("prune", name, "--dry-run", env=site.cli_env())
+        assert plan.returncode == 0, plan.stderr
+        assert "keep-last" in plan.stdout
+        assert "newest" not in plan.stdout  # keep-last already keeps it
         listed = sendense("schedules", "list", env=site.cli_env())
         assert listed.returncode == 0
         assert "every2" in listed.stdout

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from sendense.common.contract import BackupStartRequest, NodeJobStatus
-from sendense.common.errors import SendenseError, Unavailable
+from sendense.common.errors import SendenseError
 from sendense.hub.backups import DiskResult, DiskSpec
+from sendense.hub.follow import follow
 from sendense.hub.node_client import NodeClient
 from sendense.hub.policies import PolicyService
 from sendense.hub.service import Hub
 from sendense.hub.vcenters import VcenterService
 
 log = logging.getLogger(__name__)
-TERMINAL = ("complete", "failed", "cancelled")
 
 
 class Orchestrator:
@@ -105,21 +104,9 @@ class Orchestrator:
         self.hub.backups.finish(job_id, results)
 
     def _follow(self, client: NodeClient, job_id: str) -> NodeJobStatus:
-        last_answer = time.monotonic()
-        while True:
-            try:
-                status = client.job(job_id)
-                last_answer = time.monotonic()
-            except Unavailable as exc:
-                silent = time.monotonic() - last_answer
-                if silent > self.node_timeout:
-                    raise Unavailable(
-                        f"node {client.name!r} did not answer for {silent:.0f}s: {exc.message}"
-                    ) from exc
-                time.sleep(self.poll)
-                continue
+        def record(status: NodeJobStatus) -> None:
             with self._lock:
                 self._progress[job_id] = status
-            if status.state in TERMINAL:
-                return status
-            time.sleep(self.poll)
+
+        return follow(lambda: client.job(job_id), client.name, poll=self.poll,
+                      node_timeout=self.node_timeout, record=record)  # fmt: skip

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -34,17 +33,16 @@ from sendense.common.errors import (
     InvalidInput,
     NotFound,
     SendenseError,
-    Unavailable,
 )
 from sendense.hub.access import AccessInfo
 from sendense.hub.db.models import Job, JobState, PointStatus, RestorePoint, VmDisk, utcnow
+from sendense.hub.follow import follow
 from sendense.hub.node_client import NodeClient
 from sendense.hub.service import Hub
 from sendense.hub.vcenters import VcenterService
 
 log = logging.getLogger(__name__)
 KIND = "restore"
-TERMINAL = ("complete", "failed", "cancelled")
 # vSphere's SCSI numbering: controller 1000 + bus, disk 2000 + 16 x bus + unit.
 _SCSI_DISKS = range(2000, 2000 + 4 * 16)
 DERIVED = (
@@ -217,27 +215,17 @@ class RestoreVmJobs:
             log.warning("restore job=%s: %s", job_id, warning)
 
     def _follow(self, client: NodeClient, job_id: str) -> RestoreJobStatus:
-        last_answer = time.monotonic()
-        while True:
-            try:
-                status = client.restore_job(job_id)
-                last_answer = time.monotonic()
-            except Unavailable as exc:
-                silent = time.monotonic() - last_answer
-                if silent > self.node_timeout:
-                    raise Unavailable(
-                        f"node {client.name!r} did not answer for {silent:.0f}s: {exc.message}"
-                    ) from exc
-                time.sleep(self.poll)
-                continue
+        def record(status: RestoreJobStatus) -> None:
             with self._lock:
                 self._progress[job_id] = status
-            if status.state in TERMINAL:
-                return status
+
+        def check() -> None:
             if self._ended(job_id):  # the hub is stopping: the node's reads fail next
                 client.cancel_restore(job_id)
                 raise SendenseError("the hub stopped the restore")
-            time.sleep(self.poll)
+
+        return follow(lambda: client.restore_job(job_id), client.name, poll=self.poll,
+                      node_timeout=self.node_timeout, record=record, check=check)  # fmt: skip
 
     def _ended(self, job_id: str) -> bool:
         with self.hub.db.session() as s:

@@ -12,11 +12,12 @@ from typing import Any
 
 from sendense.common.aio import run_all
 from sendense.common.contract import BackupStartRequest, DiskInventory, DiskProgress, NodeJobStatus
-from sendense.common.errors import Conflict, InvalidInput, NotFound, SendenseError
+from sendense.common.errors import Conflict, InvalidInput, SendenseError
 from sendense.common.logging import register_secret
 from sendense.common.targets import NbdTarget, parse_targets
 from sendense.node.config import NodeSettings
 from sendense.node.engine import CopyTuning, DiskPlan, copy_disk
+from sendense.node.job_table import ACTIVE, JobTable
 from sendense.node.vmware import snapshots
 from sendense.node.vmware.changes import ChangeIdInvalid, changed_areas, whole_disk
 from sendense.node.vmware.connection import Vcenter, connect
@@ -31,7 +32,6 @@ from sendense.node.vmware.inventory import (
 from sendense.node.vmware.readers import HttpsDatastoreReader
 
 log = logging.getLogger(__name__)
-ACTIVE = ("queued", "running")
 
 
 @dataclass
@@ -41,10 +41,12 @@ class NodeJob:
     cancel_requested: bool = field(default=False)
 
 
-class JobRunner:
+class JobRunner(JobTable[NodeJob]):
+    what = "job"
+
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
-        self.jobs: dict[str, NodeJob] = {}
+        super().__init__()
         self.tuning = CopyTuning(
             chunk=settings.chunk_mib << 20,
             readers=settings.readers_per_disk,
@@ -69,25 +71,6 @@ class JobRunner:
         self.jobs[req.job_id] = job
         job.task = asyncio.get_running_loop().create_task(self._run(job, req))
         return job
-
-    def get(self, job_id: str) -> NodeJob:
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise NotFound(f"node has no job {job_id}")
-        return job
-
-    def cancel(self, job_id: str) -> NodeJob:
-        job = self.get(job_id)
-        if job.status.state in ACTIVE and job.task is not None:
-            job.cancel_requested = True
-            job.task.cancel()
-        return job
-
-    async def shutdown(self) -> None:
-        tasks = [j.task for j in self.jobs.values() if j.task and not j.task.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, job: NodeJob, req: BackupStartRequest) -> None:
         status = job.status

@@ -31,13 +31,14 @@ from sendense.common.contract import (
     RestoreStartRequest,
     VcenterLogin,
 )
-from sendense.common.errors import Conflict, NotFound, SendenseError
+from sendense.common.errors import Conflict, SendenseError
 from sendense.common.logging import register_secret
 from sendense.common.targets import parse_targets
 from sendense.nbd.client import NbdClient
 from sendense.nbd.protocol import CMD_READ
 from sendense.node.config import NodeSettings
-from sendense.node.jobs import ACTIVE, JobRunner
+from sendense.node.job_table import ACTIVE, JobTable
+from sendense.node.jobs import JobRunner
 from sendense.node.vmware import restore
 from sendense.node.vmware.connection import Vcenter, connect
 from sendense.node.vmware.inventory import inventory_path
@@ -97,11 +98,13 @@ async def pump(
                 read.cancel()
 
 
-class RestoreRunner:
+class RestoreRunner(JobTable[RestoreJob]):
+    what = "restore job"
+
     def __init__(self, settings: NodeSettings, backups: JobRunner) -> None:
         self.settings = settings
         self.backups = backups
-        self.jobs: dict[str, RestoreJob] = {}
+        super().__init__()
         self.chunk = settings.chunk_mib << 20
         self.in_flight = settings.writes_in_flight
 
@@ -162,25 +165,6 @@ class RestoreRunner:
             raise
         job.task = asyncio.get_running_loop().create_task(self._run(job, req, vc, target))
         return job
-
-    def get(self, job_id: str) -> RestoreJob:
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise NotFound(f"node has no restore job {job_id}")
-        return job
-
-    def cancel(self, job_id: str) -> RestoreJob:
-        job = self.get(job_id)
-        if job.status.state in ACTIVE and job.task is not None:
-            job.cancel_requested = True
-            job.task.cancel()
-        return job
-
-    async def shutdown(self) -> None:
-        tasks = [j.task for j in self.jobs.values() if j.task and not j.task.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(
         self, job: RestoreJob, req: RestoreStartRequest, vc: Vcenter, target: restore.RestoreTarget
