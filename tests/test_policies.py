@@ -3,7 +3,9 @@ under an injected clock."""
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -166,3 +168,33 @@ def test_a_vm_takes_its_own_policy_else_the_longest_folder_else_a_pattern(hub: H
     assert chosen("web-1", "DC0/vm/prod") == "prod"
     assert chosen("web-1", "DC0/vm/production") == "web"  # a folder matches whole names
     assert chosen("mail", None) is None
+
+
+def test_a_layer_that_fails_verification_is_not_merged(
+    api: TestClient, hub: Hub, tmp_path: Path
+) -> None:
+    points, sources = make_points(hub, tmp_path, 3)
+    api.post("/api/v1/policies", json={"name": "p", "keep_last": 1})
+    middle = hub.queries.restore_point(points[1]).disks[0]
+    image = tmp_path / "repo" / middle.file_path
+    mapped = subprocess.run(["qemu-img", "map", "--output=json", str(image)],
+                            check=True, capture_output=True, text=True)  # fmt: skip
+    extents = json.loads(mapped.stdout)
+    with image.open("r+b") as handle:  # one byte of the middle layer's own data
+        offset = next(e["offset"] for e in extents if e["data"] and e["depth"] == 0) + 100
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 1]))
+    refused = api.post("/api/v1/prune", json={"vm": "vm1", "policy": "p"})
+    assert refused.status_code == 409
+    assert "is not merged" in refused.json()["message"]
+    assert point_ids(hub) == set(points)  # nothing removed
+    assert (
+        same_as(
+            tmp_path / "repo" / hub.queries.restore_point(points[2]).disks[0].file_path,
+            sources[points[2]],
+            tmp_path,
+        )
+        is False
+    )  # the flipped byte shows through

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sendense.hub.db.models import PointStatus, RestorePoint, RestorePointDisk
 from sendense.hub.retention import KeepRules
 from sendense.hub.service import Hub
+from sendense.hub.verify import Verifier
 from tests.chain_rig import hub_backup, same_as
 
 SIZE = 1 << 20
@@ -98,5 +99,8 @@ def test_400_days_of_daily_backups_and_prunes(hub: Hub, tmp_path: Path) -> None:
     with hub.db.session() as s:
         used = {d.file_path for d in s.scalars(select(RestorePointDisk))}
     assert files == used
+    # Merged layers carry their removed parents' areas: verification still covers all.
+    verdicts = Verifier(hub.db, hub.repos, hub.settings.scratch_dir).verify(sorted(at_point))
+    assert all(v.valid for v in verdicts), [v for v in verdicts if not v.valid]
     assert len(expected) <= 7 + 4 + 12 + 2
     print(f"400 days in {time.monotonic() - started:.0f} s")

@@ -34,6 +34,18 @@ def blocks(areas: Iterable[Area], size: int) -> Iterator[Area]:
             offset += step
 
 
+def merge_areas(areas: Iterable[Area]) -> list[Area]:
+    """Sorted, with overlapping and touching areas joined."""
+    merged: list[Area] = []
+    for start, length in sorted(areas):
+        if merged and start <= merged[-1][0] + merged[-1][1]:
+            last_start, last_length = merged[-1]
+            merged[-1] = (last_start, max(last_length, start + length - last_start))
+        else:
+            merged.append((start, length))
+    return merged
+
+
 def pack_areas(areas: Iterable[Area]) -> bytes:
     """The areas a backup read, compact for the database (16 bytes an area, zlib)."""
     return zlib.compress(b"".join(_AREA.pack(start, length) for start, length in areas))

@@ -16,10 +16,12 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import tzinfo
+from pathlib import Path
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from sendense.common.checksum import merge_areas, pack_areas, unpack_areas
 from sendense.common.errors import Conflict, NotFound, SendenseError
 from sendense.hub.access import AccessService
 from sendense.hub.db.database import Database
@@ -35,6 +37,7 @@ from sendense.hub.db.models import (
 )
 from sendense.hub.repository import RepositoryService
 from sendense.hub.retention import Candidate, Decision, KeepRules, select_points
+from sendense.hub.verify import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +51,18 @@ class PruneResult:
 
 class PruneService:
     def __init__(
-        self, db: Database, repos: RepositoryService, access: AccessService, zone: tzinfo
+        self,
+        db: Database,
+        repos: RepositoryService,
+        access: AccessService,
+        zone: tzinfo,
+        scratch: Path,
     ) -> None:
         self.db = db
         self.repos = repos
         self.access = access
         self.zone = zone
+        self.verifier = Verifier(db, repos, scratch)
 
     def _vm(self, ref: str) -> Vm:
         with self.db.session() as s:
@@ -151,6 +160,7 @@ class PruneService:
     def _remove_point(self, job_id: str, point_id: str) -> None:
         """Record a merge step for every layer of the point in one transaction, then
         carry them out."""
+        self._check_before_merging(point_id)
         with self.db.session() as s:
             layers = s.scalars(
                 select(RestorePointDisk).where(RestorePointDisk.restore_point_id == point_id)
@@ -168,6 +178,45 @@ class PruneService:
             if point is not None and not layers:
                 s.delete(point)
         self.recover()
+
+    def _check_before_merging(self, point_id: str) -> None:
+        """A layer's data moves into its child only when both still hash as they did
+        at backup: the child's new checksum (`_rehash`) must not vouch for bad data."""
+        with self.db.session() as s:
+            doomed = list(
+                s.scalars(
+                    select(RestorePointDisk.id).where(RestorePointDisk.restore_point_id == point_id)
+                )
+            )
+            children = list(
+                s.scalars(select(RestorePointDisk.id).where(RestorePointDisk.parent_id.in_(doomed)))
+            )
+        if not children:
+            return
+        errors = {k: v for k, v in self.verifier.layer_errors(doomed + children).items() if v}
+        if errors:
+            raise Conflict(
+                f"restore point {point_id} is not merged: {'; '.join(errors.values())} "
+                "(see sendense verify)"
+            )
+
+    def _rehash(self, child_id: str, doomed_id: str) -> tuple[bytes, str, int] | None:
+        """The child, rebased, now also holds what the removed layer read: its
+        checksum covers both layers' areas, as the child reads them now."""
+        with self.db.session() as s:
+            child = s.get(RestorePointDisk, child_id)
+            doomed = s.get(RestorePointDisk, doomed_id)
+            if child is None or doomed is None:
+                return None
+            if child.areas is None or doomed.areas is None or not child.checksum_block:
+                return None
+            if child.checksum_block != doomed.checksum_block:
+                return None
+            block = child.checksum_block
+            areas = merge_areas(unpack_areas(doomed.areas) + unpack_areas(child.areas))
+            repo_id, relative = child.restore_point.repository_id, child.file_path
+        image = self.repos.resolve(self.repos.get(repo_id, check_mounted=False), relative)
+        return pack_areas(areas), self.verifier.rehash(image, areas, block), block
 
     def recover(self) -> int:
         """Carry every recorded merge step to its end; returns how many were finished."""
@@ -196,12 +245,15 @@ class PruneService:
             child = self._file(s, merge.child_id)
             new_parent = self._file(s, merge.new_parent_id)
             doomed = self._file(s, doomed_id)
-        if state == "rebasing" and child is not None:
+        if state == "rebasing" and child is not None and child_id is not None:
             self._rebase(child, new_parent)
+            rehashed = self._rehash(child_id, doomed_id)
             with self.db.session() as s:
                 row = s.get(RestorePointDisk, child_id)
                 if row is not None:
                     row.parent_id = new_parent_id
+                    if rehashed is not None:
+                        row.areas, row.checksum, row.checksum_block = rehashed
                 s.get_one(Merge, merge_id).state = "rebased"
         with self.db.session() as s:
             pending = s.scalars(

@@ -83,7 +83,7 @@ class Hub:
             nodes,
             tunnel,
             access,
-            PruneService(db, repos, access, settings.zone),
+            PruneService(db, repos, access, settings.zone, settings.scratch_dir),
         )
 
     def start_tunnel(self) -> None:

@@ -57,6 +57,14 @@ class _Layer:
         return sum(length for _start, length in self.areas or [])
 
 
+def _layer(row: RestorePointDisk) -> _Layer:
+    point = row.restore_point
+    return _Layer(
+        row.id, point.id, row.disk_key, row.parent_id, point.repository_id, row.file_path,
+        row.checksum, row.checksum_block, None if row.areas is None else unpack_areas(row.areas),
+    )  # fmt: skip
+
+
 @dataclass
 class DiskVerdict:
     disk_key: int
@@ -120,6 +128,25 @@ class Verifier:
         self._record(layers, errors)
         return self._verdicts(point_ids, layers, errors)
 
+    def layer_errors(self, layer_ids: list[str]) -> dict[str, str | None]:
+        """Each layer's own check (not its chain's), recording nothing."""
+        with self.db.session() as s:
+            rows = s.scalars(select(RestorePointDisk).where(RestorePointDisk.id.in_(layer_ids)))
+            layers = [_layer(row) for row in rows]
+        return {
+            layer.id: asyncio.run(self._check_layer(layer, VerifyProgress())) for layer in layers
+        }
+
+    def rehash(self, image: Path, areas: list[tuple[int, int]], block: int) -> str:
+        """The checksum of `areas` as `image` (with its backing chain) reads now."""
+        cache = "none" if supports_direct_io(image.parent) else "writeback"
+
+        async def run() -> str:
+            async with read_only_uri(image, self.scratch, cache) as uri:
+                return await self._hash(uri, areas, block, VerifyProgress())
+
+        return asyncio.run(run())
+
     def _load(self, point_ids: list[str]) -> dict[str, _Layer]:
         layers: dict[str, _Layer] = {}
         with self.db.session() as s:
@@ -134,12 +161,7 @@ class Verifier:
                 row = s.get(RestorePointDisk, todo.pop())
                 if row is None or row.id in layers:
                     continue
-                point = row.restore_point
-                layers[row.id] = _Layer(
-                    row.id, point.id, row.disk_key, row.parent_id, point.repository_id,
-                    row.file_path, row.checksum, row.checksum_block,
-                    None if row.areas is None else unpack_areas(row.areas),
-                )  # fmt: skip
+                layers[row.id] = _layer(row)
                 if row.parent_id is not None:
                     todo.append(row.parent_id)
         return layers
