@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.hub import HubUrlOpt, TokenFileOpt
 from sendense.cli.output import console, human_bytes, one_line_errors, table
+from sendense.cli.watch import watch_job
 from sendense.common.errors import InvalidInput, SendenseError
 
 vcenter_app = typer.Typer(help="vCenters the hub backs up from.", no_args_is_help=True)
 backup_app = typer.Typer(help="Run backups.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Jobs of the hub.", no_args_is_help=True)
 backups_app = typer.Typer(help="Restore points.", no_args_is_help=True)
-TERMINAL = ("complete", "failed", "cancelled")
 
 
 def _client(hub_url: str | None, token_file: Path | None) -> HubClient:
@@ -78,33 +69,11 @@ def backup_run(
     job_id = queued["job_id"]
     console.print(f"job {job_id} queued")
     if watch:
-        job = _watch(client, job_id)
+        job = watch_job(client, job_id, f"/api/v1/jobs/{job_id}/progress",
+                    lambda d: f"disk {d['disk_key']} ({d['backup_type']})")  # fmt: skip
         if job["state"] != "complete":
             raise SendenseError(f"job {job_id} {job['state']}: {job['error']}")
         console.print(f"job {job_id} complete")
-
-
-def _watch(client: HubClient, job_id: str) -> dict[str, Any]:
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-               TransferSpeedColumn(), TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=console, transient=False) as bars:
-        tasks: dict[int, Any] = {}
-        while True:
-            job: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}")
-            try:
-                progress = client.get(f"/api/v1/jobs/{job_id}/progress")
-            except SendenseError:
-                progress = {"disks": []}
-            for disk in progress["disks"]:
-                key = disk["disk_key"]
-                if key not in tasks:
-                    tasks[key] = bars.add_task(f"disk {key} ({disk['backup_type']})",
-                                               total=disk["bytes_total"] or None)  # fmt: skip
-                bars.update(tasks[key], completed=disk["bytes_done"],
-                            total=disk["bytes_total"] or None)  # fmt: skip
-            if job["state"] in TERMINAL:
-                return job
-            time.sleep(0.5)
 
 
 @jobs_app.command("list")

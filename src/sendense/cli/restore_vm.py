@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.hub import HubUrlOpt, TokenFileOpt
 from sendense.cli.output import console, human_bytes, one_line_errors
+from sendense.cli.watch import watch_job
 from sendense.common.errors import SendenseError
-
-TERMINAL = ("complete", "failed", "cancelled")
 
 
 @one_line_errors
@@ -61,7 +51,8 @@ def vm(
         console.print(f"warning: {warning}")
     if not watch:
         return
-    job = _watch(client, job_id)
+    job = watch_job(client, job_id, f"/api/v1/jobs/{job_id}/restore-progress",
+                    lambda d: f"disk {d['disk_key']}")  # fmt: skip
     if job["state"] != "complete":
         raise SendenseError(f"restore job {job_id} {job['state']}: {job['error']}")
     try:
@@ -72,24 +63,3 @@ def vm(
         console.print(f"warning: {warning}")
     state = "powered on" if done["powered_on"] else "powered off"
     console.print(f"VM {done['vm_path'] or name} restored ({state})")
-
-
-def _watch(client: HubClient, job_id: str) -> dict[str, Any]:
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-               TransferSpeedColumn(), TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=console, transient=False) as bars:
-        tasks: dict[int, Any] = {}
-        while True:
-            job: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}")
-            try:
-                progress = client.get(f"/api/v1/jobs/{job_id}/restore-progress")
-            except SendenseError:
-                progress = {"disks": []}
-            for disk in progress["disks"]:
-                key = disk["disk_key"]
-                if key not in tasks:
-                    tasks[key] = bars.add_task(f"disk {key}", total=disk["bytes_total"] or None)
-                bars.update(tasks[key], completed=disk["bytes_done"])
-            if job["state"] in TERMINAL:
-                return job
-            time.sleep(0.5)
