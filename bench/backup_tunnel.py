@@ -37,7 +37,6 @@ same figure) in bench/results.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -51,6 +50,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from node_backup import MiB, fill_half
+from results import record
 from tests.rig.procs import kill_all, pids_with, wait_gone
 from tests.rig.site import Site
 from tests.rig.vcsim import Vcsim, running_vcsim
@@ -58,7 +58,6 @@ from tests.rig.vmware_vms import SCSI0, create_vm, flat_file
 
 from sendense.nbd.qemu_img import QemuImg
 
-RESULTS = Path(__file__).with_name("results.json")
 VM = "bench-tunnel"
 DISKS = (2000, 2001)
 TARGETS_HOST = {"tunnel": "127.0.0.2", "direct": "127.0.0.1"}
@@ -210,12 +209,9 @@ def main() -> None:
         print(f"{key:<22}{f['median_s']:>10.2f}{f['virtual_MBps']:>14.0f}"
               f"{f['per_disk_virtual_MBps']:>10.0f}{node:>21}")  # fmt: skip
     print(f"tunnel_backup_vs_direct {figures['tunnel_backup_vs_direct']:.3f}")
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["backup_tunnel"] = figures
-    ratio = round(figures["tunnel_backup_vs_direct"], 3)
-    results["tunnel_backup_vs_direct"] = ratio
-    results["tunnel_vs_direct"] = ratio  # the full backup's figure, not the writer's
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    ratio = figures["tunnel_backup_vs_direct"]
+    # tunnel_vs_direct is the full backup's figure, not the writer's
+    record("backup_tunnel", figures, {"tunnel_backup_vs_direct": ratio, "tunnel_vs_direct": ratio})
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import resource
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from libnbd_writer import LibnbdWriter
+from results import record
 
 from sendense.nbd.qemu_img import QemuImg
 from sendense.nbd.qemu_nbd import ExportSpec, QemuNbd, probe
@@ -39,7 +39,6 @@ from sendense.nbd.writer import NbdWriter, WriteStats
 
 EXTENT = 16 << 20
 READ_SIZE = 4 << 20
-RESULTS = Path(__file__).with_name("results.json")
 # nbdcopy 1.14 takes plain byte counts (no 4M suffix).
 NBDCOPY = ["nbdcopy", f"--request-size={4 << 20}", "-R", "8", f"--queue-size={64 << 20}", "--flush"]
 
@@ -263,13 +262,7 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def save(report: dict[str, Any]) -> None:
-    existing: dict[str, Any] = {}
-    if RESULTS.exists():
-        existing = json.loads(RESULTS.read_text())
-    existing["nbd_writer"] = report
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(existing, indent=2) + "\n")
-    tmp.replace(RESULTS)
+    record("nbd_writer", report)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import statistics
@@ -32,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pydantic import SecretStr
+from results import record
 from tests.rig.vcsim import Vcsim, running_vcsim
 from tests.rig.vmware_vms import SCSI0, create_vm, fill, flat_file
 
@@ -45,7 +45,6 @@ from sendense.node.jobs import JobRunner
 
 MiB = 1 << 20
 EXTENT = 16 * MiB
-RESULTS = Path(__file__).with_name("results.json")
 NBDCOPY = ["nbdcopy", f"--request-size={4 * MiB}", "-R", "8", f"--queue-size={64 * MiB}", "--flush"]
 
 
@@ -275,12 +274,9 @@ def main() -> None:
     for key in ("full_vs_nbdcopy", "full_vs_nbdcopy_local_file", "incremental_1pct_time_vs_full",
                 "sparse_data_sent_vs_data"):  # fmt: skip
         print(f"{key:<40}{figures[key]:.3f}")
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["node_backup"] = figures
-    for key in ("full_vs_nbdcopy", "full_vs_nbdcopy_local_file", "incremental_1pct_time_vs_full",
-                "sparse_data_sent_vs_data"):  # fmt: skip
-        results[key] = round(figures[key], 3)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    keys = ("full_vs_nbdcopy", "full_vs_nbdcopy_local_file", "incremental_1pct_time_vs_full",
+            "sparse_data_sent_vs_data")  # fmt: skip
+    record("node_backup", figures, {key: figures[key] for key in keys})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ export rate over the synced `qemu-img convert -O raw` rate) to bench/results.jso
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nbd_writer import make_source
+from results import record
 from tests.rig.hub import HubProcess
 from verify import backup, change_one_percent, drop_caches
 
@@ -42,7 +42,6 @@ from sendense.hub.service import Hub
 
 MiB = 1 << 20
 EXTENT = 16 * MiB
-RESULTS = Path(__file__).with_name("results.json")
 KEY = 2000
 
 
@@ -165,10 +164,7 @@ def main() -> None:
     for name, f in figures.items():
         if name.endswith(("_vs_qemu_img", "_no_sync")) and not isinstance(f, dict):
             print(f"{name:<32}{f:>10.3f}")
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["restore"] = figures
-    results["restore_vs_qemu_img"] = round(figures["restore_vs_qemu_img"], 3)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    record("restore", figures, {"restore_vs_qemu_img": figures["restore_vs_qemu_img"]})
 
 
 if __name__ == "__main__":

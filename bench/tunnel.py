@@ -29,6 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nbd_writer import feed, make_source
+from results import record
 from tests.rig.net import free_port, free_port_range
 
 from sendense.common.config import load_settings
@@ -39,8 +40,6 @@ from sendense.nbd.qemu_img import QemuImg
 from sendense.nbd.qemu_nbd import ExportSpec, QemuNbd
 from sendense.nbd.writer import NbdWriter
 from sendense.node.tunnel import TunnelConfig, save_config, tunnel_dir
-
-RESULTS = Path(__file__).with_name("results.json")
 
 
 async def write(uri: str, source: Path) -> None:
@@ -138,10 +137,7 @@ def main() -> None:
     for key in ("direct", "tunnel"):
         print(f"{key:<12}{figures[key]['median_s']:>10.2f}{figures[key]['data_MBps']:>12.0f}")
     print(f"tunnel_writer_vs_direct {figures['tunnel_writer_vs_direct']:.3f}")
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["tunnel"] = figures
-    results["tunnel_writer_vs_direct"] = round(figures["tunnel_writer_vs_direct"], 3)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    record("tunnel", figures, {"tunnel_writer_vs_direct": figures["tunnel_writer_vs_direct"]})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nbd_writer import make_source
+from results import record
 
 from sendense.common.checksum import BlockHasher, block_digest, blocks
 from sendense.common.config import load_settings
@@ -44,7 +44,6 @@ from sendense.nbd.writer import NbdWriter
 MiB = 1 << 20
 EXTENT = 16 * MiB
 BLOCK = 4 * MiB
-RESULTS = Path(__file__).with_name("results.json")
 
 
 async def write_areas(uri: str, source: Path, areas: list[tuple[int, int]]) -> str:
@@ -150,10 +149,8 @@ def main() -> None:
     for name in ("verify", "qemu_img_compare"):
         print(f"{name:<30}{figures[name]['median_s']:>10.2f}{figures[name]['data_MBps']:>12.0f}")
     print(f"{'verify_vs_qemu_img_compare':<40}{figures['verify_vs_qemu_img_compare']:.3f}")
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["verify"] = figures
-    results["verify_vs_qemu_img_compare"] = round(figures["verify_vs_qemu_img_compare"], 3)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    ratio = figures["verify_vs_qemu_img_compare"]
+    record("verify", figures, {"verify_vs_qemu_img_compare": ratio})
 
 
 if __name__ == "__main__":

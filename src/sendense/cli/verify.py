@@ -11,9 +11,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.hub import HubUrlOpt, TokenFileOpt
 from sendense.cli.output import console, one_line_errors, table
+from sendense.cli.watch import TERMINAL
 from sendense.common.errors import SendenseError
-
-TERMINAL = ("complete", "failed", "cancelled")
 
 
 class VerificationFailed(SendenseError):

@@ -17,6 +17,7 @@ from sendense.common.aio import run_all
 from sendense.common.checksum import BlockHasher, block_digest, blocks
 from sendense.common.contract import DiskProgress
 from sendense.common.errors import SendenseError
+from sendense.common.progress import Meter
 from sendense.common.targets import NbdTarget
 from sendense.nbd.writer import NbdWriter
 from sendense.node.vmware.readers import DiskReader, ManyReader
@@ -79,25 +80,10 @@ def gaps(areas: list[Area], capacity: int) -> Iterator[Area]:
         yield position, capacity - position
 
 
-class _Meter:
-    def __init__(self, progress: DiskProgress) -> None:
-        self.progress = progress
-        self.started = time.monotonic()
-
-    def advance(self, length: int) -> None:
-        p = self.progress
-        p.bytes_done += length
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        p.seconds = elapsed
-        p.rate_bytes_per_s = p.bytes_done / elapsed
-        remaining = p.bytes_total - p.bytes_done
-        p.eta_seconds = remaining / p.rate_bytes_per_s if p.rate_bytes_per_s else None
-
-
 async def copy_disk(plan: DiskPlan, reader: DiskReader, tuning: CopyTuning) -> None:
     progress = plan.progress
     progress.bytes_total = sum(length for _start, length in plan.areas)
-    meter = _Meter(progress)
+    meter = Meter(progress)
     hasher = BlockHasher()
     zero_block = bytes(tuning.chunk)
     many = reader if isinstance(reader, ManyReader) else None

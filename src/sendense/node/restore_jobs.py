@@ -33,6 +33,7 @@ from sendense.common.contract import (
 )
 from sendense.common.errors import Conflict, SendenseError
 from sendense.common.logging import register_secret
+from sendense.common.progress import Meter
 from sendense.common.targets import parse_targets
 from sendense.nbd.client import NbdClient
 from sendense.nbd.protocol import CMD_READ
@@ -53,26 +54,13 @@ class RestoreJob:
     cancel_requested: bool = field(default=False)
 
 
-class _Meter:
-    def __init__(self, progress: RestoreDiskProgress) -> None:
-        self.progress = progress
-        self.started = time.monotonic()
-
-    def advance(self, length: int) -> None:
-        p = self.progress
-        p.bytes_done += length
-        p.seconds = max(time.monotonic() - self.started, 1e-6)
-        p.rate_bytes_per_s = p.bytes_done / p.seconds
-        p.eta_seconds = (p.bytes_total - p.bytes_done) / p.rate_bytes_per_s
-
-
 def _pieces(size: int, chunk: int) -> Iterator[tuple[int, int]]:
     for offset in range(0, size, chunk):
         yield offset, min(chunk, size - offset)
 
 
 async def pump(
-    nbd: NbdClient, upload: restore.DatastoreUpload, meter: _Meter, chunk: int, in_flight: int
+    nbd: NbdClient, upload: restore.DatastoreUpload, meter: Meter, chunk: int, in_flight: int
 ) -> None:
     """Read the export in order, `in_flight` reads ahead, and send each piece on.
     A hole reads as zeroes and is sent as zeroes: an upload has no holes."""
@@ -274,7 +262,7 @@ class RestoreRunner(JobTable[RestoreJob]):
                         f"the disk {upload.size}"
                     )
                 await asyncio.to_thread(upload.open)
-                await pump(nbd, upload, _Meter(progress), self.chunk, self.in_flight)
+                await pump(nbd, upload, Meter(progress), self.chunk, self.in_flight)
                 await asyncio.to_thread(upload.finish)
         finally:
             await asyncio.to_thread(upload.close)
