@@ -138,7 +138,9 @@ def verified_point(site: Site, job_id: str, sources: dict[int, Path]) -> list[di
     for disk in disks:
         if disk["backup_type"] != "full" or disk["status"] != "complete":
             raise SystemExit(f"job {job_id} disk {disk['disk_key']}: {disk}")
-        if not QemuImg().compare(sources[disk["disk_key"]], repo / disk["file_path"]):
+        if not QemuImg().compare(
+            sources[disk["disk_key"]], repo / disk["file_path"], "raw", "qcow2"
+        ):
             raise SystemExit(f"job {job_id} disk {disk['disk_key']} differs from its source")
     return disks
 
@@ -201,13 +203,17 @@ def main() -> None:
     parser.add_argument("--tmp", default=None, help="where the temporary files go")
     args = parser.parse_args()
     figures = run(args)
-    print(f"{'full backup, 2 disks':<22}{'seconds':>10}{'MB/s virtual':>14}{'per disk':>10}"
-          f"{'node MB/s data/disk':>21}")  # fmt: skip
+    print(
+        f"{'full backup, 2 disks':<22}{'seconds':>10}{'MB/s virtual':>14}{'per disk':>10}"
+        f"{'node MB/s data/disk':>21}"
+    )
     for key in ("direct", "tunnel"):
         f = figures[key]
         node = " ".join(f"{r:.0f}" for r in f["node_disk_data_MBps"].values())
-        print(f"{key:<22}{f['median_s']:>10.2f}{f['virtual_MBps']:>14.0f}"
-              f"{f['per_disk_virtual_MBps']:>10.0f}{node:>21}")  # fmt: skip
+        print(
+            f"{key:<22}{f['median_s']:>10.2f}{f['virtual_MBps']:>14.0f}"
+            f"{f['per_disk_virtual_MBps']:>10.0f}{node:>21}"
+        )
     print(f"tunnel_backup_vs_direct {figures['tunnel_backup_vs_direct']:.3f}")
     ratio = figures["tunnel_backup_vs_direct"]
     # tunnel_vs_direct is the full backup's figure, not the writer's

@@ -124,7 +124,7 @@ def one_run(
                 runner = run_asyncio if name == "asyncio" else run_libnbd
                 stats = asyncio.run(runner(uri, source))
             elapsed, cpu = time.perf_counter() - start, cpu_seconds(who) - cpu
-        if verify and not QemuImg().compare(source, target):
+        if verify and not QemuImg().compare(source, target, "raw", "qcow2"):
             raise SystemExit(f"{name}: the target differs from the source")
     finally:
         target.unlink(missing_ok=True)

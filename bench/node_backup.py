@@ -37,11 +37,11 @@ from tests.rig.vmware_vms import SCSI0, create_vm, fill, flat_file
 
 from sendense.common.config import load_settings
 from sendense.common.contract import BackupStartRequest, NodeJobStatus
-from sendense.hub.backups import DiskResult, DiskSpec, PreparedJob
+from sendense.hub.backup.ledger import DiskResult, DiskSpec, PreparedJob
 from sendense.hub.config import HubSettings
 from sendense.hub.service import Hub
+from sendense.node.backup_tasks import BackupTasks
 from sendense.node.config import NodeSettings
-from sendense.node.jobs import JobRunner
 
 MiB = 1 << 20
 EXTENT = 16 * MiB
@@ -84,7 +84,7 @@ def change_one_percent(path: Path, size: int) -> int:
 
 
 async def node_backup(
-    runner: JobRunner, vc: Vcsim, vm_name: str, prepared: PreparedJob, previous: dict[int, str]
+    runner: BackupTasks, vc: Vcsim, vm_name: str, prepared: PreparedJob, previous: dict[int, str]
 ) -> tuple[float, NodeJobStatus]:
     incremental = any(d.backup_type == "incremental" for d in prepared.disks)
     req = BackupStartRequest(
@@ -107,9 +107,9 @@ async def node_backup(
 
 def finish(hub: Hub, prepared: PreparedJob, status: NodeJobStatus) -> dict[int, str]:
     if status.state != "complete":
-        hub.backups.fail(prepared.job_id, status.error or status.state)
+        hub.ledger.fail(prepared.job_id, status.error or status.state)
         raise SystemExit(f"node job {status.state}: {status.error}")
-    hub.backups.finish(
+    hub.ledger.finish(
         prepared.job_id,
         {d.disk_key: DiskResult(d.change_id, d.bytes_written, d.checksum) for d in status.disks},
     )
@@ -126,20 +126,28 @@ def nbdcopy_both(
 ) -> float:
     """nbdcopy of both disks at once, from the local files or, like the node, from the
     datastore over HTTPS (nbdkit's curl plugin), into the same kind of exports."""
-    prepared = hub.backups.prepare(vm_name, disks, "full")
+    prepared = hub.ledger.prepare(vm_name, disks, "full")
     started = time.perf_counter()
     procs = []
     for d in prepared.disks:
         if via_https:
-            argv = ["nbdkit", "-U", "-", "--exit-with-parent", "curl", f"url={sources[d.key]}",
-                    "sslverify=false", "--run",
-                    f"{' '.join(NBDCOPY)} \"$uri\" {d.target.uri}"]  # fmt: skip
+            argv = [
+                "nbdkit",
+                "-U",
+                "-",
+                "--exit-with-parent",
+                "curl",
+                f"url={sources[d.key]}",
+                "sslverify=false",
+                "--run",
+                f'{" ".join(NBDCOPY)} "$uri" {d.target.uri}',
+            ]
         else:
             argv = [*NBDCOPY, sources[d.key], d.target.uri]
         procs.append(subprocess.Popen(argv))
     codes = [p.wait() for p in procs]
     elapsed = time.perf_counter() - started
-    hub.backups.fail(prepared.job_id, "baseline run: not a backup")
+    hub.ledger.fail(prepared.job_id, "baseline run: not a backup")
     if any(codes):
         raise SystemExit(f"nbdcopy failed: {codes}")
     return elapsed
@@ -153,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         (root / "repo").mkdir()
         hub = Hub.open(load_settings(HubSettings, data_dir=root / "hub", min_free_bytes=0))
         hub.repos.add(str(root / "repo"))
-        runner = JobRunner(load_settings(NodeSettings, data_dir=root / "node"))
+        runner = BackupTasks(load_settings(NodeSettings, data_dir=root / "node"))
         try:
             with running_vcsim(root / "vcsim") as vc, vc.session() as si:
                 return asyncio.run(scenarios(args, size, pool, hub, runner, vc, si))
@@ -167,7 +175,7 @@ async def scenarios(
     size: int,
     pool: bytes,
     hub: Hub,
-    runner: JobRunner,
+    runner: BackupTasks,
     vc: Vcsim,
     si: Any,
 ) -> dict[str, Any]:
@@ -188,7 +196,7 @@ async def scenarios(
         local_times.append(
             await asyncio.to_thread(nbdcopy_both, hub, "bench-base", disks, files, False)
         )
-        prepared = hub.backups.prepare("bench", disks, "full")
+        prepared = hub.ledger.prepare("bench", disks, "full")
         elapsed, status = await node_backup(runner, vc, "bench", prepared, {})
         previous = finish(hub, prepared, status)
         full_times.append(elapsed)
@@ -200,7 +208,7 @@ async def scenarios(
     inc_times, changed, inc_written = [], 0, 0
     for _ in range(args.runs):
         changed = sum(change_one_percent(p, size) for p in sources.values())
-        prepared = hub.backups.prepare("bench", disks, "auto")
+        prepared = hub.ledger.prepare("bench", disks, "auto")
         elapsed, inc_status = await node_backup(runner, vc, "bench", prepared, previous)
         previous = finish(hub, prepared, inc_status)
         inc_times.append(elapsed)
@@ -209,7 +217,7 @@ async def scenarios(
 
     sparse_vm = create_vm(si, "bench-sparse", [(2000, size, SCSI0)], cbt=True)
     sparse_data = fill_sparse(flat_file(vc, sparse_vm, 2000), size, pool)
-    prepared = hub.backups.prepare("bench-sparse", [DiskSpec(2000, size)], "full")
+    prepared = hub.ledger.prepare("bench-sparse", [DiskSpec(2000, size)], "full")
     sparse_s, sparse_status = await node_backup(runner, vc, "bench-sparse", prepared, {})
     finish(hub, prepared, sparse_status)
     sparse_sent = sum(d.bytes_written for d in sparse_status.disks)
@@ -271,11 +279,19 @@ def main() -> None:
         f"{figures['full']['virtual_MBps']:>15.0f}"
     )
     print(f"{'node incremental (1%)':<28}{figures['incremental_1pct']['median_s']:>10.2f}")
-    for key in ("full_vs_nbdcopy", "full_vs_nbdcopy_local_file", "incremental_1pct_time_vs_full",
-                "sparse_data_sent_vs_data"):  # fmt: skip
+    for key in (
+        "full_vs_nbdcopy",
+        "full_vs_nbdcopy_local_file",
+        "incremental_1pct_time_vs_full",
+        "sparse_data_sent_vs_data",
+    ):
         print(f"{key:<40}{figures[key]:.3f}")
-    keys = ("full_vs_nbdcopy", "full_vs_nbdcopy_local_file", "incremental_1pct_time_vs_full",
-            "sparse_data_sent_vs_data")  # fmt: skip
+    keys = (
+        "full_vs_nbdcopy",
+        "full_vs_nbdcopy_local_file",
+        "incremental_1pct_time_vs_full",
+        "sparse_data_sent_vs_data",
+    )
     record("node_backup", figures, {key: figures[key] for key in keys})
 
 

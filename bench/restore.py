@@ -6,7 +6,7 @@ same run, and the HTTP raw download.
 A hub (its services in this process) holds one disk's chain: a full (half random
 data, half holes in 16 MiB extents) and an incremental with 1% of the data
 changed, written through the hub's own qemu-nbd exports (bench/verify.py's
-`backup`). Timed, each after `sync; drop_caches` when root: `DiskExporter.export`
+`backup`). Timed, each after `sync; drop_caches` when root: `DiskConverter.export`
 of the incremental to raw and to QCOW2 (synced before its rename), `qemu-img
 convert -t writeback -O raw|qcow2` of the same top file (qemu-img's own way to a
 synced file; plain `qemu-img convert` leaves the data in the page cache, and is
@@ -36,8 +36,9 @@ from tests.rig.hub import HubProcess
 from verify import backup, change_one_percent, drop_caches
 
 from sendense.common.config import load_settings
+from sendense.hub.api.queries import Queries
 from sendense.hub.config import HubSettings
-from sendense.hub.disk_export import DiskExporter
+from sendense.hub.restore.conversion import DiskConverter
 from sendense.hub.service import Hub
 
 MiB = 1 << 20
@@ -59,9 +60,11 @@ def make_point(root: Path, size: int) -> tuple[str, Path, int]:
     """The chain on a hub in `root`; returns the top point, its file, the data bytes."""
     (root / "repo").mkdir()
     settings = load_settings(
-        HubSettings, data_dir=root / "hub", min_free_bytes=0,
+        HubSettings,
+        data_dir=root / "hub",
+        min_free_bytes=0,
         database_url=f"sqlite:///{root / 'hub.db'}",
-    )  # fmt: skip
+    )
     hub = Hub.open(settings)
     try:
         hub.repos.add(str(root / "repo"))
@@ -71,7 +74,7 @@ def make_point(root: Path, size: int) -> tuple[str, Path, int]:
         backup(hub, "bench-restore", sources, full, "full")
         changed = {KEY: change_one_percent(sources[KEY], size)}
         point = backup(hub, "bench-restore", sources, changed, "auto")
-        top = root / "repo" / hub.queries.restore_point(point).disks[0].file_path
+        top = root / "repo" / Queries(hub.db).restore_point(point).disks[0].file_path
         sources[KEY].unlink()
     finally:
         hub.close()
@@ -85,10 +88,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         point, top, data = make_point(root, size)
         out = root / "out"
         out.mkdir()
-        hub = Hub.open(load_settings(HubSettings, data_dir=root / "hub", min_free_bytes=0,
-                                     database_url=f"sqlite:///{root / 'hub.db'}"))  # fmt: skip
+        hub = Hub.open(
+            load_settings(
+                HubSettings,
+                data_dir=root / "hub",
+                min_free_bytes=0,
+                database_url=f"sqlite:///{root / 'hub.db'}",
+            )
+        )
         try:
-            exporter = DiskExporter(hub.db, hub.repos, hub.settings.scratch_dir)
+            exporter = DiskConverter(hub.db, hub.repos, hub.settings.scratch_dir)
             seconds: dict[str, list[float]] = {}
             for fmt in ("raw", "qcow2"):
                 for name, cache in (("", ["-t", "writeback"]), ("_no_sync", [])):
@@ -107,16 +116,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             hub.close()
         for run_ in range(args.runs):
-            same = subprocess.run(["qemu-img", "compare", "-q", str(out / f"export-{run_}.raw"),
-                                   str(out / f"qemu-img-{run_}.raw")], check=False)  # fmt: skip
+            same = subprocess.run(
+                [
+                    "qemu-img",
+                    "compare",
+                    "-q",
+                    str(out / f"export-{run_}.raw"),
+                    str(out / f"qemu-img-{run_}.raw"),
+                ],
+                check=False,
+            )
             if same.returncode != 0:
                 raise SystemExit("the raw export differs from qemu-img convert's")
         seconds["http_download_raw"] = download(root, point, args.runs, size)
     medians = {name: statistics.median(s) for name, s in seconds.items()}
     figures: dict[str, Any] = {"virtual_bytes": size, "data_bytes": data}
     for name, s in seconds.items():
-        figures[name] = {"seconds": s, "median_s": medians[name],
-                         "virtual_MBps": size / medians[name] / 1e6}  # fmt: skip
+        figures[name] = {
+            "seconds": s,
+            "median_s": medians[name],
+            "virtual_MBps": size / medians[name] / 1e6,
+        }
     raw = medians["qemu_img_convert_raw"]
     figures["restore_vs_qemu_img"] = raw / medians["export_raw"]
     figures["qcow2_export_vs_qemu_img"] = (
@@ -139,9 +159,22 @@ def download(root: Path, point: str, runs: int, size: int) -> list[float]:
         url = f"{server.url}/api/v1/restore-points/{point}/disks/{KEY}/download?format=raw"
 
         def get(_run: int) -> None:
-            got = subprocess.run(["curl", "-sSf", "-o", "/dev/null", "-w", "%{size_download}",
-                                  "-H", f"@{header}", url],
-                                 check=True, capture_output=True, text=True)  # fmt: skip
+            got = subprocess.run(
+                [
+                    "curl",
+                    "-sSf",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{size_download}",
+                    "-H",
+                    f"@{header}",
+                    url,
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             if int(got.stdout) != size:
                 raise SystemExit(f"downloaded {got.stdout} bytes of {size}")
 

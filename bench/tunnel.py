@@ -66,12 +66,18 @@ def enrolled_node(hub: Hub, node_dir: Path) -> TunnelConfig:
     info = hub.enroll_node(code, "bench-node", keys.public_key, "unused-token")
     s = hub.settings
     config = TunnelConfig(
-        hub_host="127.0.0.1", tunnel_port=s.tunnel_port, node_name=info.name,
-        reverse_port=info.reverse_port or 0, nbd_port_min=s.nbd_port_min,
-        nbd_port_max=s.nbd_port_max, api_port=s.listen_port,
-        hub_host_key=hub.tunnel_identity().public_key, tunnel_user=hub.tunnel.user,
-        local_address="127.0.0.2", node_api_port=free_port(),
-    )  # fmt: skip
+        hub_host="127.0.0.1",
+        tunnel_port=s.tunnel_port,
+        node_name=info.name,
+        reverse_port=info.reverse_port or 0,
+        nbd_port_min=s.nbd_port_min,
+        nbd_port_max=s.nbd_port_max,
+        api_port=s.listen_port,
+        hub_host_key=hub.tunnel_identity().public_key,
+        tunnel_user=hub.tunnel.user,
+        local_address="127.0.0.2",
+        node_api_port=free_port(),
+    )
     save_config(node_dir, config)
     return config
 
@@ -94,9 +100,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         data = make_source(source, size)
         first, last = free_port_range(2)
         settings = load_settings(
-            HubSettings, data_dir=work / "hub", nbd_port_min=first, nbd_port_max=last,
-            tunnel_port=free_port(), listen_port=free_port(), min_free_bytes=0,
-        )  # fmt: skip
+            HubSettings,
+            data_dir=work / "hub",
+            nbd_port_min=first,
+            nbd_port_max=last,
+            tunnel_port=free_port(),
+            listen_port=free_port(),
+            min_free_bytes=0,
+        )
         hub = Hub.open(settings)
         supervisor = None
         try:
@@ -119,12 +130,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             hub.close()
     d, t = statistics.median(direct), statistics.median(tunnel)
     return {
-        "size_bytes": size, "data_bytes": data, "runs": args.runs,
+        "size_bytes": size,
+        "data_bytes": data,
+        "runs": args.runs,
         "transport": "OpenSSH (hub-managed sshd), aes128-gcm",
         "direct": {"seconds": direct, "median_s": d, "data_MBps": data / d / 1e6},
         "tunnel": {"seconds": tunnel, "median_s": t, "data_MBps": data / t / 1e6},
         "tunnel_writer_vs_direct": d / t,
-    }  # fmt: skip
+    }
 
 
 def main() -> None:

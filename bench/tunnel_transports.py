@@ -297,23 +297,65 @@ def make_certs(work: Path) -> tuple[Path, Path]:
         subprocess.run(["openssl", *args], check=True, capture_output=True)
 
     def key(path: Path) -> None:
-        ssl_run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-                "-out", str(path))  # fmt: skip
+        ssl_run(
+            "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(path)
+        )
 
     ca_key, ca = work / "ca-key.pem", sdir / "ca-cert.pem"
     key(ca_key)
-    ssl_run("req", "-x509", "-new", "-key", str(ca_key), "-out", str(ca), "-days", "2",
-            "-config", str(cnf), "-extensions", "ca", "-subj", "/CN=sendense-bench-ca")  # fmt: skip
+    ssl_run(
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        str(ca_key),
+        "-out",
+        str(ca),
+        "-days",
+        "2",
+        "-config",
+        str(cnf),
+        "-extensions",
+        "ca",
+        "-subj",
+        "/CN=sendense-bench-ca",
+    )
     shutil.copy(ca, cdir / "ca-cert.pem")
     for d, role, cn in ((sdir, "server", "hub"), (cdir, "client", "node-1")):
         k, csr = d / f"{role}-key.pem", work / f"{role}.csr"
         key(k)
-        ssl_run("req", "-new", "-key", str(k), "-out", str(csr), "-config", str(cnf),
-                "-subj", f"/CN={cn}")  # fmt: skip
-        ssl_run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-                "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "2",
-                "-extfile", str(cnf), "-extensions", role,
-                "-out", str(d / f"{role}-cert.pem"))  # fmt: skip
+        ssl_run(
+            "req",
+            "-new",
+            "-key",
+            str(k),
+            "-out",
+            str(csr),
+            "-config",
+            str(cnf),
+            "-subj",
+            f"/CN={cn}",
+        )
+        ssl_run(
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca),
+            "-CAkey",
+            str(ca_key),
+            "-set_serial",
+            str(int.from_bytes(os.urandom(8), "big")),
+            "-days",
+            "2",
+            "-extfile",
+            str(cnf),
+            "-extensions",
+            role,
+            "-out",
+            str(d / f"{role}-cert.pem"),
+        )
     return sdir, cdir
 
 
@@ -413,24 +455,56 @@ class SshEnv:
     ) -> list[str]:
         w = self.work
         return [
-            "ssh", "-F", "/dev/null", "-p", str(self.port), "-i", str(w / key),
-            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
-            "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={w / known_hosts}",
-            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "HostKeyAlgorithms=ssh-ed25519",
-            "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=10",
-            "-o", "ServerAliveCountMax=3", "-o", "Compression=no", "-o", "ControlMaster=no",
-            "-o", "ControlPath=none", "-o", "ConnectTimeout=10",
-            *extra, f"{self.user}@{HUB_IP}",
-        ]  # fmt: skip
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-p",
+            str(self.port),
+            "-i",
+            str(w / key),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={w / known_hosts}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "HostKeyAlgorithms=ssh-ed25519",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-o",
+            "ServerAliveInterval=10",
+            "-o",
+            "ServerAliveCountMax=3",
+            "-o",
+            "Compression=no",
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            "ControlPath=none",
+            "-o",
+            "ConnectTimeout=10",
+            *extra,
+            f"{self.user}@{HUB_IP}",
+        ]
 
 
 def run_for(argv: list[str], seconds: float) -> tuple[int | None, str]:
     """Run argv; if still alive after `seconds`, report None (it kept going) and stop it."""
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
         try:
             code: int | None = proc.wait(seconds)
         except subprocess.TimeoutExpired:
@@ -469,11 +543,15 @@ def check_openssh(env: SshEnv, pg: Banner, node_api: Banner) -> dict[str, Any]:
     p_ok, p_pg, p_lh = free_port(NODE_IP), free_port(NODE_IP), free_port(NODE_IP)
     with ssh_forward(
         env,
-        "-L", f"{NODE_IP}:{p_ok}:{HUB_IP}:{env.nbd_port}",
-        "-L", f"{NODE_IP}:{p_pg}:{HUB_IP}:{pg.port}",
-        "-L", f"{NODE_IP}:{p_lh}:localhost:{env.nbd_port}",
-        "-R", f"{HUB_IP}:{env.listen_port}:{HUB_IP}:{node_api.port}",
-    ):  # fmt: skip
+        "-L",
+        f"{NODE_IP}:{p_ok}:{HUB_IP}:{env.nbd_port}",
+        "-L",
+        f"{NODE_IP}:{p_pg}:{HUB_IP}:{pg.port}",
+        "-L",
+        f"{NODE_IP}:{p_lh}:localhost:{env.nbd_port}",
+        "-R",
+        f"{HUB_IP}:{env.listen_port}:{HUB_IP}:{node_api.port}",
+    ):
         probe_nbd(NODE_IP, p_ok)
         r["local_forward_to_nbd_ok"] = True
         r["forward_to_unpermitted_port_refused"] = (
@@ -522,12 +600,20 @@ async def role_asyncssh_server(args: argparse.Namespace) -> None:
         # session_requested: asyncssh's default refuses every session (no shell).
 
     await asyncssh.create_server(
-        Server, HUB_IP, args.port,
-        server_host_keys=[args.host_key], authorized_client_keys=args.authorized_keys,
-        allow_pty=False, agent_forwarding=False, x11_forwarding=False,
-        compression_algs=None, keepalive_interval=15, keepalive_count_max=3,
-        window=args.window, max_pktsize=args.max_pktsize,
-    )  # fmt: skip
+        Server,
+        HUB_IP,
+        args.port,
+        server_host_keys=[args.host_key],
+        authorized_client_keys=args.authorized_keys,
+        allow_pty=False,
+        agent_forwarding=False,
+        x11_forwarding=False,
+        compression_algs=None,
+        keepalive_interval=15,
+        keepalive_count_max=3,
+        window=args.window,
+        max_pktsize=args.max_pktsize,
+    )
     print("READY", flush=True)
     await asyncio.Event().wait()
 
@@ -539,11 +625,20 @@ async def role_asyncssh_client(args: argparse.Namespace) -> None:
     if args.cipher:
         opts["encryption_algs"] = [args.cipher]
     conn = await asyncssh.connect(
-        HUB_IP, args.port, username="node", known_hosts=args.known_hosts,
-        client_keys=[args.key], agent_path=None, config=[], compression_algs=None,
-        keepalive_interval=10, keepalive_count_max=3, window=args.window,
-        max_pktsize=args.max_pktsize, **opts,
-    )  # fmt: skip
+        HUB_IP,
+        args.port,
+        username="node",
+        known_hosts=args.known_hosts,
+        client_keys=[args.key],
+        agent_path=None,
+        config=[],
+        compression_algs=None,
+        keepalive_interval=10,
+        keepalive_count_max=3,
+        window=args.window,
+        max_pktsize=args.max_pktsize,
+        **opts,
+    )
     for spec in args.local:
         lh, lp, dh, dp = spec.split(":")
         await conn.forward_local_port(lh, int(lp), dh, int(dp))
@@ -561,9 +656,14 @@ async def check_asyncssh(
 
     def connect(key: str = "node_key", known: str = "known_hosts_asyncssh") -> Any:
         return asyncssh.connect(
-            HUB_IP, port, username="node", known_hosts=str(work / known),
-            client_keys=[str(work / key)], agent_path=None, config=[],
-        )  # fmt: skip
+            HUB_IP,
+            port,
+            username="node",
+            known_hosts=str(work / known),
+            client_keys=[str(work / key)],
+            agent_path=None,
+            config=[],
+        )
 
     r: dict[str, Any] = {}
     try:
@@ -744,9 +844,13 @@ def tunnel(b: Bench, v: Variant) -> Iterator[tuple[str, list[int], str]]:
         with ssh_forward(b.ssh, *extra, "-L", f"{NODE_IP}:{p2}:{HUB_IP}:{b.nbd_port}") as proc:
             probe_nbd(NODE_IP, p2)
             cipher = next(
-                (ln.split("cipher:")[1].split()[0] for ln in log.read_text().splitlines()
-                 if "kex: client->server cipher:" in ln), "?",
-            )  # fmt: skip
+                (
+                    ln.split("cipher:")[1].split()[0]
+                    for ln in log.read_text().splitlines()
+                    if "kex: client->server cipher:" in ln
+                ),
+                "?",
+            )
             sshd = b.servers["sshd"]
             yield uri, [proc.pid, sshd.pid], cipher
         return
@@ -758,13 +862,20 @@ def tunnel(b: Bench, v: Variant) -> Iterator[tuple[str, list[int], str]]:
             port, server = b.asyncssh_tuned_port, b.servers["asyncssh-tuned"]
         proc = PROCS.start(
             role_argv(
-                "asyncssh-client", "--port", str(port),
-                "--known-hosts", str(b.work / "known_hosts_asyncssh"),
-                "--key", str(b.work / "node_key"),
-                "--local", f"{NODE_IP}:{p2}:{HUB_IP}:{b.nbd_port}", *extra,
+                "asyncssh-client",
+                "--port",
+                str(port),
+                "--known-hosts",
+                str(b.work / "known_hosts_asyncssh"),
+                "--key",
+                str(b.work / "node_key"),
+                "--local",
+                f"{NODE_IP}:{p2}:{HUB_IP}:{b.nbd_port}",
+                *extra,
             ),
-            b.work / "asyncssh-client.log", stdout=subprocess.PIPE,
-        )  # fmt: skip
+            b.work / "asyncssh-client.log",
+            stdout=subprocess.PIPE,
+        )
         try:
             line = wait_line(proc, "READY", 20)
             probe_nbd(NODE_IP, p2)
@@ -776,12 +887,21 @@ def tunnel(b: Bench, v: Variant) -> Iterator[tuple[str, list[int], str]]:
         c = b.tls_client_dir
         proc = PROCS.start(
             role_argv(
-                "tls-client", "--port", str(b.tls_port), "--listen", f"{NODE_IP}:{p2}",
-                "--cert", str(c / "client-cert.pem"), "--key", str(c / "client-key.pem"),
-                "--ca", str(c / "ca-cert.pem"),
+                "tls-client",
+                "--port",
+                str(b.tls_port),
+                "--listen",
+                f"{NODE_IP}:{p2}",
+                "--cert",
+                str(c / "client-cert.pem"),
+                "--key",
+                str(c / "client-key.pem"),
+                "--ca",
+                str(c / "ca-cert.pem"),
             ),
-            b.work / "tls-client.log", stdout=subprocess.PIPE,
-        )  # fmt: skip
+            b.work / "tls-client.log",
+            stdout=subprocess.PIPE,
+        )
         try:
             wait_line(proc, "READY", 20)
             probe_nbd(NODE_IP, p2)
@@ -806,25 +926,43 @@ def start_servers(b: Bench) -> None:
             break
         proc = PROCS.start(
             role_argv(
-                "asyncssh-server", "--port", str(port),
-                "--host-key", str(b.work / "host_key"),
-                "--authorized-keys", str(b.work / "authorized_keys_asyncssh"),
-                "--allow-open", f"{HUB_IP}:{b.nbd_port}", f"{HUB_IP}:{HUB_API_PORT}",
-                "--allow-listen", f"{HUB_IP}:{b.ssh.listen_port}", *extra,
+                "asyncssh-server",
+                "--port",
+                str(port),
+                "--host-key",
+                str(b.work / "host_key"),
+                "--authorized-keys",
+                str(b.work / "authorized_keys_asyncssh"),
+                "--allow-open",
+                f"{HUB_IP}:{b.nbd_port}",
+                f"{HUB_IP}:{HUB_API_PORT}",
+                "--allow-listen",
+                f"{HUB_IP}:{b.ssh.listen_port}",
+                *extra,
             ),
-            b.work / f"{name}-server.log", stdout=subprocess.PIPE,
-        )  # fmt: skip
+            b.work / f"{name}-server.log",
+            stdout=subprocess.PIPE,
+        )
         wait_line(proc, "READY", 20)
         b.servers[name] = proc
     s = b.tls_server_dir
     proc = PROCS.start(
         role_argv(
-            "tls-server", "--port", str(b.tls_port), "--dest", f"{HUB_IP}:{b.nbd_port}",
-            "--cert", str(s / "server-cert.pem"), "--key", str(s / "server-key.pem"),
-            "--ca", str(s / "ca-cert.pem"),
+            "tls-server",
+            "--port",
+            str(b.tls_port),
+            "--dest",
+            f"{HUB_IP}:{b.nbd_port}",
+            "--cert",
+            str(s / "server-cert.pem"),
+            "--key",
+            str(s / "server-key.pem"),
+            "--ca",
+            str(s / "ca-cert.pem"),
         ),
-        b.work / "tls-server.log", stdout=subprocess.PIPE,
-    )  # fmt: skip
+        b.work / "tls-server.log",
+        stdout=subprocess.PIPE,
+    )
     wait_line(proc, "READY", 20)
     b.servers["tls"] = proc
 
@@ -881,7 +1019,7 @@ def one_run(b: Bench, v: Variant, source: Path, size: int, verify: bool) -> dict
                 raise RuntimeError(f"{v.name}: nbdcopy exited {proc.returncode}")
     finally:
         server.stop()
-    if verify and not QemuImg().compare(source, target):
+    if verify and not QemuImg().compare(source, target, "raw", "qcow2"):
         raise RuntimeError(f"{v.name}: the target differs from the source")
     target.unlink(missing_ok=True)
     side = [sum(a.values()) - sum(b.values()) for a, b in zip(t1, t0, strict=True)] or [0.0, 0.0]
@@ -975,9 +1113,11 @@ def summarize(vs: list[Variant], data_bytes: int) -> dict[str, Any]:
 
 
 def print_table(table: dict[str, Any]) -> None:
-    head = (f"{'variant':24} {'cipher':30} {'conn':>4} {'MB/s':>5} {'ratio':>5} "
-            f"{'tun s/GiB':>9} {'node':>5} {'hub':>5} {'qemu':>5} {'copy':>5} "
-            f"{'other':>5}")  # fmt: skip
+    head = (
+        f"{'variant':24} {'cipher':30} {'conn':>4} {'MB/s':>5} {'ratio':>5} "
+        f"{'tun s/GiB':>9} {'node':>5} {'hub':>5} {'qemu':>5} {'copy':>5} "
+        f"{'other':>5}"
+    )
     print(head)
     for name, e in table.items():
         if "error" in e:
@@ -1030,9 +1170,16 @@ def bench_main(args: argparse.Namespace) -> int:
         other = (work / "other_key.pub").read_text().split()[:2]
         node_pub = (work / "node_key.pub").read_text().split()[:2]
         b = Bench(
-            work, data, nbd_port, ssh, free_port(), free_port(), free_port(),
-            *make_certs(work), asyncssh_ok,
-        )  # fmt: skip
+            work,
+            data,
+            nbd_port,
+            ssh,
+            free_port(),
+            free_port(),
+            free_port(),
+            *make_certs(work),
+            asyncssh_ok,
+        )
         (work / "known_hosts_asyncssh").write_text(
             "".join(
                 f"[{HUB_IP}]:{p} {' '.join(host)}\n"
@@ -1155,8 +1302,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ROLES:
         p = argparse.ArgumentParser(prog=argv[0])
         p.add_argument("--port", type=int, required=True)
-        for opt in ("--host-key", "--authorized-keys", "--known-hosts", "--key", "--cert",
-                    "--ca", "--dest", "--listen", "--cipher"):  # fmt: skip
+        for opt in (
+            "--host-key",
+            "--authorized-keys",
+            "--known-hosts",
+            "--key",
+            "--cert",
+            "--ca",
+            "--dest",
+            "--listen",
+            "--cipher",
+        ):
             p.add_argument(opt)
         p.add_argument("--allow-open", nargs="*", default=[])
         p.add_argument("--allow-listen", nargs="*", default=[])
@@ -1175,9 +1331,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="parent of the image scratch dir")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     parser.add_argument(
-        "--quiet", type=float, default=0.2,
+        "--quiet",
+        type=float,
+        default=0.2,
         help="before each run, wait until the machine's busy cores are below this",
-    )  # fmt: skip
+    )
     parser.add_argument("--keep", action="store_true", help="keep keys, configs and logs")
     return bench_main(parser.parse_args(argv))
 

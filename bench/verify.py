@@ -35,10 +35,11 @@ from results import record
 
 from sendense.common.checksum import BlockHasher, block_digest, blocks
 from sendense.common.config import load_settings
-from sendense.hub.backups import DiskResult, DiskSpec
+from sendense.hub.api.queries import Queries
+from sendense.hub.backup.ledger import DiskResult, DiskSpec
 from sendense.hub.config import HubSettings
 from sendense.hub.service import Hub
-from sendense.hub.verify import Verifier
+from sendense.hub.verify.verifier import Verifier
 from sendense.nbd.writer import NbdWriter
 
 MiB = 1 << 20
@@ -60,16 +61,18 @@ async def write_areas(uri: str, source: Path, areas: list[tuple[int, int]]) -> s
     return hasher.hexdigest()
 
 
-def backup(hub: Hub, vm: str, sources: dict[int, Path], areas: dict[int, list[tuple[int, int]]],
-           kind: str) -> str:  # fmt: skip
+def backup(
+    hub: Hub, vm: str, sources: dict[int, Path], areas: dict[int, list[tuple[int, int]]], kind: str
+) -> str:
     size = sources[2000].stat().st_size
-    prepared = hub.backups.prepare(vm, [DiskSpec(k, size) for k in sources], kind)
+    prepared = hub.ledger.prepare(vm, [DiskSpec(k, size) for k in sources], kind)
     results = {}
     for disk in prepared.disks:
         checksum = asyncio.run(write_areas(disk.target.uri, sources[disk.key], areas[disk.key]))
-        results[disk.key] = DiskResult(f"cid-{kind}", None, checksum, areas=areas[disk.key],
-                                       checksum_block=BLOCK)  # fmt: skip
-    return hub.backups.finish(prepared.job_id, results)
+        results[disk.key] = DiskResult(
+            f"cid-{kind}", None, checksum, areas=areas[disk.key], checksum_block=BLOCK
+        )
+    return hub.ledger.finish(prepared.job_id, results)
 
 
 def change_one_percent(path: Path, size: int) -> list[tuple[int, int]]:
@@ -104,8 +107,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             backup(hub, "bench-verify", sources, full, "full")
             changed = {k: change_one_percent(p, size) for k, p in sources.items()}
             point = backup(hub, "bench-verify", sources, changed, "auto")
-            top = {d.disk_key: root / "repo" / d.file_path
-                   for d in hub.queries.restore_point(point).disks}  # fmt: skip
+            top = {
+                d.disk_key: root / "repo" / d.file_path
+                for d in Queries(hub.db).restore_point(point).disks
+            }
             verifier = Verifier(hub.db, hub.repos, hub.settings.scratch_dir)
             verify_s, compare_s = [], []
             for _ in range(args.runs):

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rich.console import Console
 from rich.table import Table
-from tests.rig.node import sendense
+from tests.rig.cli import sendense
 from tests.rig.site import Site
 from tests.rig.vcsim import running_vcsim
 from tests.rig.vmware_vms import SCSI0, create_vm, flat_file
@@ -52,8 +52,9 @@ def backup(site: Site, vm: str) -> dict[str, Any]:
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "sendense", "backup", "run", vm, "--watch"],
-        env=site.hub.env | site.cli_env(), check=False,
-    )  # fmt: skip
+        env=site.hub.env | site.cli_env(),
+        check=False,
+    )
     if done.returncode != 0:
         raise SystemExit(f"backup of {vm} failed (exit {done.returncode})")
     point: dict[str, Any] = site.api.get(f"/api/v1/restore-points?vm={vm}").json()[-1]
@@ -90,13 +91,16 @@ def main() -> int:
     try:
         with running_vcsim(work / "vcsim") as vcsim, vcsim.session() as si:
             console.rule("vCenter simulator")
-            vm = create_vm(si, "pgtest1", [(2000, 102 * GiB, SCSI0), (2001, 5 * GiB, SCSI0)],
-                           cbt=True)  # fmt: skip
+            vm = create_vm(
+                si, "pgtest1", [(2000, 102 * GiB, SCSI0), (2001, 5 * GiB, SCSI0)], cbt=True
+            )
             disks = {k: flat_file(vcsim, vm, k) for k in (2000, 2001)}
             data = guest_data(disks[2000], [(o * GiB, 16 * MiB) for o in range(0, 102, 4)], 1)
             data += guest_data(disks[2001], [(0, 64 * MiB), (4 * GiB, 32 * MiB)], 2)
-            console.print(f"pgtest1 at {vcsim.host}: disks 2000 (102 GiB) and 2001 (5 GiB), "
-                          f"{data / MiB:.0f} MiB of guest data")  # fmt: skip
+            console.print(
+                f"pgtest1 at {vcsim.host}: disks 2000 (102 GiB) and 2001 (5 GiB), "
+                f"{data / MiB:.0f} MiB of guest data"
+            )
 
             console.rule("hub, node, tunnel")
             site = Site(work / "site")
@@ -131,7 +135,7 @@ def main() -> int:
                 for point, sources in ((full, at_full), (inc, at_inc)):
                     for disk in point["disks"]:
                         image = work / "repo" / disk["file_path"]
-                        same = QemuImg().compare(sources[disk["disk_key"]], image)
+                        same = QemuImg().compare(sources[disk["disk_key"]], image, "raw", "qcow2")
                         verified[(point["id"], disk["disk_key"])] = same
                 console.print(summary([full, inc], verified))
                 for disk in inc["disks"]:

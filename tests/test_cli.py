@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.rig.cli import sendense
 from tests.rig.hub import HubProcess
 from tests.rig.net import free_port
 
@@ -23,17 +21,6 @@ def running_hub(tmp_path: Path, sqlite_url: str) -> Iterator[HubProcess]:
         yield hub
     finally:
         hub.stop()
-
-
-def sendense(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sendense", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-        timeout=60,
-        check=False,
-    )
 
 
 def test_repo_add_list_ports_status(running_hub: HubProcess, repo_dir: Path) -> None:
@@ -58,29 +45,32 @@ def test_errors_are_one_line_with_an_exit_code(running_hub: HubProcess, tmp_path
     missing = sendense("repo", "add", str(tmp_path / "missing"), env=env)
     assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0
-    assert "does not exist" in missing.stderr
+    assert str(tmp_path / "missing") in missing.stderr
     assert "Traceback" not in missing.stderr
 
     wrong = sendense("repo", "list", env={**env, "SENDENSE_TOKEN": "nope"})
     assert wrong.returncode == 5
-    assert wrong.stderr.startswith("error: API token is not valid")
+    assert wrong.stderr.startswith("error: ")
+    assert "token" in wrong.stderr
 
-    down = sendense("ports", env={**env, "SENDENSE_HUB_URL": f"http://127.0.0.1:{free_port()}"})
+    nobody = f"http://127.0.0.1:{free_port()}"
+    down = sendense("ports", env={**env, "SENDENSE_HUB_URL": nobody})
     assert down.returncode == 9
-    assert "does not answer" in down.stderr
+    assert nobody in down.stderr
     assert down.stderr.strip().count("\n") == 0
 
 
 def test_serve_refuses_bad_arguments_in_one_line(tmp_path: Path) -> None:
     bad = sendense("hub", "serve", "--data-dir", str(tmp_path), "--listen", "nonsense")
     assert bad.returncode == 2
-    assert "HOST:PORT" in bad.stderr
+    assert "--listen" in bad.stderr
     assert "Traceback" not in bad.stderr
     config = tmp_path / "hub.toml"
     config.write_text("[hub]\nnbd_port_min = 5\nnbd_port_max = 1\n")
     bad_config = sendense("hub", "serve", "--config", str(config))
     assert bad_config.returncode == 2
-    assert "nbd_port_min must not exceed" in bad_config.stderr
+    assert "nbd_port_min" in bad_config.stderr
+    assert "Traceback" not in bad_config.stderr
 
 
 def test_token_command_mints_a_working_token(running_hub: HubProcess, repo_dir: Path) -> None:
@@ -102,8 +92,15 @@ def test_token_command_mints_a_working_token(running_hub: HubProcess, repo_dir: 
 
 
 def test_a_second_hub_on_the_same_data_directory_is_refused(running_hub: HubProcess) -> None:
-    again = sendense("hub", "serve", "--data-dir", str(running_hub.data_dir), "--listen",
-                     f"127.0.0.1:{free_port()}", env=running_hub.env)  # fmt: skip
+    again = sendense(
+        "hub",
+        "serve",
+        "--data-dir",
+        str(running_hub.data_dir),
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        env=running_hub.env,
+    )
     assert again.returncode == 4
-    assert "another hub is running" in again.stderr
+    assert str(running_hub.data_dir) in again.stderr
     assert httpx.get(f"{running_hub.url}/api/v1/health").status_code == 200

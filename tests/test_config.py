@@ -34,21 +34,22 @@ def test_file_then_environment_then_explicit(
 
 
 @pytest.mark.parametrize(
-    ("content", "message"),
+    ("content", "named"),
     [
         ("[hub]\nlisten_port = 70000\n", "listen_port"),
-        ("[hub]\nnbd_port_min = 10300\n", "nbd_port_min must not exceed"),
+        ("[hub]\nnbd_port_min = 10300\n", "nbd_port_min"),
         ("[hub]\nno_such_setting = 1\n", "no_such_setting"),
-        ("[hub\n", "not valid TOML"),
+        ("[hub\n", "TOML"),
     ],
 )
-def test_bad_config_is_a_clear_error(tmp_path: Path, content: str, message: str) -> None:
+def test_bad_config_is_a_clear_error(tmp_path: Path, content: str, named: str) -> None:
     config = tmp_path / "hub.toml"
     config.write_text(content)
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidInput, match=named) as refused:
         load_settings(HubSettings, config)
+    assert (refused.value.code, refused.value.exit_code) == ("invalid_input", 2)
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInput, match="does not exist"):
+    with pytest.raises(InvalidInput, match=r"nope\.toml"):
         load_settings(HubSettings, tmp_path / "nope.toml")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sendense.hub.backups import DiskResult, DiskSpec
+from sendense.hub.api.queries import Queries
+from sendense.hub.backup.ledger import DiskResult, DiskSpec
 from sendense.hub.service import Hub
 from sendense.nbd.qemu_img import QemuImg
-from tests.nbd_write import expected_raw, pattern, write_through_nbd
+from tests.rig.nbd_data import expected_raw, pattern, write_through_nbd
 from tests.rig.procs import listening_addresses, pids_with
 
 GiB = 1 << 30
@@ -16,7 +17,7 @@ DISKS = {2000: 102 * GiB, 2001: 5 * GiB}
 
 def test_pgtest1_two_disks_end_to_end_on_the_hub(hub: Hub, repo_dir: Path, tmp_path: Path) -> None:
     hub.repos.add(str(repo_dir))
-    job = hub.backups.prepare(
+    job = hub.ledger.prepare(
         "pgtest1", [DiskSpec(key, size) for key, size in DISKS.items()], "full"
     )
     p0, p1 = (d.target.port for d in job.disks)
@@ -41,11 +42,11 @@ def test_pgtest1_two_disks_end_to_end_on_the_hub(hub: Hub, repo_dir: Path, tmp_p
     for disk in job.disks:
         write_through_nbd(disk.target.uri, writes[disk.key])
 
-    point_id = hub.backups.finish(job.job_id, {k: DiskResult(change_id=f"52 {k}/1") for k in DISKS})
+    point_id = hub.ledger.finish(job.job_id, {k: DiskResult(change_id=f"52 {k}/1") for k in DISKS})
 
     assert hub.ports.status().used == 0
     assert pids_with(str(repo_dir)) == []
-    point = hub.queries.restore_point(point_id)
+    point = Queries(hub.db).restore_point(point_id)
     assert point.status == "complete"
     assert [d.disk_key for d in point.disks] == [2000, 2001]
     qemu_img = QemuImg()
@@ -58,5 +59,5 @@ def test_pgtest1_two_disks_end_to_end_on_the_hub(hub: Hub, repo_dir: Path, tmp_p
         raw = expected_raw(
             tmp_path / f"{stored.disk_key}.raw", DISKS[stored.disk_key], writes[stored.disk_key]
         )
-        assert qemu_img.compare(raw, image)
-    assert hub.queries.job(job.job_id).state == "complete"
+        assert qemu_img.compare(raw, image, "raw", "qcow2")
+    assert Queries(hub.db).job(job.job_id).state == "complete"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +20,15 @@ from sqlalchemy import update
 
 from sendense.common.errors import NotFound
 from sendense.hub.api.app import create_app
-from sendense.hub.backups import DiskSpec
+from sendense.hub.api.queries import Queries
+from sendense.hub.backup.ledger import DiskSpec
 from sendense.hub.db.models import PointStatus, RestorePoint
-from sendense.hub.ports import port_is_bindable
+from sendense.hub.repository.ports import port_is_bindable
 from sendense.hub.service import Hub
-from sendense.hub.verify import Verifier
-from tests.nbd_write import pattern, write_through_nbd
+from sendense.hub.verify.verifier import Verifier
+from tests.rig.cli import sendense
 from tests.rig.hub import HubProcess
+from tests.rig.nbd_data import pattern, write_through_nbd
 from tests.rig.procs import pids_with, wait_gone
 from tests.test_restore_export import SIZES, make_chain, repository_state
 
@@ -99,7 +100,7 @@ def test_instant_access_reads_as_the_point_takes_writes_elsewhere_and_expires(
     # ...and once it is gone, the access closes by itself.
     client.shutdown()
     wait_for(lambda: idle_api.get("/api/v1/access").json() == [])
-    assert hub.queries.job(access["id"]).state == "complete"
+    assert Queries(hub.db).job(access["id"]).state == "complete"
     assert hub.ports.status().used == 0
     assert all(port_is_bindable("127.0.0.1", p) for p in ports)
     assert pids_with(str(hub.settings.scratch_dir)) == []
@@ -114,11 +115,15 @@ def test_access_refuses_bad_input_and_closes_on_request(
     hub: Hub, api: TestClient, repo_dir: Path, tmp_path: Path
 ) -> None:
     chain = make_chain(hub, repo_dir, tmp_path)
-    unfinished = hub.backups.prepare("restore-vm", [DiskSpec(k, s) for k, s in SIZES.items()])
+    unfinished = hub.ledger.prepare("restore-vm", [DiskSpec(k, s) for k, s in SIZES.items()])
     before = repository_state(repo_dir)
-    for point, status in (("no-such-point", 404), (unfinished.restore_point_id, 409)):
+    for point, status, code in (
+        ("no-such-point", 404, "not_found"),
+        (unfinished.restore_point_id, 409, "point_not_restorable"),
+    ):
         response = api.post(f"/api/v1/restore-points/{point}/access")
         assert response.status_code == status, response.text
+        assert response.json()["error"] == code
     assert api.delete("/api/v1/access/no-such-access").status_code == 404
     assert api.get("/api/v1/access/no-such-access").status_code == 404
 
@@ -127,26 +132,25 @@ def test_access_refuses_bad_input_and_closes_on_request(
     assert api.delete(f"/api/v1/access/{opened['id']}").status_code == 200
     assert api.delete(f"/api/v1/access/{opened['id']}").status_code == 404
     assert api.get("/api/v1/access").json() == []
-    assert hub.queries.job(opened["id"]).state == "complete"
+    assert Queries(hub.db).job(opened["id"]).state == "complete"
     hub.access.close(opened["id"])  # closed already: nothing to do
     with pytest.raises(NotFound):
         hub.access.close(unfinished.job_id)  # a backup job is no access
 
     with hub.db.session() as s:
-        s.execute(update(RestorePoint).where(RestorePoint.id == chain.top)
-                  .values(status=PointStatus.INVALID))  # fmt: skip
+        s.execute(
+            update(RestorePoint)
+            .where(RestorePoint.id == chain.top)
+            .values(status=PointStatus.INVALID)
+        )
     refused = api.post(f"/api/v1/restore-points/{chain.top}/access")
     assert refused.status_code == 409
+    assert refused.json()["error"] == "point_not_restorable"
     assert "invalid" in refused.json()["message"]
     assert hub.ports.status().used == 2  # only the unfinished backup's
     assert list(hub.settings.scratch_dir.iterdir()) == []
     assert repository_state(repo_dir) == before
-    hub.backups.fail(unfinished.job_id, "test: never meant to finish")
-
-
-def sendense(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sendense", *args], capture_output=True,
-                          text=True, env=env, timeout=60, check=False)  # fmt: skip
+    hub.ledger.fail(unfinished.job_id, "test: never meant to finish")
 
 
 @pytest.fixture
@@ -166,8 +170,12 @@ def test_cli_then_kill_9_leaves_nothing_after_restart(
     scratch = hub.settings.scratch_dir
     hub_process.start()
     token = hub_process.initial_token()
-    env = {**os.environ, "COLUMNS": "200", "SENDENSE_HUB_URL": hub_process.url,
-           "SENDENSE_TOKEN": token}  # fmt: skip
+    env = {
+        **os.environ,
+        "COLUMNS": "200",
+        "SENDENSE_HUB_URL": hub_process.url,
+        "SENDENSE_TOKEN": token,
+    }
 
     opened = sendense("restore", "instant", chain.top, env=env)
     assert opened.returncode == 0, opened.stderr
@@ -191,8 +199,9 @@ def test_cli_then_kill_9_leaves_nothing_after_restart(
     assert again.stderr == f"error: no open access {access_id}\n"
     assert pids_with(str(scratch)) == []
 
-    with httpx.Client(base_url=hub_process.url,
-                      headers={"Authorization": f"Bearer {token}"}) as client:  # fmt: skip
+    with httpx.Client(
+        base_url=hub_process.url, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
         access = client.post(f"/api/v1/restore-points/{chain.top}/access").json()
         servers = pids_with(str(scratch))
         assert len(servers) == 2

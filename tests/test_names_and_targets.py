@@ -5,8 +5,8 @@ import re
 import pytest
 
 from sendense.common.errors import InvalidInput
+from sendense.common.names import export_name, safe_label, validate_vm_name
 from sendense.common.targets import NbdTarget, format_targets, parse_targets
-from sendense.hub.names import export_name, safe_label, validate_vm_name
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

@@ -14,10 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sendense.common.config import load_settings
+from sendense.hub.api.queries import Queries
 from sendense.hub.service import Hub
 from sendense.nbd.qemu_img import QemuImg
 from sendense.node.config import NodeSettings
-from tests.node_rig import (
+from tests.rig.node_tasks import (
     disk_specs,
     finish_on_hub,
     node_client,
@@ -55,7 +56,7 @@ def guest_data(path: Path, offsets: list[int], seed: int = 1) -> None:
 
 
 def image_of(repo_dir: Path, hub: Hub, point_id: str, key: int) -> Path:
-    point = hub.queries.restore_point(point_id)
+    point = Queries(hub.db).restore_point(point_id)
     return repo_dir / next(d.file_path for d in point.disks if d.disk_key == key)
 
 
@@ -71,7 +72,7 @@ def test_seed_request_backs_up_two_disks_with_one_snapshot(
     vm = create_vm(si, name, [(2000, 48 * MiB, SCSI0), (2001, 16 * MiB, SCSI0)], cbt=True)
     guest_data(flat_file(vcsim, vm, 2000), [0, 5 * MiB, 47 * MiB])
     guest_data(flat_file(vcsim, vm, 2001), [64 * 1024, 15 * MiB], seed=7)
-    prepared = hub_repo.backups.prepare(name, disk_specs(vm), "full")
+    prepared = hub_repo.ledger.prepare(name, disk_specs(vm), "full")
     with caplog.at_level(logging.DEBUG):
         response = node.post("/api/v1/backup/start", json=start_body(vcsim, prepared, name, {}))
         assert response.status_code == 202, response.text
@@ -87,7 +88,7 @@ def test_seed_request_backs_up_two_disks_with_one_snapshot(
     point = finish_on_hub(hub_repo, prepared, status)
     for key in (2000, 2001):
         assert QemuImg().compare(
-            flat_file(vcsim, vm, key), image_of(repo_dir, hub_repo, point, key)
+            flat_file(vcsim, vm, key), image_of(repo_dir, hub_repo, point, key), "raw", "qcow2"
         )
     disks = {d["disk_key"]: d for d in status["disks"]}
     assert disks[2000]["change_id"]
@@ -104,7 +105,7 @@ def test_incremental_writes_only_changed_areas_and_the_chain_matches(
     vm = create_vm(si, name, [(2000, 64 * MiB, SCSI0)], cbt=True)
     source = flat_file(vcsim, vm, 2000)
     guest_data(source, [i * MiB for i in range(0, 64, 2)])
-    first = hub_repo.backups.prepare(name, disk_specs(vm), "auto")
+    first = hub_repo.ledger.prepare(name, disk_specs(vm), "auto")
     node.post("/api/v1/backup/start", json=start_body(vcsim, first, name, {}))
     status, _ = wait_job(node, first.job_id, vm)
     finish_on_hub(hub_repo, first, status)
@@ -112,7 +113,7 @@ def test_incremental_writes_only_changed_areas_and_the_chain_matches(
 
     guest_data(source, [3 * MiB, 10 * MiB + 65536], seed=9)  # 2 x 64 KiB changed
     fill(source, [(20 * MiB, bytes(65536))])  # data overwritten with zeroes
-    second = hub_repo.backups.prepare(name, disk_specs(vm), "auto")
+    second = hub_repo.ledger.prepare(name, disk_specs(vm), "auto")
     assert [d.backup_type for d in second.disks] == ["incremental"]
     node.post("/api/v1/backup/start", json=start_body(vcsim, second, name, previous))
     status, watch = wait_job(node, second.job_id, vm)
@@ -126,7 +127,7 @@ def test_incremental_writes_only_changed_areas_and_the_chain_matches(
     point = finish_on_hub(hub_repo, second, status)
     overlay = image_of(repo_dir, hub_repo, point, 2000)
     assert QemuImg().info(overlay)["backing-filename"].endswith(".qcow2")
-    assert QemuImg().compare(source, overlay)
+    assert QemuImg().compare(source, overlay, "raw", "qcow2")
 
 
 def test_sparse_disk_sends_little_data_and_second_controller_key_is_kept(
@@ -140,7 +141,7 @@ def test_sparse_disk_sends_little_data_and_second_controller_key_is_kept(
         + [i * MiB + 65536 * j for i in range(0, 100, 10) for j in range(1, 16)],
     )  # 10 MiB of data in 100 MiB
     guest_data(flat_file(vcsim, vm, 2016), [7 * MiB], seed=3)
-    prepared = hub_repo.backups.prepare(name, disk_specs(vm), "full")
+    prepared = hub_repo.ledger.prepare(name, disk_specs(vm), "full")
     assert "2016:nbd://" in prepared.nbd_targets
     node.post("/api/v1/backup/start", json=start_body(vcsim, prepared, name, {}))
     status, _ = wait_job(node, prepared.job_id, vm)
@@ -150,5 +151,5 @@ def test_sparse_disk_sends_little_data_and_second_controller_key_is_kept(
     assert disks[2016]["bytes_written"] == 65536
     for key in (2000, 2016):
         assert QemuImg().compare(
-            flat_file(vcsim, vm, key), image_of(repo_dir, hub_repo, point, key)
+            flat_file(vcsim, vm, key), image_of(repo_dir, hub_repo, point, key), "raw", "qcow2"
         )

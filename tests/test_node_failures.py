@@ -12,11 +12,18 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sendense.common.config import load_settings
-from sendense.hub.backups import PreparedJob
+from sendense.hub.backup.ledger import PreparedJob
 from sendense.hub.service import Hub
 from sendense.node.config import NodeSettings
-from tests.node_rig import disk_specs, node_client, snapshot_names, start_body, unique, wait_job
 from tests.rig.net import free_port
+from tests.rig.node_tasks import (
+    disk_specs,
+    node_client,
+    snapshot_names,
+    start_body,
+    unique,
+    wait_job,
+)
 from tests.rig.procs import kill_all, pids_with
 from tests.rig.vcsim import Vcsim
 from tests.rig.vmware_vms import SCSI0, MiB, create_snapshot, create_vm, fill, flat_file
@@ -55,7 +62,7 @@ def start_big_backup(
 ) -> tuple[Any, PreparedJob]:
     hub.repos.add(str(repo_dir))
     name, vm = big_vm(si, vcsim)
-    prepared = hub.backups.prepare(name, disk_specs(vm), "full")
+    prepared = hub.ledger.prepare(name, disk_specs(vm), "full")
     node.post("/api/v1/backup/start", json=start_body(vcsim, prepared, name, {}))
     return vm, prepared
 
@@ -74,7 +81,7 @@ def test_target_closed_mid_job_fails_and_removes_the_snapshot(
     assert prepared.disks[0].target.uri.split("/")[2] in status["error"]
     assert len(watch.seen) == 1
     assert snapshot_names(vm) == []
-    hub.backups.fail(prepared.job_id, status["error"])
+    hub.ledger.fail(prepared.job_id, status["error"])
 
 
 def test_cancel_stops_the_job_and_removes_the_snapshot(
@@ -89,7 +96,7 @@ def test_cancel_stops_the_job_and_removes_the_snapshot(
     status, _ = wait_job(slow_node, prepared.job_id, vm, during=cancel)
     assert status["state"] == "cancelled"
     assert snapshot_names(vm) == []
-    hub.backups.fail(prepared.job_id, "cancelled")
+    hub.ledger.fail(prepared.job_id, "cancelled")
 
 
 def test_leftover_snapshots_of_a_crashed_run_are_swept(
@@ -100,27 +107,27 @@ def test_leftover_snapshots_of_a_crashed_run_are_swept(
     vm = create_vm(si, name, [(2000, 4 * MiB, SCSI0)], cbt=True)
     create_snapshot(si, vm, "sendense-crashed-run")
     create_snapshot(si, vm, "operator-snapshot")
-    prepared = hub.backups.prepare(name, disk_specs(vm), "full")
+    prepared = hub.ledger.prepare(name, disk_specs(vm), "full")
     slow_node.post("/api/v1/backup/start", json=start_body(vcsim, prepared, name, {}))
     status, _ = wait_job(slow_node, prepared.job_id, vm)
     assert status["state"] == "complete", status
     assert snapshot_names(vm) == ["operator-snapshot"]
-    hub.backups.fail(prepared.job_id, "test done")
+    hub.ledger.fail(prepared.job_id, "test done")
 
 
 @pytest.mark.parametrize(
-    ("case", "message"),
+    ("case", "named"),
     [
-        ("unknown_vm", "has no VM named"),
-        ("wrong_password", "refused the login"),
-        ("key_not_a_disk", "is not a disk of VM"),
+        ("unknown_vm", "no-such-vm"),
+        ("wrong_password", "login"),
+        ("key_not_a_disk", "2001"),
         ("unreachable_target", "nbd://"),
-        ("wrong_thumbprint", "not the pinned"),
-        ("no_thumbprint", "no certificate thumbprint"),
+        ("wrong_thumbprint", "0" * 64),
+        ("no_thumbprint", "vcenter_thumbprint"),
     ],
 )
 def test_bad_input_fails_the_job_with_a_clear_message(
-    slow_node: TestClient, vcsim: Vcsim, si: Any, case: str, message: str
+    slow_node: TestClient, vcsim: Vcsim, si: Any, case: str, named: str
 ) -> None:
     name = unique("bad")
     vm = create_vm(si, name, [(2000, 4 * MiB, SCSI0)], cbt=True)
@@ -148,5 +155,5 @@ def test_bad_input_fails_the_job_with_a_clear_message(
     assert response.status_code == 202
     status, _ = wait_job(slow_node, body["job_id"], vm)
     assert status["state"] == "failed"
-    assert message in status["error"]
+    assert named in status["error"]
     assert snapshot_names(vm) == []

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from sendense.nbd.qemu_img import QemuImg
-from tests.node_rig import snapshot_names, unique
-from tests.rig.node import sendense
+from tests.rig.cli import sendense
+from tests.rig.node_tasks import snapshot_names, unique
 from tests.rig.site import Site
 from tests.rig.vcsim import Vcsim
 from tests.rig.vmware_vms import SCSI0, MiB, create_vm, fill, flat_file, reset_cbt
@@ -81,9 +81,11 @@ def test_full_then_incremental_chain_matches_the_source_at_each_backup(
         assert (image.parent / backing).resolve() == (
             repo_dir / parents[disk["parent_id"]]["file_path"]
         ).resolve()
-        assert QemuImg().compare(second[disk["disk_key"]], image)
+        assert QemuImg().compare(second[disk["disk_key"]], image, "raw", "qcow2")
     for disk in full["disks"]:
-        assert QemuImg().compare(first[disk["disk_key"]], repo_dir / disk["file_path"])
+        assert QemuImg().compare(
+            first[disk["disk_key"]], repo_dir / disk["file_path"], "raw", "qcow2"
+        )
     assert snapshot_names(vm) == []
     listed = sendense("backups", "list", name, env=site.cli_env())
     assert listed.returncode == 0
@@ -98,6 +100,7 @@ def test_a_second_request_for_the_same_vm_gets_409(site: Site, si: Any, vcsim: V
     assert first.status_code == 202
     second = site.api.post("/api/v1/backups", json={"vm": name})
     assert second.status_code == 409
+    assert second.json()["error"] == "vm_busy"
     assert first.json()["job_id"] in second.json()["message"]
     deadline = time.monotonic() + 120
     while site.api.get(f"/api/v1/jobs/{first.json()['job_id']}").json()["state"] not in (
@@ -123,6 +126,8 @@ def test_a_cbt_reset_turns_that_disk_into_a_full_and_the_job_succeeds(
     points = points_of(site, name)
     assert [p["status"] for p in points] == ["complete", "complete"]
     for disk in points[1]["disks"]:
-        assert QemuImg().compare(sources[disk["disk_key"]], repo_dir / disk["file_path"])
+        assert QemuImg().compare(
+            sources[disk["disk_key"]], repo_dir / disk["file_path"], "raw", "qcow2"
+        )
     job = site.api.get(f"/api/v1/jobs/{points[1]['job_id']}/progress").json()
     assert all(d["backup_type"] == "full" and d["full_reason"] for d in job["disks"])

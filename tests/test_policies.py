@@ -12,13 +12,13 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from sendense.hub.api.queries import Queries
+from sendense.hub.backup.scheduler import Scheduler
 from sendense.hub.db.models import RestorePoint, Vm
-from sendense.hub.orchestrator import Orchestrator
-from sendense.hub.policies import PolicyService
-from sendense.hub.retention import KeepRules
-from sendense.hub.scheduler import Scheduler
+from sendense.hub.retention.policies import PolicyService
+from sendense.hub.retention.rules import KeepRules
 from sendense.hub.service import Hub
-from tests.chain_rig import hub_backup, same_as
+from tests.rig.chains import hub_backup, same_as
 
 SIZE = 1 << 20
 START = datetime(2026, 1, 1, 12, tzinfo=UTC)
@@ -34,8 +34,9 @@ def make_points(hub: Hub, tmp_path: Path, days: int) -> tuple[list[str], dict[st
     for n in range(days):
         offset = rng.randrange(16) * 65536
         disk[offset : offset + 65536] = rng.randbytes(65536)
-        point = hub_backup(hub, "vm1", {2000: bytes(disk)}, {2000: [(offset, 65536)]},
-                           START + timedelta(days=n))  # fmt: skip
+        point = hub_backup(
+            hub, "vm1", {2000: bytes(disk)}, {2000: [(offset, 65536)]}, START + timedelta(days=n)
+        )
         points.append(point)
         sources[point] = bytes(disk)
     return points, sources
@@ -52,16 +53,20 @@ def test_bad_policies_are_refused_and_nothing_is_pruned(
     points, _ = make_points(hub, tmp_path, 3)
     bad = api.post("/api/v1/policies", json={"name": "p", "schedule": "61 * * * *"})
     assert bad.status_code == 422
-    assert "invalid cron expression" in bad.json()["message"]
+    assert bad.json()["error"] == "invalid_input"
+    assert "cron" in bad.json()["message"]
     negative = api.post("/api/v1/policies", json={"name": "p", "keep_daily": -1})
     assert negative.status_code == 422
+    assert negative.json()["error"] == "invalid_input"
     assert api.post("/api/v1/policies", json={"name": "p", "keep_last": 1}).status_code == 201
     unknown = api.post("/api/v1/policies/p/assignments", json={"kind": "vm", "value": "nope"})
     assert unknown.status_code == 404
+    assert unknown.json()["error"] == "not_found"
     assert "nope" in unknown.json()["message"]
     no_policy = api.post("/api/v1/prune", json={"vm": "vm1"})
     assert no_policy.status_code == 409
-    assert "no policy" in no_policy.json()["message"]
+    assert no_policy.json()["error"] == "conflict"
+    assert "policy" in no_policy.json()["message"]
     assert point_ids(hub) == set(points)
 
 
@@ -79,9 +84,13 @@ def test_dry_run_then_prune_keeps_protected_newest_and_accessed_points(
         assert plan.status_code == 200, plan.text
         reasons = {d["restore_point_id"]: d["reason"] for d in plan.json()["decisions"]}
         assert reasons == {
-            points[5]: "keep-last", points[4]: "remove", points[3]: "in use",
-            points[2]: "in use", points[1]: "protected", points[0]: "in use",
-        }  # fmt: skip
+            points[5]: "keep-last",
+            points[4]: "remove",
+            points[3]: "in use",
+            points[2]: "in use",
+            points[1]: "protected",
+            points[0]: "in use",
+        }
         assert point_ids(hub) == set(points)  # a dry run removes nothing
         done = api.post("/api/v1/prune", json={"vm": "vm1"})
         assert done.status_code == 200, done.text
@@ -92,18 +101,28 @@ def test_dry_run_then_prune_keeps_protected_newest_and_accessed_points(
     assert sorted(done.json()["removed"]) == sorted([points[0], points[2], points[3]])
     assert point_ids(hub) == {points[1], points[5]}
     for point_id in point_ids(hub):
-        disk = hub.queries.restore_point(point_id).disks[0]
+        disk = Queries(hub.db).restore_point(point_id).disks[0]
         assert same_as(tmp_path / "repo" / disk.file_path, sources[point_id], tmp_path)
-    files = {p.relative_to(tmp_path / "repo").as_posix()
-             for p in (tmp_path / "repo").rglob("*.qcow2")}  # fmt: skip
-    assert files == {hub.queries.restore_point(p).disks[0].file_path for p in point_ids(hub)}
+    files = {
+        p.relative_to(tmp_path / "repo").as_posix() for p in (tmp_path / "repo").rglob("*.qcow2")
+    }
+    assert files == {Queries(hub.db).restore_point(p).disks[0].file_path for p in point_ids(hub)}
 
 
 def test_a_missed_schedule_runs_once_not_once_per_slot(hub: Hub) -> None:
     clock = [datetime(2026, 5, 1, 10, 0, 30, tzinfo=UTC)]
     policies = PolicyService(hub.db)
     policies.create("every2", KeepRules(last=1), None, "*/2 * * * *")
-    scheduler = Scheduler(Orchestrator(hub), policies, clock=lambda: clock[0])
+    scheduler = Scheduler(
+        hub.backups,
+        policies,
+        hub.prune,
+        hub.connector,
+        node_status=hub.node_status,
+        zone=hub.settings.zone,
+        node_timeout=hub.settings.node_timeout_s,
+        clock=lambda: clock[0],
+    )
     policies.mark_run("every2", clock[0])
     assert scheduler.tick() == []  # next slot 10:02
     clock[0] += timedelta(minutes=1, seconds=40)  # 10:02:10
@@ -139,7 +158,9 @@ def test_repository_list_shows_what_prune_would_free(
     api.post("/api/v1/policies", json={"name": "p", "keep_last": 2})
     api.post("/api/v1/policies/p/assignments", json={"kind": "vm", "value": "vm1"})
     before = api.get("/api/v1/repositories").json()[0]
-    sizes = {p: sum(d.file_size or 0 for d in hub.queries.restore_point(p).disks) for p in points}
+    sizes = {
+        p: sum(d.file_size or 0 for d in Queries(hub.db).restore_point(p).disks) for p in points
+    }
     assert before["backup_bytes"] == sum(sizes.values())
     assert before["prunable_bytes"] == sizes[points[0]] + sizes[points[1]]
     assert api.post("/api/v1/prune", json={"vm": "vm1"}).status_code == 200
@@ -175,10 +196,11 @@ def test_a_layer_that_fails_verification_is_not_merged(
 ) -> None:
     points, sources = make_points(hub, tmp_path, 3)
     api.post("/api/v1/policies", json={"name": "p", "keep_last": 1})
-    middle = hub.queries.restore_point(points[1]).disks[0]
+    middle = Queries(hub.db).restore_point(points[1]).disks[0]
     image = tmp_path / "repo" / middle.file_path
-    mapped = subprocess.run(["qemu-img", "map", "--output=json", str(image)],
-                            check=True, capture_output=True, text=True)  # fmt: skip
+    mapped = subprocess.run(
+        ["qemu-img", "map", "--output=json", str(image)], check=True, capture_output=True, text=True
+    )
     extents = json.loads(mapped.stdout)
     with image.open("r+b") as handle:  # one byte of the middle layer's own data
         offset = next(e["offset"] for e in extents if e["data"] and e["depth"] == 0) + 100
@@ -188,11 +210,12 @@ def test_a_layer_that_fails_verification_is_not_merged(
         handle.write(bytes([byte[0] ^ 1]))
     refused = api.post("/api/v1/prune", json={"vm": "vm1", "policy": "p"})
     assert refused.status_code == 409
-    assert "is not merged" in refused.json()["message"]
+    assert refused.json()["error"] == "conflict"
+    assert "merged" in refused.json()["message"]
     assert point_ids(hub) == set(points)  # nothing removed
     assert (
         same_as(
-            tmp_path / "repo" / hub.queries.restore_point(points[2]).disks[0].file_path,
+            tmp_path / "repo" / Queries(hub.db).restore_point(points[2]).disks[0].file_path,
             sources[points[2]],
             tmp_path,
         )

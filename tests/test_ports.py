@@ -10,7 +10,7 @@ import pytest
 
 from sendense.common.errors import PoolExhausted
 from sendense.hub.db.database import Database
-from sendense.hub.ports import PortAllocator
+from sendense.hub.repository.ports import PortAllocator
 from tests.rig.net import free_port_range
 
 
@@ -67,8 +67,9 @@ def test_full_pool_is_a_clear_error_and_release_frees(database_url: str) -> None
     allocator = PortAllocator(db, first, last)
     ports = [allocator.allocate("fill") for _ in range(101)]
     assert sorted(ports) == list(range(first, last + 1))
-    with pytest.raises(PoolExhausted, match=f"no free NBD port in {first}-{last}"):
+    with pytest.raises(PoolExhausted, match=f"{first}-{last}") as exhausted:
         allocator.allocate("one too many")
+    assert (exhausted.value.http_status, exhausted.value.exit_code) == (503, 6)
     allocator.release(ports[7])
     assert allocator.allocate("again") == ports[7]
     db.dispose()

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from sendense.hub.api.queries import Queries
 from sendense.hub.db.models import PointStatus, RestorePoint, RestorePointDisk
-from sendense.hub.retention import KeepRules
+from sendense.hub.retention.rules import KeepRules
 from sendense.hub.service import Hub
-from sendense.hub.verify import Verifier
-from tests.chain_rig import hub_backup, same_as
+from sendense.hub.verify.verifier import Verifier
+from tests.rig.chains import hub_backup, same_as
 
 SIZE = 1 << 20
 PIECE = 64 * 1024
@@ -77,8 +78,14 @@ def test_400_days_of_daily_backups_and_prunes(hub: Hub, tmp_path: Path) -> None:
             offset = rng.randrange(SIZE // PIECE) * PIECE
             data[offset : offset + PIECE] = rng.randbytes(PIECE)
             changed[key] = [(offset, PIECE)]
-        point = hub_backup(hub, "daily", {k: bytes(v) for k, v in disks.items()}, changed, when,
-                           max_chain=MAX_CHAIN)  # fmt: skip
+        point = hub_backup(
+            hub,
+            "daily",
+            {k: bytes(v) for k, v in disks.items()},
+            changed,
+            when,
+            max_chain=MAX_CHAIN,
+        )
         at_point[point] = {k: bytes(v) for k, v in disks.items()}
         day_of[point] = when.date()
         hub.prune.run("daily", RULES)
@@ -91,7 +98,7 @@ def test_400_days_of_daily_backups_and_prunes(hub: Hub, tmp_path: Path) -> None:
             del at_point[gone]
         if n % 100 == 99 or n == 399:
             for point_id, sources in at_point.items():
-                for disk in hub.queries.restore_point(point_id).disks:
+                for disk in Queries(hub.db).restore_point(point_id).disks:
                     assert disk.status == PointStatus.COMPLETE
                     image = repo / disk.file_path
                     assert same_as(image, sources[disk.disk_key], tmp_path), (point_id, disk)

@@ -15,10 +15,11 @@ import pytest
 from sqlalchemy import select
 
 from sendense.common.config import load_settings
+from sendense.hub.api.queries import Queries
 from sendense.hub.config import HubSettings
 from sendense.hub.db.models import Merge, RestorePointDisk
 from sendense.hub.service import Hub
-from tests.chain_rig import hub_backup, same_as
+from tests.rig.chains import hub_backup, same_as
 from tests.rig.hub import HubProcess
 from tests.rig.procs import pids_with
 
@@ -27,8 +28,12 @@ SIZE = 24 * MiB
 
 
 def in_process_hub(process: HubProcess) -> Hub:
-    settings = load_settings(HubSettings, data_dir=process.data_dir, min_free_bytes=0,
-                             database_url=process.env["SENDENSE_HUB_DATABASE_URL"])  # fmt: skip
+    settings = load_settings(
+        HubSettings,
+        data_dir=process.data_dir,
+        min_free_bytes=0,
+        database_url=process.env["SENDENSE_HUB_DATABASE_URL"],
+    )
     return Hub.open(settings)
 
 
@@ -42,8 +47,9 @@ def make_chain(hub: Hub, rng: random.Random, start: datetime) -> dict[str, bytes
                 offset = rng.randrange(SIZE // MiB) * MiB
                 disk[offset : offset + MiB] = rng.randbytes(MiB)
                 changed.append((offset, MiB))
-        point = hub_backup(hub, "crashvm", {2000: bytes(disk)}, {2000: changed},
-                           start + timedelta(days=n))  # fmt: skip
+        point = hub_backup(
+            hub, "crashvm", {2000: bytes(disk)}, {2000: changed}, start + timedelta(days=n)
+        )
         sources[point] = bytes(disk)
     return sources
 
@@ -76,8 +82,9 @@ def test_kill_9_during_prune_keeps_every_kept_point_restorable(
     try:
         process.start()
         token = process.initial_token()
-        api = httpx.Client(base_url=process.url, timeout=60,
-                           headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        api = httpx.Client(
+            base_url=process.url, timeout=60, headers={"Authorization": f"Bearer {token}"}
+        )
         assert api.post("/api/v1/policies", json={"name": "one", "keep_last": 1}).status_code == 201
         killed_after = rng.uniform(0.05, 1.0)
         thread = threading.Thread(
@@ -92,7 +99,7 @@ def test_kill_9_during_prune_keeps_every_kept_point_restorable(
         hub = in_process_hub(process)
         try:
             kept = check_repository(hub, repo, sources, tmp_path)
-            newest = max(kept, key=lambda p: hub.queries.restore_point(p).completed_at or 0)
+            newest = max(kept, key=lambda p: Queries(hub.db).restore_point(p).completed_at or 0)
             assert newest == list(sources)[-1]
             print(f"killed after {killed_after:.2f} s: {len(kept)} of 6 points left")
             again = api.post("/api/v1/prune", json={"vm": "crashvm", "policy": "one"})

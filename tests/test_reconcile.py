@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sendense.hub.backups import DiskResult, DiskSpec
+from sendense.hub.api.queries import Queries
+from sendense.hub.backup.ledger import DiskResult, DiskSpec
 from sendense.hub.service import Hub
 from tests.rig.procs import pids_with
 
@@ -13,11 +14,11 @@ def test_complete_points_survive_and_incomplete_ones_go(db_hub: Hub, repo_dir: P
     hub = db_hub
     hub.repos.add(str(repo_dir))
     disks = [DiskSpec(2000, 8 << 20), DiskSpec(2016, 4 << 20)]
-    first = hub.backups.prepare("vm1", disks, "full")
-    point = hub.backups.finish(first.job_id, {2000: DiskResult("cid-1"), 2016: DiskResult("c2")})
-    kept = {d.file_path for d in hub.queries.restore_point(point).disks}
+    first = hub.ledger.prepare("vm1", disks, "full")
+    point = hub.ledger.finish(first.job_id, {2000: DiskResult("cid-1"), 2016: DiskResult("c2")})
+    kept = {d.file_path for d in Queries(hub.db).restore_point(point).disks}
 
-    second = hub.backups.prepare("vm1", disks, "auto")
+    second = hub.ledger.prepare("vm1", disks, "auto")
     assert {d.backup_type for d in second.disks} == {"incremental"}
     assert len(pids_with(str(repo_dir))) == 2
     report = hub.reconcile()
@@ -25,9 +26,9 @@ def test_complete_points_survive_and_incomplete_ones_go(db_hub: Hub, repo_dir: P
     assert report.failed_jobs == 1
     assert pids_with(str(repo_dir)) == []
     assert {str(p.relative_to(repo_dir)) for p in repo_dir.rglob("*.qcow2")} == kept
-    points = hub.queries.restore_points("vm1")
+    points = Queries(hub.db).restore_points("vm1")
     assert [p.id for p in points] == [point]
-    assert hub.queries.job(second.job_id).state == "failed"
+    assert Queries(hub.db).job(second.job_id).state == "failed"
     assert hub.ports.status().used == 0
-    third = hub.backups.prepare("vm1", disks, "auto")
+    third = hub.ledger.prepare("vm1", disks, "auto")
     assert {d.backup_type for d in third.disks} == {"incremental"}

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +19,15 @@ from fastapi.testclient import TestClient
 
 from sendense.common.checksum import BlockHasher, block_digest, blocks
 from sendense.common.errors import Conflict, InvalidInput, NotFound
-from sendense.hub.backups import DiskResult, DiskSpec
-from sendense.hub.disk_export import DiskExporter
+from sendense.hub.api.queries import Queries
+from sendense.hub.backup.ledger import DiskResult, DiskSpec
+from sendense.hub.restore.conversion import DiskConverter
 from sendense.hub.service import Hub
-from sendense.hub.verify import Verifier
+from sendense.hub.verify.verifier import Verifier
 from sendense.nbd.qemu_img import QemuImg
-from tests.nbd_write import expected_raw, pattern, write_through_nbd
+from tests.rig.cli import sendense
 from tests.rig.hub import HubProcess
+from tests.rig.nbd_data import expected_raw, pattern, write_through_nbd
 from tests.rig.procs import pids_with
 
 MiB = 1 << 20
@@ -34,14 +35,26 @@ SIZES = {2000: 48 * MiB, 2001: 8 * MiB}
 BLOCK = MiB  # the checksum's block
 Writes = dict[int, list[tuple[int, bytes]]]
 FULL: Writes = {
-    2000: [(0, pattern(1, 2 * MiB)), (20 * MiB, pattern(2, 3 * MiB)),
-           (SIZES[2000] - MiB, pattern(3, MiB))],
+    2000: [
+        (0, pattern(1, 2 * MiB)),
+        (20 * MiB, pattern(2, 3 * MiB)),
+        (SIZES[2000] - MiB, pattern(3, MiB)),
+    ],
     2001: [(MiB, pattern(4, MiB))],
-}  # fmt: skip
+}
 INCREMENTAL: Writes = {
     2000: [(MiB, pattern(5, 64 * 1024)), (21 * MiB, bytes(MiB)), (30 * MiB, pattern(6, MiB))],
     2001: [(4 * MiB, pattern(7, 128 * 1024))],
 }
+
+
+def fmt_of(path: Path) -> str:
+    """The format of a file this test wrote, by its name."""
+    return {".img": "raw", ".raw": "raw", ".qcow2": "qcow2", ".vmdk": "vmdk"}[path.suffix]
+
+
+def same(first: Path, second: Path) -> bool:
+    return QemuImg().compare(first, second, fmt_of(first), fmt_of(second))
 
 
 @dataclass
@@ -68,14 +81,18 @@ def _checksum(writes: list[tuple[int, bytes]]) -> str:
 
 def backup(hub: Hub, vm: str, writes: Writes) -> str:
     """One restore point, written through the hub's own exports."""
-    prepared = hub.backups.prepare(vm, [DiskSpec(k, size) for k, size in SIZES.items()])
+    prepared = hub.ledger.prepare(vm, [DiskSpec(k, size) for k, size in SIZES.items()])
     results = {}
     for disk in prepared.disks:
         write_through_nbd(disk.target.uri, writes[disk.key])
         areas = [(offset, len(data)) for offset, data in writes[disk.key]]
-        results[disk.key] = DiskResult(change_id=f"52 {len(areas)}", checksum=_checksum(
-            writes[disk.key]), areas=areas, checksum_block=BLOCK)  # fmt: skip
-    return hub.backups.finish(prepared.job_id, results)
+        results[disk.key] = DiskResult(
+            change_id=f"52 {len(areas)}",
+            checksum=_checksum(writes[disk.key]),
+            areas=areas,
+            checksum_block=BLOCK,
+        )
+    return hub.ledger.finish(prepared.job_id, results)
 
 
 def make_chain(hub: Hub, repo_dir: Path, work: Path, vm: str = "restore-vm") -> Chain:
@@ -101,17 +118,17 @@ def repository_state(repo_dir: Path) -> dict[str, str]:
 
 
 def top_file(hub: Hub, repo_dir: Path, point: str, key: int) -> Path:
-    disk = next(d for d in hub.queries.restore_point(point).disks if d.disk_key == key)
+    disk = next(d for d in Queries(hub.db).restore_point(point).disks if d.disk_key == key)
     return repo_dir / disk.file_path
 
 
 @pytest.fixture
-def exporter(hub: Hub) -> DiskExporter:
-    return DiskExporter(hub.db, hub.repos, hub.settings.scratch_dir)
+def exporter(hub: Hub) -> DiskConverter:
+    return DiskConverter(hub.db, hub.repos, hub.settings.scratch_dir)
 
 
 def test_exports_read_as_the_point_and_the_download_is_the_raw_export(
-    hub: Hub, api: TestClient, exporter: DiskExporter, repo_dir: Path, tmp_path: Path
+    hub: Hub, api: TestClient, exporter: DiskConverter, repo_dir: Path, tmp_path: Path
 ) -> None:
     chain = make_chain(hub, repo_dir, tmp_path)
     before = repository_state(repo_dir)
@@ -120,8 +137,8 @@ def test_exports_read_as_the_point_and_the_download_is_the_raw_export(
     qemu_img = QemuImg()
     # Point in time: the full exported from under its incremental reads as the full.
     full = exporter.export(chain.points[0], 2000, "raw", out / "full-2000.img")
-    assert qemu_img.compare(full.path, chain.expected[chain.points[0]][2000])
-    assert not qemu_img.compare(full.path, chain.expected[chain.top][2000])
+    assert same(full.path, chain.expected[chain.points[0]][2000])
+    assert not same(full.path, chain.expected[chain.top][2000])
 
     seen: list[float] = []
     raw = exporter.export(chain.top, 2000, "raw", out / "2000.img", progress=seen.append)
@@ -130,15 +147,15 @@ def test_exports_read_as_the_point_and_the_download_is_the_raw_export(
     assert raw.path.stat().st_size == SIZES[2000]
     for fmt in ("qcow2", "vmdk"):
         result = exporter.export(chain.top, 2000, fmt, out / f"2000.{fmt}")
-        info = qemu_img.info(result.path)
+        info = qemu_img.info(result.path, fmt)
         assert info["format"] == fmt
         assert "backing-filename" not in info  # flattened: stands alone
         if fmt == "vmdk":
             assert info["format-specific"]["data"]["create-type"] == "streamOptimized"
     top = top_file(hub, repo_dir, chain.top, 2000)
     for name in ("2000.img", "2000.qcow2", "2000.vmdk"):
-        assert qemu_img.compare(out / name, top), name
-        assert qemu_img.compare(out / name, chain.expected[chain.top][2000]), name
+        assert same(out / name, top), name
+        assert same(out / name, chain.expected[chain.top][2000]), name
     assert sorted(p.name for p in out.iterdir()) == [
         "2000.img",
         "2000.qcow2",
@@ -156,7 +173,7 @@ def test_exports_read_as_the_point_and_the_download_is_the_raw_export(
         got = api.get(f"/api/v1/restore-points/{chain.top}/disks/2000/download?format={fmt}")
         assert got.status_code == 200, got.text
         (tmp_path / f"download.{fmt}").write_bytes(got.content)
-        assert qemu_img.compare(tmp_path / f"download.{fmt}", top), fmt
+        assert same(tmp_path / f"download.{fmt}", top), fmt
 
     assert repository_state(repo_dir) == before
     assert list(hub.settings.scratch_dir.iterdir()) == []
@@ -164,22 +181,23 @@ def test_exports_read_as_the_point_and_the_download_is_the_raw_export(
 
 
 def test_bad_input_is_refused_and_changes_nothing(
-    hub: Hub, api: TestClient, exporter: DiskExporter, repo_dir: Path, tmp_path: Path
+    hub: Hub, api: TestClient, exporter: DiskConverter, repo_dir: Path, tmp_path: Path
 ) -> None:
     chain = make_chain(hub, repo_dir, tmp_path)
-    unfinished = hub.backups.prepare("restore-vm", [DiskSpec(k, s) for k, s in SIZES.items()])
+    unfinished = hub.ledger.prepare("restore-vm", [DiskSpec(k, s) for k, s in SIZES.items()])
     before = repository_state(repo_dir)
     url = "/api/v1/restore-points/{}/disks/{}/download"
     expectations = [
-        (url.format("no-such-point", 2000), 404, "does not exist"),
-        (url.format(chain.top, 2002), 404, "has no disk 2002"),
-        (url.format(chain.top, 2000) + "?format=vhdx", 422, "format"),
-        (url.format(unfinished.restore_point_id, 2000), 409, "incomplete"),
+        (url.format("no-such-point", 2000), 404, "not_found", "no-such-point"),
+        (url.format(chain.top, 2002), 404, "not_found", "2002"),
+        (url.format(chain.top, 2000) + "?format=vhdx", 422, "invalid_input", "format"),
+        (url.format(unfinished.restore_point_id, 2000), 409, "point_not_restorable", "incomplete"),
     ]
-    for path, status, words in expectations:
+    for path, status, code, key in expectations:
         response = api.get(path)
         assert response.status_code == status, (path, response.text)
-        assert words in response.json()["message"]
+        assert response.json()["error"] == code, (path, response.text)
+        assert key in response.json()["message"]
 
     out = tmp_path / "exports"
     out.mkdir()
@@ -187,16 +205,16 @@ def test_bad_input_is_refused_and_changes_nothing(
     with pytest.raises(Conflict, match="exists"):
         exporter.export(chain.top, 2000, "raw", out / "taken.img")
     assert (out / "taken.img").read_bytes() == b"keep me"
-    with pytest.raises(InvalidInput, match="inside repository"):
+    with pytest.raises(InvalidInput, match="repository"):
         exporter.export(chain.top, 2000, "raw", repo_dir / "x.img")
-    with pytest.raises(InvalidInput, match="does not exist"):
+    with pytest.raises(InvalidInput, match="missing"):
         exporter.export(chain.top, 2000, "raw", tmp_path / "missing" / "x.img")
     with pytest.raises(InvalidInput, match="format"):
         exporter.export(chain.top, 2000, "vhdx", out / "x.vhdx")
     with pytest.raises(NotFound):
         exporter.export(chain.top, 7, "raw", out / "x.img")
     forced = exporter.export(chain.top, 2001, "raw", out / "taken.img", force=True)
-    assert QemuImg().compare(forced.path, chain.expected[chain.top][2001])
+    assert QemuImg().compare(forced.path, chain.expected[chain.top][2001], "raw", "raw")
     assert sorted(p.name for p in out.iterdir()) == ["taken.img"]
     assert repository_state(repo_dir) == before
 
@@ -207,14 +225,16 @@ def test_bad_input_is_refused_and_changes_nothing(
     before = repository_state(repo_dir)
     response = api.get(url.format(chain.top, 2000))
     assert response.status_code == 409
+    assert response.json()["error"] == "point_not_restorable"
     assert "invalid" in response.json()["message"]
     assert repository_state(repo_dir) == before
-    hub.backups.fail(unfinished.job_id, "test: never meant to finish")
+    hub.ledger.fail(unfinished.job_id, "test: never meant to finish")
 
 
 def _flip_a_data_byte(image: Path) -> None:
-    mapped = subprocess.run(["qemu-img", "map", "--output=json", str(image)],
-                            check=True, capture_output=True, text=True)  # fmt: skip
+    mapped = subprocess.run(
+        ["qemu-img", "map", "--output=json", str(image)], check=True, capture_output=True, text=True
+    )
     extents = json.loads(mapped.stdout)
     extent = next(e for e in extents if e["data"] and "offset" in e)
     with image.open("r+b") as handle:
@@ -222,11 +242,6 @@ def _flip_a_data_byte(image: Path) -> None:
         old = handle.read(1)
         handle.seek(extent["offset"] + 4097)
         handle.write(bytes([old[0] ^ 0xFF]))
-
-
-def sendense(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sendense", *args], capture_output=True,
-                          text=True, env=env, timeout=60, check=False)  # fmt: skip
 
 
 @pytest.fixture
@@ -238,8 +253,12 @@ def served_chain(
     served = HubProcess(hub.settings.data_dir, sqlite_url)
     try:
         served.start()
-        env = {**os.environ, "COLUMNS": "200", "SENDENSE_HUB_URL": served.url,
-               "SENDENSE_TOKEN": served.initial_token()}  # fmt: skip
+        env = {
+            **os.environ,
+            "COLUMNS": "200",
+            "SENDENSE_HUB_URL": served.url,
+            "SENDENSE_TOKEN": served.initial_token(),
+        }
         yield chain, env
     finally:
         served.stop()
@@ -261,18 +280,21 @@ def test_cli_export_downloads_and_refuses_in_one_line(
     assert target.stat().st_blocks * 512 < SIZES[2000]  # holes stay holes
 
     refused = [
-        (args, 4, "exists: --force replaces it"),
-        ([*args[:-1], str(repo_dir / "x.img")], 2, "inside repository"),
-        ([*args[:-1], str(out / "x.img"), "--format", "vhdx"], 2, "format 'vhdx'"),
-        (["restore", "export", "no-such-point", "--disk", "2000", "--output", str(out / "y")],
-         3, "restore point no-such-point does not exist"),
-        ([*args[:4], "2002", "--output", str(out / "z")], 3, "has no disk 2002"),
-    ]  # fmt: skip
-    for argv, code, words in refused:
+        (args, 4, "exists"),
+        ([*args[:-1], str(repo_dir / "x.img")], 2, "repository"),
+        ([*args[:-1], str(out / "x.img"), "--format", "vhdx"], 2, "vhdx"),
+        (
+            ["restore", "export", "no-such-point", "--disk", "2000", "--output", str(out / "y")],
+            3,
+            "no-such-point",
+        ),
+        ([*args[:4], "2002", "--output", str(out / "z")], 3, "2002"),
+    ]
+    for argv, code, key in refused:
         result = sendense(*argv, env=env)
         assert result.returncode == code, (argv, result.stderr)
         assert result.stderr.startswith("error: "), result.stderr
-        assert words in result.stderr, result.stderr
+        assert key in result.stderr, result.stderr
         assert result.stderr.strip().count("\n") == 0
         assert "Traceback" not in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["disk.img"]
@@ -280,6 +302,6 @@ def test_cli_export_downloads_and_refuses_in_one_line(
     forced = sendense(*args, "--format", "qcow2", "--force", env=env)
     assert forced.returncode == 0, forced.stderr
     assert QemuImg().info(target)["format"] == "qcow2"
-    assert QemuImg().compare(target, chain.expected[chain.top][2000])
+    assert QemuImg().compare(target, chain.expected[chain.top][2000], "qcow2", "raw")
     assert sorted(p.name for p in out.iterdir()) == ["disk.img"]
     assert repository_state(repo_dir) == before

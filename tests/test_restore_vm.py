@@ -25,12 +25,13 @@ from sqlalchemy import update
 from sendense.common.config import load_settings
 from sendense.common.contract import VcenterLogin, VmInventory
 from sendense.hub.db.models import RestorePoint, RestorePointDisk
-from sendense.hub.node_client import NodeClient
-from sendense.hub.restore_vm import RestoreVmJobs
+from sendense.hub.nodes.client import NodeClient
+from sendense.hub.nodes.vcenters import VcenterService
+from sendense.hub.restore.to_vcenter import VmRestoreRunner
 from sendense.hub.service import Hub
-from sendense.hub.vcenters import VcenterService
 from sendense.node.config import NodeSettings
-from tests.node_rig import (
+from tests.rig.cli import sendense
+from tests.rig.node_tasks import (
     disk_specs,
     finish_on_hub,
     node_client,
@@ -39,7 +40,6 @@ from tests.node_rig import (
     unique,
     wait_job,
 )
-from tests.rig.node import sendense
 from tests.rig.procs import pids_with
 from tests.rig.site import Site
 from tests.rig.vcsim import Vcsim
@@ -85,10 +85,14 @@ def layout_of(vm: Any) -> dict[int, tuple[int, int, int, str]]:
     """key -> (capacity, controller bus, unit, controller type) of a VM's disks."""
     devices = {d.key: d for d in vm.config.hardware.device}
     return {
-        key: (int(d.capacityInBytes), devices[d.controllerKey].busNumber, d.unitNumber,
-              type(devices[d.controllerKey]).__name__.rsplit(".", 1)[-1])
+        key: (
+            int(d.capacityInBytes),
+            devices[d.controllerKey].busNumber,
+            d.unitNumber,
+            type(devices[d.controllerKey]).__name__.rsplit(".", 1)[-1],
+        )
         for key, d in virtual_disks(vm.config).items()
-    }  # fmt: skip
+    }
 
 
 def assert_restored(vcsim: Vcsim, si: Any, name: str, source: Any, copies: dict[int, Path]) -> None:
@@ -104,10 +108,17 @@ def assert_restored(vcsim: Vcsim, si: Any, name: str, source: Any, copies: dict[
 
 def write_round(sources: dict[int, Path], round_: int) -> None:
     """Guest writes: new data, overwritten data and zeroed data on both disks."""
-    fill(sources[2000], [(o * MiB + round_ * 8192, bytes([0x10 + round_]) * 65536)
-                         for o in range(round_, 24, 5)])  # fmt: skip
-    fill(sources[2016], [((round_ + 1) * MiB, bytes(MiB if round_ else 0)),
-                         (5 * MiB, bytes([0xA0 + round_]) * 4096)])  # fmt: skip
+    fill(
+        sources[2000],
+        [(o * MiB + round_ * 8192, bytes([0x10 + round_]) * 65536) for o in range(round_, 24, 5)],
+    )
+    fill(
+        sources[2016],
+        [
+            ((round_ + 1) * MiB, bytes(MiB if round_ else 0)),
+            (5 * MiB, bytes([0xA0 + round_]) * 4096),
+        ],
+    )
 
 
 def keep(sources: dict[int, Path], directory: Path, label: str) -> dict[int, Path]:
@@ -159,14 +170,17 @@ def test_each_point_of_a_chain_restores_as_a_vm_identical_to_the_source_then(
     try:
         jobs = []
         for point, new in zip(points[:3], restored, strict=False):
-            queued = site.api.post(f"/api/v1/restore-points/{point['id']}/restore-vm",
-                                   json={"name": new, "datastore": "LocalDS_0"})  # fmt: skip
+            queued = site.api.post(
+                f"/api/v1/restore-points/{point['id']}/restore-vm",
+                json={"name": new, "datastore": "LocalDS_0"},
+            )
             assert queued.status_code == 202, queued.text
             assert queued.json()["replaces"] is False
             jobs.append(queued.json()["job_id"])
         # The newest through the CLI, watched to the end.
-        cli = sendense("restore", "vm", points[3]["id"], "--name", restored[3], "--watch",
-                       env=site.cli_env())  # fmt: skip
+        cli = sendense(
+            "restore", "vm", points[3]["id"], "--name", restored[3], "--watch", env=site.cli_env()
+        )
         assert cli.returncode == 0, cli.stdout + cli.stderr
         assert f"VM DC0/vm/{restored[3]} restored (powered off)" in cli.stdout
         for job_id in jobs:
@@ -184,16 +198,15 @@ def test_each_point_of_a_chain_restores_as_a_vm_identical_to_the_source_then(
         print(f"restore rate {rate / 1e6:.0f} MB/s")
 
         # A name in use: one line on stderr and the conflict's exit code.
-        refused = sendense("restore", "vm", points[0]["id"], "--name", restored[0],
-                           env=site.cli_env())  # fmt: skip
+        refused = sendense(
+            "restore", "vm", points[0]["id"], "--name", restored[0], env=site.cli_env()
+        )
         assert refused.returncode == 4, refused.stdout + refused.stderr
         assert refused.stderr.count("\n") == 1
         assert "exists" in refused.stderr
         assert snapshot_names(source) == []
         listed = site.api.get("/api/v1/jobs").json()
-        assert {j["state"] for j in listed if j["backup_type"] in ("restore", "access")} == {
-            "complete"
-        }
+        assert {j["state"] for j in listed if j["kind"] in ("restore", "access")} == {"complete"}
         assert site.api.get("/api/v1/ports").json()["used"] == 0
         assert pids_with(str(tmp_path)) == []
     finally:
@@ -223,14 +236,19 @@ class FixedVcenter(VcenterService):
 
     def login(self, host: str | None) -> tuple[VcenterLogin, str]:
         vc = self.vcsim
-        return VcenterLogin(vcenter_host=vc.host, vcenter_user=vc.username,
-                            vcenter_password=SecretStr(vc.password),
-                            vcenter_thumbprint=vc.thumbprint), "in-process"  # fmt: skip
+        return VcenterLogin(
+            vcenter_host=vc.host,
+            vcenter_user=vc.username,
+            vcenter_password=SecretStr(vc.password),
+            vcenter_thumbprint=vc.thumbprint,
+        ), "in-process"
 
 
-class LocalRestores(RestoreVmJobs):
+class LocalRestores(VmRestoreRunner):
     def __init__(self, hub: Hub, node: TestClient, vcsim: Vcsim) -> None:
-        super().__init__(hub, poll=0.05, node_timeout=10)
+        super().__init__(
+            hub.db, hub.access, hub.vcenters, hub.connector, poll=0.05, node_timeout=10
+        )
         self.node = node
         self.vcenters = FixedVcenter(hub, vcsim)
 
@@ -247,7 +265,7 @@ def node(tmp_path: Path) -> Iterator[TestClient]:
 @pytest.fixture
 def restores(api: TestClient, hub: Hub, node: TestClient, vcsim: Vcsim, repo_dir: Path) -> None:
     hub.repos.add(str(repo_dir))
-    api.app.state.restore_vm = LocalRestores(hub, node, vcsim)  # type: ignore[attr-defined]
+    hub.restores = LocalRestores(hub, node, vcsim)
 
 
 def backup(hub: Hub, node: TestClient, vcsim: Vcsim, vm: Any, *, with_layout: bool = True) -> str:
@@ -261,7 +279,7 @@ def backup(hub: Hub, node: TestClient, vcsim: Vcsim, vm: Any, *, with_layout: bo
         node.post("/api/v1/vms/inventory", json=login | {"vm_name": vm.name}).json()
     )
     layout = inventory.layout() if with_layout else None
-    prepared = hub.backups.prepare(vm.name, disk_specs(vm), "auto", layout=layout)
+    prepared = hub.ledger.prepare(vm.name, disk_specs(vm), "auto", layout=layout)
     node.post("/api/v1/backup/start", json=start_body(vcsim, prepared, vm.name, {}))
     status, _ = wait_job(node, prepared.job_id, vm)
     return finish_on_hub(hub, prepared, status)
@@ -281,8 +299,9 @@ def wait_restore(api: TestClient, job_id: str, timeout: float = 60) -> dict[str,
 def tiny_datastore(si: Any, directory: Path, size: str = "4m") -> Iterator[str]:
     """A datastore with a few MiB free: a tmpfs mount (needs root)."""
     directory.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-                   check=True)  # fmt: skip
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], check=True
+    )
     name = unique("TinyDS")
     try:
         host = si.content.rootFolder.childEntity[0].hostFolder.childEntity[0].host[0]
@@ -296,9 +315,15 @@ def tiny_datastore(si: Any, directory: Path, size: str = "4m") -> Iterator[str]:
 
 
 def test_bad_input_is_refused_and_changes_nothing(
-    restores: None, api: TestClient, hub: Hub, node: TestClient, vcsim: Vcsim, si: Any,
-    repo_dir: Path, tmp_path: Path,
-) -> None:  # fmt: skip
+    restores: None,
+    api: TestClient,
+    hub: Hub,
+    node: TestClient,
+    vcsim: Vcsim,
+    si: Any,
+    repo_dir: Path,
+    tmp_path: Path,
+) -> None:
     source = create_vm(si, unique("bad"), DISKS, cbt=True)
     fill(flat_file(vcsim, source, 2000), [(0, b"\x01" * MiB)])
     point = backup(hub, node, vcsim, source)
@@ -315,23 +340,25 @@ def test_bad_input_is_refused_and_changes_nothing(
     before = vm_names(si)
     jobs_before = len(api.get("/api/v1/jobs").json())
 
-    def refused(point_id: str, status: int, words: str, **body: Any) -> None:
-        answer = api.post(f"/api/v1/restore-points/{point_id}/restore-vm",
-                          json={"name": unique("new")} | body)  # fmt: skip
+    def refused(point_id: str, status: int, code: str, key: str, **body: Any) -> None:
+        answer = api.post(
+            f"/api/v1/restore-points/{point_id}/restore-vm", json={"name": unique("new")} | body
+        )
         assert answer.status_code == status, answer.text
-        assert words in answer.json()["message"], answer.json()
+        assert answer.json()["error"] == code, answer.json()
+        assert key in answer.json()["message"], answer.json()
 
-    refused("no-such-point", 404, "no-such-point")
-    refused(point, 409, "exists", name=source.name)
-    refused(point, 409, "exists", name=running.name)
-    refused(point, 409, "poweredOn", name=running.name, force=True)
-    refused(point, 404, "no datastore named 'NoSuchDS'", datastore="NoSuchDS")
-    refused(point, 404, "no VM folder", folder="no/such/folder")
-    refused(old_point, 409, "no recorded disk layout")
-    refused(point, 422, "name", name="bad/name")
+    refused("no-such-point", 404, "not_found", "no-such-point")
+    refused(point, 409, "conflict", "exists", name=source.name)
+    refused(point, 409, "conflict", "exists", name=running.name)
+    refused(point, 409, "conflict", "poweredOn", name=running.name, force=True)
+    refused(point, 404, "not_found", "NoSuchDS", datastore="NoSuchDS")
+    refused(point, 404, "not_found", "no/such/folder", folder="no/such/folder")
+    refused(old_point, 409, "conflict", "layout")
+    refused(point, 422, "invalid_input", "name", name="bad/name")
     if Path("/proc/self").stat().st_uid == 0:
         with tiny_datastore(si, tmp_path / "tiny") as tiny:
-            refused(point, 409, "MiB free", datastore=tiny)
+            refused(point, 409, "insufficient_space", tiny, datastore=tiny)
 
     assert vm_names(si) == before
     assert str(running.runtime.powerState) == "poweredOn"
@@ -345,9 +372,14 @@ def test_bad_input_is_refused_and_changes_nothing(
 
 
 def test_force_replaces_a_powered_off_vm_and_power_on_starts_it(
-    restores: None, api: TestClient, hub: Hub, node: TestClient, vcsim: Vcsim, si: Any,
+    restores: None,
+    api: TestClient,
+    hub: Hub,
+    node: TestClient,
+    vcsim: Vcsim,
+    si: Any,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     name = unique("force")
     source = create_vm(si, name, DISKS, cbt=True)
     sources = {key: flat_file(vcsim, source, key) for key, _, _ in DISKS}
@@ -358,9 +390,10 @@ def test_force_replaces_a_powered_off_vm_and_power_on_starts_it(
     fill(sources[2000], [(3 * MiB, b"\x55" * MiB)])  # the VM moves on, then is restored
     old_ref = source._moId
 
-    queued = api.post(f"/api/v1/restore-points/{point}/restore-vm",
-                      json={"name": name, "force": True, "power_on": True,
-                            "datastore": "LocalDS_0"})  # fmt: skip
+    queued = api.post(
+        f"/api/v1/restore-points/{point}/restore-vm",
+        json={"name": name, "force": True, "power_on": True, "datastore": "LocalDS_0"},
+    )
     assert queued.status_code == 202, queued.text
     assert queued.json()["replaces"] is True
     assert "derived" in queued.json()["warnings"][0]
@@ -391,11 +424,17 @@ def test_a_failed_restore_removes_the_vm_it_made(
     with hub.db.session() as s:
         recorded = s.get_one(RestorePoint, point).layout
     name = unique("half")
-    body = {"vcenter_host": vcsim.host, "vcenter_user": vcsim.username,
-            "vcenter_password": vcsim.password, "vcenter_thumbprint": vcsim.thumbprint,
-            "job_id": unique("job"), "vm_name": name, "layout": recorded,
-            # Nothing listens there: the VM is made, its disks cannot be read.
-            "nbd_targets": "2000:nbd://127.0.0.1:1/none,2016:nbd://127.0.0.1:1/none"}  # fmt: skip
+    body = {
+        "vcenter_host": vcsim.host,
+        "vcenter_user": vcsim.username,
+        "vcenter_password": vcsim.password,
+        "vcenter_thumbprint": vcsim.thumbprint,
+        "job_id": unique("job"),
+        "vm_name": name,
+        "layout": recorded,
+        # Nothing listens there: the VM is made, its disks cannot be read.
+        "nbd_targets": "2000:nbd://127.0.0.1:1/none,2016:nbd://127.0.0.1:1/none",
+    }
     started = node.post("/api/v1/restore/start", json=body)
     assert started.status_code == 202, started.text
     deadline = time.monotonic() + 30

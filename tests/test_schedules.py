@@ -12,8 +12,8 @@ from sqlalchemy import update
 
 from sendense.hub.db.models import Policy
 from sendense.nbd.qemu_img import QemuImg
-from tests.node_rig import unique
-from tests.rig.node import sendense
+from tests.rig.cli import sendense
+from tests.rig.node_tasks import unique
 from tests.rig.site import Site
 from tests.rig.vcsim import Vcsim
 from tests.rig.vmware_vms import SCSI0, MiB, create_vm, fill, flat_file
@@ -37,8 +37,16 @@ def test_missed_schedule_runs_once_at_start_up_then_prunes(
         fill(flat_file(vcsim, vm, 2000), [(MiB, b"\x5a" * MiB)])
         done = sendense("backup", "run", name, "--watch", env=site.cli_env())
         assert done.returncode == 0, done.stderr
-        added = sendense("policy", "add", "every2", "--keep-last", "1", "--schedule",
-                         "*/2 * * * *", env=site.cli_env())  # fmt: skip
+        added = sendense(
+            "policy",
+            "add",
+            "every2",
+            "--keep-last",
+            "1",
+            "--schedule",
+            "*/2 * * * *",
+            env=site.cli_env(),
+        )
         assert added.returncode == 0, added.stderr
         assigned = sendense("policy", "assign", "every2", "--vm", name, env=site.cli_env())
         assert assigned.returncode == 0, assigned.stderr
@@ -47,9 +55,12 @@ def test_missed_schedule_runs_once_at_start_up_then_prunes(
         hub = site.hub_service()
         try:  # the hub was down for 10 minutes: five slots went by
             with hub.db.session() as s:
-                s.execute(update(Policy).values(
-                    last_run_at=datetime.now(UTC) - timedelta(minutes=10),
-                    created_at=datetime.now(UTC) - timedelta(minutes=20)))  # fmt: skip
+                s.execute(
+                    update(Policy).values(
+                        last_run_at=datetime.now(UTC) - timedelta(minutes=10),
+                        created_at=datetime.now(UTC) - timedelta(minutes=20),
+                    )
+                )
         finally:
             hub.db.dispose()
         fill(flat_file(vcsim, vm, 2000), [(5 * MiB, b"\xa5" * MiB)])
@@ -57,8 +68,10 @@ def test_missed_schedule_runs_once_at_start_up_then_prunes(
         site.node.wait_tunnel("connected", timeout=60)
 
         deadline = time.monotonic() + 90
-        while not any(j["kind"] == "prune" and j["state"] == "complete"
-                      for j in site.api.get("/api/v1/jobs").json()):  # fmt: skip
+        while not any(
+            j["kind"] == "prune" and j["state"] == "complete"
+            for j in site.api.get("/api/v1/jobs").json()
+        ):
             assert time.monotonic() < deadline, site.api.get("/api/v1/jobs").json()
             time.sleep(0.5)
         backups = jobs_of(site, "backup")
@@ -67,7 +80,7 @@ def test_missed_schedule_runs_once_at_start_up_then_prunes(
         assert len(points) == 1  # keep-last=1: the scheduled backup's point
         assert points[0]["job_id"] == backups[0]["id"]  # newest first
         image = repo_dir / points[0]["disks"][0]["file_path"]
-        assert QemuImg().compare(flat_file(vcsim, vm, 2000), image)
+        assert QemuImg().compare(flat_file(vcsim, vm, 2000), image, "raw", "qcow2")
         plan = sendense("prune", name, "--dry-run", env=site.cli_env())
         assert plan.returncode == 0, plan.stderr
         assert "keep-last" in plan.stdout

@@ -11,16 +11,9 @@ from pathlib import Path
 
 import httpx
 
+from tests.rig.cli import sendense
 from tests.rig.net import free_port
 from tests.rig.procs import stop
-
-
-def sendense(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sendense", *args],
-        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200", **(env or {})},
-        timeout=120, check=False,
-    )  # fmt: skip
 
 
 class NodeProcesses:
@@ -40,18 +33,31 @@ class NodeProcesses:
     ) -> subprocess.CompletedProcess[str]:
         pin = ["--hub-fingerprint", fingerprint] if fingerprint else []
         return sendense(
-            "node", "enroll", "--hub", hub_url.removeprefix("http://"), "--code", code,
-            "--name", name, "--local-address", "127.0.0.2", "--data-dir", str(self.data_dir),
-            *pin, env=self.env,
-        )  # fmt: skip
+            "node",
+            "enroll",
+            "--hub",
+            hub_url.removeprefix("http://"),
+            "--code",
+            code,
+            "--name",
+            name,
+            "--local-address",
+            "127.0.0.2",
+            "--data-dir",
+            str(self.data_dir),
+            *pin,
+            env=self.env,
+        )
 
     def _spawn(self, *args: str, log: str) -> subprocess.Popen[bytes]:
         with (self.data_dir.parent / log).open("ab") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", "sendense", "node", *args, "--data-dir",
-                 str(self.data_dir)],
-                env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                [sys.executable, "-m", "sendense", "node", *args, "--data-dir", str(self.data_dir)],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def start_serve(self) -> None:
         self.serve = self._spawn("serve", "--listen", f"127.0.0.1:{self.port}", log="node.log")

@@ -12,9 +12,10 @@ import httpx
 from sendense.common.config import load_settings
 from sendense.hub.config import HubSettings
 from sendense.hub.service import Hub
-from tests.node_rig import unique
+from tests.rig.cli import sendense
 from tests.rig.hub import HubProcess
-from tests.rig.node import NodeProcesses, sendense
+from tests.rig.node import NodeProcesses
+from tests.rig.node_tasks import unique
 from tests.rig.vcsim import Vcsim
 
 
@@ -40,8 +41,18 @@ class Site:
 
     def add_vcenter(self, vcsim: Vcsim) -> None:
         env = self.cli_env() | {"SENDENSE_VCENTER_PASSWORD": vcsim.password}
-        added = sendense("vcenter", "add", vcsim.host, "--user", vcsim.username, "--node",
-                         self.name, "--thumbprint", vcsim.thumbprint, env=env)  # fmt: skip
+        added = sendense(
+            "vcenter",
+            "add",
+            vcsim.host,
+            "--user",
+            vcsim.username,
+            "--node",
+            self.name,
+            "--thumbprint",
+            vcsim.thumbprint,
+            env=env,
+        )
         assert added.returncode == 0, added.stderr
 
     def wait_job(self, job_id: str, timeout: float = 120.0) -> dict[str, Any]:

@@ -36,6 +36,8 @@ from typing import Any
 
 from pyVim import connect as pyvim_connect
 
+from tests.rig.procs import stop
+
 RIG = Path(__file__).resolve().parent
 GO_SOURCES = RIG / "vcsim"
 BIN_DIR = RIG / "bin"
@@ -283,13 +285,7 @@ class Vcsim:
         if proc is None:
             return
         try:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc, timeout)
         finally:
             for pipe in (proc.stdin, proc.stdout):
                 if pipe is not None:

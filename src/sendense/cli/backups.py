@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -45,8 +45,13 @@ def vcenter_add(
     )
     if not password:
         raise InvalidInput("no vCenter password: --password-file or SENDENSE_VCENTER_PASSWORD")
-    body = {"host": host, "user": user, "password": password, "node": node,
-            "thumbprint": thumbprint}  # fmt: skip
+    body = {
+        "host": host,
+        "user": user,
+        "password": password,
+        "node": node,
+        "thumbprint": thumbprint,
+    }
     added = _client(hub_url, token_file).post("/api/v1/vcenters", body)
     console.print(f"vCenter {added['host']} added, reached through node {added['node']}")
 
@@ -69,8 +74,12 @@ def backup_run(
     job_id = queued["job_id"]
     console.print(f"job {job_id} queued")
     if watch:
-        job = watch_job(client, job_id, f"/api/v1/jobs/{job_id}/progress",
-                    lambda d: f"disk {d['disk_key']} ({d['backup_type']})")  # fmt: skip
+        job = watch_job(
+            client,
+            job_id,
+            f"/api/v1/jobs/{job_id}/progress",
+            lambda d: f"disk {d['disk_key']} ({d['backup_type']})",
+        )
         if job["state"] != "complete":
             raise SendenseError(f"job {job_id} {job['state']}: {job['error']}")
         console.print(f"job {job_id} complete")
@@ -81,10 +90,19 @@ def backup_run(
 def jobs_list(hub_url: HubUrlOpt = None, token_file: TokenFileOpt = None) -> None:
     """The latest jobs."""
     rows = _client(hub_url, token_file).get("/api/v1/jobs")
-    table("Jobs", ["id", "vm", "type", "state", "created", "error"], [
-        (j["id"], j["vm_id"][:8], j["backup_type"], j["state"], j["created_at"][:19], j["error"])
-        for j in rows
-    ])  # fmt: skip
+    table(
+        "Jobs",
+        ["id", "vm", "kind", "state", "created", "error"],
+        [
+            (j["id"], j["vm_id"][:8], _kind(j), j["state"], j["created_at"][:19], j["error"])
+            for j in rows
+        ],
+    )
+
+
+def _kind(job: dict[str, Any]) -> str:
+    """A task's kind, with a backup's type: "backup (full)", "verify"."""
+    return f"{job['kind']} ({job['backup_type']})" if job["backup_type"] else str(job["kind"])
 
 
 @jobs_app.command("show")
@@ -93,36 +111,72 @@ def jobs_show(job_id: str, hub_url: HubUrlOpt = None, token_file: TokenFileOpt =
     """One job, with per-disk progress when the node reported any."""
     client = _client(hub_url, token_file)
     job = client.get(f"/api/v1/jobs/{job_id}")
-    console.print(f"job {job['id']}: {job['state']} ({job['backup_type']})"
-                  + (f", error: {job['error']}" if job["error"] else ""))  # fmt: skip
+    error = f", error: {job['error']}" if job["error"] else ""
+    console.print(f"job {job['id']}: {job['state']} ({_kind(job)}){error}")
     try:
         progress = client.get(f"/api/v1/jobs/{job_id}/progress")
     except SendenseError:
         return
-    table("Disks", ["disk", "type", "done", "total", "rate/s", "written", "change id"], [
-        (d["disk_key"], d["backup_type"], human_bytes(d["bytes_done"]),
-         human_bytes(d["bytes_total"]), human_bytes(int(d["rate_bytes_per_s"])),
-         human_bytes(d["bytes_written"]), d["change_id"])
-        for d in progress["disks"]
-    ])  # fmt: skip
+    table(
+        "Disks",
+        ["disk", "type", "done", "total", "rate/s", "written", "change id"],
+        [
+            (
+                d["disk_key"],
+                d["backup_type"],
+                human_bytes(d["bytes_done"]),
+                human_bytes(d["bytes_total"]),
+                human_bytes(int(d["rate_bytes_per_s"])),
+                human_bytes(d["bytes_written"]),
+                d["change_id"],
+            )
+            for d in progress["disks"]
+        ],
+    )
 
 
 @backups_app.command("list")
 @one_line_errors
 def backups_list(vm: str, hub_url: HubUrlOpt = None, token_file: TokenFileOpt = None) -> None:
     """The VM's restore points and their disks."""
-    points = _client(hub_url, token_file).request("GET", "/api/v1/restore-points",
-                                                 params={"vm": vm})  # fmt: skip
+    points = _client(hub_url, token_file).request(
+        "GET", "/api/v1/restore-points", params={"vm": vm}
+    )
     rows = []
     for point in points:
         for disk in point["disks"]:
             verified = (disk["verified_at"] or "never")[:19]
             status = point["status"] + (" (protected)" if point.get("protected") else "")
             checksum = (disk["checksum"] or "-").split(":")[-1][:12]
-            rows.append((point["id"][:12], point["created_at"][:19], status,
-                         disk["disk_key"], disk["backup_type"], disk.get("chain_position"),
-                         human_bytes(disk["virtual_size"]), human_bytes(disk["data_bytes"]),
-                         human_bytes(disk["file_size"]), checksum, verified))  # fmt: skip
-    table(f"Restore points of {vm}",
-          ["point", "created", "status", "disk", "type", "chain", "virtual", "data", "file",
-           "checksum", "verified"], rows)  # fmt: skip
+            rows.append(
+                (
+                    point["id"][:12],
+                    point["created_at"][:19],
+                    status,
+                    disk["disk_key"],
+                    disk["backup_type"],
+                    disk.get("chain_position"),
+                    human_bytes(disk["virtual_size"]),
+                    human_bytes(disk["data_bytes"]),
+                    human_bytes(disk["file_size"]),
+                    checksum,
+                    verified,
+                )
+            )
+    table(
+        f"Restore points of {vm}",
+        [
+            "point",
+            "created",
+            "status",
+            "disk",
+            "type",
+            "chain",
+            "virtual",
+            "data",
+            "file",
+            "checksum",
+            "verified",
+        ],
+        rows,
+    )

@@ -117,10 +117,14 @@ def status(hub_url: HubUrlOpt = None, token_file: TokenFileOpt = None) -> None:
         f"NBD ports {pool['first']}-{pool['last']}: {pool['used']} used, {pool['free']} free"
     )
     nodes = client.get("/api/v1/nodes")
-    table("Nodes", ["name", "connected", "last seen", "key", "revoked"], [
-        (n["name"], n["connected"], n["last_seen"], n["key_fingerprint"], n["revoked"])
-        for n in nodes
-    ])  # fmt: skip
+    table(
+        "Nodes",
+        ["name", "connected", "last seen", "key", "revoked"],
+        [
+            (n["name"], n["connected"], n["last_seen"], n["key_fingerprint"], n["revoked"])
+            for n in nodes
+        ],
+    )
     exports = client.get("/api/v1/exports")
     table(
         "Exports",

@@ -83,10 +83,14 @@ app.add_typer(vms_app, name="vms")
 def nodes_list(hub_url: hub.HubUrlOpt = None, token_file: hub.TokenFileOpt = None) -> None:
     """Nodes with their tunnel state."""
     rows = _client(hub_url, token_file).get("/api/v1/nodes")
-    table("Nodes", ["name", "connected", "last seen", "key", "revoked"], [
-        (n["name"], n["connected"], n["last_seen"], n["key_fingerprint"], n["revoked"])
-        for n in rows
-    ])  # fmt: skip
+    table(
+        "Nodes",
+        ["name", "connected", "last seen", "key", "revoked"],
+        [
+            (n["name"], n["connected"], n["last_seen"], n["key_fingerprint"], n["revoked"])
+            for n in rows
+        ],
+    )
 
 
 @nodes_app.command("revoke")
@@ -124,11 +128,23 @@ def vms_list(
         password = os.environ.get("SENDENSE_VCENTER_PASSWORD", "")
     if not password:
         raise InvalidInput("no vCenter password: --password-file or SENDENSE_VCENTER_PASSWORD")
-    body = {"vcenter_host": vcenter, "vcenter_user": user, "vcenter_password": password,
-            "vcenter_thumbprint": thumbprint}  # fmt: skip
+    body = {
+        "vcenter_host": vcenter,
+        "vcenter_user": user,
+        "vcenter_password": password,
+        "vcenter_thumbprint": thumbprint,
+    }
     found = _client(hub_url, token_file).post(f"/api/v1/nodes/{node}/vms", body)
-    table(f"VMs of {vcenter} (via node {node})", ["name", "power", "CBT", "disks"], [
-        (v["name"], v["power_state"], v["cbt_enabled"],
-         ", ".join(f"{d['key']}:{d['capacity_bytes'] >> 30} GiB" for d in v["disks"]))
-        for v in found["vms"]
-    ])  # fmt: skip
+    table(
+        f"VMs of {vcenter} (via node {node})",
+        ["name", "power", "CBT", "disks"],
+        [
+            (
+                v["name"],
+                v["power_state"],
+                v["cbt_enabled"],
+                ", ".join(f"{d['key']}:{d['capacity_bytes'] >> 30} GiB" for d in v["disks"]),
+            )
+            for v in found["vms"]
+        ],
+    )

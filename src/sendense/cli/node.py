@@ -79,8 +79,10 @@ def enroll(
 
     settings = _settings(config, data_dir, None)
     if hub_fingerprint is None:
-        console.print("[yellow]warning: no --hub-fingerprint: the hub's host key is pinned "
-                      "as received, unchecked[/yellow]")  # fmt: skip
+        console.print(
+            "[yellow]warning: no --hub-fingerprint: the hub's host key is pinned "
+            "as received, unchecked[/yellow]"
+        )
     answer, own = do_enroll(
         settings, hub, code, name or socket.gethostname(), local_address, hub_fingerprint
     )

@@ -33,10 +33,20 @@ def policy_add(
     token_file: TokenFileOpt = None,
 ) -> None:
     """Create a policy."""
-    keep = {"last": keep_last, "hourly": keep_hourly, "daily": keep_daily,
-            "weekly": keep_weekly, "monthly": keep_monthly, "yearly": keep_yearly}  # fmt: skip
-    body = {"name": name, "max_chain_length": max_chain, "schedule": schedule,
-            **{f"keep_{k}": v for k, v in keep.items()}}  # fmt: skip
+    keep = {
+        "last": keep_last,
+        "hourly": keep_hourly,
+        "daily": keep_daily,
+        "weekly": keep_weekly,
+        "monthly": keep_monthly,
+        "yearly": keep_yearly,
+    }
+    body = {
+        "name": name,
+        "max_chain_length": max_chain,
+        "schedule": schedule,
+        **{f"keep_{k}": v for k, v in keep.items()},
+    }
     created = HubClient(hub_url, read_token(token_file)).post("/api/v1/policies", body)
     console.print(f"policy {created['name']} created")
 
@@ -46,12 +56,20 @@ def policy_add(
 def policy_list(hub_url: HubUrlOpt = None, token_file: TokenFileOpt = None) -> None:
     """Policies and what they are assigned to."""
     rows = HubClient(hub_url, read_token(token_file)).get("/api/v1/policies")
-    table("Policies", ["name", "keep", "max chain", "schedule", "assigned to"], [
-        (p["name"], " ".join(f"{k}={v}" for k, v in p["keep"].items() if v) or "all",
-         p["max_chain_length"], p["schedule"],
-         ", ".join(f"{k}:{v}" for k, v in p["assignments"]))
-        for p in rows
-    ])  # fmt: skip
+    table(
+        "Policies",
+        ["name", "keep", "max chain", "schedule", "assigned to"],
+        [
+            (
+                p["name"],
+                " ".join(f"{k}={v}" for k, v in p["keep"].items() if v) or "all",
+                p["max_chain_length"],
+                p["schedule"],
+                ", ".join(f"{k}:{v}" for k, v in p["assignments"]),
+            )
+            for p in rows
+        ],
+    )
 
 
 @policy_app.command("delete")
@@ -96,10 +114,19 @@ def prune(
     client = HubClient(hub_url, read_token(token_file), timeout=3600)
     done = client.post("/api/v1/prune", {"vm": vm, "dry_run": dry_run, "policy": policy})
     title = f"Prune of {done['vm']} by policy {done['policy']}" + (" (dry run)" if dry_run else "")
-    table(title, ["point", "time", "decision", "reason"], [
-        (d["restore_point_id"][:12], d["at"][:19], "keep" if d["keep"] else "remove", d["reason"])
-        for d in done["decisions"]
-    ])  # fmt: skip
+    table(
+        title,
+        ["point", "time", "decision", "reason"],
+        [
+            (
+                d["restore_point_id"][:12],
+                d["at"][:19],
+                "keep" if d["keep"] else "remove",
+                d["reason"],
+            )
+            for d in done["decisions"]
+        ],
+    )
     if not dry_run:
         console.print(f"{len(done['removed'])} restore points removed")
 
@@ -109,11 +136,20 @@ def prune(
 def schedules_list(hub_url: HubUrlOpt = None, token_file: TokenFileOpt = None) -> None:
     """Each scheduled policy with its last and next run."""
     rows = HubClient(hub_url, read_token(token_file)).get("/api/v1/schedules")
-    table("Schedules", ["policy", "cron", "last run", "next run", "VMs"], [
-        (s["policy"], s["schedule"], (s["last_run_at"] or "never")[:19], s["next_run_at"][:19],
-         ", ".join(s["vms"]))
-        for s in rows
-    ])  # fmt: skip
+    table(
+        "Schedules",
+        ["policy", "cron", "last run", "next run", "VMs"],
+        [
+            (
+                s["policy"],
+                s["schedule"],
+                (s["last_run_at"] or "never")[:19],
+                s["next_run_at"][:19],
+                ", ".join(s["vms"]),
+            )
+            for s in rows
+        ],
+    )
 
 
 @one_line_errors

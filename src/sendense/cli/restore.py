@@ -69,22 +69,28 @@ def export(
     partial = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
-            size = _download(client, f"/api/v1/restore-points/{point}/disks/{disk}/download",
-                             fmt, out)  # fmt: skip
+            size = _download(
+                client, f"/api/v1/restore-points/{point}/disks/{disk}/download", fmt, out
+            )
             os.fsync(out.fileno())
         os.replace(partial, target)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    console.print(f"disk {disk} of restore point {point}: {human_bytes(size)} {fmt} "
-                  f"written to {target}")  # fmt: skip
+    console.print(
+        f"disk {disk} of restore point {point}: {human_bytes(size)} {fmt} written to {target}"
+    )
 
 
 def _download(client: HubClient, path: str, fmt: str, out: Any) -> int:
     """Stream the body into `out`, leaving holes where it is all zeroes (a raw disk
     is mostly holes); returns its size."""
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-               TransferSpeedColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as bars:
         task = bars.add_task("the hub prepares the file" if fmt != "raw" else "downloading")
         # QCOW2 and VMDK are converted on the hub before the first byte comes.
@@ -126,11 +132,19 @@ def instant(
 def access_list(hub_url: HubUrlOpt = None, token_file: TokenFileOpt = None) -> None:
     """Open instant accesses and their NBD URIs."""
     rows = _client(hub_url, token_file).get("/api/v1/access")
-    table("Instant access", ["id", "restore point", "started", "disks"], [
-        (a["id"], a["restore_point_id"], (a["started_at"] or "")[:19],
-         "\n".join(f"{d['disk_key']} {d['uri']}" for d in a["disks"]))
-        for a in rows
-    ])  # fmt: skip
+    table(
+        "Instant access",
+        ["id", "restore point", "started", "disks"],
+        [
+            (
+                a["id"],
+                a["restore_point_id"],
+                (a["started_at"] or "")[:19],
+                "\n".join(f"{d['disk_key']} {d['uri']}" for d in a["disks"]),
+            )
+            for a in rows
+        ],
+    )
 
 
 @app.command("close")

@@ -38,8 +38,14 @@ def vm(
     (powered off unless --power-on). An existing VM is replaced only with --force,
     and never while it runs."""
     client = HubClient(hub_url, read_token(token_file))
-    body = {"name": name, "datastore": datastore, "folder": folder, "force": force,
-            "power_on": power_on, "vcenter": vcenter}  # fmt: skip
+    body = {
+        "name": name,
+        "datastore": datastore,
+        "folder": folder,
+        "force": force,
+        "power_on": power_on,
+        "vcenter": vcenter,
+    }
     queued = client.post(f"/api/v1/restore-points/{point}/restore-vm", body)
     job_id = queued["job_id"]
     verb = "replacing the VM there" if queued["replaces"] else "a new VM"
@@ -51,8 +57,9 @@ def vm(
         console.print(f"warning: {warning}")
     if not watch:
         return
-    job = watch_job(client, job_id, f"/api/v1/jobs/{job_id}/restore-progress",
-                    lambda d: f"disk {d['disk_key']}")  # fmt: skip
+    job = watch_job(
+        client, job_id, f"/api/v1/jobs/{job_id}/restore-progress", lambda d: f"disk {d['disk_key']}"
+    )
     if job["state"] != "complete":
         raise SendenseError(f"restore job {job_id} {job['state']}: {job['error']}")
     try:

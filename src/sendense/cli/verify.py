@@ -11,7 +11,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.hub import HubUrlOpt, TokenFileOpt
 from sendense.cli.output import console, one_line_errors, table
-from sendense.cli.watch import TERMINAL
+from sendense.common.contract import TERMINAL_STATES
 from sendense.common.errors import SendenseError
 
 
@@ -33,30 +33,45 @@ def verify(
     if job["state"] != "complete":
         raise SendenseError(f"verification job {job['id']} {job['state']}: {job['error']}")
     points = [client.get(f"/api/v1/restore-points/{p}") for p in queued["restore_points"]]
-    table("Verification", ["point", "created", "result", "problem"], [
-        (p["id"][:12], p["created_at"][:19], "valid" if p["status"] == "complete" else p["status"],
-         p["verify_error"])
-        for p in points
-    ])  # fmt: skip
+    table(
+        "Verification",
+        ["point", "created", "result", "problem"],
+        [
+            (
+                p["id"][:12],
+                p["created_at"][:19],
+                "valid" if p["status"] == "complete" else p["status"],
+                p["verify_error"],
+            )
+            for p in points
+        ],
+    )
     invalid = [p["id"] for p in points if p["status"] != "complete"]
     if invalid:
         raise VerificationFailed(f"{len(invalid)} of {len(points)} restore points are invalid")
 
 
 def _follow(client: HubClient, job_id: str) -> dict[str, Any]:
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-               TransferSpeedColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as bars:
         task = bars.add_task("verifying", total=None)
         while True:
             job: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}")
             try:
                 done = client.get(f"/api/v1/jobs/{job_id}/verify-progress")
-                bars.update(task, completed=done["bytes_done"], total=done["bytes_total"] or None,
-                            description=f"verifying layer {done['layers_done']}/"
-                            f"{done['layers_total']}")  # fmt: skip
+                bars.update(
+                    task,
+                    completed=done["bytes_done"],
+                    total=done["bytes_total"] or None,
+                    description=f"verifying layer {done['layers_done']}/{done['layers_total']}",
+                )
             except SendenseError:
                 pass
-            if job["state"] in TERMINAL:
+            if job["state"] in TERMINAL_STATES:
                 return job
             time.sleep(0.3)

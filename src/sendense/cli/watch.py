@@ -17,17 +17,21 @@ from rich.progress import (
 
 from sendense.cli.client import HubClient
 from sendense.cli.output import console
+from sendense.common.contract import TERMINAL_STATES
 from sendense.common.errors import SendenseError
-
-TERMINAL = ("complete", "failed", "cancelled")
 
 
 def watch_job(
     client: HubClient, job_id: str, progress_path: str, label: Callable[[dict[str, Any]], str]
 ) -> dict[str, Any]:
     """Poll the job and `progress_path` (its per-disk progress); returns the ended job."""
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-               TransferSpeedColumn(), TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as bars:
         tasks: dict[int, Any] = {}
         while True:
@@ -40,8 +44,9 @@ def watch_job(
                 key = disk["disk_key"]
                 if key not in tasks:
                     tasks[key] = bars.add_task(label(disk), total=disk["bytes_total"] or None)
-                bars.update(tasks[key], completed=disk["bytes_done"],
-                            total=disk["bytes_total"] or None)  # fmt: skip
-            if job["state"] in TERMINAL:
+                bars.update(
+                    tasks[key], completed=disk["bytes_done"], total=disk["bytes_total"] or None
+                )
+            if job["state"] in TERMINAL_STATES:
                 return job
             time.sleep(0.5)

@@ -19,7 +19,21 @@ def _body(code: str, message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(
+    app: FastAPI, mapped: dict[type[Exception], tuple[int, str]] | None = None
+) -> None:
+    """`mapped`: errors of layers that know no HTTP (NBD) -> (status, code)."""
+    for error_type, (status, code) in (mapped or {}).items():
+
+        async def layer_error(
+            _request: Request, exc: Exception, status: int = status, code: str = code
+        ) -> JSONResponse:
+            if status >= 500:
+                log.error("request failed: %s", exc)
+            return _body(code, str(exc), status)
+
+        app.add_exception_handler(error_type, layer_error)
+
     @app.exception_handler(SendenseError)
     async def domain_error(_request: Request, exc: SendenseError) -> JSONResponse:
         if exc.http_status >= 500:

@@ -20,6 +20,9 @@ from sendense.common.targets import parse_targets
 
 BackupType = Literal["full", "incremental"]
 JobStateName = Literal["queued", "running", "complete", "failed", "cancelled"]
+# A task on either side is one of these until it ends in one of those.
+ACTIVE_STATES: tuple[JobStateName, ...] = ("queued", "running")
+TERMINAL_STATES: tuple[str, ...] = ("complete", "failed", "cancelled")
 
 
 class VcenterLogin(BaseModel):
@@ -86,15 +89,20 @@ class DiskProgress(BaseModel):
     areas: list[tuple[int, int]] | None = None
 
 
-class NodeJobStatus(BaseModel):
+class TaskStatus(BaseModel):
+    """What the node says of any of its tasks (a backup, a restore)."""
+
     job_id: str
     vm_name: str
     state: JobStateName
     error: str | None = None
-    snapshot: str | None = None
     warnings: list[str] = Field(default_factory=list)
     started_at: float
     finished_at: float | None = None
+
+
+class NodeJobStatus(TaskStatus):
+    snapshot: str | None = None
     disks: list[DiskProgress] = Field(default_factory=list)
 
 
@@ -141,12 +149,16 @@ class VmInventory(BaseModel):
         used = {d.controller_key for d in self.disks}
         disks = [
             DiskLayout(
-                key=d.key, label=d.label, controller_key=d.controller_key,
-                unit_number=d.unit_number, capacity_bytes=d.capacity_bytes,
-                thin_provisioned=d.thin_provisioned is not False, datastore_path=d.datastore_path,
+                key=d.key,
+                label=d.label,
+                controller_key=d.controller_key,
+                unit_number=d.unit_number,
+                capacity_bytes=d.capacity_bytes,
+                thin_provisioned=d.thin_provisioned is not False,
+                datastore_path=d.datastore_path,
             )
             for d in self.disks
-        ]  # fmt: skip
+        ]
         try:
             return VmLayout(
                 guest_id=self.guest_id,
@@ -287,15 +299,8 @@ class RestoreDiskProgress(BaseModel):
     seconds: float = 0.0
 
 
-class RestoreJobStatus(BaseModel):
-    job_id: str
-    vm_name: str
-    state: JobStateName
-    error: str | None = None
-    warnings: list[str] = Field(default_factory=list)
+class RestoreJobStatus(TaskStatus):
     replaced: bool = False
     vm_path: str | None = None
     powered_on: bool = False
-    started_at: float
-    finished_at: float | None = None
     disks: list[RestoreDiskProgress] = Field(default_factory=list)

@@ -79,3 +79,51 @@ class Unavailable(SendenseError):
     http_status = 503
     exit_code = 9
     code = "unavailable"
+
+
+# Conditions callers branch on: each has its own class and the facts as fields,
+# so code and tests test the type, never the wording.
+
+
+class VmBusy(Conflict):
+    """The VM has a task running: one task per VM at a time."""
+
+    code = "vm_busy"
+
+    def __init__(self, vm: str, task_id: str | None, message: str | None = None) -> None:
+        super().__init__(message or f"VM {vm!r} has job {task_id} running")
+        self.vm = vm
+        self.task_id = task_id
+
+
+class TaskNotRunning(Conflict):
+    """The task is not in a state that allows this (ended, or not yet started)."""
+
+    code = "task_not_running"
+
+    def __init__(self, task_id: str, message: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class PointNotRestorable(Conflict):
+    """The restore point is not complete (incomplete or invalid)."""
+
+    code = "point_not_restorable"
+
+    def __init__(self, point_id: str, status: str) -> None:
+        super().__init__(f"restore point {point_id} is {status}: not restorable")
+        self.point_id = point_id
+        self.status = status
+
+
+class NodeTaskEnded(SendenseError):
+    """A node ended its half of a task without completing it."""
+
+    http_status = 502
+    code = "node_task_ended"
+
+    def __init__(self, state: str, error: str | None, what: str = "job") -> None:
+        super().__init__(f"node reported the {what} {state}: {error}")
+        self.state = state
+        self.error = error

@@ -1,4 +1,5 @@
-"""The hub assembled: settings -> database -> services. API and CLI only talk to this."""
+"""The hub assembled: settings -> database -> services -> task runners. This is
+the one place that builds the hub; the API and the CLI only talk to a `Hub`."""
 
 from __future__ import annotations
 
@@ -6,21 +7,28 @@ import logging
 from dataclasses import dataclass
 
 from sendense.common.sshkeys import KeyPair
-from sendense.hub.access import AccessService
-from sendense.hub.backups import BackupExports
+from sendense.hub.auth.secrets import SecretBox
+from sendense.hub.auth.tokens import TokenService
+from sendense.hub.backup.ledger import BackupLedger
+from sendense.hub.backup.reconcile import ReconcileReport, reconcile
+from sendense.hub.backup.runner import BackupRunner
+from sendense.hub.backup.scheduler import Scheduler
 from sendense.hub.config import HubSettings
 from sendense.hub.db.database import Database
-from sendense.hub.exports import ExportManager, ExportSettings
-from sendense.hub.local_nbd import stop_leftovers
-from sendense.hub.nodes import NodeInfo, NodeService
-from sendense.hub.ports import PortAllocator
-from sendense.hub.prune import PruneService
-from sendense.hub.queries import Queries
-from sendense.hub.reconcile import ReconcileReport, reconcile
-from sendense.hub.repository import RepositoryService
-from sendense.hub.secrets import SecretBox
-from sendense.hub.tokens import TokenService
-from sendense.hub.tunnel.sshd import TunnelSshd, is_listening
+from sendense.hub.nodes.client import NodeConnector
+from sendense.hub.nodes.registry import NodeInfo, NodeService
+from sendense.hub.nodes.tunnel_sshd import TunnelSshd, is_listening
+from sendense.hub.nodes.vcenters import VcenterService
+from sendense.hub.repository.exports import ExportManager, ExportSettings
+from sendense.hub.repository.image_reader import stop_leftovers
+from sendense.hub.repository.ports import PortAllocator
+from sendense.hub.repository.repositories import RepositoryService
+from sendense.hub.restore.instant_access import AccessService
+from sendense.hub.restore.to_vcenter import VmRestoreRunner
+from sendense.hub.retention.policies import PolicyService
+from sendense.hub.retention.prune import PruneService
+from sendense.hub.verify.runner import VerifyRunner
+from sendense.hub.verify.verifier import Verifier
 from sendense.nbd.qemu_img import QemuImg
 
 log = logging.getLogger(__name__)
@@ -33,13 +41,20 @@ class Hub:
     repos: RepositoryService
     ports: PortAllocator
     exports: ExportManager
-    backups: BackupExports
+    ledger: BackupLedger
     tokens: TokenService
-    queries: Queries
     nodes: NodeService
+    vcenters: VcenterService
     tunnel: TunnelSshd
+    connector: NodeConnector
     access: AccessService
+    policies: PolicyService
     prune: PruneService
+    verifier: Verifier
+    backups: BackupRunner
+    restores: VmRestoreRunner
+    verifications: VerifyRunner
+    scheduler: Scheduler
 
     @classmethod
     def open(cls, settings: HubSettings, migrate: bool = True) -> Hub:
@@ -55,35 +70,65 @@ class Hub:
                 settings.nbd_host, settings.nbd_shared, settings.qemu_nbd, settings.log_dir
             ),
         )
-        backups = BackupExports(
-            db, repos, ports, exports, settings.targets_host, settings.nbd_cache
-        )
+        ledger = BackupLedger(db, repos, ports, exports, settings.targets_host, settings.nbd_cache)
+        box = SecretBox(settings.data_dir / "secret.key")
         nodes = NodeService(
             db,
-            SecretBox(settings.data_dir / "secret.key"),
+            box,
             (settings.reverse_port_min, settings.reverse_port_max),
             settings.pairing_minutes,
         )
+        vcenters = VcenterService(db, box)
         permitted = [*range(settings.nbd_port_min, settings.nbd_port_max + 1), settings.listen_port]
         tunnel = TunnelSshd(
             settings.data_dir / "tunnel", (settings.tunnel_host, settings.tunnel_port), permitted
         )
+        connector = NodeConnector(nodes, tunnel.owns_listener)
         access = AccessService(
             db, repos, ports, exports, settings.scratch_dir, settings.targets_host
         )
-        return cls(
-            settings,
+        policies = PolicyService(db)
+        prune = PruneService(db, repos, access, settings.zone, settings.scratch_dir)
+        verifier = Verifier(db, repos, settings.scratch_dir)
+        node_timeout = settings.node_timeout_s
+        backups = BackupRunner(
             db,
-            repos,
-            ports,
-            exports,
+            ledger,
+            vcenters,
+            policies,
+            connector,
+            max_jobs=settings.max_jobs,
+            node_timeout=node_timeout,
+        )
+        scheduler = Scheduler(
             backups,
-            TokenService(db),
-            Queries(db),
-            nodes,
-            tunnel,
-            access,
-            PruneService(db, repos, access, settings.zone, settings.scratch_dir),
+            policies,
+            prune,
+            connector,
+            node_status=lambda: nodes.refresh_connected(is_listening),
+            zone=settings.zone,
+            node_timeout=node_timeout,
+        )
+        return cls(
+            settings=settings,
+            db=db,
+            repos=repos,
+            ports=ports,
+            exports=exports,
+            ledger=ledger,
+            tokens=TokenService(db),
+            nodes=nodes,
+            vcenters=vcenters,
+            tunnel=tunnel,
+            connector=connector,
+            access=access,
+            policies=policies,
+            prune=prune,
+            verifier=verifier,
+            backups=backups,
+            restores=VmRestoreRunner(db, access, vcenters, connector, node_timeout=node_timeout),
+            verifications=VerifyRunner(db, verifier),
+            scheduler=scheduler,
         )
 
     def start_tunnel(self) -> None:
@@ -109,24 +154,24 @@ class Hub:
         return info
 
     def node_status(self) -> list[NodeInfo]:
-        """Nodes, with `connected` probed now: a node is connected while its reverse
-        forward listens on the hub."""
-        for node in self.nodes.list():
-            if node.reverse_port is not None:
-                up = not node.revoked and is_listening("127.0.0.1", node.reverse_port)
-                if up or node.connected:
-                    self.nodes.set_connected(node.id, up)
-        return self.nodes.list()
+        """Nodes, with `connected` probed now."""
+        return self.nodes.refresh_connected(is_listening)
 
     def reconcile(self, reason: str = "the hub restarted during the job") -> ReconcileReport:
         stop_leftovers(self.settings.scratch_dir)
-        report = reconcile(self.backups, reason)
+        report = reconcile(self.ledger, reason)
         finished = self.prune.recover()  # a prune's merge steps roll forward
         if finished:
             log.warning("finished %d merge steps a stopped prune left", finished)
         return report
 
+    def stop_tasks(self) -> None:
+        """No new task starts; those running are ended by `reconcile` after this."""
+        for runner in (self.backups, self.restores, self.verifications):
+            runner.shutdown()
+
     def close(self) -> None:
+        self.stop_tasks()
         self.tunnel.stop()
         self.exports.stop_all()
         self.db.dispose()

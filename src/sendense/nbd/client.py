@@ -19,6 +19,7 @@ import socket
 from collections import deque
 from types import TracebackType
 
+from sendense.nbd.errors import NbdConnectError, NbdConnectionLost, NbdError, NbdServerError
 from sendense.nbd.protocol import (
     CMD_DISC,
     CMD_FLUSH,
@@ -33,11 +34,7 @@ from sendense.nbd.protocol import (
     REQUEST,
     REQUEST_MAGIC,
     SIMPLE_REPLY_MAGIC,
-    ExportInfo,
-    NbdConnectError,
-    NbdConnectionLost,
-    NbdError,
-    NbdServerError,
+    ExportTraits,
     handshake,
     open_socket,
     parse_uri,
@@ -54,7 +51,7 @@ class NbdClient:
     No task, lock or per-request syscall beyond the send itself.
     """
 
-    def __init__(self, sock: socket.socket, uri: str, info: ExportInfo) -> None:
+    def __init__(self, sock: socket.socket, uri: str, info: ExportTraits) -> None:
         self.uri = uri
         self.info = info
         self._sock = sock

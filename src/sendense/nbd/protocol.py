@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sendense.common.errors import InvalidInput, SendenseError
+from sendense.nbd.errors import NbdConnectError, NbdUriError
 
 NBDMAGIC = b"NBDMAGIC"
 IHAVEOPT = b"IHAVEOPT"
@@ -40,29 +40,11 @@ OPT_REPLY = struct.Struct(">QIII")
 READ_BUFFER = 256 << 10  # replies are parsed from here; READ payloads bypass it
 
 
-class NbdError(SendenseError):
-    http_status = 502
-    code = "nbd_error"
-
-
-class NbdConnectError(NbdError):
-    """The server could not be reached, or refused the handshake or the export."""
-
-
-class NbdConnectionLost(NbdError):
-    """The connection died; requests not yet answered may or may not have been done."""
-
-
-class NbdServerError(NbdError):
-    """The server answered a request with an error (EIO, ENOSPC...)."""
-
-    def __init__(self, message: str, errno_name: str) -> None:
-        super().__init__(message)
-        self.errno_name = errno_name
-
-
 @dataclass(frozen=True)
-class ExportInfo:
+class ExportTraits:
+    """What a server says of an export in the handshake: its size, its flags
+    (read-only, flush, WRITE_ZEROES...) and its block sizes."""
+
     size: int
     flags: int
     min_block: int = 1
@@ -93,13 +75,13 @@ def parse_uri(uri: str) -> tuple[str, int, str]:
             query = parse_qs(parts.query)
             sockets = query.get("socket", [])
             if parts.netloc or parts.fragment or set(query) != {"socket"} or len(sockets) != 1:
-                raise InvalidInput(usage)
+                raise NbdUriError(usage)
             return sockets[0], 0, export
         port = parts.port or DEFAULT_PORT
     except ValueError as exc:
-        raise InvalidInput(f"{usage}: {exc}") from None
+        raise NbdUriError(f"{usage}: {exc}") from None
     if parts.scheme != "nbd" or not parts.hostname or parts.query or parts.fragment:
-        raise InvalidInput(usage)
+        raise NbdUriError(usage)
     return parts.hostname, port, export
 
 
@@ -164,7 +146,7 @@ async def open_socket(loop: asyncio.AbstractEventLoop, host: str, port: int) -> 
 
 async def handshake(
     loop: asyncio.AbstractEventLoop, sock: socket.socket, export: str, uri: str
-) -> ExportInfo:
+) -> ExportTraits:
     magic, opt_magic, hflags = struct.unpack(">8s8sH", await recv_exact(loop, sock, 18))
     if magic != NBDMAGIC or opt_magic != IHAVEOPT:
         raise NbdConnectError(f"{uri}: the server does not speak newstyle NBD")
@@ -196,4 +178,4 @@ async def handshake(
             raise NbdConnectError(f"{uri}: the server refused export {export!r}: {why}: {text}")
     if size is None or flags is None:
         raise NbdConnectError(f"{uri}: the server sent no export size")
-    return ExportInfo(size, flags, *blocks)
+    return ExportTraits(size, flags, *blocks)

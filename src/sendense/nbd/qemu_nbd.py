@@ -5,14 +5,11 @@ from __future__ import annotations
 import itertools
 import os
 import socket
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from sendense.common.errors import ToolFailed
-from sendense.nbd.process import ProcessInfo, stop_child
+from sendense.common.processes import ChildProcess, ProcessInfo
 
 NBD_MAGIC = b"NBDMAGIC"
 
@@ -69,7 +66,7 @@ class QemuNbd:
         self.spec = spec
         self.binary = binary
         self.log_path = log_path
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._child: ChildProcess | None = None
 
     @property
     def argv(self) -> list[str]:
@@ -91,49 +88,16 @@ class QemuNbd:
 
     @property
     def pid(self) -> int:
-        if self._proc is None:
+        if self._child is None:
             raise RuntimeError("qemu-nbd is not started")
-        return self._proc.pid
+        return self._child.pid
 
     def start(self, timeout: float = 10.0) -> None:
-        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        try:
-            # Own session: a ^C aimed at the hub must not kill the server
-            # under a write; the hub stops it in order.
-            self._proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except FileNotFoundError as exc:
-            raise ToolFailed(self.argv, None, f"{self.binary} is not installed") from exc
-        finally:
-            if log is not subprocess.DEVNULL and not isinstance(log, int):
-                log.close()
-        self._wait_ready(timeout)
-
-    def _log_text(self) -> str:
-        if self.log_path and self.log_path.exists():
-            return self.log_path.read_text(errors="replace")
-        return ""
-
-    def _wait_ready(self, timeout: float) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            code = self._proc.poll()
-            if code is not None:
-                raise ToolFailed(self.argv, code, self._log_text())
-            if self._probe(timeout=0.5):
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise ToolFailed(self.argv, None, f"not listening after {timeout:.0f}s")
+        self._child = ChildProcess(self.argv, log_path=self.log_path, own_session=True)
+        self._child.start(ready=lambda: self._probe(timeout=0.5), timeout=timeout)
 
     def healthy(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None and self._probe()
+        return self._child is not None and self._child.running() and self._probe()
 
     def _probe(self, timeout: float = 1.0) -> bool:
         s = self.spec
@@ -141,9 +105,9 @@ class QemuNbd:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """Terminate, wait, kill. Returns the exit code (None if never started)."""
-        if self._proc is None:
+        if self._child is None:
             return None
-        return stop_child(self._proc, timeout)
+        return self._child.stop(timeout)
 
     def __enter__(self) -> QemuNbd:
         self.start()

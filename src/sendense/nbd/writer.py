@@ -14,14 +14,12 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from sendense.nbd.client import NbdClient
+from sendense.nbd.errors import NbdConnectError, NbdConnectionLost, NbdError
 from sendense.nbd.protocol import (
     CMD_FLUSH,
     CMD_WRITE,
     CMD_WRITE_ZEROES,
-    ExportInfo,
-    NbdConnectError,
-    NbdConnectionLost,
-    NbdError,
+    ExportTraits,
     parse_uri,
 )
 
@@ -81,7 +79,7 @@ class NbdWriter:
         self.size = 0
         self.stats = WriteStats()
         self._client: NbdClient | None = None  # None while reconnecting
-        self._info = ExportInfo(0, 0)
+        self._info = ExportTraits(0, 0)
         self._entered = False
         self._zero = memoryview(bytes(request_size))  # calloc'd: costs no real memory
         self._slots = asyncio.Semaphore(max_in_flight)

@@ -26,11 +26,11 @@ def enroll(
     api_port = int(port) if port else 8082
     keys = ensure_keypair(tunnel_dir(settings.data_dir) / "id_ed25519", f"sendense-node:{name}")
     token = NodeTokens(settings.data_dir).create("hub")
-    body = {"code": code, "node_name": name, "public_key": keys.public_key,
-            "node_api_token": token}  # fmt: skip
+    body = {"code": code, "node_name": name, "public_key": keys.public_key, "node_api_token": token}
     try:
-        response = httpx.post(f"http://{host}:{api_port}/api/v1/nodes/enroll", json=body,
-                              timeout=30)  # fmt: skip
+        response = httpx.post(
+            f"http://{host}:{api_port}/api/v1/nodes/enroll", json=body, timeout=30
+        )
     except httpx.HTTPError as exc:
         raise Unavailable(f"hub {host}:{api_port} does not answer: {exc}") from exc
     if response.status_code >= 400:
@@ -48,12 +48,17 @@ def enroll(
     save_config(
         settings.data_dir,
         TunnelConfig(
-            hub_host=host, tunnel_port=answer.tunnel_port, node_name=answer.node_name,
-            reverse_port=answer.reverse_port, nbd_port_min=answer.nbd_port_min,
-            nbd_port_max=answer.nbd_port_max, api_port=answer.api_port,
-            hub_host_key=answer.hub_host_key, tunnel_user=answer.tunnel_user,
+            hub_host=host,
+            tunnel_port=answer.tunnel_port,
+            node_name=answer.node_name,
+            reverse_port=answer.reverse_port,
+            nbd_port_min=answer.nbd_port_min,
+            nbd_port_max=answer.nbd_port_max,
+            api_port=answer.api_port,
+            hub_host_key=answer.hub_host_key,
+            tunnel_user=answer.tunnel_user,
             local_address=local_address,
             node_api_port=settings.listen_port,
         ),
-    )  # fmt: skip
+    )
     return answer, keys.fingerprint

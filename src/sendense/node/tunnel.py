@@ -14,11 +14,12 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
+
+from sendense.common.processes import ChildProcess
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +70,49 @@ def ssh_argv(data_dir: Path, config: TunnelConfig, ssh: str = "ssh") -> list[str
         forwards += ["-L", f"{config.local_address}:{port}:127.0.0.1:{port}"]
     forwards += ["-R", f"127.0.0.1:{config.reverse_port}:127.0.0.1:{config.node_api_port}"]
     return [
-        ssh, "-N", "-F", "/dev/null", "-p", str(config.tunnel_port),
-        "-i", str(directory / "id_ed25519"),
-        "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={directory / 'known_hosts'}",
-        "-o", "GlobalKnownHostsFile=/dev/null", "-o", "HostKeyAlgorithms=ssh-ed25519",
-        "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=10",
-        "-o", "ServerAliveCountMax=3", "-o", "ConnectTimeout=15", "-o", "Compression=no",
-        "-o", "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com",
-        "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "LogLevel=ERROR",
-        *forwards, f"{config.tunnel_user}@{config.hub_host}",
-    ]  # fmt: skip
+        ssh,
+        "-N",
+        "-F",
+        "/dev/null",
+        "-p",
+        str(config.tunnel_port),
+        "-i",
+        str(directory / "id_ed25519"),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "IdentityAgent=none",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={directory / 'known_hosts'}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "HostKeyAlgorithms=ssh-ed25519",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-o",
+        "ServerAliveInterval=10",
+        "-o",
+        "ServerAliveCountMax=3",
+        "-o",
+        "ConnectTimeout=15",
+        "-o",
+        "Compression=no",
+        "-o",
+        "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com",
+        "-o",
+        "ControlMaster=no",
+        "-o",
+        "ControlPath=none",
+        "-o",
+        "LogLevel=ERROR",
+        *forwards,
+        f"{config.tunnel_user}@{config.hub_host}",
+    ]
 
 
 class Supervisor:
@@ -95,20 +127,25 @@ class Supervisor:
         self.status_path = tunnel_dir(data_dir) / "status.json"
         self.stderr_path = tunnel_dir(data_dir) / "ssh.log"
         self._stopping = False
-        self._child: subprocess.Popen[bytes] | None = None
+        self._child: ChildProcess | None = None
         self.restarts = 0
 
     def _status(self, state: str, **extra: object) -> None:
-        body = {"state": state, "hub": f"{self.config.hub_host}:{self.config.tunnel_port}",
-                "supervisor_pid": os.getpid(), "restarts": self.restarts, "at": time.time(),
-                **extra}  # fmt: skip
+        body = {
+            "state": state,
+            "hub": f"{self.config.hub_host}:{self.config.tunnel_port}",
+            "supervisor_pid": os.getpid(),
+            "restarts": self.restarts,
+            "at": time.time(),
+            **extra,
+        }
         tmp = self.status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body) + "\n")
         os.replace(tmp, self.status_path)
 
     def _stop(self, _sig: int, _frame: FrameType | None) -> None:
         self._stopping = True
-        if self._child is not None and self._child.poll() is None:
+        if self._child is not None:
             self._child.terminate()
 
     def run(self) -> None:
@@ -117,15 +154,17 @@ class Supervisor:
         backoff = 1.0
         while not self._stopping:
             started = time.monotonic()
-            with self.stderr_path.open("ab") as err:
-                self._child = subprocess.Popen(
-                    self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
-                )
+            self._child = ChildProcess(self.argv, log_path=self.stderr_path, append_log=True)
+            self._child.spawn()
             self._status("connecting", ssh_pid=self._child.pid)
             if self._wait_forwards(self._child):
                 self._status("connected", ssh_pid=self._child.pid, since=time.time())
-                log.info("tunnel up hub=%s:%d ssh_pid=%d", self.config.hub_host,
-                         self.config.tunnel_port, self._child.pid)  # fmt: skip
+                log.info(
+                    "tunnel up hub=%s:%d ssh_pid=%d",
+                    self.config.hub_host,
+                    self.config.tunnel_port,
+                    self._child.pid,
+                )
             code = self._child.wait()
             if self._stopping:
                 break
@@ -141,7 +180,7 @@ class Supervisor:
             backoff = min(backoff * 2, self.max_backoff)
         self._status("stopped")
 
-    def _wait_forwards(self, child: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
+    def _wait_forwards(self, child: ChildProcess, timeout: float = 30.0) -> bool:
         """Up once the hub's API answers on our end of the tunnel."""
         deadline = time.monotonic() + timeout
         while child.poll() is None and not self._stopping and time.monotonic() < deadline:

@@ -1,4 +1,5 @@
-"""Dependencies shared by the routers: the hub, and the bearer-token check."""
+"""Dependencies shared by the routers: the hub, its read side, and the bearer-token
+check."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from sendense.hub.api.queries import Queries
 from sendense.hub.service import Hub
 
 _bearer = HTTPBearer(auto_error=False, description="API token printed at the hub's first start")
@@ -18,6 +20,13 @@ def get_hub(request: Request) -> Hub:
 
 
 HubDep = Annotated[Hub, Depends(get_hub)]
+
+
+def get_queries(hub: HubDep) -> Queries:
+    return Queries(hub.db)
+
+
+QueriesDep = Annotated[Queries, Depends(get_queries)]
 
 
 def require_token(

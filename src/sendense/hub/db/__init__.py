@@ -1,1 +1,2 @@
-"""The hub's job database: models, engine and sessions, Alembic migrations."""
+"""The hub's database: models, engine and sessions, Alembic migrations. State
+that must survive a crash lives here. May import `sendense.common` only."""

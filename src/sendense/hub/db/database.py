@@ -67,12 +67,12 @@ class Database:
         self.engine = make_engine(url)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
-    def migrate(self) -> None:
+    def migrate(self, revision: str = "head") -> None:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         config.attributes["connection_engine"] = self.engine
         try:
-            command.upgrade(config, "head")
+            command.upgrade(config, revision)
         except OperationalError as exc:
             raise Unavailable(f"database is not reachable: {exc.orig}") from exc
 

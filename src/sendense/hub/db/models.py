@@ -72,6 +72,16 @@ class JobState(enum.StrEnum):
 ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.PREPARING, JobState.RUNNING, JobState.FINALIZING)
 
 
+class TaskKind(enum.StrEnum):
+    """What a task (a `jobs` row) does."""
+
+    BACKUP = "backup"
+    RESTORE = "restore"  # a whole VM to vCenter through the node
+    ACCESS = "access"  # disks served over NBD (instant access, or a restore's source)
+    VERIFY = "verify"
+    PRUNE = "prune"
+
+
 class PointStatus(enum.StrEnum):
     INCOMPLETE = "incomplete"
     COMPLETE = "complete"
@@ -177,8 +187,11 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id"))
-    kind: Mapped[str] = mapped_column(String(16), default="backup")
-    backup_type: Mapped[str] = mapped_column(String(16), default="auto")
+    kind: Mapped[TaskKind] = mapped_column(_enum(TaskKind, "task_kind"), default=TaskKind.BACKUP)
+    # Backups only: auto, full or incremental as asked.
+    backup_type: Mapped[str | None] = mapped_column(String(16))
+    # Accesses only: "instant" (people and tools) or "restore" (a node reads it).
+    purpose: Mapped[str | None] = mapped_column(String(16))
     state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), default=JobState.QUEUED)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

@@ -28,10 +28,11 @@ from sendense.common.contract import (
     VmInventory,
 )
 from sendense.common.logging import register_secret
+from sendense.nbd.errors import NbdError, NbdUriError
 from sendense.node.auth import NodeTokens
+from sendense.node.backup_tasks import BackupTasks
 from sendense.node.config import NodeSettings
-from sendense.node.jobs import JobRunner
-from sendense.node.restore_jobs import RestoreRunner
+from sendense.node.restore_tasks import RestoreTasks
 from sendense.node.vmware.connection import Vcenter, connect
 from sendense.node.vmware.inventory import describe, find_vm, list_vms
 
@@ -40,8 +41,8 @@ from sendense.node.vmware.inventory import describe, find_vm, list_vms
 class Node:
     settings: NodeSettings
     tokens: NodeTokens
-    runner: JobRunner
-    restores: RestoreRunner
+    runner: BackupTasks
+    restores: RestoreTasks
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -82,8 +83,13 @@ async def _with_vcenter(node: Node, login: VcenterLogin, work: Callable[[Vcenter
     )
 
     def run() -> T:
-        vc = connect(login.vcenter_host, login.vcenter_user, password, thumbprint,
-                     node.settings.vcenter_insecure)  # fmt: skip
+        vc = connect(
+            login.vcenter_host,
+            login.vcenter_user,
+            password,
+            thumbprint,
+            node.settings.vcenter_insecure,
+        )
         try:
             return work(vc)
         finally:
@@ -148,8 +154,8 @@ async def cancel_restore_job(node: NodeDep, job_id: str) -> RestoreJobStatus:
 
 
 def create_node_app(settings: NodeSettings) -> FastAPI:
-    runner = JobRunner(settings)
-    node = Node(settings, NodeTokens(settings.data_dir), runner, RestoreRunner(settings, runner))
+    runner = BackupTasks(settings)
+    node = Node(settings, NodeTokens(settings.data_dir), runner, RestoreTasks(settings, runner))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -161,7 +167,7 @@ def create_node_app(settings: NodeSettings) -> FastAPI:
 
     app = FastAPI(title="Sendense node", version=__version__, lifespan=lifespan)
     app.state.node = node
-    install_error_handlers(app)
+    install_error_handlers(app, {NbdUriError: (422, "invalid_input"), NbdError: (502, "nbd_error")})
     app.include_router(public)
     app.include_router(router)
     return app

@@ -8,23 +8,18 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from sendense.common.errors import ToolFailed
 from sendense.common.logging import register_secret
-from sendense.nbd.process import stop_child
+from sendense.common.processes import ChildProcess, run_tool
 
 
 def vddk_available(libdir: str | None) -> str | None:
     """None when usable, else why not."""
     if shutil.which("nbdkit") is None:
         return "nbdkit is not installed"
-    probe = subprocess.run(
-        ["nbdkit", "vddk", "--dump-plugin"], capture_output=True, text=True, check=False
-    )
+    probe = run_tool(["nbdkit", "vddk", "--dump-plugin"], timeout=30, ok=None)
     if probe.returncode != 0:
         return "nbdkit has no vddk plugin (Debian does not build it)"
     if not libdir or not Path(libdir, "lib64").is_dir():
@@ -55,19 +50,27 @@ class VddkReader:
             handle.write(password)
         sock = self._dir / "nbd.sock"
         self.argv = [
-            "nbdkit", "--exit-with-parent", "--readonly", "-U", str(sock), "vddk",
-            f"libdir={libdir}", f"server={server}", f"user={user}", f"password=+{secret}",
-            f"thumbprint={thumbprint_sha1}", f"vm=moref={vm_moref}",
-            f"snapshot={snapshot_moref}", f"file={datastore_path}",
-        ]  # fmt: skip
-        self._proc = subprocess.Popen(self.argv, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while not sock.exists():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                stderr = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                self._stop()
-                raise ToolFailed(self.argv, self._proc.returncode, stderr)
-            time.sleep(0.05)
+            "nbdkit",
+            "--exit-with-parent",
+            "--readonly",
+            "-U",
+            str(sock),
+            "vddk",
+            f"libdir={libdir}",
+            f"server={server}",
+            f"user={user}",
+            f"password=+{secret}",
+            f"thumbprint={thumbprint_sha1}",
+            f"vm=moref={vm_moref}",
+            f"snapshot={snapshot_moref}",
+            f"file={datastore_path}",
+        ]
+        self._child = ChildProcess(self.argv, log_path=self._dir / "nbdkit.log")
+        try:
+            self._child.start(ready=sock.exists, timeout=60, poll=0.05)
+        except BaseException:
+            self._stop()
+            raise
         secret.unlink()
         self._handle = nbd.NBD()
         self._handle.connect_unix(str(sock))
@@ -81,5 +84,5 @@ class VddkReader:
         self._stop()
 
     def _stop(self) -> None:
-        stop_child(self._proc)
+        self._child.stop()
         shutil.rmtree(self._dir, ignore_errors=True)

@@ -150,10 +150,14 @@ def plan(vc: Vcenter, req: RestoreCheckRequest) -> RestoreTarget:
             f"datastore {name!r} has {free >> 20} MiB free, the VM needs {needed >> 20} MiB"
         )
     answer = RestoreCheckResponse(
-        vm_name=req.vm_name, datacenter=datacenter.name, datastore=name,
-        folder=inventory_path(folder), replaces=existing is not None,
-        bytes_needed=needed, bytes_free=free,
-    )  # fmt: skip
+        vm_name=req.vm_name,
+        datacenter=datacenter.name,
+        datastore=name,
+        folder=inventory_path(folder),
+        replaces=existing is not None,
+        bytes_needed=needed,
+        bytes_free=free,
+    )
     return RestoreTarget(datacenter, datastore, folder, pool, existing, answer)
 
 
@@ -191,8 +195,9 @@ def _controller_spec(controller: ControllerInventory) -> Any:
     kind = getattr(vim.vm.device, controller.type, None)
     if kind is None or not issubclass(kind, vim.vm.device.VirtualController):
         raise InvalidInput(f"controller {controller.key}: unknown type {controller.type!r}")
-    device = kind(key=controller.key, busNumber=controller.bus_number,
-                  controllerKey=_PCI_CONTROLLER_KEY)  # fmt: skip
+    device = kind(
+        key=controller.key, busNumber=controller.bus_number, controllerKey=_PCI_CONTROLLER_KEY
+    )
     if isinstance(device, vim.vm.device.VirtualSCSIController):
         sharing = vim.vm.device.VirtualSCSIController.Sharing
         device.sharedBus = sharing(controller.shared_bus or "noSharing")
@@ -221,10 +226,13 @@ def _disk_spec(disk: DiskLayout, unit: int, datastore: str) -> Any:
         fileName=f"[{datastore}]", diskMode="persistent", thinProvisioned=disk.thin_provisioned
     )
     device = vim.vm.device.VirtualDisk(
-        key=disk.key, controllerKey=disk.controller_key, unitNumber=unit,
-        capacityInBytes=disk.capacity_bytes, capacityInKB=disk.capacity_bytes // 1024,
+        key=disk.key,
+        controllerKey=disk.controller_key,
+        unitNumber=unit,
+        capacityInBytes=disk.capacity_bytes,
+        capacityInKB=disk.capacity_bytes // 1024,
         backing=backing,
-    )  # fmt: skip
+    )
     return vim.vm.device.VirtualDeviceSpec(
         operation=vim.vm.device.VirtualDeviceSpec.Operation.add,
         fileOperation=vim.vm.device.VirtualDeviceSpec.FileOperation.create,

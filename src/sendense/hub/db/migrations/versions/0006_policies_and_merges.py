@@ -23,24 +23,28 @@ def upgrade() -> None:
         "policies",
         sa.Column("id", sa.String(32), primary_key=True),
         sa.Column("name", sa.String(64), nullable=False, unique=True),
-        *(sa.Column(f"keep_{n}", sa.Integer(), nullable=False)
-          for n in ("last", "hourly", "daily", "weekly", "monthly", "yearly")),
+        *(
+            sa.Column(f"keep_{n}", sa.Integer(), nullable=False)
+            for n in ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+        ),
         sa.Column("max_chain_length", sa.Integer(), nullable=True),
         sa.Column("schedule", sa.String(128), nullable=True),
         sa.Column("last_run_at", Utc, nullable=True),
         sa.Column("created_at", Utc, nullable=False),
-    )  # fmt: skip
+    )
     op.create_table(
         "policy_assignments",
         sa.Column("id", sa.String(32), primary_key=True),
         sa.Column(
-            "policy_id", sa.String(32), sa.ForeignKey("policies.id", ondelete="CASCADE"),
+            "policy_id",
+            sa.String(32),
+            sa.ForeignKey("policies.id", ondelete="CASCADE"),
             nullable=False,
         ),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("value", sa.String(255), nullable=False),
         sa.UniqueConstraint("kind", "value", name="uq_policy_assignments_kind_value"),
-    )  # fmt: skip
+    )
     op.create_table(
         "merges",
         sa.Column("id", sa.String(32), primary_key=True),

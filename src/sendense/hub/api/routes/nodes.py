@@ -1,0 +1,60 @@
+"""/api/v1/nodes: enrollment (authenticated by a pairing code, not a token), list,
+revoke, and a node's view of its vCenter's VMs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from sendense.common.contract import (
+    DiscoverResponse,
+    EnrollRequest,
+    EnrollResponse,
+    VcenterLogin,
+)
+from sendense.hub.api.deps import HubDep, require_token
+from sendense.hub.nodes.registry import NodeInfo
+
+public = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
+router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"], dependencies=[Depends(require_token)])
+
+
+@public.post("/enroll", status_code=201)
+def enroll(hub: HubDep, body: EnrollRequest) -> EnrollResponse:
+    info = hub.enroll_node(
+        body.code, body.node_name, body.public_key, body.node_api_token.get_secret_value()
+    )
+    host_key = hub.tunnel_identity()
+    s = hub.settings
+    return EnrollResponse(
+        node_id=info.id,
+        node_name=info.name,
+        key_fingerprint=info.key_fingerprint or "",
+        hub_host_key=host_key.public_key,
+        hub_host_key_fingerprint=host_key.fingerprint,
+        tunnel_port=s.tunnel_port,
+        tunnel_user=hub.tunnel.user,
+        reverse_port=info.reverse_port or 0,
+        nbd_port_min=s.nbd_port_min,
+        nbd_port_max=s.nbd_port_max,
+        api_port=s.listen_port,
+    )
+
+
+@router.get("")
+def list_nodes(hub: HubDep) -> list[NodeInfo]:
+    return hub.node_status()
+
+
+@router.post("/{name}/revoke")
+def revoke(hub: HubDep, name: str) -> NodeInfo:
+    return hub.revoke_node(name)
+
+
+@router.post("/{name}/vms")
+def discover(hub: HubDep, name: str, login: VcenterLogin) -> DiscoverResponse:
+    """The vCenter's VMs, asked of the node through its tunnel."""
+    client = hub.connector.open(name)
+    try:
+        return client.discover(login)
+    finally:
+        client.close()

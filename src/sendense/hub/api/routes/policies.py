@@ -1,0 +1,78 @@
+"""/api/v1/policies: retention rules, maximum chain length and schedule, and
+which VMs each covers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+
+from sendense.hub.api.deps import HubDep, require_token
+from sendense.hub.retention.policies import PolicyInfo
+from sendense.hub.retention.rules import RULES, KeepRules
+
+router = APIRouter(
+    prefix="/api/v1/policies", tags=["policies"], dependencies=[Depends(require_token)]
+)
+
+
+class PolicyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    keep_last: NonNegativeInt = 0
+    keep_hourly: NonNegativeInt = 0
+    keep_daily: NonNegativeInt = 0
+    keep_weekly: NonNegativeInt = 0
+    keep_monthly: NonNegativeInt = 0
+    keep_yearly: NonNegativeInt = 0
+    max_chain_length: int | None = Field(default=None, ge=1, le=10_000)
+    schedule: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class PolicyOut(BaseModel):
+    name: str
+    keep: dict[str, int]
+    max_chain_length: int | None
+    schedule: str | None
+    last_run_at: datetime | None
+    assignments: list[tuple[str, str]]
+
+
+class AssignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["vm", "pattern", "folder"]
+    value: str = Field(min_length=1, max_length=255)
+
+
+def _out(p: PolicyInfo) -> PolicyOut:
+    return PolicyOut(
+        name=p.name,
+        keep={r: getattr(p.rules, r) for r in RULES},
+        max_chain_length=p.max_chain_length,
+        schedule=p.schedule,
+        last_run_at=p.last_run_at,
+        assignments=p.assignments,
+    )
+
+
+@router.post("", status_code=201)
+def add_policy(hub: HubDep, body: PolicyIn) -> PolicyOut:
+    rules = KeepRules(**{r: getattr(body, f"keep_{r}") for r in RULES})
+    return _out(hub.policies.create(body.name, rules, body.max_chain_length, body.schedule))
+
+
+@router.get("")
+def list_policies(hub: HubDep) -> list[PolicyOut]:
+    return [_out(p) for p in hub.policies.list()]
+
+
+@router.delete("/{name}", status_code=204)
+def delete_policy(hub: HubDep, name: str) -> None:
+    hub.policies.delete(name)
+
+
+@router.post("/{name}/assignments")
+def assign_policy(hub: HubDep, name: str, body: AssignIn) -> PolicyOut:
+    return _out(hub.policies.assign(name, body.kind, body.value))

@@ -1,0 +1,44 @@
+"""/api/v1/repositories: list, add, capacity."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from sendense.hub.api.deps import HubDep, require_token
+from sendense.hub.api.schemas import CapacityOut, RepositoryIn, RepositoryOut
+from sendense.hub.repository.repositories import RepositoryInfo
+from sendense.hub.retention.space import RepositoryUsage, repository_usage
+
+router = APIRouter(
+    prefix="/api/v1/repositories", tags=["repositories"], dependencies=[Depends(require_token)]
+)
+
+
+def _out(info: RepositoryInfo, usage: RepositoryUsage | None = None) -> RepositoryOut:
+    usage = usage or RepositoryUsage()
+    return RepositoryOut(
+        id=info.id,
+        name=info.name,
+        path=str(info.path),
+        capacity=CapacityOut.model_validate(info.capacity),
+        backup_bytes=usage.backup_bytes,
+        prunable_bytes=usage.prunable_bytes,
+    )
+
+
+@router.get("")
+def list_repositories(hub: HubDep) -> list[RepositoryOut]:
+    """Each repository with its free space, what its backups take, and what prune
+    (each VM's policy, now) would free."""
+    usage = repository_usage(hub.prune, hub.policies)
+    return [_out(r, usage.get(r.id)) for r in hub.repos.list()]
+
+
+@router.post("", status_code=201)
+def add_repository(hub: HubDep, body: RepositoryIn) -> RepositoryOut:
+    return _out(hub.repos.add(body.path, body.name))
+
+
+@router.get("/{ref}/capacity")
+def capacity(hub: HubDep, ref: str) -> CapacityOut:
+    return CapacityOut.model_validate(hub.repos.get(ref).capacity)

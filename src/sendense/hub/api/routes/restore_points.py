@@ -1,0 +1,190 @@
+"""/api/v1/restore-points: list and show points, protect one, download a disk
+(raw, QCOW2, VMDK), open an instant access, restore the whole VM to vCenter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import update
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from sendense.common.contract import new_vm_name
+from sendense.common.errors import NotFound
+from sendense.hub.api.deps import HubDep, QueriesDep, require_token
+from sendense.hub.api.routes.access import access_out
+from sendense.hub.api.schemas import AccessOut, RestorePointOut
+from sendense.hub.db.models import RestorePoint
+from sendense.hub.restore.conversion import EXTENSIONS, DiskConverter
+from sendense.hub.restore.raw_stream import raw_stream
+from sendense.hub.restore.to_vcenter import RestoreVmRequest
+from sendense.hub.service import Hub
+
+router = APIRouter(
+    prefix="/api/v1/restore-points", tags=["restore"], dependencies=[Depends(require_token)]
+)
+FILE_CHUNK = 4 << 20
+
+
+class ProtectIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    protected: bool = True
+
+
+class RestoreVmIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=80, description="the VM to create")
+    datastore: str | None = Field(
+        default=None, max_length=255, description="default: where the first disk was"
+    )
+    folder: str | None = Field(
+        default=None, max_length=1024, description="VM folder (default: the datacenter's)"
+    )
+    force: bool = Field(default=False, description="replace a powered-off VM of that name")
+    power_on: bool = False
+    vcenter: str | None = Field(default=None, max_length=255, description="if several")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return new_vm_name(value)
+
+
+class RestoreVmQueuedOut(BaseModel):
+    job_id: str
+    state: str
+    restore_point_id: str
+    vm_name: str
+    datacenter: str
+    datastore: str
+    folder: str
+    replaces: bool
+    bytes_needed: int
+    warnings: list[str]
+
+
+@router.get("")
+def list_restore_points(queries: QueriesDep, vm: str | None = None) -> list[RestorePointOut]:
+    return queries.restore_points(vm)
+
+
+@router.get("/{point_id}")
+def get_restore_point(queries: QueriesDep, point_id: str) -> RestorePointOut:
+    return queries.restore_point(point_id)
+
+
+@router.post("/{point_id}/protect")
+def protect(hub: HubDep, point_id: str, body: ProtectIn) -> dict[str, bool]:
+    with hub.db.session() as s:
+        done = s.execute(
+            update(RestorePoint).where(RestorePoint.id == point_id).values(protected=body.protected)
+        )
+        if getattr(done, "rowcount", 0) != 1:
+            raise NotFound(f"restore point {point_id} does not exist")
+    return {"protected": body.protected}
+
+
+def converter_of(hub: Hub) -> DiskConverter:
+    return DiskConverter(hub.db, hub.repos, hub.settings.scratch_dir)
+
+
+class _OwnedStream(StreamingResponse):
+    """A stream that releases what it reads from (a temporary file, a qemu-nbd)
+    however the response ends: sent, failed, or the client gone."""
+
+    def __init__(
+        self,
+        content: AsyncGenerator[bytes],
+        size: int,
+        filename: str,
+        release: Callable[[], Awaitable[None]],
+    ) -> None:
+        headers = {
+            "Content-Length": str(size),
+            "Content-Disposition": f'attachment; filename="{filename}"',
+        }
+        super().__init__(content, headers=headers, media_type="application/octet-stream")
+        self._content = content
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self._content.aclose()
+            finally:
+                await self._release()
+
+
+async def _file_chunks(path: Path) -> AsyncGenerator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := await run_in_threadpool(handle.read, FILE_CHUNK):
+            yield chunk
+
+
+@router.get("/{point_id}/disks/{disk_key}/download")
+async def download_disk(
+    hub: HubDep,
+    point_id: str,
+    disk_key: int,
+    fmt: Annotated[Literal["raw", "qcow2", "vmdk"], Query(alias="format")] = "raw",
+) -> StreamingResponse:
+    """The disk as of this restore point. Raw streams straight from the chain;
+    QCOW2 and VMDK are converted on the hub first, then sent."""
+    converter = converter_of(hub)
+    source = await run_in_threadpool(converter.source, point_id, disk_key)
+    filename = f"{point_id}-{disk_key}.{EXTENSIONS[fmt]}"
+    if fmt == "raw":
+        stack = AsyncExitStack()
+        try:
+            stream = await stack.enter_async_context(
+                raw_stream(source, hub.settings.scratch_dir, hub.repos.qemu_img)
+            )
+        except BaseException:
+            await stack.aclose()
+            raise
+        return _OwnedStream(stream.chunks, stream.size, filename, stack.aclose)
+    result = await run_in_threadpool(converter.to_scratch, point_id, disk_key, fmt)
+
+    async def discard() -> None:
+        await run_in_threadpool(converter.discard, result)
+
+    try:
+        return _OwnedStream(_file_chunks(result.path), result.file_size, filename, discard)
+    except BaseException:
+        await discard()
+        raise
+
+
+@router.post("/{point_id}/access", status_code=201)
+def open_access(hub: HubDep, point_id: str) -> AccessOut:
+    """Serve the point's disks over NBD; writes go to a throwaway overlay."""
+    return access_out(hub.access.open(point_id, purpose="instant"))
+
+
+@router.post("/{point_id}/restore-vm", status_code=202)
+def restore_vm(hub: HubDep, point_id: str, body: RestoreVmIn) -> RestoreVmQueuedOut:
+    """A restore point as a VM in vCenter. Refused at once (4xx, nothing changed)
+    for an unknown point, a name in use without `force`, a running VM, an unknown
+    datastore or one without room."""
+    queued = hub.restores.submit(RestoreVmRequest(point_id, **body.model_dump()))
+    plan = queued.plan
+    return RestoreVmQueuedOut(
+        job_id=queued.job_id,
+        state="queued",
+        restore_point_id=point_id,
+        vm_name=plan.vm_name,
+        datacenter=plan.datacenter,
+        datastore=plan.datastore,
+        folder=plan.folder,
+        replaces=plan.replaces,
+        bytes_needed=plan.bytes_needed,
+        warnings=queued.warnings,
+    )

@@ -1,0 +1,34 @@
+"""/api/v1/vcenters: the vCenters the hub backs up from, each through one node."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from sendense.hub.api.deps import HubDep, require_token
+from sendense.hub.nodes.vcenters import VcenterInfo
+
+router = APIRouter(
+    prefix="/api/v1/vcenters", tags=["backups"], dependencies=[Depends(require_token)]
+)
+
+
+class VcenterIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = Field(min_length=1, max_length=255)
+    user: str = Field(min_length=1, max_length=255)
+    password: SecretStr
+    node: str = Field(min_length=1, max_length=64)
+    thumbprint: str | None = Field(default=None, max_length=200)
+
+
+@router.post("", status_code=201)
+def add_vcenter(hub: HubDep, body: VcenterIn) -> VcenterInfo:
+    return hub.vcenters.add(
+        body.host, body.user, body.password.get_secret_value(), body.node, body.thumbprint
+    )
+
+
+@router.get("")
+def list_vcenters(hub: HubDep) -> list[VcenterInfo]:
+    return hub.vcenters.list()

@@ -1,0 +1,457 @@
+"""The hub's side of one backup job: open write exports for a VM's disks, then
+finish (check, mark complete in one transaction) or fail (remove everything).
+
+Write order: rows (incomplete) -> files -> ports -> qemu-nbd; finish goes
+data -> stop servers -> `qemu-img check` -> the one transaction that says
+`complete`. Whatever a crash interrupts is found by `reconcile` at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from sendense.common.checksum import pack_areas
+from sendense.common.contract import VmLayout
+from sendense.common.errors import (
+    InvalidInput,
+    NotFound,
+    SendenseError,
+    TaskNotRunning,
+    VmBusy,
+)
+from sendense.common.names import export_name, validate_vm_name
+from sendense.common.targets import NbdTarget, format_targets
+from sendense.hub.db.database import Database
+from sendense.hub.db.models import (
+    ACTIVE_JOB_STATES,
+    Job,
+    JobState,
+    PointStatus,
+    RestorePoint,
+    RestorePointDisk,
+    Vm,
+    VmDisk,
+    new_id,
+    utcnow,
+)
+from sendense.hub.repository.exports import ExportManager
+from sendense.hub.repository.ports import PortAllocator
+from sendense.hub.repository.repositories import (
+    RepositoryInfo,
+    RepositoryService,
+    supports_direct_io,
+)
+
+log = logging.getLogger(__name__)
+BACKUP_TYPES = ("auto", "full", "incremental")
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    key: int
+    capacity_bytes: int
+    label: str | None = None
+    datastore_path: str | None = None
+    estimated_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class DiskResult:
+    change_id: str | None = None
+    data_bytes: int | None = None
+    checksum: str | None = None
+    duration_s: float | None = None
+    rate_bytes_per_s: float | None = None
+    # The areas read, in the checksum's blocks of `checksum_block` bytes.
+    areas: list[tuple[int, int]] | None = None
+    checksum_block: int | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    key: int
+    file_path: str
+    parent_file: str | None
+    backup_type: str
+    parent_id: str | None
+    capacity: int
+
+
+@dataclass(frozen=True)
+class PreparedDisk:
+    key: int
+    backup_type: str
+    file_path: str
+    parent_id: str | None
+    target: NbdTarget
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    job_id: str
+    vm_id: str
+    restore_point_id: str
+    disks: list[PreparedDisk] = field(default_factory=list)
+
+    @property
+    def nbd_targets(self) -> str:
+        return format_targets([d.target for d in self.disks])
+
+
+def _validate(vm_name: str, disks: list[DiskSpec], backup_type: str) -> None:
+    validate_vm_name(vm_name)
+    if backup_type not in BACKUP_TYPES:
+        raise InvalidInput(f"backup type {backup_type!r}: use one of {', '.join(BACKUP_TYPES)}")
+    if not disks:
+        raise InvalidInput("a backup needs at least one disk")
+    keys = [d.key for d in disks]
+    if len(set(keys)) != len(keys):
+        raise InvalidInput("a disk key appears twice")
+    for d in disks:
+        if d.key < 0 or d.capacity_bytes <= 0:
+            raise InvalidInput(f"disk {d.key}: key must be >= 0 and capacity > 0")
+
+
+class BackupLedger:
+    def __init__(
+        self,
+        db: Database,
+        repos: RepositoryService,
+        ports: PortAllocator,
+        exports: ExportManager,
+        targets_host: str,
+        cache: str,
+    ) -> None:
+        self.db = db
+        self.repos = repos
+        self.ports = ports
+        self.exports = exports
+        self.targets_host = targets_host
+        self.cache = cache
+
+    def prepare(
+        self,
+        vm_name: str,
+        disks: list[DiskSpec],
+        backup_type: str = "auto",
+        repository: str | None = None,
+        job_id: str | None = None,
+        layout: VmLayout | None = None,
+        max_chain: int | None = None,
+    ) -> PreparedJob:
+        """Open exports for a new job, or for `job_id` reserved by `reserve`; `layout`
+        (the VM's disks and controllers) is kept with the restore point."""
+        _validate(vm_name, disks, backup_type)
+        try:
+            repo = self.repos.get(repository)
+            self.repos.ensure_fits(repo, sum(d.estimated_bytes for d in disks))
+        except SendenseError as exc:
+            if job_id is not None:
+                self.fail(job_id, exc.message)
+            raise
+        with self.db.session() as s:
+            vm = self._upsert_vm(s, vm_name, disks)
+            if job_id is None:
+                job = Job(vm_id=vm.id, backup_type=backup_type)
+                s.add(job)
+                s.flush()
+                self._lock_vm(s, vm, job.id)
+            else:
+                job = s.get_one(Job, job_id)
+                if job.state != JobState.QUEUED:
+                    raise TaskNotRunning(job_id, f"job {job_id} is {job.state.value}, not queued")
+            job.state = JobState.PREPARING
+            job.started_at = utcnow()
+            point = RestorePoint(
+                vm_id=vm.id,
+                job_id=job.id,
+                repository_id=repo.id,
+                layout=layout.model_dump(mode="json") if layout is not None else None,
+            )
+            s.add(point)
+            s.flush()
+            ordered = sorted(disks, key=lambda d: d.key)
+            plans = [
+                self._plan_disk(s, vm, point, d, backup_type, repo.id, max_chain) for d in ordered
+            ]
+            job_id, vm_id, point_id = job.id, vm.id, point.id
+        try:
+            prepared = self._open(repo, job_id, vm_name, plans)
+        except BaseException as exc:
+            self.fail(job_id, f"could not open exports: {exc}")
+            raise
+        with self.db.session() as s:
+            s.get_one(Job, job_id).state = JobState.RUNNING
+        result = PreparedJob(job_id, vm_id, point_id, prepared)
+        log.info("job prepared job=%s vm=%s targets=%s", job_id, vm_name, result.nbd_targets)
+        return result
+
+    def reserve(self, vm_name: str, backup_type: str) -> str:
+        """A queued job that holds the VM's lock: a second request gets 409 at once."""
+        validate_vm_name(vm_name)
+        if backup_type not in BACKUP_TYPES:
+            raise InvalidInput(f"backup type {backup_type!r}: use one of {', '.join(BACKUP_TYPES)}")
+        with self.db.session() as s:
+            vm = s.scalars(select(Vm).where(Vm.name == vm_name)).first()
+            if vm is None:
+                vm = Vm(name=vm_name)
+                s.add(vm)
+                s.flush()
+            job = Job(vm_id=vm.id, backup_type=backup_type, state=JobState.QUEUED)
+            s.add(job)
+            s.flush()
+            self._lock_vm(s, vm, job.id)
+            return job.id
+
+    def parent_change_ids(self, prepared: PreparedJob) -> dict[int, str]:
+        """Per incremental disk, the change ID its parent recorded."""
+        parents = {d.parent_id: d.key for d in prepared.disks if d.parent_id}
+        if not parents:
+            return {}
+        with self.db.session() as s:
+            rows = s.scalars(select(RestorePointDisk).where(RestorePointDisk.id.in_(parents)))
+            return {parents[r.id]: r.change_id for r in rows if r.change_id}
+
+    @staticmethod
+    def _upsert_vm(s: Session, vm_name: str, disks: list[DiskSpec]) -> Vm:
+        vm = s.scalars(select(Vm).where(Vm.name == vm_name)).first()
+        if vm is None:
+            vm = Vm(name=vm_name)
+            s.add(vm)
+            s.flush()
+        known = {d.disk_key: d for d in s.scalars(select(VmDisk).where(VmDisk.vm_id == vm.id))}
+        for spec in disks:
+            row = known.get(spec.key) or VmDisk(vm_id=vm.id, disk_key=spec.key)
+            row.capacity_bytes = spec.capacity_bytes
+            row.label = spec.label
+            row.datastore_path = spec.datastore_path
+            row.removed = False
+            s.add(row)
+        wanted = {spec.key for spec in disks}
+        for key, row in known.items():
+            if key not in wanted:
+                row.removed = True  # a removed disk ends its chain
+        return vm
+
+    @staticmethod
+    def _lock_vm(s: Session, vm: Vm, job_id: str) -> None:
+        result = s.execute(
+            update(Vm)
+            .where(Vm.id == vm.id, Vm.active_job_id.is_(None))
+            .values(active_job_id=job_id)
+        )
+        if getattr(result, "rowcount", 0) != 1:
+            s.refresh(vm)
+            raise VmBusy(
+                vm.name, vm.active_job_id, f"VM {vm.name!r} has a job running: {vm.active_job_id}"
+            )
+
+    @staticmethod
+    def _plan_disk(
+        s: Session,
+        vm: Vm,
+        point: RestorePoint,
+        spec: DiskSpec,
+        backup_type: str,
+        repo_id: str,
+        max_chain: int | None = None,
+    ) -> _Plan:
+        parent = None
+        if backup_type != "full":
+            # The newest point of this disk, complete or found invalid by a
+            # verification: an invalid one is never a parent, the disk gets a full.
+            parent = s.scalars(
+                select(RestorePointDisk)
+                .join(RestorePoint)
+                .where(
+                    RestorePoint.vm_id == vm.id,
+                    # the backing file is named relative to the overlay: same repository
+                    RestorePoint.repository_id == repo_id,
+                    RestorePointDisk.disk_key == spec.key,
+                    RestorePointDisk.status.in_([PointStatus.COMPLETE, PointStatus.INVALID]),
+                )
+                .order_by(RestorePoint.completed_at.desc())
+            ).first()
+            if parent is not None and parent.status == PointStatus.INVALID:
+                log.warning(
+                    "disk %d: its last restore point failed verification: full backup", spec.key
+                )
+                parent = None
+            elif parent is not None and parent.change_id is None:
+                parent = None
+            elif parent is not None and max_chain and _chain_length(s, parent) >= max_chain:
+                log.info(
+                    "disk %d: its chain holds %d files, the policy's maximum: full backup",
+                    spec.key,
+                    max_chain,
+                )
+                parent = None
+        if backup_type == "incremental" and parent is None:
+            log.info("disk %d has no complete parent with a change id: full backup", spec.key)
+        disk_id = new_id()
+        row = RestorePointDisk(
+            id=disk_id,
+            restore_point_id=point.id,
+            disk_key=spec.key,
+            parent_id=parent.id if parent else None,
+            backup_type="incremental" if parent else "full",
+            virtual_size=spec.capacity_bytes,
+            file_path=RepositoryService.disk_file(vm.id, spec.key, disk_id),
+        )
+        s.add(row)
+        s.flush()
+        return _Plan(
+            spec.key,
+            row.file_path,
+            parent.file_path if parent else None,
+            row.backup_type,
+            parent.id if parent else None,
+            spec.capacity_bytes,
+        )
+
+    def _open(
+        self, repo: RepositoryInfo, job_id: str, vm_name: str, plans: list[_Plan]
+    ) -> list[PreparedDisk]:
+        cache = self.cache
+        if cache == "auto":
+            cache = "none" if supports_direct_io(repo.path) else "writeback"
+        prepared = []
+        for index, plan in enumerate(plans):
+            image = self.repos.create_image(repo, plan.file_path, plan.capacity, plan.parent_file)
+            port = self.ports.allocate(f"job:{job_id}", job_id, plan.key)
+            name = export_name(vm_name, index)
+            self.exports.start(job_id, plan.key, port, image, name, cache)
+            target = NbdTarget(plan.key, self.targets_host, port, name)
+            prepared.append(
+                PreparedDisk(plan.key, plan.backup_type, plan.file_path, plan.parent_id, target)
+            )
+        return prepared
+
+    def finish(self, job_id: str, results: dict[int, DiskResult]) -> str:
+        """Stop the exports, check every image, then mark all complete in one transaction.
+
+        Anything that goes wrong on the way fails the job (files removed, VM unlocked):
+        a job never stays `finalizing`."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"job {job_id} does not exist")
+            if job.state != JobState.RUNNING:
+                raise TaskNotRunning(job_id, f"job {job_id} is {job.state.value}, not running")
+            job.state = JobState.FINALIZING
+            point = s.scalars(select(RestorePoint).where(RestorePoint.job_id == job_id)).one()
+            repo_id = point.repository_id
+            files = {d.disk_key: d.file_path for d in point.disks}
+        try:
+            return self._finalize(job_id, repo_id, files, results)
+        except BaseException as exc:
+            reason = exc.message if isinstance(exc, SendenseError) else repr(exc)
+            self.fail(job_id, f"finishing failed: {reason}")
+            raise
+
+    def _finalize(
+        self, job_id: str, repo_id: str, files: dict[int, str], results: dict[int, DiskResult]
+    ) -> str:
+        if set(results) != set(files):
+            # A disk without a result was never confirmed written: never call it complete.
+            raise InvalidInput(
+                f"job {job_id} has disks {sorted(files)}, the results name {sorted(results)}"
+            )
+        repo = self.repos.get(repo_id)
+        self.exports.stop_job(job_id)
+        sizes: dict[int, int] = {}
+        for key, relative in files.items():
+            check = self.repos.check(repo, relative)
+            if not check.clean:
+                raise SendenseError(
+                    f"disk {key}: qemu-img check exit {check.returncode}: {check.output}"
+                )
+            sizes[key] = self.repos.resolve(repo, relative).stat().st_blocks * 512
+        with self.db.session() as s:
+            # Only a job still finalizing may complete: a concurrent fail() wins.
+            claimed = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.FINALIZING)
+                .values(state=JobState.COMPLETE, finished_at=utcnow())
+            )
+            if getattr(claimed, "rowcount", 0) != 1:
+                raise TaskNotRunning(job_id, f"job {job_id} was failed while it was being finished")
+            self.ports.release_job(s, job_id)
+            point = s.scalars(select(RestorePoint).where(RestorePoint.job_id == job_id)).one()
+            for disk in point.disks:
+                result = results[disk.disk_key]
+                disk.change_id = result.change_id
+                disk.data_bytes = result.data_bytes
+                disk.checksum = result.checksum
+                disk.duration_s = result.duration_s
+                disk.rate_bytes_per_s = result.rate_bytes_per_s
+                if result.areas is not None and result.checksum_block:
+                    disk.areas = pack_areas(result.areas)
+                    disk.checksum_block = result.checksum_block
+                disk.file_size = sizes[disk.disk_key]
+                disk.status = PointStatus.COMPLETE
+            point.status = PointStatus.COMPLETE
+            point.completed_at = utcnow()
+            _unlock_vm(s, job_id)
+            point_id = point.id
+        log.info("job complete job=%s restore_point=%s", job_id, point_id)
+        return point_id
+
+    def fail(self, job_id: str, reason: str) -> None:
+        """Stop exports, free ports, remove the job's unfinished files and rows; never
+        touches a complete restore point."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"job {job_id} does not exist")
+            # Claim it first: a finish() running at the same time can no longer
+            # mark the point complete once its files are being removed.
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state.in_(ACTIVE_JOB_STATES))
+                .values(state=JobState.FAILED, error=reason, finished_at=utcnow())
+            )
+        self.exports.stop_job(job_id)
+        with self.db.session() as s:
+            points = s.scalars(
+                select(RestorePoint).where(
+                    RestorePoint.job_id == job_id, RestorePoint.status != PointStatus.COMPLETE
+                )
+            ).all()
+            doomed = [(p.repository_id, d.file_path) for p in points for d in p.disks]
+        # Files before rows: a crash in between leaves a row whose file is gone,
+        # which the next clean-up handles; the other order would leave a file
+        # nothing points to.
+        for repo_id, relative in doomed:
+            self.repos.remove_image(self.repos.get(repo_id, check_mounted=False), relative)
+        with self.db.session() as s:
+            self.ports.release_job(s, job_id)
+            for point in s.scalars(
+                select(RestorePoint).where(
+                    RestorePoint.job_id == job_id, RestorePoint.status != PointStatus.COMPLETE
+                )
+            ):
+                for disk in point.disks:
+                    s.delete(disk)
+                s.delete(point)
+            _unlock_vm(s, job_id)
+        log.warning("job failed job=%s reason=%s", job_id, reason)
+
+
+def _chain_length(s: Session, layer: RestorePointDisk) -> int:
+    """How many files a chain ending in `layer` holds (the full counts)."""
+    length = 1
+    while layer.parent_id is not None:
+        parent = s.get(RestorePointDisk, layer.parent_id)
+        if parent is None:
+            break
+        layer, length = parent, length + 1
+    return length
+
+
+def _unlock_vm(s: Session, job_id: str) -> None:
+    s.execute(update(Vm).where(Vm.active_job_id == job_id).values(active_job_id=None))

@@ -1,0 +1,139 @@
+"""The hub's main task: one backup of one VM, DESIGN.md steps 1-8.
+
+submit() reserves the VM (a second request gets 409 at once) and queues the task;
+a worker (at most `max_jobs` at a time) asks the node for the VM's disks, opens
+the exports, starts the node's copy, follows its progress, and finishes (check,
+one transaction) or fails (everything removed) the task through the ledger. A
+node that stops answering for `node_timeout` seconds fails the task with that
+reason.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sendense.common.contract import BackupStartRequest, NodeJobStatus
+from sendense.common.errors import NodeTaskEnded
+from sendense.hub.backup.ledger import BackupLedger, DiskResult, DiskSpec
+from sendense.hub.db.database import Database
+from sendense.hub.nodes.client import NodeClient, NodeConnector
+from sendense.hub.nodes.vcenters import VcenterService
+from sendense.hub.retention.policies import PolicyService
+from sendense.hub.tasks.node_task import follow_node_task
+from sendense.hub.tasks.runner import TaskRunner
+
+log = logging.getLogger(__name__)
+
+
+class BackupRunner(TaskRunner[NodeJobStatus]):
+    name = "backup"
+
+    def __init__(
+        self,
+        db: Database,
+        ledger: BackupLedger,
+        vcenters: VcenterService,
+        policies: PolicyService,
+        nodes: NodeConnector,
+        *,
+        max_jobs: int = 4,
+        poll: float = 0.25,
+        node_timeout: float = 60.0,
+    ) -> None:
+        super().__init__(db, max_jobs)
+        self.ledger = ledger
+        self.vcenters = vcenters
+        self.policies = policies
+        self.nodes = nodes
+        self.poll = poll
+        self.node_timeout = node_timeout
+
+    def submit(self, vm_name: str, backup_type: str = "auto", vcenter: str | None = None) -> str:
+        self.vcenters.login(vcenter)  # refuse now, not in the queue, when there is none
+        task_id = self.ledger.reserve(vm_name, backup_type)
+        self.queue(task_id, lambda: self._run_backup(task_id, vm_name, backup_type, vcenter))
+        log.info("backup queued task=%s vm=%s type=%s", task_id, vm_name, backup_type)
+        return task_id
+
+    # The ledger owns a backup's states: reserve() queued it, prepare() runs it,
+    # finish() completes it and fail() removes what it wrote.
+    def start(self, task_id: str) -> bool:  # noqa: ARG002
+        return True
+
+    def fail(self, task_id: str, message: str) -> None:
+        self.ledger.fail(task_id, message)
+
+    def complete(self, task_id: str, note: str | None) -> None:
+        pass  # finish() completed it
+
+    def _run_backup(
+        self, task_id: str, vm_name: str, backup_type: str, vcenter: str | None
+    ) -> None:
+        status = self._backup(task_id, vm_name, backup_type, vcenter)
+        if status.state != "complete":
+            raise NodeTaskEnded(status.state, status.error)
+        for disk in status.disks:
+            if disk.full_reason:
+                log.warning(
+                    "disk %d read as a full task=%s: %s", disk.disk_key, task_id, disk.full_reason
+                )
+        results = {
+            d.disk_key: DiskResult(
+                d.change_id,
+                d.bytes_written,
+                d.checksum,
+                d.seconds,
+                d.bytes_total / d.seconds if d.seconds else None,
+                d.areas,
+                d.checksum_block,
+            )
+            for d in status.disks
+        }
+        self.ledger.finish(task_id, results)
+
+    def _client(self, node: str) -> NodeClient:
+        return self.nodes.open(node)
+
+    def _backup(
+        self, task_id: str, vm_name: str, backup_type: str, vcenter: str | None
+    ) -> NodeJobStatus:
+        login, node_name = self.vcenters.login(vcenter)
+        client = self._client(node_name)
+        try:
+            inventory = client.inventory(login, vm_name)
+            disks = [
+                DiskSpec(d.key, d.capacity_bytes, d.label, d.datastore_path)
+                for d in inventory.disks
+            ]
+            folder = inventory.path.rsplit("/", 1)[0] if "/" in inventory.path else None
+            policy = self.policies.policy_for(vm_name, folder)
+            prepared = self.ledger.prepare(
+                vm_name,
+                disks,
+                backup_type,
+                job_id=task_id,
+                layout=inventory.layout(),
+                max_chain=policy.max_chain_length if policy else None,
+            )
+            previous = self.ledger.parent_change_ids(prepared)
+            request = BackupStartRequest(
+                job_id=task_id,
+                vm_name=vm_name,
+                vcenter_host=login.vcenter_host,
+                vcenter_user=login.vcenter_user,
+                vcenter_password=login.vcenter_password,
+                vcenter_thumbprint=login.vcenter_thumbprint,
+                nbd_targets=prepared.nbd_targets,
+                backup_type="incremental" if previous else "full",
+                previous_change_ids={str(k): v for k, v in previous.items()},
+            )
+            client.start_backup(request)
+            return follow_node_task(
+                lambda: client.job(task_id),
+                client.name,
+                poll=self.poll,
+                node_timeout=self.node_timeout,
+                record=lambda status: self.board.put(task_id, status),
+            )
+        finally:
+            client.close()

@@ -1,0 +1,185 @@
+"""Nodes: pairing codes, enrollment, revocation, and the tunnel's view of them.
+
+A pairing code is single use and expires (15 minutes by default); only its
+digest is stored. Enrollment binds a node name to its SSH public key, gives it
+a reverse port for its API, and keeps the node's API token sealed.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from sendense.common.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from sendense.common.names import safe_label
+from sendense.common.sshkeys import fingerprint as key_fingerprint
+from sendense.hub.auth.secrets import SecretBox
+from sendense.hub.db.database import Database
+from sendense.hub.db.models import Node, PairingCode, utcnow
+
+log = logging.getLogger(__name__)
+_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
+
+
+def _digest(code: str) -> str:
+    return hashlib.sha256(code.replace("-", "").upper().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    id: str
+    name: str
+    key_fingerprint: str | None
+    reverse_port: int | None
+    revoked: bool
+    connected: bool
+    last_seen: datetime | None
+
+
+def _info(row: Node) -> NodeInfo:
+    return NodeInfo(
+        row.id,
+        row.name,
+        row.key_fingerprint,
+        row.reverse_port,
+        row.revoked,
+        row.connected,
+        row.last_seen,
+    )
+
+
+class NodeService:
+    def __init__(
+        self, db: Database, box: SecretBox, reverse_ports: tuple[int, int], pairing_minutes: int
+    ) -> None:
+        self.db = db
+        self.box = box
+        self.reverse_ports = reverse_ports
+        self.pairing_minutes = pairing_minutes
+
+    def pairing_code(self) -> tuple[str, datetime]:
+        raw = "".join(secrets.choice(_ALPHABET) for _ in range(12))
+        code = "-".join(raw[i : i + 4] for i in range(0, 12, 4))
+        expires = utcnow() + timedelta(minutes=self.pairing_minutes)
+        with self.db.session() as s:
+            s.add(PairingCode(code_hash=_digest(code), expires_at=expires))
+        return code, expires
+
+    def enroll(self, code: str, name: str, public_key: str, api_token: str) -> NodeInfo:
+        label = safe_label(name, 64)
+        if label != name:
+            raise InvalidInput(f"node name {name!r}: use letters, digits, '.', '_' and '-'")
+        fingerprint = key_fingerprint(public_key)
+        sealed = self.box.seal(api_token)
+        with self.db.session() as s:
+            pairing = s.scalars(
+                select(PairingCode).where(PairingCode.code_hash == _digest(code))
+            ).first()
+            if pairing is None:
+                raise Unauthorized("pairing code is not valid")
+            if pairing.used_at is not None:
+                raise Unauthorized("pairing code was used already: ask for a new one")
+            if pairing.expires_at < utcnow():
+                raise Unauthorized("pairing code has expired: ask for a new one")
+            if s.scalars(select(Node).where(Node.name == name)).first() is not None:
+                raise Conflict(f"a node named {name!r} is enrolled already")
+            taken = set(s.scalars(select(Node.reverse_port)).all())
+            port = next(
+                (
+                    p
+                    for p in range(self.reverse_ports[0], self.reverse_ports[1] + 1)
+                    if p not in taken
+                ),
+                None,
+            )
+            if port is None:
+                raise Conflict("no reverse port left for another node")
+            node = Node(
+                name=name,
+                public_key=public_key.strip(),
+                key_fingerprint=fingerprint,
+                reverse_port=port,
+                api_token_sealed=sealed,
+            )
+            s.add(node)
+            s.flush()
+            pairing.used_at = utcnow()
+            pairing.node_id = node.id
+            try:
+                s.flush()
+            except IntegrityError as exc:
+                raise Conflict(f"node {name!r} or its key is enrolled already") from exc
+            info = _info(node)
+        log.info("node enrolled name=%s key=%s reverse_port=%d", name, fingerprint, port)
+        return info
+
+    def revoke(self, name: str) -> NodeInfo:
+        with self.db.session() as s:
+            node = self._get(s, name)
+            node.revoked = True
+            node.connected = False
+            info = _info(node)
+        log.warning("node revoked name=%s", name)
+        return info
+
+    @staticmethod
+    def _get(s: Session, name: str) -> Node:
+        node = s.scalars(select(Node).where((Node.name == name) | (Node.id == name))).first()
+        if node is None:
+            raise NotFound(f"no node named {name!r}")
+        return node
+
+    def get(self, name: str) -> NodeInfo:
+        with self.db.session() as s:
+            return _info(self._get(s, name))
+
+    def list(self) -> list[NodeInfo]:
+        with self.db.session() as s:
+            return [_info(n) for n in s.scalars(select(Node).order_by(Node.name))]
+
+    def authorized(self, fingerprint: str) -> NodeInfo | None:
+        """The enrolled, unrevoked node holding this key, if any."""
+        with self.db.session() as s:
+            node = s.scalars(
+                select(Node).where(Node.key_fingerprint == fingerprint, Node.revoked.is_(False))
+            ).first()
+            return _info(node) if node else None
+
+    def public_keys(self) -> dict[str, str]:
+        with self.db.session() as s:
+            rows = s.execute(select(Node.id, Node.public_key).where(Node.revoked.is_(False)))
+            return {node_id: key for node_id, key in rows if key}
+
+    def api_token(self, name: str) -> str:
+        with self.db.session() as s:
+            sealed = self._get(s, name).api_token_sealed
+        if sealed is None:
+            raise NotFound(f"node {name!r} has no API token")
+        return self.box.open(sealed)
+
+    def set_connected(self, node_id: str, connected: bool) -> None:
+        with self.db.session() as s:
+            node = s.get(Node, node_id)
+            if node is not None:
+                node.connected = connected
+                if connected:
+                    node.last_seen = utcnow()
+
+    def refresh_connected(self, listening: Callable[[str, int], bool]) -> builtins.list[NodeInfo]:
+        """Nodes, with `connected` probed now: a node is connected while its reverse
+        forward listens on the hub (`listening(host, port)`)."""
+        for node in self.list():
+            if node.reverse_port is not None:
+                up = not node.revoked and listening("127.0.0.1", node.reverse_port)
+                if up or node.connected:
+                    self.set_connected(node.id, up)
+        return self.list()

@@ -1,0 +1,83 @@
+"""vCenters the hub backs up from: each reached through one node; the password sealed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from sendense.common.contract import VcenterLogin
+from sendense.common.errors import Conflict, InvalidInput, NotFound
+from sendense.hub.auth.secrets import SecretBox
+from sendense.hub.db.database import Database
+from sendense.hub.db.models import Node, Vcenter
+
+
+@dataclass(frozen=True)
+class VcenterInfo:
+    id: str
+    host: str
+    username: str
+    thumbprint: str | None
+    node: str
+
+
+class VcenterService:
+    def __init__(self, db: Database, box: SecretBox) -> None:
+        self.db = db
+        self.box = box
+
+    def add(
+        self, host: str, user: str, password: str, node: str, thumbprint: str | None
+    ) -> VcenterInfo:
+        if not password:
+            raise InvalidInput("the vCenter password is empty")
+        sealed = self.box.seal(password)
+        try:
+            with self.db.session() as s:
+                row = s.scalars(select(Node).where(Node.name == node)).first()
+                if row is None or row.revoked:
+                    raise NotFound(f"no enrolled node named {node!r}")
+                vc = Vcenter(
+                    host=host,
+                    username=user,
+                    password_sealed=sealed,
+                    thumbprint=thumbprint,
+                    node_id=row.id,
+                )
+                s.add(vc)
+                s.flush()
+                return VcenterInfo(vc.id, host, user, thumbprint, node)
+        except IntegrityError as exc:
+            raise Conflict(f"vCenter {host} is registered already") from exc
+
+    def list(self) -> list[VcenterInfo]:
+        with self.db.session() as s:
+            rows = s.execute(select(Vcenter, Node.name).join(Node).order_by(Vcenter.host)).all()
+            return [VcenterInfo(v.id, v.host, v.username, v.thumbprint, n) for v, n in rows]
+
+    def login(self, host: str | None) -> tuple[VcenterLogin, str]:
+        """The login for `host` (or the only vCenter) and the name of its node."""
+        with self.db.session() as s:
+            query = select(Vcenter, Node.name).join(Node)
+            if host:
+                query = query.where(Vcenter.host == host)
+            rows = s.execute(query).all()
+        if not rows:
+            raise NotFound(
+                f"no vCenter {host!r} is registered"
+                if host
+                else "no vCenter is registered: `sendense vcenter add`"
+            )
+        if len(rows) > 1:
+            raise InvalidInput("several vCenters are registered: name one")
+        vc, node = rows[0]
+        login = VcenterLogin(
+            vcenter_host=vc.host,
+            vcenter_user=vc.username,
+            vcenter_password=SecretStr(self.box.open(vc.password_sealed)),
+            vcenter_thumbprint=vc.thumbprint,
+        )
+        return login, node

@@ -1,0 +1,208 @@
+"""Read access to a restore point over NBD: each disk served by qemu-nbd on a pool
+port, with a throwaway QCOW2 overlay on top of the point's file, so a client's
+writes land in the overlay and never in the backup.
+
+An access is a job row (kind "access") with its exports and ports, like a backup:
+start-up reconciliation stops what a killed hub left (exports, ports), and the
+overlays live in the scratch directory, which start-up empties.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+
+from sendense.common.errors import NotFound
+from sendense.hub.db.database import Database
+from sendense.hub.db.models import (
+    Job,
+    JobState,
+    NbdExport,
+    TaskKind,
+    utcnow,
+)
+from sendense.hub.repository.exports import ExportManager
+from sendense.hub.repository.ports import PortAllocator
+from sendense.hub.repository.repositories import RepositoryService
+from sendense.hub.restore.points import restorable_point
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DiskAccess:
+    disk_key: int
+    port: int
+    export_name: str
+    uri: str
+
+
+@dataclass(frozen=True)
+class AccessInfo:
+    id: str
+    restore_point_id: str
+    purpose: str
+    started_at: datetime | None
+    disks: list[DiskAccess]
+
+
+def established_ports() -> set[int]:
+    """Local TCP ports with an established connection (/proc/net/tcp and tcp6)."""
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "01":  # TCP_ESTABLISHED
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+class AccessService:
+    def __init__(
+        self,
+        db: Database,
+        repos: RepositoryService,
+        ports: PortAllocator,
+        exports: ExportManager,
+        scratch: Path,
+        targets_host: str,
+    ) -> None:
+        self.db = db
+        self.repos = repos
+        self.ports = ports
+        self.exports = exports
+        self.scratch = scratch
+        self.targets_host = targets_host
+        self._last_used: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def open(self, point_id: str, purpose: str = "instant") -> AccessInfo:
+        """Serve every disk of a complete restore point; refuses an unfinished or
+        invalid one."""
+        with self.db.session() as s:
+            point = restorable_point(s, point_id)
+            repo_id, vm_id = point.repository_id, point.vm_id
+            disks = [(d.disk_key, d.file_path, d.virtual_size) for d in point.disks]
+        repo = self.repos.get(repo_id)  # its own session: SQLite allows one writer
+        with self.db.session() as s:
+            job = Job(
+                vm_id=vm_id,
+                kind=TaskKind.ACCESS,
+                purpose=purpose[:16],
+                state=JobState.RUNNING,
+                started_at=utcnow(),
+            )
+            s.add(job)
+            s.flush()
+            access_id = job.id
+        directory = self.scratch / f"access-{access_id}"
+        try:
+            directory.mkdir(parents=True, mode=0o700)
+            for key, relative, size in disks:
+                overlay = directory / f"{key}.qcow2"
+                source = self.repos.resolve(repo, relative)
+                self.repos.qemu_img.create(overlay, size, backing=str(source))
+                port = self.ports.allocate(f"access:{access_id}", access_id, key)
+                name = f"{point_id}-{key}"
+                self.exports.start(access_id, key, port, overlay, name, "writeback")
+        except BaseException as exc:
+            self._teardown(access_id, f"could not open the access: {exc}")
+            raise
+        with self._lock:
+            self._last_used[access_id] = time.monotonic()
+        log.info("access opened id=%s restore_point=%s purpose=%s", access_id, point_id, purpose)
+        return self.get(access_id)
+
+    def get(self, access_id: str) -> AccessInfo:
+        with self.db.session() as s:
+            job = s.get(Job, access_id)
+            if job is None or job.kind != TaskKind.ACCESS or job.state != JobState.RUNNING:
+                raise NotFound(f"no open access {access_id}")
+            rows = s.scalars(
+                select(NbdExport).where(NbdExport.job_id == access_id).order_by(NbdExport.disk_key)
+            ).all()
+            # Export names are `<restore point id>-<disk key>`: the job row has no
+            # column for the point.
+            point_id = rows[0].export_name.rsplit("-", 1)[0] if rows else ""
+            purpose = job.purpose or "instant"
+            host = self._uri_host(purpose)
+            disks = [
+                DiskAccess(
+                    r.disk_key, r.port, r.export_name, f"nbd://{host}:{r.port}/{r.export_name}"
+                )
+                for r in rows
+            ]
+            return AccessInfo(access_id, point_id, purpose, job.started_at, disks)
+
+    def all(self) -> list[AccessInfo]:
+        with self.db.session() as s:
+            ids = list(
+                s.scalars(
+                    select(Job.id).where(Job.kind == TaskKind.ACCESS, Job.state == JobState.RUNNING)
+                )
+            )
+        found = []
+        for access_id in ids:
+            try:
+                found.append(self.get(access_id))
+            except NotFound:
+                continue  # closed meanwhile
+        return found
+
+    def _uri_host(self, purpose: str) -> str:
+        """An instant access is for an operator: the address qemu-nbd listens on.
+        Any other purpose (a restore through the node) names the hub's NBD ports
+        as the node sees them, through the tunnel."""
+        return self.exports.settings.host if purpose == "instant" else self.targets_host
+
+    def close(self, access_id: str) -> None:
+        """Stop the exports, free the ports, drop the overlays. Closing an access
+        that is closed already (expired, or failed by a restart) does nothing."""
+        with self.db.session() as s:
+            job = s.get(Job, access_id)
+            if job is None or job.kind != TaskKind.ACCESS:
+                raise NotFound(f"no access {access_id}")
+        self._teardown(access_id)
+
+    def _teardown(self, access_id: str, error: str | None = None) -> None:
+        self.exports.stop_job(access_id)
+        with self.db.session() as s:
+            self.ports.release_job(s, access_id)
+            job = s.get(Job, access_id)
+            if job is not None and job.state == JobState.RUNNING:
+                job.state = JobState.FAILED if error else JobState.COMPLETE
+                job.error, job.finished_at = error, utcnow()
+        shutil.rmtree(self.scratch / f"access-{access_id}", ignore_errors=True)
+        with self._lock:
+            self._last_used.pop(access_id, None)
+        log.info("access closed id=%s%s", access_id, f" error={error}" if error else "")
+
+    def expire_idle(self, idle_seconds: float, purpose: str = "instant") -> list[str]:
+        """Close accesses of `purpose` that no client has been connected to for
+        `idle_seconds`; returns their ids."""
+        busy = established_ports()
+        now = time.monotonic()
+        expired = []
+        for access in self.all():
+            if access.purpose != purpose:
+                continue
+            with self._lock:
+                if any(d.port in busy for d in access.disks):
+                    self._last_used[access.id] = now
+                last = self._last_used.setdefault(access.id, now)
+            if now - last >= idle_seconds:
+                log.info("access idle for %.0f s, closing id=%s", now - last, access.id)
+                self._teardown(access.id)
+                expired.append(access.id)
+        return expired

@@ -1,0 +1,135 @@
+"""The one base for the hub's long operations (backup, whole-VM restore, verify).
+
+A runner queues a task on its own worker pool, keeps the task's live progress
+in memory while it runs (and for `keep_finished_s` after it ends, so a client
+that polls a moment late still sees the last figures, then evicts it), moves
+the task's row through its states with a guarded update (a state set by
+someone else, a hub stop say, is never overwritten), and handles errors one
+way: an expected `SendenseError` (or an NBD failure) fails the task with its message, anything
+else fails it as an internal error and is logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+from sqlalchemy import update
+
+from sendense.common.errors import SendenseError
+from sendense.hub.db.database import Database
+from sendense.hub.db.models import ACTIVE_JOB_STATES, Job, JobState, utcnow
+from sendense.nbd.errors import NbdError
+
+log = logging.getLogger(__name__)
+P = TypeVar("P")
+
+
+def internal_error(exc: BaseException) -> str:
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+class ProgressBoard(Generic[P]):
+    """Live progress by task id; a finished task's entry is dropped after `keep_s`."""
+
+    def __init__(self, keep_s: float = 300.0, clock: Callable[[], float] = time.monotonic):
+        self.keep_s = keep_s
+        self.clock = clock
+        self._live: dict[str, P] = {}
+        self._ended: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def put(self, task_id: str, progress: P) -> None:
+        with self._lock:
+            self._live[task_id] = progress
+            self._evict()
+
+    def get(self, task_id: str) -> P | None:
+        with self._lock:
+            return self._live.get(task_id)
+
+    def ended(self, task_id: str) -> None:
+        with self._lock:
+            if task_id in self._live:
+                self._ended[task_id] = self.clock()
+            self._evict()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+    def _evict(self) -> None:
+        now = self.clock()
+        for task_id, at in list(self._ended.items()):
+            if now - at >= self.keep_s:
+                del self._ended[task_id]
+                self._live.pop(task_id, None)
+
+
+class TaskRunner(Generic[P]):
+    """Subclasses queue a task's work as a callable that returns a note for the
+    completed task (or None); `start`, `fail` and `complete` may be overridden
+    where a ledger owns the task's states (backups)."""
+
+    name = "task"
+
+    def __init__(self, db: Database, workers: int, keep_finished_s: float = 300.0) -> None:
+        self.db = db
+        self.board: ProgressBoard[P] = ProgressBoard(keep_finished_s)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}-task")
+
+    def progress(self, task_id: str) -> P | None:
+        return self.board.get(task_id)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def queue(self, task_id: str, work: Callable[[], str | None]) -> None:
+        self._pool.submit(self._run, task_id, work)
+
+    def set_state(self, task_id: str, state: JobState, error: str | None = None) -> bool:
+        """Move an active task on; False when it has ended already (a hub stop, a
+        failure recorded elsewhere): an ended task is never revived."""
+        values: dict[str, object] = {"state": state, "error": error}
+        if state in ACTIVE_JOB_STATES:
+            values["started_at"] = utcnow()
+        else:
+            values["finished_at"] = utcnow()
+        with self.db.session() as s:
+            done = s.execute(
+                update(Job)
+                .where(Job.id == task_id, Job.state.in_(ACTIVE_JOB_STATES))
+                .values(**values)
+            )
+            return getattr(done, "rowcount", 0) == 1
+
+    def start(self, task_id: str) -> bool:
+        return self.set_state(task_id, JobState.RUNNING)
+
+    def fail(self, task_id: str, message: str) -> None:
+        self.set_state(task_id, JobState.FAILED, message)
+
+    def complete(self, task_id: str, note: str | None) -> None:
+        self.set_state(task_id, JobState.COMPLETE, note)
+
+    def _run(self, task_id: str, work: Callable[[], str | None]) -> None:
+        try:
+            if not self.start(task_id):
+                return
+            try:
+                note = work()
+            except (SendenseError, NbdError) as exc:
+                log.warning("%s failed task=%s: %s", self.name, task_id, exc.message)
+                self.fail(task_id, exc.message)
+                return
+            except Exception as exc:
+                log.exception("%s crashed task=%s", self.name, task_id)
+                self.fail(task_id, internal_error(exc))
+                return
+            self.complete(task_id, note)
+        finally:
+            self.board.ended(task_id)

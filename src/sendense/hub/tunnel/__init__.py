@@ -1,1 +1,0 @@
-"""The hub's end of the tunnel: a private sshd the hub generates and supervises."""

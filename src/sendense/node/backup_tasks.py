@@ -1,0 +1,211 @@
+"""Backup jobs on the node: one snapshot per VM, every disk copied in parallel,
+the snapshot removed in every outcome (success, failure, cancel)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sendense.common.aio import run_all
+from sendense.common.contract import BackupStartRequest, DiskInventory, DiskProgress, NodeJobStatus
+from sendense.common.errors import Conflict, InvalidInput, VmBusy
+from sendense.common.logging import register_secret
+from sendense.common.targets import NbdTarget, parse_targets
+from sendense.node.config import NodeSettings
+from sendense.node.engine import CopyTuning, DiskPlan, copy_disk
+from sendense.node.task_table import TaskTable
+from sendense.node.vmware import snapshots
+from sendense.node.vmware.changes import ChangeIdInvalid, changed_areas, whole_disk
+from sendense.node.vmware.connection import Vcenter, connect
+from sendense.node.vmware.inventory import (
+    datacenter_of,
+    describe,
+    enable_cbt,
+    find_vm,
+    tools_running,
+    virtual_disks,
+)
+from sendense.node.vmware.readers import HttpsDatastoreReader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeJob:
+    status: NodeJobStatus
+    task: asyncio.Task[None] | None = None
+    cancel_requested: bool = field(default=False)
+
+
+class BackupTasks(TaskTable[NodeJob]):
+    what = "job"
+
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        super().__init__()
+        self.tuning = CopyTuning(
+            chunk=settings.chunk_mib << 20,
+            readers=settings.readers_per_disk,
+            in_flight=settings.writes_in_flight,
+        )
+
+    def start(self, req: BackupStartRequest) -> NodeJob:
+        register_secret(req.vcenter_password.get_secret_value())
+        parse_targets(req.nbd_targets)
+        if req.job_id in self.jobs:
+            raise Conflict(f"job {req.job_id} exists already")
+        running = self.active()
+        for other in running:
+            if other.status.vm_name == req.vm_name:
+                raise VmBusy(req.vm_name, other.status.job_id)
+        if len(running) >= self.settings.max_jobs:
+            raise Conflict(f"the node runs {len(running)} jobs, its limit; retry later")
+        status = NodeJobStatus(
+            job_id=req.job_id, vm_name=req.vm_name, state="queued", started_at=time.time()
+        )
+        job = NodeJob(status)
+        self.jobs[req.job_id] = job
+        job.task = asyncio.get_running_loop().create_task(self._run(job, req))
+        return job
+
+    async def _run(self, job: NodeJob, req: BackupStartRequest) -> None:
+        log.info("job started job=%s vm=%s type=%s", req.job_id, req.vm_name, req.backup_type)
+        await self.run(job, self._backup(job, req))
+
+    def _thumbprint(self, req: BackupStartRequest) -> str | None:
+        pins = self.settings.vcenter_thumbprints
+        return (
+            req.vcenter_thumbprint
+            or pins.get(req.vcenter_host)
+            or pins.get(req.vcenter_host.rsplit(":", 1)[0])
+        )
+
+    async def _backup(self, job: NodeJob, req: BackupStartRequest) -> None:
+        vc = await asyncio.to_thread(
+            connect,
+            req.vcenter_host,
+            req.vcenter_user,
+            req.vcenter_password.get_secret_value(),
+            self._thumbprint(req),
+            self.settings.vcenter_insecure,
+        )
+        try:
+            await self._with_snapshot(job, req, vc)
+        finally:
+            await asyncio.to_thread(vc.close)
+
+    async def _with_snapshot(self, job: NodeJob, req: BackupStartRequest, vc: Vcenter) -> None:
+        status = job.status
+        vm = await asyncio.to_thread(find_vm, vc, req.vm_name)
+        inventory = await asyncio.to_thread(describe, vm)
+        targets = parse_targets(req.nbd_targets)
+        check_targets(targets, inventory.disks, req.vm_name)
+        if not inventory.cbt_enabled and self.settings.enable_cbt:
+            await asyncio.to_thread(enable_cbt, vm)
+            status.warnings.append(
+                "CBT was off and is now enabled: VMware tracks changes from this snapshot on, "
+                "so this backup is a full"
+            )
+        await asyncio.to_thread(snapshots.sweep, vm)
+        quiesce = tools_running(vm)
+        if not quiesce:
+            status.warnings.append("VMware Tools not running: the snapshot is crash-consistent")
+            log.warning("crash-consistent snapshot job=%s vm=%s", req.job_id, req.vm_name)
+        name = snapshots.snapshot_name(req.job_id)
+        creating = asyncio.ensure_future(asyncio.to_thread(snapshots.create, vm, name, quiesce))
+        try:
+            snap = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            # The thread finishes the snapshot anyway (a quiesced one can take
+            # minutes): wait for it and remove it, then give up.
+            with contextlib.suppress(Exception):
+                made = await creating
+                await asyncio.to_thread(snapshots.remove, made, f"remove snapshot {name}")
+            raise
+        status.snapshot = name
+        log.info("snapshot created job=%s snapshot=%s quiesced=%s", req.job_id, name, quiesce)
+        try:
+            await self._copy_all(job, req, vc, vm, snap)
+        finally:
+            # Runs on cancel too: the task is cancelled once, so this await completes.
+            await asyncio.to_thread(snapshots.remove, snap, f"remove snapshot {name}")
+            log.info("snapshot removed job=%s snapshot=%s", req.job_id, name)
+
+    async def _copy_all(
+        self, job: NodeJob, req: BackupStartRequest, vc: Vcenter, vm: Any, snap: Any
+    ) -> None:
+        frozen = {
+            d.key: d for d in virtual_disks(await asyncio.to_thread(snapshots.disks_at, snap))
+        }
+        datacenter = await asyncio.to_thread(lambda: datacenter_of(vm).name)
+        plans = []
+        for target in parse_targets(req.nbd_targets):
+            disk = frozen[target.disk_key]
+            plan = await asyncio.to_thread(self._plan, req, vm, snap, target, disk)
+            job.status.disks.append(plan.progress)
+            plans.append((plan, disk))
+
+        async def one(plan: DiskPlan, disk: DiskInventory) -> None:
+            reader = HttpsDatastoreReader(
+                vc.host,
+                vc.port,
+                vc.ssl_context,
+                vc.session_cookie,
+                datacenter,
+                disk.datastore_path,
+                connections=self.tuning.readers,
+            )
+            try:
+                await copy_disk(plan, reader, self.tuning)
+                plan.progress.areas = plan.areas
+                plan.progress.checksum_block = self.tuning.chunk
+            finally:
+                await reader.close()
+
+        log.info(
+            "copy planned job=%s disks=%s bytes=%d",
+            req.job_id,
+            ",".join(f"{p.target.disk_key}:{p.progress.backup_type}" for p, _ in plans),
+            sum(p.progress.bytes_total or sum(n for _, n in p.areas) for p, _ in plans),
+        )
+        await run_all(one(plan, disk) for plan, disk in plans)
+        log.info("copy done job=%s", req.job_id)
+
+    def _plan(
+        self, req: BackupStartRequest, vm: Any, snap: Any, target: NbdTarget, disk: DiskInventory
+    ) -> DiskPlan:
+        progress = DiskProgress(disk_key=disk.key, backup_type="full", change_id=disk.change_id)
+        previous = req.previous_change_ids.get(str(disk.key))
+        wants_incremental = req.backup_type == "incremental"
+        if wants_incremental and previous and disk.change_id:
+            try:
+                areas = changed_areas(vm, snap, disk.key, disk.capacity_bytes, previous)
+                progress.backup_type = "incremental"
+                return DiskPlan(target, disk.capacity_bytes, areas, progress)
+            except ChangeIdInvalid as exc:
+                progress.full_reason = exc.message
+                log.warning("full instead of incremental job=%s: %s", req.job_id, exc.message)
+        elif wants_incremental:
+            progress.full_reason = (
+                "no previous change ID for this disk" if not previous else "CBT is off on the VM"
+            )
+        if disk.change_id:
+            areas = changed_areas(vm, snap, disk.key, disk.capacity_bytes, "*")
+        else:
+            areas = whole_disk(disk.capacity_bytes)
+        overlay = wants_incremental and bool(previous)
+        return DiskPlan(target, disk.capacity_bytes, areas, progress, zero_gaps=overlay)
+
+
+def check_targets(targets: list[NbdTarget], disks: list[DiskInventory], vm_name: str) -> None:
+    keys = {d.key for d in disks}
+    for target in targets:
+        if target.disk_key not in keys:
+            raise InvalidInput(
+                f"target key {target.disk_key} is not a disk of VM {vm_name!r} "
+                f"(its disks: {', '.join(str(k) for k in sorted(keys))})"
+            )

@@ -1,0 +1,266 @@
+"""Restore jobs on the node: a restore point, served by the hub over NBD, becomes
+a VM in vCenter.
+
+`start` checks everything first (vmware/restore.py `plan`) and answers a refusal
+at once, with nothing made. The job then replaces the old VM when asked to
+(powered off only), creates the VM with the recorded controllers and disks,
+uploads each disk's flat file (NBD reads pipelined into one HTTPS PUT per disk,
+all disks at once) and powers the VM on if asked. A job that fails or is
+cancelled destroys the VM it created, never another one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyVmomi import vmodl
+
+from sendense.common.aio import run_all
+from sendense.common.contract import (
+    RestoreCheckRequest,
+    RestoreCheckResponse,
+    RestoreDiskProgress,
+    RestoreJobStatus,
+    RestoreStartRequest,
+    VcenterLogin,
+)
+from sendense.common.errors import Conflict, SendenseError, VmBusy
+from sendense.common.logging import register_secret
+from sendense.common.progress import Meter
+from sendense.common.targets import parse_targets
+from sendense.nbd.client import NbdClient
+from sendense.nbd.protocol import CMD_READ
+from sendense.node.backup_tasks import BackupTasks
+from sendense.node.config import NodeSettings
+from sendense.node.task_table import TaskTable
+from sendense.node.vmware import restore
+from sendense.node.vmware.connection import Vcenter, connect
+from sendense.node.vmware.inventory import inventory_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RestoreJob:
+    status: RestoreJobStatus
+    task: asyncio.Task[None] | None = None
+    cancel_requested: bool = field(default=False)
+
+
+def _pieces(size: int, chunk: int) -> Iterator[tuple[int, int]]:
+    for offset in range(0, size, chunk):
+        yield offset, min(chunk, size - offset)
+
+
+async def pump(
+    nbd: NbdClient, upload: restore.DatastoreUpload, meter: Meter, chunk: int, in_flight: int
+) -> None:
+    """Read the export in order, `in_flight` reads ahead, and send each piece on.
+    A hole reads as zeroes and is sent as zeroes: an upload has no holes."""
+    pieces = _pieces(upload.size, chunk)
+    reads: deque[asyncio.Future[bytes]] = deque()
+
+    def refill() -> None:
+        while len(reads) < in_flight and (piece := next(pieces, None)) is not None:
+            reads.append(nbd.submit(CMD_READ, *piece))
+
+    refill()
+    try:
+        while reads:
+            data = await reads.popleft()
+            refill()
+            await asyncio.to_thread(upload.send, data)
+            meter.advance(len(data))
+    finally:
+        for read in reads:
+            if read.done() and not read.cancelled():
+                read.exception()  # retrieved: a lost connection failed them all
+            else:
+                read.cancel()
+
+
+class RestoreTasks(TaskTable[RestoreJob]):
+    what = "restore job"
+
+    def __init__(self, settings: NodeSettings, backups: BackupTasks) -> None:
+        self.settings = settings
+        self.backups = backups
+        super().__init__()
+        self.chunk = settings.chunk_mib << 20
+        self.in_flight = settings.writes_in_flight
+
+    def _thumbprint(self, login: VcenterLogin) -> str | None:
+        pins = self.settings.vcenter_thumbprints
+        host = login.vcenter_host
+        return login.vcenter_thumbprint or pins.get(host) or pins.get(host.rsplit(":", 1)[0])
+
+    async def _connect(self, login: VcenterLogin) -> Vcenter:
+        password = login.vcenter_password.get_secret_value()
+        register_secret(password)
+        return await asyncio.to_thread(
+            connect,
+            login.vcenter_host,
+            login.vcenter_user,
+            password,
+            self._thumbprint(login),
+            self.settings.vcenter_insecure,
+        )
+
+    async def check(self, req: RestoreCheckRequest) -> RestoreCheckResponse:
+        """What a restore would do, or why it may not: changes nothing."""
+        self._refuse_busy(req.vm_name)
+        vc = await self._connect(req)
+        try:
+            return (await asyncio.to_thread(restore.plan, vc, req)).answer
+        finally:
+            await asyncio.to_thread(vc.close)
+
+    def _refuse_busy(self, vm_name: str, job_id: str | None = None) -> None:
+        if job_id is not None and job_id in self.jobs:
+            raise Conflict(f"restore job {job_id} exists already")
+        active = [(j.status.job_id, j.status.vm_name) for j in self.active()]
+        active += [(j.status.job_id, j.status.vm_name) for j in self.backups.active()]
+        for other, name in active:
+            if name == vm_name:
+                raise VmBusy(vm_name, other, f"VM {vm_name!r} has job {other} running on the node")
+        if len(active) >= self.settings.max_jobs:
+            raise Conflict(f"the node runs {self.settings.max_jobs} jobs, its limit; retry later")
+
+    async def start(self, req: RestoreStartRequest) -> RestoreJob:
+        register_secret(req.vcenter_password.get_secret_value())
+        self._refuse_busy(req.vm_name, req.job_id)
+        status = RestoreJobStatus(
+            job_id=req.job_id, vm_name=req.vm_name, state="queued", started_at=time.time()
+        )
+        job = RestoreJob(status)
+        self.jobs[req.job_id] = job  # holds the name while the check runs
+        try:
+            vc = await self._connect(req)
+            try:
+                target = await asyncio.to_thread(restore.plan, vc, req)
+            except BaseException:
+                await asyncio.to_thread(vc.close)
+                raise
+        except BaseException:
+            del self.jobs[req.job_id]
+            raise
+        job.task = asyncio.get_running_loop().create_task(self._run(job, req, vc, target))
+        return job
+
+    def explain(self, exc: Exception) -> str | None:
+        if isinstance(exc, vmodl.MethodFault):  # a fault outside a task: a VM gone, say
+            return f"vCenter: {getattr(exc, 'msg', None) or type(exc).__name__}"
+        return None
+
+    async def _run(
+        self, job: RestoreJob, req: RestoreStartRequest, vc: Vcenter, target: restore.RestoreTarget
+    ) -> None:
+        log.info(
+            "restore started job=%s vm=%s datastore=%s replaces=%s",
+            req.job_id,
+            req.vm_name,
+            target.answer.datastore,
+            target.answer.replaces,
+        )
+        try:
+            await self.run(job, self._restore(job, req, vc, target))
+        finally:
+            await asyncio.to_thread(vc.close)
+
+    async def _restore(
+        self, job: RestoreJob, req: RestoreStartRequest, vc: Vcenter, target: restore.RestoreTarget
+    ) -> None:
+        status = job.status
+        if target.existing is not None:
+            await asyncio.to_thread(restore.destroy, target.existing)
+            status.replaced = True
+            log.info("VM replaced: old one destroyed job=%s vm=%s", req.job_id, req.vm_name)
+        try:
+            made = await asyncio.to_thread(restore.create_vm, target, req.vm_name, req.layout)
+        except SendenseError as exc:
+            if status.replaced:
+                raise SendenseError(f"{exc.message} (the VM of that name is gone)") from exc
+            raise
+        try:
+            status.vm_path = await asyncio.to_thread(inventory_path, made)
+            log.info("VM created job=%s path=%s", req.job_id, status.vm_path)
+            await self._write_disks(job, req, vc, target, made)
+        except BaseException:
+            # Runs on cancel too: the task is cancelled once, so this await completes.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(restore.destroy, made)
+                log.warning("VM of the failed restore destroyed job=%s", req.job_id)
+            raise
+        if req.power_on:
+            try:
+                await asyncio.to_thread(restore.power_on, made)
+                status.powered_on = True
+            except SendenseError as exc:  # the VM and its data are there: say so, keep it
+                status.warnings.append(f"restored, but not powered on: {exc.message}")
+                log.warning("power on failed job=%s: %s", req.job_id, exc.message)
+
+    async def _write_disks(
+        self,
+        job: RestoreJob,
+        req: RestoreStartRequest,
+        vc: Vcenter,
+        target: restore.RestoreTarget,
+        vm: Any,
+    ) -> None:
+        made = await asyncio.to_thread(restore.created_disks, vm, req.layout)
+        sources = {t.disk_key: t.uri for t in parse_targets(req.nbd_targets)}
+        datacenter = target.answer.datacenter
+        for disk in req.layout.disks:
+            if made[disk.key].key != disk.key:
+                job.status.warnings.append(
+                    f"vCenter gave disk {disk.key} the key {made[disk.key].key}"
+                )
+            job.status.disks.append(
+                RestoreDiskProgress(
+                    disk_key=disk.key,
+                    datastore_path=made[disk.key].datastore_path,
+                    bytes_total=disk.capacity_bytes,
+                )
+            )
+        await run_all(
+            self._write_disk(vc, datacenter, sources[p.disk_key], p) for p in job.status.disks
+        )
+        log.info(
+            "restore disks written job=%s bytes=%d",
+            req.job_id,
+            sum(p.bytes_done for p in job.status.disks),
+        )
+
+    async def _write_disk(
+        self, vc: Vcenter, datacenter: str, source: str, progress: RestoreDiskProgress
+    ) -> None:
+        assert progress.datastore_path is not None
+        upload = restore.DatastoreUpload(
+            vc.host,
+            vc.port,
+            vc.ssl_context,
+            vc.session_cookie,
+            datacenter,
+            progress.datastore_path,
+            progress.bytes_total,
+        )
+        try:
+            async with await NbdClient.connect(source) as nbd:
+                if nbd.info.size < upload.size:
+                    raise SendenseError(
+                        f"disk {progress.disk_key}: {source} holds {nbd.info.size} bytes, "
+                        f"the disk {upload.size}"
+                    )
+                await asyncio.to_thread(upload.open)
+                await pump(nbd, upload, Meter(progress), self.chunk, self.in_flight)
+                await asyncio.to_thread(upload.finish)
+        finally:
+            await asyncio.to_thread(upload.close)
+        progress.eta_seconds = 0.0

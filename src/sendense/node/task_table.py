@@ -1,0 +1,91 @@
+"""The node's tasks of one kind (backups, restores): run one with the one error
+handling, look up, cancel, stop them all. The wire calls them jobs (the seed's
+`job_id`); inside the node they are tasks, as on the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Generic, Protocol, TypeVar
+
+from sendense.common.contract import ACTIVE_STATES, TaskStatus
+from sendense.common.errors import NotFound, SendenseError
+from sendense.nbd.errors import NbdError
+
+log = logging.getLogger(__name__)
+
+
+class _Task(Protocol):
+    @property
+    def status(self) -> TaskStatus: ...
+
+    task: asyncio.Task[None] | None
+    cancel_requested: bool
+
+
+J = TypeVar("J", bound=_Task)
+
+
+class TaskTable(Generic[J]):
+    what = "job"
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, J] = {}
+
+    def get(self, job_id: str) -> J:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"node has no {self.what} {job_id}")
+        return job
+
+    def active(self) -> list[J]:
+        return [j for j in self.jobs.values() if j.status.state in ACTIVE_STATES]
+
+    def cancel(self, job_id: str) -> J:
+        job = self.get(job_id)
+        if job.status.state in ACTIVE_STATES and job.task is not None:
+            job.cancel_requested = True
+            job.task.cancel()
+        return job
+
+    async def shutdown(self) -> None:
+        tasks = [j.task for j in self.jobs.values() if j.task and not j.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def explain(self, exc: Exception) -> str | None:  # noqa: ARG002
+        """A message for an exception a kind of task expects besides SendenseError
+        (None: an internal error, logged with its traceback)."""
+        return None
+
+    async def run(self, job: J, work: Awaitable[None]) -> None:
+        """Run `work` as `job`: its status moves running -> complete, failed or
+        cancelled, with the error an operator reads."""
+        status = job.status
+        status.state = "running"
+        try:
+            await work
+            status.state = "complete"
+            log.info("%s complete job=%s", self.what, status.job_id)
+        except asyncio.CancelledError:
+            status.state, status.error = "cancelled", "cancelled"
+            log.warning("%s cancelled job=%s", self.what, status.job_id)
+            if not job.cancel_requested:
+                raise
+        except (SendenseError, NbdError) as exc:
+            status.state, status.error = "failed", exc.message
+            log.warning("%s failed job=%s error=%s", self.what, status.job_id, exc.message)
+        except Exception as exc:
+            status.state = "failed"
+            explained = self.explain(exc)
+            if explained is not None:
+                status.error = explained
+                log.warning("%s failed job=%s error=%s", self.what, status.job_id, explained)
+            else:
+                status.error = f"internal error: {type(exc).__name__}: {exc}"
+                log.exception("%s crashed job=%s", self.what, status.job_id)
+        finally:
+            status.finished_at = time.time()

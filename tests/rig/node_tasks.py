@@ -1,0 +1,117 @@
+"""A node (its FastAPI app in-process) backing up simulated VMs into a hub's exports."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from sendense.hub.backup.ledger import DiskResult, DiskSpec, PreparedJob
+from sendense.hub.service import Hub
+from sendense.node.api.app import create_node_app
+from sendense.node.auth import NodeTokens
+from sendense.node.config import NodeSettings
+from tests.rig.vcsim import Vcsim
+from tests.rig.vmware_vms import virtual_disks
+
+
+@contextmanager
+def node_client(settings: NodeSettings) -> Iterator[TestClient]:
+    """The node's API in-process, with a token of its own."""
+    token = NodeTokens(settings.data_dir).create("hub")
+    app = create_node_app(settings)
+    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as client:
+        yield client
+
+
+@dataclass
+class Watch:
+    """Snapshot names seen on the VM while a job ran."""
+
+    seen: set[str] = field(default_factory=set)
+    most_at_once: int = 0
+
+
+def snapshot_names(vm: Any) -> list[str]:
+    vm_snapshot = vm.snapshot
+    if vm_snapshot is None:
+        return []
+    names: list[str] = []
+    stack = list(vm_snapshot.rootSnapshotList)
+    while stack:
+        tree = stack.pop()
+        names.append(tree.name)
+        stack.extend(tree.childSnapshotList)
+    return names
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def disk_specs(vm: Any) -> list[DiskSpec]:
+    return [
+        DiskSpec(key, int(d.capacityInBytes)) for key, d in sorted(virtual_disks(vm.config).items())
+    ]
+
+
+def start_body(
+    vc: Vcsim, prepared: PreparedJob, vm_name: str, previous: dict[int, str]
+) -> dict[str, Any]:
+    incremental = any(d.backup_type == "incremental" for d in prepared.disks)
+    return {
+        "job_id": prepared.job_id,
+        "vm_name": vm_name,
+        "vcenter_host": vc.host,
+        "vcenter_user": vc.username,
+        "vcenter_password": vc.password,
+        "vcenter_thumbprint": vc.thumbprint,
+        "nbd_targets": prepared.nbd_targets,
+        "backup_type": "incremental" if incremental else "full",
+        "previous_change_ids": {str(k): v for k, v in previous.items()},
+    }
+
+
+def wait_job(
+    node: TestClient,
+    job_id: str,
+    vm: Any,
+    timeout: float = 120.0,
+    during: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[dict[str, Any], Watch]:
+    watch = Watch()
+    deadline = time.monotonic() + timeout
+    while True:
+        names = snapshot_names(vm)
+        watch.seen.update(names)
+        watch.most_at_once = max(watch.most_at_once, len(names))
+        status: dict[str, Any] = node.get(f"/api/v1/jobs/{job_id}").json()
+        if status["state"] not in ("queued", "running"):
+            return status, watch
+        if during is not None:
+            during(status)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {status['state']} after {timeout}s")
+        time.sleep(0.05)
+
+
+def finish_on_hub(hub: Hub, prepared: PreparedJob, status: dict[str, Any]) -> str:
+    if status["state"] != "complete":
+        hub.ledger.fail(prepared.job_id, status.get("error") or status["state"])
+        raise AssertionError(f"node job ended {status['state']}: {status.get('error')}")
+    results = {
+        d["disk_key"]: DiskResult(
+            d["change_id"],
+            d["bytes_written"],
+            d["checksum"],
+            areas=None if d["areas"] is None else [(a, b) for a, b in d["areas"]],
+            checksum_block=d["checksum_block"],
+        )
+        for d in status["disks"]
+    }
+    return hub.ledger.finish(prepared.job_id, results)
