@@ -10,6 +10,8 @@ import re
 import ssl
 import subprocess
 import threading
+import time
+import tracemalloc
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +20,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from sendense.node.vmware.connection import VcenterError
 from sendense.node.vmware.readers import HttpsDatastoreReader
 from tests.rig.vcsim import Vcsim
 from tests.rig.vmware_vms import SCSI0, MiB, create_vm, destroy_vm, fill, flat_file
@@ -186,3 +189,71 @@ def test_read_many_falls_back_or_cuts_merged_ranges(
         # One refused multi-range request, then one request per area for good.
         assert len(handler.requests) == 1 + len(AREAS) + 2
         assert not reader._multi_range
+
+
+class _IgnoresRange(BaseHTTPRequestHandler):
+    """A fake /folder that ignores Range: every GET gets 200 and a whole 256 MiB
+    disk, streamed; `sent` counts what left before the reader hung up."""
+
+    sent: ClassVar[list[int]] = []
+    size = 256 * MiB
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(self.size))
+        self.end_headers()
+        chunk, sent = bytes(MiB), 0
+        try:
+            while sent < self.size:
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        except OSError:
+            self.close_connection = True
+        finally:
+            self.sent.append(sent)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_server_that_ignores_range_is_refused_without_reading_the_disk(
+    tls_files: tuple[Path, Path],
+) -> None:
+    handler: type[_IgnoresRange] = type("Handler", (_IgnoresRange,), {"sent": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*tls_files)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    reader = HttpsDatastoreReader(
+        "127.0.0.1",
+        server.server_address[1],
+        ssl._create_unverified_context(),
+        "c=1",
+        "DC0",
+        "[ds] vm/vm.vmdk",
+    )
+
+    async def go() -> None:
+        try:
+            await reader.read(0, 4096)
+        finally:
+            await reader.close()
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(VcenterError):
+            asyncio.run(go())
+        _, peak = tracemalloc.get_traced_memory()
+        deadline = time.monotonic() + 30
+        while not handler.sent and time.monotonic() < deadline:
+            time.sleep(0.05)  # the server notices the hang-up at its next write
+    finally:
+        tracemalloc.stop()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert peak < 16 * MiB  # the 256 MiB body never landed in memory
+    assert handler.sent
+    assert max(handler.sent) < _IgnoresRange.size

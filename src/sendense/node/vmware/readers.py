@@ -141,12 +141,20 @@ class HttpsDatastoreReader:
         headers = {"Range": f"bytes={offset}-{offset + length - 1}", "Cookie": self._cookie}
         conn.request("GET", self.path, headers=headers)
         response = conn.getresponse()
-        data = response.read()
         if response.status != 206:
+            # Its body is never read: a server that ignores Range sends the whole
+            # disk with a 200, which must not land in memory. The connection
+            # cannot be reused with a body left on it; an HTTP/1.0 answer already
+            # owns the socket, so the response is closed too.
+            response.close()
+            conn.close()
             raise VcenterError(
                 f"datastore read at {offset} answered HTTP {response.status}, not 206"
             )
+        data = response.read(length + 1)  # what was asked, and a byte to see more
         if len(data) != length:
+            response.close()
+            conn.close()
             raise VcenterError(f"datastore read at {offset}: got {len(data)} of {length} bytes")
         return data
 
@@ -163,11 +171,11 @@ class HttpsDatastoreReader:
         ranges = ",".join(f"{offset}-{offset + length - 1}" for offset, length in wanted.values())
         conn.request("GET", self.path, headers={"Range": f"bytes={ranges}", "Cookie": self._cookie})
         response = conn.getresponse()
-        if response.status in (200, 416):
-            conn.close()  # a 200 carries the whole disk: not worth reading
-            raise _NoMultiRange(f"HTTP {response.status}")
         if response.status != 206:
-            response.read()
+            response.close()  # a 200 carries the whole disk: never read it
+            conn.close()
+            if response.status in (200, 416):
+                raise _NoMultiRange(f"HTTP {response.status}")
             raise VcenterError(
                 f"datastore read of {len(wanted)} ranges answered HTTP {response.status}, not 206"
             )
