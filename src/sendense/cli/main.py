@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 import typer
 
 from sendense.cli import backups, hub, node, policies, restore, restore_vm, verify
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.output import console, one_line_errors, repo_table, table
+from sendense.common.errors import SendenseError
 
 app = typer.Typer(help="Sendense VM backup.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(hub.app, name="hub")
@@ -54,6 +56,42 @@ def repo_list(hub_url: hub.HubUrlOpt = None, token_file: hub.TokenFileOpt = None
     """Repositories with their capacity."""
     repos = _client(hub_url, token_file).get("/api/v1/repositories")
     repo_table("Repositories", repos)
+
+
+class RepositoryNotClean(SendenseError):
+    exit_code = 10
+
+
+@repo_app.command("check")
+@one_line_errors
+def repo_check(
+    name: Annotated[str, typer.Argument(help="The repository's name or id")],
+    repair: Annotated[
+        bool, typer.Option(help="Remove orphan files, mark broken layers invalid")
+    ] = False,
+    hub_url: hub.HubUrlOpt = None,
+    token_file: hub.TokenFileOpt = None,
+) -> None:
+    """Files no restore point uses, layers whose file is gone, chains whose files
+    name another parent. Exit 0 when nothing is left to repair, 10 otherwise."""
+    report = _client(hub_url, token_file).post(
+        f"/api/v1/repositories/{quote(name, safe='')}/check", {"repair": repair}
+    )
+    console.print(
+        f"repository {report['repository']}: {report['files']} files, "
+        f"{report['layers']} layers, {len(report['findings'])} findings"
+    )
+    if report["findings"]:
+        table(
+            "Findings",
+            ["kind", "file", "restore point", "detail", "repaired"],
+            [
+                (f["kind"], f["path"], f["restore_point_id"], f["detail"], f["repaired"])
+                for f in report["findings"]
+            ],
+        )
+    if not report["clean"]:
+        raise RepositoryNotClean("the repository needs repair: `sendense repo check --repair`")
 
 
 @app.command()

@@ -27,6 +27,7 @@ from sendense.hub.restore.instant_access import AccessService
 from sendense.hub.restore.to_vcenter import VmRestoreRunner
 from sendense.hub.retention.policies import PolicyService
 from sendense.hub.retention.prune import PruneService
+from sendense.hub.verify.audit import RepositoryAudit
 from sendense.hub.verify.runner import VerifyRunner
 from sendense.hub.verify.verifier import Verifier
 from sendense.nbd.qemu_img import QemuImg
@@ -51,6 +52,7 @@ class Hub:
     policies: PolicyService
     prune: PruneService
     verifier: Verifier
+    audit: RepositoryAudit
     backups: BackupRunner
     restores: VmRestoreRunner
     verifications: VerifyRunner
@@ -125,6 +127,7 @@ class Hub:
             policies=policies,
             prune=prune,
             verifier=verifier,
+            audit=RepositoryAudit(db, repos),
             backups=backups,
             restores=VmRestoreRunner(db, access, vcenters, connector, node_timeout=node_timeout),
             verifications=VerifyRunner(db, verifier),

@@ -134,7 +134,7 @@ class Verifier:
             if on_layer is not None:
                 on_layer()
         errors = {lid: self._chain_error(lid, layers, own) for lid in layers}
-        self._record(layers, errors)
+        record_layer_results(self.db, errors)
         return self._verdicts(point_ids, layers, errors)
 
     def layer_errors(self, layer_ids: list[str]) -> dict[str, str | None]:
@@ -236,48 +236,6 @@ class Verifier:
                 group.create_task(one(client, offset, length))
         return hasher.hexdigest()
 
-    def _record(self, layers: dict[str, _Layer], errors: dict[str, str | None]) -> None:
-        now = utcnow()
-        bad = {lid for lid, error in errors.items() if error}
-        with self.db.session() as s:
-            for lid, error in errors.items():
-                row = s.get(RestorePointDisk, lid)
-                if row is None:
-                    continue
-                row.status = PointStatus.INVALID if error else PointStatus.COMPLETE
-                row.verified_at, row.verify_error = now, error
-            # Points built later on an invalid layer are invalid too.
-            frontier = set(bad)
-            while frontier:
-                children = s.scalars(
-                    select(RestorePointDisk).where(RestorePointDisk.parent_id.in_(frontier))
-                ).all()
-                frontier = set()
-                for child in children:
-                    if child.id not in bad:
-                        bad.add(child.id)
-                        frontier.add(child.id)
-                        child.status = PointStatus.INVALID
-                        child.verify_error = f"its parent layer {child.parent_id} is invalid"
-            touched = {layers[lid].point_id for lid in errors} | {
-                d.restore_point_id
-                for d in s.scalars(select(RestorePointDisk).where(RestorePointDisk.id.in_(bad)))
-            }
-            for point in s.scalars(select(RestorePoint).where(RestorePoint.id.in_(touched))):
-                problems = [
-                    f"disk {d.disk_key}: {d.verify_error}"
-                    if not d.verify_error.startswith("disk")
-                    else d.verify_error
-                    for d in point.disks
-                    if d.status == PointStatus.INVALID and d.verify_error
-                ]
-                point.status = PointStatus.INVALID if problems else PointStatus.COMPLETE
-                point.verify_error = "; ".join(problems) or None
-                if any(d.id in errors for d in point.disks):
-                    point.verified_at = now
-        for lid in bad:
-            log.warning("restore point layer %s is invalid: %s", lid, errors.get(lid))
-
     @staticmethod
     def _verdicts(
         point_ids: list[str], layers: dict[str, _Layer], errors: dict[str, str | None]
@@ -291,3 +249,50 @@ class Verifier:
             ]
             verdicts.append(PointVerdict(pid, all(d.valid for d in disks), disks))
         return verdicts
+
+
+def record_layer_results(db: Database, errors: dict[str, str | None]) -> None:
+    """Store each layer's verdict (None: valid); a layer found invalid makes every
+    layer built on it, and the points that hold them, invalid too."""
+    now = utcnow()
+    bad = {lid for lid, error in errors.items() if error}
+    with db.session() as s:
+        touched = set()
+        for lid, error in errors.items():
+            row = s.get(RestorePointDisk, lid)
+            if row is None:
+                continue
+            row.status = PointStatus.INVALID if error else PointStatus.COMPLETE
+            row.verified_at, row.verify_error = now, error
+            touched.add(row.restore_point_id)
+        # Points built later on an invalid layer are invalid too.
+        frontier = set(bad)
+        while frontier:
+            children = s.scalars(
+                select(RestorePointDisk).where(RestorePointDisk.parent_id.in_(frontier))
+            ).all()
+            frontier = set()
+            for child in children:
+                if child.id not in bad:
+                    bad.add(child.id)
+                    frontier.add(child.id)
+                    child.status = PointStatus.INVALID
+                    child.verify_error = f"its parent layer {child.parent_id} is invalid"
+        touched |= {
+            d.restore_point_id
+            for d in s.scalars(select(RestorePointDisk).where(RestorePointDisk.id.in_(bad)))
+        }
+        for point in s.scalars(select(RestorePoint).where(RestorePoint.id.in_(touched))):
+            problems = [
+                f"disk {d.disk_key}: {d.verify_error}"
+                if not d.verify_error.startswith("disk")
+                else d.verify_error
+                for d in point.disks
+                if d.status == PointStatus.INVALID and d.verify_error
+            ]
+            point.status = PointStatus.INVALID if problems else PointStatus.COMPLETE
+            point.verify_error = "; ".join(problems) or None
+            if any(d.id in errors for d in point.disks):
+                point.verified_at = now
+    for lid in bad:
+        log.warning("restore point layer %s is invalid: %s", lid, errors.get(lid))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict
 
 from sendense.hub.api.deps import HubDep, require_token
 from sendense.hub.api.schemas import CapacityOut, RepositoryIn, RepositoryOut
@@ -42,3 +45,39 @@ def add_repository(hub: HubDep, body: RepositoryIn) -> RepositoryOut:
 @router.get("/{ref}/capacity")
 def capacity(hub: HubDep, ref: str) -> CapacityOut:
     return CapacityOut.model_validate(hub.repos.get(ref).capacity)
+
+
+class CheckIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    repair: bool = False
+
+
+class FindingOut(BaseModel):
+    kind: str
+    path: str
+    restore_point_id: str | None
+    layer_id: str | None
+    detail: str
+    repaired: bool
+
+
+class CheckOut(BaseModel):
+    repository: str
+    files: int
+    layers: int
+    clean: bool
+    findings: list[FindingOut]
+
+
+@router.post("/{ref}/check")
+def check(hub: HubDep, ref: str, body: CheckIn) -> CheckOut:
+    """Files without restore points, layers without files, chains whose files name
+    another parent; `repair` removes orphan files and marks the rest invalid."""
+    report = hub.audit.run(ref, body.repair)
+    return CheckOut(
+        repository=report.repository,
+        files=report.files,
+        layers=report.layers,
+        clean=report.clean,
+        findings=[FindingOut(**asdict(f)) for f in report.findings],
+    )
