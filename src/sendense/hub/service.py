@@ -4,7 +4,10 @@ the one place that builds the hub; the API and the CLI only talk to a `Hub`."""
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from sendense.common.sshkeys import KeyPair
 from sendense.hub.auth.secrets import SecretBox
@@ -35,6 +38,20 @@ from sendense.nbd.qemu_img import QemuImg
 log = logging.getLogger(__name__)
 
 
+def hub_identity(data_dir: Path) -> str:
+    """This hub's id, made at its first start and kept in its data directory: the
+    owner of its tasks in a database that other hubs may share."""
+    path = data_dir / "hub-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        identity = uuid.uuid4().hex
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(identity + "\n")
+        return identity
+
+
 @dataclass
 class Hub:
     settings: HubSettings
@@ -61,7 +78,7 @@ class Hub:
     @classmethod
     def open(cls, settings: HubSettings, migrate: bool = True) -> Hub:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, owner=hub_identity(settings.data_dir))
         if migrate:
             db.migrate()
         repos = RepositoryService(db, QemuImg(settings.qemu_img), settings.min_free_bytes)

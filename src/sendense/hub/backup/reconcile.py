@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 
 from sendense.hub.backup.ledger import BackupLedger
 from sendense.hub.db.models import (
@@ -35,26 +35,41 @@ class ReconcileReport:
 
 
 def reconcile(
-    backups: BackupLedger, reason: str = "the hub restarted during the job"
+    ledger: BackupLedger, reason: str = "the hub restarted during the job"
 ) -> ReconcileReport:
-    db = backups.db
+    """Only this hub's tasks: another hub sharing the database keeps its own."""
+    db = ledger.db
     with db.session() as s:
-        stale_jobs = list(s.scalars(select(Job.id).where(Job.state.in_(ACTIVE_JOB_STATES))))
+        stale_jobs = list(
+            s.scalars(select(Job.id).where(Job.state.in_(ACTIVE_JOB_STATES), db.owned()))
+        )
+        others_running = set(
+            s.scalars(select(Job.id).where(Job.state.in_(ACTIVE_JOB_STATES), ~db.owned()))
+        )
     for job_id in stale_jobs:
-        backups.fail(job_id, reason)
-    stopped = backups.exports.stop_orphans(active_job_ids=set())
+        ledger.fail(job_id, reason)
+    stopped = ledger.exports.stop_orphans(active_job_ids=others_running)
     with db.session() as s:
-        ports = s.execute(delete(NbdPort))
+        mine = select(Job.id).where(db.owned())
+        ports = s.execute(
+            delete(NbdPort).where(or_(NbdPort.job_id.is_(None), NbdPort.job_id.in_(mine)))
+        )
         released = int(getattr(ports, "rowcount", 0) or 0)
         leftovers = s.scalars(
-            select(RestorePoint).where(RestorePoint.status == PointStatus.INCOMPLETE)
+            select(RestorePoint).where(
+                RestorePoint.status == PointStatus.INCOMPLETE, RestorePoint.job_id.in_(mine)
+            )
         ).all()
         doomed = [(p.id, p.repository_id, [d.file_path for d in p.disks]) for p in leftovers]
-        s.execute(update(Vm).values(active_job_id=None))
+        s.execute(
+            update(Vm)
+            .where(or_(Vm.active_job_id.is_(None), ~Vm.active_job_id.in_(others_running)))
+            .values(active_job_id=None)
+        )
     for _point_id, repo_id, files in doomed:
-        repo = backups.repos.get(repo_id, check_mounted=False)
+        repo = ledger.repos.get(repo_id, check_mounted=False)
         for relative in files:
-            backups.repos.remove_image(repo, relative)
+            ledger.repos.remove_image(repo, relative)
     with db.session() as s:
         for point_id, _repo, _files in doomed:
             point = s.get(RestorePoint, point_id)

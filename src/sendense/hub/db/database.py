@@ -10,12 +10,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import ColumnElement, Engine, create_engine, event, or_, true
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from sendense.common.errors import InvalidInput, Unavailable
+from sendense.hub.db.models import Job
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -62,10 +63,25 @@ def make_engine(url: str) -> Engine:
 class Database:
     """One engine and its session factory; `session()` commits on success, rolls back on error."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, owner: str | None = None) -> None:
+        """`owner`: this hub's id, written on every task it creates."""
         self.url = url
+        self.owner = owner
         self.engine = make_engine(url)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        if owner is not None:
+            event.listen(self._factory, "before_flush", self._stamp_owner)
+
+    def _stamp_owner(self, session: Session, _context: Any, _instances: Any) -> None:
+        for row in session.new:
+            if isinstance(row, Job) and row.hub_id is None:
+                row.hub_id = self.owner
+
+    def owned(self) -> ColumnElement[bool]:
+        """Tasks of this hub (and those from before tasks had an owner)."""
+        if self.owner is None:
+            return true()
+        return or_(Job.hub_id == self.owner, Job.hub_id.is_(None))
 
     def migrate(self, revision: str = "head") -> None:
         config = Config()

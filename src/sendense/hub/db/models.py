@@ -188,6 +188,9 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id"))
     kind: Mapped[TaskKind] = mapped_column(_enum(TaskKind, "task_kind"), default=TaskKind.BACKUP)
+    # The hub that runs it (its data directory's id): start-up cleans up only its
+    # own tasks when several hubs share one PostgreSQL database. None: older rows.
+    hub_id: Mapped[str | None] = mapped_column(String(32), index=True)
     # Backups only: auto, full or incremental as asked.
     backup_type: Mapped[str | None] = mapped_column(String(16))
     # Accesses only: "instant" (people and tools) or "restore" (a node reads it).

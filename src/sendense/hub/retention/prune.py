@@ -227,7 +227,14 @@ class PruneService:
     def recover(self) -> int:
         """Carry every recorded merge step to its end; returns how many were finished."""
         with self.db.session() as s:
-            ids = list(s.scalars(select(Merge.id).order_by(Merge.created_at, Merge.id)))
+            ids = list(
+                s.scalars(
+                    select(Merge.id)
+                    .join(Job, Job.id == Merge.job_id)
+                    .where(self.db.owned())
+                    .order_by(Merge.created_at, Merge.id)
+                )
+            )
         for merge_id in ids:
             self._advance(merge_id)
         return len(ids)
