@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 
 from sendense.hub.db.database import Database
-from sendense.hub.db.models import Job, RestorePoint, TaskKind
+from sendense.hub.db.models import Job, RestorePoint, TaskKind, Vm
 from sendense.hub.tasks.runner import TaskRunner
+from sendense.hub.tasks.vm_lock import lock_vm, unlock_vm
 from sendense.hub.verify.verifier import Verifier, VerifyProgress
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,25 @@ class VerifyRunner(TaskRunner[VerifyProgress]):
             s.add(job)
             s.flush()
             task_id = job.id
+            # While a backup writes a layer on these points, or a prune re-parents
+            # them, a verdict could invalidate the wrong layer: one task per VM.
+            lock_vm(s, s.get_one(Vm, point.vm_id), task_id)
         self.board.put(task_id, VerifyProgress())
         self.queue(task_id, lambda: self._verify(task_id, point_ids))
         log.info("verification queued task=%s points=%d", task_id, len(point_ids))
         return task_id, point_ids
+
+    def complete(self, task_id: str, note: str | None) -> None:
+        super().complete(task_id, note)
+        self._release(task_id)
+
+    def fail(self, task_id: str, message: str) -> None:
+        super().fail(task_id, message)
+        self._release(task_id)
+
+    def _release(self, task_id: str) -> None:
+        with self.db.session() as s:
+            unlock_vm(s, task_id)
 
     def _verify(self, task_id: str, point_ids: list[str]) -> str | None:
         progress = self.board.get(task_id) or VerifyProgress()
