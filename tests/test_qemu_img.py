@@ -88,3 +88,17 @@ def test_a_format_is_never_guessed_from_the_content(tmp_path: Path) -> None:
     raw.write_bytes(inner.read_bytes().ljust(MiB, b"\0"))
     assert qemu_img.info(raw, "raw")["format"] == "raw"
     assert "backing-filename" not in qemu_img.info(raw, "raw")
+
+
+def test_an_image_of_another_size_is_not_the_same(tmp_path: Path) -> None:
+    """A restore that came back short (or long), with zeroes where the rest was,
+    is not the disk that was backed up."""
+    qemu_img = QemuImg()
+    short, long = tmp_path / "short.qcow2", tmp_path / "long.qcow2"
+    qemu_img.create(short, 4 * MiB)
+    qemu_img.create(long, 8 * MiB)
+    write(short, 3, 0, MiB)
+    write(long, 3, 0, MiB)
+    assert not qemu_img.compare(short, long, "qcow2", "qcow2")
+    assert not qemu_img.compare(long, short, "qcow2", "qcow2")
+    assert qemu_img.compare(short, short, "qcow2", "qcow2")

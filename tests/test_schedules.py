@@ -40,25 +40,28 @@ def test_missed_schedule_runs_once_at_start_up_then_prunes(
         added = sendense(
             "policy",
             "add",
-            "every2",
+            "yearly",
             "--keep-last",
             "1",
             "--schedule",
-            "*/2 * * * *",
+            # Once a year: no new slot can come while the test runs (a schedule of
+            # every two minutes did, when a minute turned), so the count below is
+            # exact whatever the wall clock says.
+            "0 0 1 1 *",
             env=site.cli_env(),
         )
         assert added.returncode == 0, added.stderr
-        assigned = sendense("policy", "assign", "every2", "--vm", name, env=site.cli_env())
+        assigned = sendense("policy", "assign", "yearly", "--vm", name, env=site.cli_env())
         assert assigned.returncode == 0, assigned.stderr
 
         site.hub.stop()
         hub = site.hub_service()
-        try:  # the hub was down for 10 minutes: five slots went by
+        try:  # the hub was down for three years: three slots went by
             with hub.db.session() as s:
                 s.execute(
                     update(Policy).values(
-                        last_run_at=datetime.now(UTC) - timedelta(minutes=10),
-                        created_at=datetime.now(UTC) - timedelta(minutes=20),
+                        last_run_at=datetime.now(UTC) - timedelta(days=3 * 366),
+                        created_at=datetime.now(UTC) - timedelta(days=4 * 366),
                     )
                 )
         finally:
@@ -75,7 +78,7 @@ def test_missed_schedule_runs_once_at_start_up_then_prunes(
             assert time.monotonic() < deadline, site.api.get("/api/v1/jobs").json()
             time.sleep(0.5)
         backups = jobs_of(site, "backup")
-        assert [j["state"] for j in backups] == ["complete", "complete"]  # one run, not five
+        assert [j["state"] for j in backups] == ["complete", "complete"]  # one run, not three
         points = site.api.get(f"/api/v1/restore-points?vm={name}").json()
         assert len(points) == 1  # keep-last=1: the scheduled backup's point
         assert points[0]["job_id"] == backups[0]["id"]  # newest first
@@ -87,6 +90,6 @@ def test_missed_schedule_runs_once_at_start_up_then_prunes(
         assert "newest" not in plan.stdout  # keep-last already keeps it
         listed = sendense("schedules", "list", env=site.cli_env())
         assert listed.returncode == 0
-        assert "every2" in listed.stdout
+        assert "yearly" in listed.stdout
     finally:
         site.stop()

@@ -100,7 +100,13 @@ class QemuImg:
     def compare(
         self, first: Path | str, second: Path | str, first_fmt: str, second_fmt: str
     ) -> bool:
-        """True when the two images read the same; raises when qemu-img cannot compare."""
+        """True when the two images have the same size and read the same; raises when
+        qemu-img cannot compare. (Plain `qemu-img compare` calls a shorter image equal
+        to a longer one whose tail reads as zeroes.)"""
+        sizes = {self.info(first, first_fmt)["virtual-size"]}
+        sizes.add(self.info(second, second_fmt)["virtual-size"])
+        if len(sizes) != 1:
+            return False
         args = ["compare", "-q", "-f", first_fmt, "-F", second_fmt, str(first), str(second)]
         code, _, _ = self._run(args, self.whole_image_s, ok=(0, 1))
         return code == 0
