@@ -24,6 +24,7 @@ from tests.rig.node_tasks import (
     disk_specs,
     finish_on_hub,
     node_client,
+    snapshot_names,
     start_body,
     unique,
     wait_job,
@@ -97,6 +98,91 @@ def test_a_vm_without_cbt_gets_it_and_the_next_backup_is_incremental(
     assert status["disks"][0]["backup_type"] == "incremental"
     assert status["disks"][0]["bytes_written"] == 65536
     point = finish_on_hub(hub, second, status)
+    image = repo_dir / Queries(hub.db).restore_point(point).disks[0].file_path
+    assert QemuImg().compare(source, image, "raw", "qcow2")
+
+
+def test_the_seeds_own_start_body_gets_a_job_id_from_the_node_and_backs_up(
+    tmp_path: Path,
+    hub: Hub,
+    repo_dir: Path,
+    vcsim: Vcsim,
+    si: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub.repos.add(str(repo_dir))
+    name = unique("seed")
+    vm = create_vm(si, name, [(2000, 8 * MiB, SCSI0), (2016, 4 * MiB, SCSI1)], cbt=True)
+    source = flat_file(vcsim, vm, 2000)
+    fill(source, [(0, b"\x5a" * MiB), (6 * MiB, b"\xa5" * 65536)])
+    prepared = hub.ledger.prepare(name, disk_specs(vm), "auto")
+    # The seed's example, field for field: no job_id, no thumbprint, no backup_type.
+    seed_body = {
+        "vm_name": name,
+        "vcenter_host": vcsim.host,
+        "vcenter_user": vcsim.username,
+        "vcenter_password": vcsim.password,
+        "nbd_targets": prepared.nbd_targets,
+    }
+    settings = load_settings(
+        NodeSettings,
+        data_dir=tmp_path / "node",
+        vcenter_thumbprints={vcsim.host: vcsim.thumbprint},
+    )
+    with node_client(settings) as node:
+        started = node.post("/api/v1/backup/start", json=seed_body)
+        assert started.status_code == 202, started.text
+        job_id = started.json()["job_id"]
+        assert isinstance(job_id, str)
+        assert job_id
+        assert started.json()["status"] == "running"
+        status, watch = wait_job(node, job_id, vm)
+        assert [j["job_id"] for j in node.get("/api/v1/jobs").json()] == [job_id]
+    assert status["state"] == "complete", status
+    assert status["vm_name"] == name
+    assert {d["backup_type"] for d in status["disks"]} == {"full"}
+    assert watch.most_at_once <= 1
+    assert snapshot_names(vm) == []
+    point = finish_on_hub(hub, prepared, status)
+    images = {d.disk_key: d.file_path for d in Queries(hub.db).restore_point(point).disks}
+    assert QemuImg().compare(source, repo_dir / images[2000], "raw", "qcow2")
+    assert vcsim.password not in caplog.text
+
+
+def test_a_repeated_start_answers_the_job_it_started_and_another_start_with_its_id_is_refused(
+    node: TestClient, hub: Hub, repo_dir: Path, vcsim: Vcsim, si: Any
+) -> None:
+    """The hub repeats a start whose answer a tunnel blip lost: the node must answer
+    the job it runs, not 409, and never start a second copy into the same exports."""
+    hub.repos.add(str(repo_dir))
+    name = unique("again")
+    vm = create_vm(si, name, [(2000, 32 * MiB, SCSI0)], cbt=True)
+    source = flat_file(vcsim, vm, 2000)
+    fill(source, [(0, b"\x33" * (4 * MiB)), (20 * MiB, b"\x44" * MiB)])
+    prepared = hub.ledger.prepare(name, disk_specs(vm), "auto")
+    body = start_body(vcsim, prepared, name, {})
+    first = node.post("/api/v1/backup/start", json=body)
+    assert first.status_code == 202, first.text
+    again = node.post("/api/v1/backup/start", json=body)
+    assert again.status_code == 202, again.text
+    assert again.json() == first.json() == {"job_id": prepared.job_id, "status": "running"}
+
+    # The same id for another VM or other targets is another job: still refused.
+    for change in ({"vm_name": unique("other")}, {"nbd_targets": body["nbd_targets"] + "x"}):
+        refused = node.post("/api/v1/backup/start", json={**body, **change})
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"] == "conflict"
+
+    status, watch = wait_job(node, prepared.job_id, vm)
+    assert status["state"] == "complete", status
+    assert watch.most_at_once <= 1
+    # After the end, a repeat reports how the job ended and starts nothing.
+    late = node.post("/api/v1/backup/start", json=body)
+    assert late.status_code == 202
+    assert late.json() == {"job_id": prepared.job_id, "status": "complete"}
+    after = node.get(f"/api/v1/jobs/{prepared.job_id}").json()
+    assert (after["state"], after["started_at"]) == ("complete", status["started_at"])
+    point = finish_on_hub(hub, prepared, status)
     image = repo_dir / Queries(hub.db).restore_point(point).disks[0].file_path
     assert QemuImg().compare(source, image, "raw", "qcow2")
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Literal
 
 from pydantic import (
@@ -39,8 +40,16 @@ class InventoryRequest(VcenterLogin):
     vm_name: str = Field(min_length=1, max_length=255)
 
 
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
 class BackupStartRequest(VcenterLogin):
-    job_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    # The seed's body has no job_id: the node then makes one and returns it. The hub
+    # always sends its task's id, so a repeated start finds the job it started.
+    job_id: str = Field(
+        default_factory=new_job_id, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$"
+    )
     vm_name: str = Field(min_length=1, max_length=255)
     nbd_targets: str = Field(min_length=1, max_length=20000)
     backup_type: BackupType = "full"

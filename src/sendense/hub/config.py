@@ -44,7 +44,7 @@ class HubSettings(SendenseSettings):
     pairing_minutes: int = Field(default=15, ge=1, le=1440)
     # Backups of different VMs at once; the rest wait in the queue.
     max_jobs: int = Field(default=4, ge=1, le=64)
-    # A node silent this long fails its job.
+    # A node silent this long fails its job; a call to a node is repeated this long.
     node_timeout_s: float = Field(default=60.0, gt=0)
     # Instant NBD access to a restore point closes after this long without a client.
     access_idle_s: float = Field(default=1800.0, gt=0)

@@ -102,7 +102,7 @@ class Hub:
         tunnel = TunnelSshd(
             settings.data_dir / "tunnel", (settings.tunnel_host, settings.tunnel_port), permitted
         )
-        connector = NodeConnector(nodes, tunnel.owns_listener)
+        connector = NodeConnector(nodes, tunnel.owns_listener, retry_s=settings.node_timeout_s)
         access = AccessService(
             db, repos, ports, exports, settings.scratch_dir, settings.targets_host
         )

@@ -17,7 +17,7 @@ from sendense.common.logging import register_secret
 from sendense.common.targets import NbdTarget, parse_targets
 from sendense.node.config import NodeSettings
 from sendense.node.engine import CopyTuning, DiskPlan, copy_disk
-from sendense.node.task_table import TaskTable
+from sendense.node.task_table import TaskTable, start_fields
 from sendense.node.vmware import snapshots
 from sendense.node.vmware.changes import ChangeIdInvalid, changed_areas, whole_disk
 from sendense.node.vmware.connection import Vcenter, connect
@@ -39,6 +39,7 @@ class NodeJob:
     status: NodeJobStatus
     task: asyncio.Task[None] | None = None
     cancel_requested: bool = field(default=False)
+    request: dict[str, Any] = field(default_factory=dict)  # start_fields of its start
 
 
 class BackupTasks(TaskTable[NodeJob]):
@@ -54,10 +55,14 @@ class BackupTasks(TaskTable[NodeJob]):
         )
 
     def start(self, req: BackupStartRequest) -> NodeJob:
+        """A new job, or the job this same start made already (a repeat is safe)."""
         register_secret(req.vcenter_password.get_secret_value())
         parse_targets(req.nbd_targets)
-        if req.job_id in self.jobs:
-            raise Conflict(f"job {req.job_id} exists already")
+        fields = start_fields(req)
+        same = self.repeated(req.job_id, fields)
+        if same is not None:
+            log.info("job start repeated job=%s state=%s", req.job_id, same.status.state)
+            return same
         running = self.active()
         for other in running:
             if other.status.vm_name == req.vm_name:
@@ -67,7 +72,7 @@ class BackupTasks(TaskTable[NodeJob]):
         status = NodeJobStatus(
             job_id=req.job_id, vm_name=req.vm_name, state="queued", started_at=time.time()
         )
-        job = NodeJob(status)
+        job = NodeJob(status, request=fields)
         self.jobs[req.job_id] = job
         job.task = asyncio.get_running_loop().create_task(self._run(job, req))
         return job

@@ -39,7 +39,7 @@ from sendense.nbd.client import NbdClient
 from sendense.nbd.protocol import CMD_READ
 from sendense.node.backup_tasks import BackupTasks
 from sendense.node.config import NodeSettings
-from sendense.node.task_table import TaskTable
+from sendense.node.task_table import TaskTable, start_fields
 from sendense.node.vmware import restore
 from sendense.node.vmware.connection import Vcenter, connect
 from sendense.node.vmware.inventory import inventory_path
@@ -52,6 +52,7 @@ class RestoreJob:
     status: RestoreJobStatus
     task: asyncio.Task[None] | None = None
     cancel_requested: bool = field(default=False)
+    request: dict[str, Any] = field(default_factory=dict)  # start_fields of its start
 
 
 def _pieces(size: int, chunk: int) -> Iterator[tuple[int, int]]:
@@ -122,9 +123,7 @@ class RestoreTasks(TaskTable[RestoreJob]):
         finally:
             await asyncio.to_thread(vc.close)
 
-    def _refuse_busy(self, vm_name: str, job_id: str | None = None) -> None:
-        if job_id is not None and job_id in self.jobs:
-            raise Conflict(f"restore job {job_id} exists already")
+    def _refuse_busy(self, vm_name: str) -> None:
         active = [(j.status.job_id, j.status.vm_name) for j in self.active()]
         active += [(j.status.job_id, j.status.vm_name) for j in self.backups.active()]
         for other, name in active:
@@ -135,11 +134,16 @@ class RestoreTasks(TaskTable[RestoreJob]):
 
     async def start(self, req: RestoreStartRequest) -> RestoreJob:
         register_secret(req.vcenter_password.get_secret_value())
-        self._refuse_busy(req.vm_name, req.job_id)
+        fields = start_fields(req)
+        same = self.repeated(req.job_id, fields)
+        if same is not None:  # the hub repeated a start whose answer it lost
+            log.info("restore start repeated job=%s state=%s", req.job_id, same.status.state)
+            return same
+        self._refuse_busy(req.vm_name)
         status = RestoreJobStatus(
             job_id=req.job_id, vm_name=req.vm_name, state="queued", started_at=time.time()
         )
-        job = RestoreJob(status)
+        job = RestoreJob(status, request=fields)
         self.jobs[req.job_id] = job  # holds the name while the check runs
         try:
             vc = await self._connect(req)

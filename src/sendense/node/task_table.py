@@ -8,10 +8,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel
 
 from sendense.common.contract import ACTIVE_STATES, TaskStatus
-from sendense.common.errors import NotFound, SendenseError
+from sendense.common.errors import Conflict, NotFound, SendenseError
 from sendense.nbd.errors import NbdError
 
 log = logging.getLogger(__name__)
@@ -23,9 +25,15 @@ class _Task(Protocol):
 
     task: asyncio.Task[None] | None
     cancel_requested: bool
+    request: dict[str, Any]
 
 
 J = TypeVar("J", bound=_Task)
+
+
+def start_fields(request: BaseModel) -> dict[str, Any]:
+    """What makes two starts the same start: every field but the password."""
+    return request.model_dump(mode="json", exclude={"vcenter_password"})
 
 
 class TaskTable(Generic[J]):
@@ -38,6 +46,17 @@ class TaskTable(Generic[J]):
         job = self.jobs.get(job_id)
         if job is None:
             raise NotFound(f"node has no {self.what} {job_id}")
+        return job
+
+    def repeated(self, job_id: str, request: dict[str, Any]) -> J | None:
+        """The job a start made already, when this start is the same one again (the
+        hub repeats a start whose answer the tunnel lost); a Conflict when the id
+        names a job started for something else; None for a new id."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        if job.request != request:
+            raise Conflict(f"{self.what} {job_id} exists already, for another VM or targets")
         return job
 
     def active(self) -> list[J]:

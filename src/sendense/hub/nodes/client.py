@@ -1,7 +1,18 @@
-"""The hub calling a node's API (8081) through the node's reverse forward."""
+"""The hub calling a node's API (8081) through the node's reverse forward.
+
+Every call is safe to repeat (reads, cancels, and starts: the node answers a
+repeated start with the job it started), so a call that got no answer is repeated
+with backoff until `retry_s` has passed: a tunnel that drops for a moment (the
+node's ssh restarting) does not fail the task. Repeated: connection refused or
+reset, timeouts, a tunnel that is down or whose reverse port another process
+holds, and a 502/503/504 that is not the node's own answer. Never repeated: any
+answer of the node itself (its 4xx, its errors).
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +31,13 @@ from sendense.common.contract import (
 )
 from sendense.common.errors import NotFound, SendenseError, Unavailable
 from sendense.hub.nodes.registry import NodeService
+
+log = logging.getLogger(__name__)
+# Between attempts: backoff * 2^n seconds, at most this (the NBD writer's shape,
+# with a lower cap since the whole wait is bounded by retry_s).
+MAX_BACKOFF = 5.0
+# What a proxy in front of the node answers when the node is not there.
+_GATEWAY_STATUSES = (502, 503, 504)
 
 
 def _login_body(login: VcenterLogin) -> dict[str, Any]:
@@ -52,25 +70,55 @@ def _with_login(request: VcenterLogin) -> dict[str, Any]:
     return request.model_dump(mode="json") | _login_body(request)
 
 
+class _NoAnswer(Exception):
+    """An attempt the node did not answer: worth repeating until the deadline."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _node_error(response: httpx.Response) -> tuple[str, str] | None:
+    """(message, code) when the body is the node's own error answer."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return None
+    if not isinstance(answer, dict) or "error" not in answer:
+        return None
+    return str(answer.get("message", response.text)), str(answer["error"])
+
+
 class NodeClient:
+    # Class defaults: a subclass over another transport (tests) may skip __init__.
+    retry_s = 60.0
+    backoff = 0.25
+    _reverse_port: int | None = None
+    _owns_listener: Callable[[int], bool] | None = None
+    _listener_checked = False
+
     def __init__(
         self,
         nodes: NodeService,
         name: str,
         timeout: float = 120.0,
         owns_listener: Callable[[int], bool] | None = None,
+        *,
+        retry_s: float = 60.0,
+        backoff: float = 0.25,
     ) -> None:
         info = nodes.get(name)
         if info.revoked:
             raise NotFound(f"node {name!r} is revoked")
         if info.reverse_port is None:
             raise NotFound(f"node {name!r} has no tunnel")
-        # The token and vCenter passwords go to whatever listens on the reverse port:
-        # make sure that is our sshd's session for the node, not a local squatter.
-        if owns_listener is not None and not owns_listener(info.reverse_port):
-            raise Unavailable(f"node {name!r} is not connected: its tunnel is down")
         self.name = name
         self.url = f"http://127.0.0.1:{info.reverse_port}"
+        self.retry_s = retry_s
+        self.backoff = backoff
+        self._reverse_port = info.reverse_port
+        self._owns_listener = owns_listener
+        self._listener_checked = False
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {nodes.api_token(name)}"},
@@ -80,23 +128,57 @@ class NodeClient:
     def _call(
         self, method: str, path: str, body: dict[str, Any] | None = None, relay: bool = False
     ) -> Any:
-        try:
-            response = self._http.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            raise Unavailable(
-                f"node {self.name!r} does not answer through its tunnel: {exc}"
-            ) from exc
-        if response.status_code >= 400:
+        """One call, repeated with backoff while the node does not answer, up to
+        `retry_s`; then Unavailable."""
+        deadline = time.monotonic() + self.retry_s
+        failures = 0
+        while True:
             try:
-                answer = response.json()
-                message = answer.get("message", response.text)
-                code = answer.get("error", "node_refused")
-            except (ValueError, AttributeError):
-                message, code = response.text, "node_refused"
+                response = self._attempt(method, path, body)
+                break
+            except _NoAnswer as exc:
+                failures += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Unavailable(
+                        f"node {self.name!r} does not answer through its tunnel "
+                        f"({failures} attempts in {self.retry_s:.0f}s): {exc.reason}"
+                    ) from None
+                pause = min(self.backoff * 2 ** (failures - 1), MAX_BACKOFF, left)
+                log.info(
+                    "node call repeated node=%s call=%s%s in=%.2fs: %s",
+                    self.name,
+                    method,
+                    path,
+                    pause,
+                    exc.reason,
+                )
+                time.sleep(pause)
+        if response.status_code >= 400:
+            known = _node_error(response)
+            message, code = known if known else (response.text, "node_refused")
             if relay and 400 <= response.status_code < 500 and response.status_code != 401:
-                raise NodeRefused(str(message), response.status_code, str(code))
+                raise NodeRefused(message, response.status_code, code)
             raise NodeCallFailed(f"node {self.name!r}: {message}")
         return response.json()
+
+    def _attempt(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
+        if not self._listener_checked and self._owns_listener and self._reverse_port:
+            # The token and vCenter passwords go to whatever listens on the reverse
+            # port: make sure that is our sshd's session for the node, not a local
+            # squatter. Checked again after every attempt that got no answer.
+            if not self._owns_listener(self._reverse_port):
+                raise _NoAnswer("not connected: its tunnel is down")
+            self._listener_checked = True
+        try:
+            response = self._http.request(method, path, json=body)
+        except (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError) as exc:
+            self._listener_checked = False
+            raise _NoAnswer(f"{type(exc).__name__}: {exc}") from None
+        if response.status_code in _GATEWAY_STATUSES and _node_error(response) is None:
+            self._listener_checked = False
+            raise _NoAnswer(f"HTTP {response.status_code} from the tunnel")
+        return response
 
     def discover(self, login: VcenterLogin) -> DiscoverResponse:
         body = _login_body(login)
@@ -140,9 +222,22 @@ class NodeConnector:
     """Opens clients to enrolled nodes through their tunnels: what every task that
     talks to a node is given, instead of the whole hub."""
 
-    def __init__(self, registry: NodeService, owns_listener: Callable[[int], bool]) -> None:
+    def __init__(
+        self,
+        registry: NodeService,
+        owns_listener: Callable[[int], bool],
+        retry_s: float = 60.0,
+    ) -> None:
         self.registry = registry
         self.owns_listener = owns_listener
+        self.retry_s = retry_s
 
-    def open(self, name: str) -> NodeClient:
-        return NodeClient(self.registry, name, owns_listener=self.owns_listener)
+    def open(self, name: str, retry_s: float | None = None) -> NodeClient:
+        """`retry_s`: how long a call may wait for a node that does not answer
+        (default: the connector's; shorter for a caller waiting on the API)."""
+        return NodeClient(
+            self.registry,
+            name,
+            owns_listener=self.owns_listener,
+            retry_s=self.retry_s if retry_s is None else retry_s,
+        )

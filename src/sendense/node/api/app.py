@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sendense import __version__
 from sendense.common.api_errors import install_error_handlers
 from sendense.common.contract import (
+    ACTIVE_STATES,
     BackupStartRequest,
     BackupStartResponse,
     DiscoverResponse,
@@ -24,6 +25,7 @@ from sendense.common.contract import (
     RestoreCheckResponse,
     RestoreJobStatus,
     RestoreStartRequest,
+    TaskStatus,
     VcenterLogin,
     VmInventory,
 )
@@ -109,10 +111,17 @@ async def inventory(node: NodeDep, body: InventoryRequest) -> VmInventory:
     return await _with_vcenter(node, body, lambda vc: describe(find_vm(vc, body.vm_name)))
 
 
+def _started(status: TaskStatus) -> BackupStartResponse:
+    """A start's answer; a repeated start gets the same one (or how its job ended)."""
+    state = "running" if status.state in ACTIVE_STATES else status.state
+    return BackupStartResponse(job_id=status.job_id, status=state)
+
+
 @router.post("/backup/start", status_code=202, tags=["backup"])
 async def backup_start(node: NodeDep, body: BackupStartRequest) -> BackupStartResponse:
-    job = node.runner.start(body)
-    return BackupStartResponse(job_id=job.status.job_id, status="running")
+    """The seed's body; without a job_id the node makes one. A start repeated with
+    the same job_id and request answers that job, not a second one."""
+    return _started(node.runner.start(body).status)
 
 
 @router.get("/jobs", tags=["backup"])
@@ -139,8 +148,7 @@ async def restore_check(node: NodeDep, body: RestoreCheckRequest) -> RestoreChec
 @router.post("/restore/start", status_code=202, tags=["restore"])
 async def restore_start(node: NodeDep, body: RestoreStartRequest) -> BackupStartResponse:
     """Checked first: a refusal comes back here, with nothing made in vCenter."""
-    job = await node.restores.start(body)
-    return BackupStartResponse(job_id=job.status.job_id, status="running")
+    return _started((await node.restores.start(body)).status)
 
 
 @router.get("/restore/jobs/{job_id}", tags=["restore"])

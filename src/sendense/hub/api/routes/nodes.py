@@ -16,6 +16,7 @@ from sendense.hub.nodes.registry import NodeInfo
 
 public = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
 router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"], dependencies=[Depends(require_token)])
+DISCOVER_RETRY_S = 10.0
 
 
 @public.post("/enroll", status_code=201)
@@ -53,7 +54,9 @@ def revoke(hub: HubDep, name: str) -> NodeInfo:
 @router.post("/{name}/vms")
 def discover(hub: HubDep, name: str, login: VcenterLogin) -> DiscoverResponse:
     """The vCenter's VMs, asked of the node through its tunnel."""
-    client = hub.connector.open(name)
+    # Someone waits on this answer (the CLI for 30 s): a blip is waited out, a
+    # node that stays away is reported.
+    client = hub.connector.open(name, retry_s=DISCOVER_RETRY_S)
     try:
         return client.discover(login)
     finally:
