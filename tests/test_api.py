@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from sendense.common.errors import WrongTaskKind
 from sendense.hub.api.app import create_app
+from sendense.hub.db.models import Job, JobState, TaskKind, Vm, utcnow
 from sendense.hub.service import Hub
 from tests.rig.procs import pids_with
 
@@ -188,3 +190,25 @@ def test_absurd_disk_sizes_are_422(api: TestClient) -> None:
         "/api/v1/jobs", json={"vm_name": "x", "disks": [{"key": 2000, "capacity_bytes": 10**20}]}
     )
     assert answer.status_code == 422
+
+
+@pytest.mark.parametrize("kind", [TaskKind.PRUNE, TaskKind.VERIFY, TaskKind.ACCESS])
+@pytest.mark.parametrize("success", [False, True])
+def test_only_a_backup_can_be_finished_or_failed_through_the_api(
+    hub: Hub, api: TestClient, kind: TaskKind, success: bool
+) -> None:
+    # A running prune (or any task that is not a backup) holding its VM's lock.
+    with hub.db.session() as s:
+        vm = Vm(name="merging")
+        s.add(vm)
+        s.flush()
+        task = Job(vm_id=vm.id, kind=kind, state=JobState.RUNNING, started_at=utcnow())
+        s.add(task)
+        s.flush()
+        vm.active_job_id = task.id
+        task_id = task.id
+    answer = api.post(f"/api/v1/jobs/{task_id}/finish", json={"success": success, "disks": {}})
+    assert answer.status_code == 409
+    assert answer.json()["error"] == WrongTaskKind.code
+    assert api.get(f"/api/v1/jobs/{task_id}").json()["state"] == "running"
+    assert api.get("/api/v1/vms/merging").json()["active_job_id"] == task_id

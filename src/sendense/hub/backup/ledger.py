@@ -22,6 +22,7 @@ from sendense.common.errors import (
     SendenseError,
     TaskNotRunning,
     VmBusy,
+    WrongTaskKind,
 )
 from sendense.common.names import export_name, validate_vm_name
 from sendense.common.targets import NbdTarget, format_targets
@@ -33,6 +34,7 @@ from sendense.hub.db.models import (
     PointStatus,
     RestorePoint,
     RestorePointDisk,
+    TaskKind,
     Vm,
     VmDisk,
     new_id,
@@ -340,6 +342,7 @@ class BackupLedger:
             job = s.get(Job, job_id)
             if job is None:
                 raise NotFound(f"job {job_id} does not exist")
+            _require_backup(job)
             if job.state != JobState.RUNNING:
                 raise TaskNotRunning(job_id, f"job {job_id} is {job.state.value}, not running")
             job.state = JobState.FINALIZING
@@ -401,6 +404,16 @@ class BackupLedger:
         log.info("job complete job=%s restore_point=%s", job_id, point_id)
         return point_id
 
+    def fail_backup(self, job_id: str, reason: str) -> None:
+        """`fail` for a caller outside the hub: only a backup, never another kind of
+        task (failing a prune would free its VM's lock in the middle of a merge)."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"job {job_id} does not exist")
+            _require_backup(job)
+        self.fail(job_id, reason)
+
     def fail(self, job_id: str, reason: str) -> None:
         """Stop exports, free ports, remove the job's unfinished files and rows; never
         touches a complete restore point."""
@@ -440,6 +453,11 @@ class BackupLedger:
                 s.delete(point)
             _unlock_vm(s, job_id)
         log.warning("job failed job=%s reason=%s", job_id, reason)
+
+
+def _require_backup(job: Job) -> None:
+    if job.kind != TaskKind.BACKUP:
+        raise WrongTaskKind(job.id, job.kind.value, TaskKind.BACKUP.value)
 
 
 def _chain_length(s: Session, layer: RestorePointDisk) -> int:
