@@ -71,6 +71,9 @@ class DiskResult:
     # The areas read, in the checksum's blocks of `checksum_block` bytes.
     areas: list[tuple[int, int]] | None = None
     checksum_block: int | None = None
+    # Set when the node read the whole disk (VMware refused the parent's change
+    # ID, CBT was off): why. The layer is recorded as a full that keeps its parent.
+    full_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -395,6 +398,11 @@ class BackupLedger:
                 if result.areas is not None and result.checksum_block:
                     disk.areas = pack_areas(result.areas)
                     disk.checksum_block = result.checksum_block
+                if result.full_reason:
+                    # Read whole but written onto the planned overlay: parent_id
+                    # stays, so chain limits and retention still count it in its chain.
+                    disk.backup_type = "full"
+                    disk.full_reason = result.full_reason
                 disk.file_size = sizes[disk.disk_key]
                 disk.status = PointStatus.COMPLETE
             point.status = PointStatus.COMPLETE
@@ -461,7 +469,8 @@ def _require_backup(job: Job) -> None:
 
 
 def _chain_length(s: Session, layer: RestorePointDisk) -> int:
-    """How many files a chain ending in `layer` holds (the full counts)."""
+    """How many files a chain ending in `layer` holds (the full counts), following
+    parent_id: a layer read whole after a change ID was refused counts as one more."""
     length = 1
     while layer.parent_id is not None:
         parent = s.get(RestorePointDisk, layer.parent_id)
