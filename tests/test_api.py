@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from sendense.common.errors import WrongTaskKind
 from sendense.hub.api.app import create_app
+from sendense.hub.backup.ledger import DiskSpec
+from sendense.hub.db.models import Job, JobState, TaskKind, Vm, utcnow
 from sendense.hub.service import Hub
 from tests.rig.procs import pids_with
 
@@ -188,3 +191,64 @@ def test_absurd_disk_sizes_are_422(api: TestClient) -> None:
         "/api/v1/jobs", json={"vm_name": "x", "disks": [{"key": 2000, "capacity_bytes": 10**20}]}
     )
     assert answer.status_code == 422
+
+
+@pytest.mark.parametrize("kind", [TaskKind.PRUNE, TaskKind.VERIFY, TaskKind.ACCESS])
+@pytest.mark.parametrize("success", [False, True])
+def test_only_a_backup_can_be_finished_or_failed_through_the_api(
+    hub: Hub, api: TestClient, kind: TaskKind, success: bool
+) -> None:
+    # A running prune (or any task that is not a backup) holding its VM's lock.
+    with hub.db.session() as s:
+        vm = Vm(name="merging")
+        s.add(vm)
+        s.flush()
+        task = Job(vm_id=vm.id, kind=kind, state=JobState.RUNNING, started_at=utcnow())
+        s.add(task)
+        s.flush()
+        vm.active_job_id = task.id
+        task_id = task.id
+    answer = api.post(f"/api/v1/jobs/{task_id}/finish", json={"success": success, "disks": {}})
+    assert answer.status_code == 409
+    assert answer.json()["error"] == WrongTaskKind.code
+    assert api.get(f"/api/v1/jobs/{task_id}").json()["state"] == "running"
+    assert api.get("/api/v1/vms/merging").json()["active_job_id"] == task_id
+
+
+def test_a_disk_read_whole_on_its_chain_is_recorded_as_a_full_that_keeps_its_parent(
+    hub: Hub, api: TestClient, repo_dir: Path
+) -> None:
+    api.post("/api/v1/repositories", json={"path": str(repo_dir)})
+    first = api.post("/api/v1/jobs", json={"vm_name": "reset", "disks": DISKS}).json()
+    done = {str(d["key"]): {"change_id": "c1"} for d in DISKS}
+    finished = api.post(
+        f"/api/v1/jobs/{first['job_id']}/finish", json={"success": True, "disks": done}
+    )
+    assert finished.json()["state"] == "complete"
+    second = api.post("/api/v1/jobs", json={"vm_name": "reset", "disks": DISKS}).json()
+    assert {t["backup_type"] for t in second["targets"]} == {"incremental"}
+    # VMware refused disk 2000's change ID: the node read it whole onto the overlay.
+    reason = "disk 2000: VMware rejected change ID 'c1'"
+    done = {"2000": {"change_id": "c2", "full_reason": reason}, "2001": {"change_id": "c2"}}
+    finished = api.post(
+        f"/api/v1/jobs/{second['job_id']}/finish", json={"success": True, "disks": done}
+    )
+    assert finished.json()["state"] == "complete"
+    parents = {
+        d["disk_key"]: d["id"]
+        for d in api.get(f"/api/v1/restore-points/{first['restore_point_id']}").json()["disks"]
+    }
+    disks = {
+        d["disk_key"]: d
+        for d in api.get(f"/api/v1/restore-points/{second['restore_point_id']}").json()["disks"]
+    }
+    assert (disks[2000]["backup_type"], disks[2000]["full_reason"]) == ("full", reason)
+    assert (disks[2001]["backup_type"], disks[2001]["full_reason"]) == ("incremental", None)
+    assert {k: d["parent_id"] for k, d in disks.items()} == parents
+    assert {k: d["chain_position"] for k, d in disks.items()} == {2000: 2, 2001: 2}
+    # It still counts in its chain: with at most 2 files per chain, both disks start anew.
+    third = hub.ledger.prepare(
+        "reset", [DiskSpec(d["key"], d["capacity_bytes"]) for d in DISKS], max_chain=2
+    )
+    assert {d.key: d.backup_type for d in third.disks} == {2000: "full", 2001: "full"}
+    hub.ledger.fail(third.job_id, "test done")

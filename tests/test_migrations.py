@@ -168,6 +168,7 @@ def test_a_hub_from_the_previous_revision_upgrades_and_serves_its_points(
             assert [p["id"] for p in points] == ["p1", "p2"]
             assert points[1]["protected"] is True
             assert points[1]["disks"][0]["parent_id"] == "d1"
+            assert points[1]["disks"][0]["full_reason"] is None  # 0009: nothing known
             raw = client.get("/api/v1/restore-points/p2/disks/2000/download")
             assert raw.status_code == 200
             expected = bytearray(b"\x11" * SIZE)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from sendense.common.errors import NotFound
 from sendense.nbd.qemu_img import QemuImg
 from tests.rig.cli import sendense
 from tests.rig.node_tasks import snapshot_names, unique
@@ -131,3 +132,44 @@ def test_a_cbt_reset_turns_that_disk_into_a_full_and_the_job_succeeds(
         )
     job = site.api.get(f"/api/v1/jobs/{points[1]['job_id']}/progress").json()
     assert all(d["backup_type"] == "full" and d["full_reason"] for d in job["disks"])
+    # Recorded as read, and why, while each layer stays on its parent's chain.
+    reasons = {d["disk_key"]: d["full_reason"] for d in job["disks"]}
+    parents = {d["disk_key"]: d["id"] for d in points[0]["disks"]}
+    assert {d["disk_key"]: (d["backup_type"], d["full_reason"]) for d in points[1]["disks"]} == {
+        k: ("full", reason) for k, reason in reasons.items()
+    }
+    assert {d["disk_key"]: d["parent_id"] for d in points[1]["disks"]} == parents
+    assert {d["chain_position"] for d in points[1]["disks"]} == {2}
+    listed = sendense("backups", "list", name, env=site.cli_env())
+    assert listed.returncode == 0
+    assert "incremental" not in listed.stdout
+    assert all(reason in listed.stdout for reason in reasons.values())
+
+
+def test_vms_list_uses_the_registered_vcenter_with_its_port_and_thumbprint(
+    site: Site, vcsim: Vcsim, si: Any
+) -> None:
+    name = unique("listed")
+    create_vm(si, name, [(2000, 16 * MiB, SCSI0)], cbt=True)
+    assert ":" in vcsim.host  # 127.0.0.1:PORT, registered by `vcenter add` with a thumbprint
+    # The registered login: no user, node, password or thumbprint on the command line.
+    for where in (["--vcenter", vcsim.host], []):
+        listed = sendense("vms", "list", *where, env=site.cli_env())
+        assert listed.returncode == 0, listed.stderr
+        assert name in listed.stdout
+    # A login given without a thumbprint takes the one registered for that host:port.
+    explicit = sendense(
+        "vms",
+        "list",
+        "--vcenter",
+        vcsim.host,
+        "--node",
+        site.name,
+        "--user",
+        vcsim.username,
+        env=site.cli_env() | {"SENDENSE_VCENTER_PASSWORD": vcsim.password},
+    )
+    assert explicit.returncode == 0, explicit.stderr
+    assert name in explicit.stdout
+    unknown = sendense("vms", "list", "--vcenter", "127.0.0.1:1", env=site.cli_env())
+    assert unknown.returncode == NotFound.exit_code

@@ -143,8 +143,13 @@ def backups_list(vm: str, hub_url: HubUrlOpt = None, token_file: TokenFileOpt = 
         "GET", "/api/v1/restore-points", params={"vm": vm}
     )
     rows = []
+    read_whole = []
     for point in points:
         for disk in point["disks"]:
+            if disk.get("full_reason"):
+                read_whole.append(
+                    f"{point['id'][:12]} disk {disk['disk_key']}: {disk['full_reason']}"
+                )
             verified = (disk["verified_at"] or "never")[:19]
             status = point["status"] + (" (protected)" if point.get("protected") else "")
             checksum = (disk["checksum"] or "-").split(":")[-1][:12]
@@ -180,3 +185,8 @@ def backups_list(vm: str, hub_url: HubUrlOpt = None, token_file: TokenFileOpt = 
         ],
         rows,
     )
+    if read_whole:
+        # Still a layer on its parent (its chain position says where): why it is a full.
+        console.print("Read as a full on an existing chain:")
+        for line in read_whole:
+            console.print(f"  {line}", markup=False, soft_wrap=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
@@ -11,7 +12,7 @@ import typer
 from sendense.cli import backups, hub, node, policies, restore, restore_vm, verify
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.output import console, one_line_errors, repo_table, table
-from sendense.common.errors import SendenseError
+from sendense.common.errors import InvalidInput, SendenseError
 
 app = typer.Typer(help="Sendense VM backup.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(hub.app, name="hub")
@@ -144,9 +145,16 @@ def nodes_revoke(
 @vms_app.command("list")
 @one_line_errors
 def vms_list(
-    node: Annotated[str, typer.Option(help="The node next to the vCenter")],
-    vcenter: Annotated[str, typer.Option(help="vCenter host[:port]")],
-    user: Annotated[str, typer.Option(help="vCenter user")],
+    vcenter: Annotated[
+        str | None, typer.Option(help="vCenter host[:port] (default: the only one registered)")
+    ] = None,
+    node: Annotated[
+        str | None, typer.Option(help="The node next to the vCenter (with --user)")
+    ] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(help="vCenter user; without it, the registered vCenter's login is used"),
+    ] = None,
     thumbprint: Annotated[str | None, typer.Option(help="vCenter certificate SHA-256")] = None,
     password_file: Annotated[
         Path | None,
@@ -155,26 +163,26 @@ def vms_list(
     hub_url: hub.HubUrlOpt = None,
     token_file: hub.TokenFileOpt = None,
 ) -> None:
-    """List the vCenter's VMs: the hub asks the node through its tunnel."""
-    import os
-
-    from sendense.common.errors import InvalidInput
-
-    if password_file is not None:
-        password = password_file.read_text().strip()
+    """List the vCenter's VMs: the hub asks the node through its tunnel, with the login
+    `sendense vcenter add` registered, or with --node, --user and a password."""
+    client = _client(hub_url, token_file)
+    if user is None:
+        params = {"host": vcenter} if vcenter else {}
+        found = client.request("GET", "/api/v1/vcenters/vms", params=params)
+        title = f"VMs of {vcenter or 'the registered vCenter'}"
     else:
-        password = os.environ.get("SENDENSE_VCENTER_PASSWORD", "")
-    if not password:
-        raise InvalidInput("no vCenter password: --password-file or SENDENSE_VCENTER_PASSWORD")
-    body = {
-        "vcenter_host": vcenter,
-        "vcenter_user": user,
-        "vcenter_password": password,
-        "vcenter_thumbprint": thumbprint,
-    }
-    found = _client(hub_url, token_file).post(f"/api/v1/nodes/{node}/vms", body)
+        found = client.post(
+            f"/api/v1/nodes/{_needed(node, '--node')}/vms",
+            {
+                "vcenter_host": _needed(vcenter, "--vcenter"),
+                "vcenter_user": user,
+                "vcenter_password": _password(password_file),
+                "vcenter_thumbprint": thumbprint,
+            },
+        )
+        title = f"VMs of {vcenter} (via node {node})"
     table(
-        f"VMs of {vcenter} (via node {node})",
+        title,
         ["name", "power", "CBT", "disks"],
         [
             (
@@ -186,3 +194,19 @@ def vms_list(
             for v in found["vms"]
         ],
     )
+
+
+def _needed(value: str | None, option: str) -> str:
+    if not value:
+        raise InvalidInput(f"{option} is needed with --user")
+    return value
+
+
+def _password(password_file: Path | None) -> str:
+    if password_file is not None:
+        password = password_file.read_text().strip()
+    else:
+        password = os.environ.get("SENDENSE_VCENTER_PASSWORD", "")
+    if not password:
+        raise InvalidInput("no vCenter password: --password-file or SENDENSE_VCENTER_PASSWORD")
+    return password

@@ -106,6 +106,18 @@ class TaskNotRunning(Conflict):
         self.task_id = task_id
 
 
+class WrongTaskKind(Conflict):
+    """The operation applies to another kind of task (finishing a prune as a backup)."""
+
+    code = "wrong_task_kind"
+
+    def __init__(self, task_id: str, kind: str, expected: str) -> None:
+        super().__init__(f"task {task_id} is a {kind}, not a {expected}")
+        self.task_id = task_id
+        self.kind = kind
+        self.expected = expected
+
+
 class PointNotRestorable(Conflict):
     """The restore point is not complete (incomplete or invalid)."""
 

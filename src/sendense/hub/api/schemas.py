@@ -81,6 +81,8 @@ class RestorePointDiskOut(Out):
     parent_id: str | None
     file_path: str
     backup_type: str
+    # Why a disk planned as an incremental was read whole (it keeps its parent).
+    full_reason: str | None = None
     virtual_size: int
     data_bytes: int | None
     file_size: int | None
@@ -164,6 +166,8 @@ class DiskResultIn(BaseModel):
     rate_bytes_per_s: float | None = Field(default=None, ge=0)
     areas: list[tuple[NonNegativeInt, PositiveInt]] | None = None
     checksum_block: int | None = Field(default=None, gt=0, le=1 << 30)
+    # Set when the disk was read whole instead of as an incremental, and why.
+    full_reason: str | None = Field(default=None, max_length=4096)
 
 
 class JobFinishIn(BaseModel):

@@ -22,6 +22,7 @@ from sendense.common.errors import (
     SendenseError,
     TaskNotRunning,
     VmBusy,
+    WrongTaskKind,
 )
 from sendense.common.names import export_name, validate_vm_name
 from sendense.common.targets import NbdTarget, format_targets
@@ -33,6 +34,7 @@ from sendense.hub.db.models import (
     PointStatus,
     RestorePoint,
     RestorePointDisk,
+    TaskKind,
     Vm,
     VmDisk,
     new_id,
@@ -69,6 +71,9 @@ class DiskResult:
     # The areas read, in the checksum's blocks of `checksum_block` bytes.
     areas: list[tuple[int, int]] | None = None
     checksum_block: int | None = None
+    # Set when the node read the whole disk (VMware refused the parent's change
+    # ID, CBT was off): why. The layer is recorded as a full that keeps its parent.
+    full_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -340,6 +345,7 @@ class BackupLedger:
             job = s.get(Job, job_id)
             if job is None:
                 raise NotFound(f"job {job_id} does not exist")
+            _require_backup(job)
             if job.state != JobState.RUNNING:
                 raise TaskNotRunning(job_id, f"job {job_id} is {job.state.value}, not running")
             job.state = JobState.FINALIZING
@@ -392,6 +398,11 @@ class BackupLedger:
                 if result.areas is not None and result.checksum_block:
                     disk.areas = pack_areas(result.areas)
                     disk.checksum_block = result.checksum_block
+                if result.full_reason:
+                    # Read whole but written onto the planned overlay: parent_id
+                    # stays, so chain limits and retention still count it in its chain.
+                    disk.backup_type = "full"
+                    disk.full_reason = result.full_reason
                 disk.file_size = sizes[disk.disk_key]
                 disk.status = PointStatus.COMPLETE
             point.status = PointStatus.COMPLETE
@@ -400,6 +411,16 @@ class BackupLedger:
             point_id = point.id
         log.info("job complete job=%s restore_point=%s", job_id, point_id)
         return point_id
+
+    def fail_backup(self, job_id: str, reason: str) -> None:
+        """`fail` for a caller outside the hub: only a backup, never another kind of
+        task (failing a prune would free its VM's lock in the middle of a merge)."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"job {job_id} does not exist")
+            _require_backup(job)
+        self.fail(job_id, reason)
 
     def fail(self, job_id: str, reason: str) -> None:
         """Stop exports, free ports, remove the job's unfinished files and rows; never
@@ -442,8 +463,14 @@ class BackupLedger:
         log.warning("job failed job=%s reason=%s", job_id, reason)
 
 
+def _require_backup(job: Job) -> None:
+    if job.kind != TaskKind.BACKUP:
+        raise WrongTaskKind(job.id, job.kind.value, TaskKind.BACKUP.value)
+
+
 def _chain_length(s: Session, layer: RestorePointDisk) -> int:
-    """How many files a chain ending in `layer` holds (the full counts)."""
+    """How many files a chain ending in `layer` holds (the full counts), following
+    parent_id: a layer read whole after a change ID was refused counts as one more."""
     length = 1
     while layer.parent_id is not None:
         parent = s.get(RestorePointDisk, layer.parent_id)

@@ -86,6 +86,7 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
                 d.bytes_total / d.seconds if d.seconds else None,
                 d.areas,
                 d.checksum_block,
+                d.full_reason,
             )
             for d in status.disks
         }

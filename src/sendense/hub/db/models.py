@@ -241,7 +241,12 @@ class RestorePointDisk(Base):
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("restore_point_disks.id"))
     # Relative to the repository root; never derived from the VM's name.
     file_path: Mapped[str] = mapped_column(Text, unique=True)
+    # What was read: "full" (the whole disk) or "incremental" (the changed areas).
+    # A disk planned as an incremental and read whole stays an overlay on its
+    # parent (parent_id kept, it counts in its chain's length) with a "full" type
+    # and the node's reason.
     backup_type: Mapped[str] = mapped_column(String(16))
+    full_reason: Mapped[str | None] = mapped_column(Text)
     virtual_size: Mapped[int] = mapped_column(BigInteger)
     data_bytes: Mapped[int | None] = mapped_column(BigInteger)
     file_size: Mapped[int | None] = mapped_column(BigInteger)

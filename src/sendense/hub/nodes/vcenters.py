@@ -58,8 +58,14 @@ class VcenterService:
             rows = s.execute(select(Vcenter, Node.name).join(Node).order_by(Vcenter.host)).all()
             return [VcenterInfo(v.id, v.host, v.username, v.thumbprint, n) for v, n in rows]
 
+    def thumbprint(self, host: str) -> str | None:
+        """The certificate thumbprint registered for `host` (host[:port], as registered)."""
+        with self.db.session() as s:
+            return s.scalars(select(Vcenter.thumbprint).where(Vcenter.host == host)).first()
+
     def login(self, host: str | None) -> tuple[VcenterLogin, str]:
-        """The login for `host` (or the only vCenter) and the name of its node."""
+        """The login for `host` (or the only vCenter) and the name of its node: the
+        host with its port as registered, the user, the sealed password, the thumbprint."""
         with self.db.session() as s:
             query = select(Vcenter, Node.name).join(Node)
             if host:

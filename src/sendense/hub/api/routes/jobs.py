@@ -57,11 +57,12 @@ def create_job(hub: HubDep, body: JobCreateIn) -> JobCreatedOut:
 
 @router.post("/{job_id}/finish")
 def finish_job(hub: HubDep, queries: QueriesDep, job_id: str, body: JobFinishIn) -> JobOut:
+    """Backups only: another kind of task is 409 `wrong_task_kind` and left as it is."""
     if body.success:
         results = {k: DiskResult(**v.model_dump()) for k, v in body.disks.items()}
         hub.ledger.finish(job_id, results)
     else:
-        hub.ledger.fail(job_id, body.error or "reported failed by the caller")
+        hub.ledger.fail_backup(job_id, body.error or "reported failed by the caller")
     return queries.job(job_id)
 
 

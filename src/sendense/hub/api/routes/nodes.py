@@ -53,7 +53,13 @@ def revoke(hub: HubDep, name: str) -> NodeInfo:
 
 @router.post("/{name}/vms")
 def discover(hub: HubDep, name: str, login: VcenterLogin) -> DiscoverResponse:
-    """The vCenter's VMs, asked of the node through its tunnel."""
+    """The vCenter's VMs, asked of the node through its tunnel with the login given; a
+    vCenter registered at that host[:port] lends its certificate thumbprint when the
+    login names none."""
+    if login.vcenter_thumbprint is None:
+        pinned = hub.vcenters.thumbprint(login.vcenter_host)
+        if pinned is not None:
+            login = login.model_copy(update={"vcenter_thumbprint": pinned})
     # Someone waits on this answer (the CLI for 30 s): a blip is waited out, a
     # node that stays away is reported.
     client = hub.connector.open(name, retry_s=DISCOVER_RETRY_S)

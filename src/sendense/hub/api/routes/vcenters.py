@@ -1,11 +1,16 @@
-"""/api/v1/vcenters: the vCenters the hub backs up from, each through one node."""
+"""/api/v1/vcenters: the vCenters the hub backs up from, each through one node, and
+a registered vCenter's VMs asked with its own login."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from sendense.common.contract import DiscoverResponse
 from sendense.hub.api.deps import HubDep, require_token
+from sendense.hub.api.routes.nodes import DISCOVER_RETRY_S
 from sendense.hub.nodes.vcenters import VcenterInfo
 
 router = APIRouter(
@@ -32,3 +37,18 @@ def add_vcenter(hub: HubDep, body: VcenterIn) -> VcenterInfo:
 @router.get("")
 def list_vcenters(hub: HubDep) -> list[VcenterInfo]:
     return hub.vcenters.list()
+
+
+@router.get("/vms")
+def vcenter_vms(
+    hub: HubDep,
+    host: Annotated[str | None, Query(max_length=255, description="host[:port] if several")] = None,
+) -> DiscoverResponse:
+    """The VMs of a registered vCenter (or the only one), asked of its node with the
+    registered login: host and port, user, sealed password, thumbprint."""
+    login, node = hub.vcenters.login(host)
+    client = hub.connector.open(node, retry_s=DISCOVER_RETRY_S)
+    try:
+        return client.discover(login)
+    finally:
+        client.close()
