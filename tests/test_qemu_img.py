@@ -102,3 +102,26 @@ def test_an_image_of_another_size_is_not_the_same(tmp_path: Path) -> None:
     assert not qemu_img.compare(short, long, "qcow2", "qcow2")
     assert not qemu_img.compare(long, short, "qcow2", "qcow2")
     assert qemu_img.compare(short, short, "qcow2", "qcow2")
+
+
+def test_measure_counts_what_the_chain_reads(tmp_path: Path) -> None:
+    qemu_img = QemuImg()
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    qemu_img.create(base, 64 * MiB)
+    write(base, 1, 0, 16 * MiB)
+    qemu_img.create(top, 64 * MiB, backing="base.qcow2")
+    write(top, 2, 32 * MiB, MiB)
+    # Standalone, the top would hold the base's 16 MiB and its own 1 MiB.
+    assert 17 * MiB <= qemu_img.measure(top) < 64 * MiB
+    assert qemu_img.measure(top) > qemu_img.measure(base)
+
+
+def test_an_unsafe_rebase_only_renames_the_backing_file(tmp_path: Path) -> None:
+    qemu_img = QemuImg()
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    qemu_img.create(base, 16 * MiB)
+    write(base, 1, 0, MiB)
+    qemu_img.create(top, 16 * MiB, backing="base.qcow2")
+    qemu_img.rebase(top, "", unsafe=True)
+    assert "backing-filename" not in qemu_img.info(top)
+    assert qemu_img.map(top) == []  # nothing was copied

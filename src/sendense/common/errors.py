@@ -139,3 +139,15 @@ class NodeTaskEnded(SendenseError):
         super().__init__(f"node reported the {what} {state}: {error}")
         self.state = state
         self.error = error
+
+
+class MergeUnproven(Conflict):
+    """A prune's merge step could not prove that the child layer reads as it did
+    before: the removed layer is kept and the child is marked invalid."""
+
+    code = "merge_unproven"
+
+    def __init__(self, merge_id: str, child_id: str, message: str) -> None:
+        super().__init__(message)
+        self.merge_id = merge_id
+        self.child_id = child_id

@@ -73,13 +73,24 @@ class QemuImg:
             args += ["-F", "qcow2", "-b", backing]
         self._run([*args, str(path), str(size)], self.quick_s)
 
-    def rebase(self, path: Path, backing: str) -> None:
+    def rebase(self, path: Path, backing: str, unsafe: bool = False) -> None:
         """Safe rebase onto `backing` (relative to `path`'s directory; "" = none): every
-        cluster whose content would change is copied into `path` first."""
+        cluster whose content would change is copied into `path` first. `unsafe`
+        only rewrites the header's backing file name (`-u`), copying nothing."""
         args = ["rebase", "-q", "-f", "qcow2", "-b", backing]
         if backing:
             args[4:4] = ["-F", "qcow2"]
-        self._run([*args, str(path)], self.whole_image_s)
+        if unsafe:
+            args.insert(1, "-u")
+        self._run([*args, str(path)], self.quick_s if unsafe else self.whole_image_s)
+
+    def measure(self, path: Path) -> int:
+        """Bytes a QCOW2 file needs to hold everything `path` reads through its backing
+        chain (`qemu-img measure`'s "required")."""
+        args = ["measure", "--output=json", "-f", "qcow2", "-O", "qcow2", str(path)]
+        _, out, _ = self._run(args, self.whole_image_s)
+        required: int = json.loads(out)["required"]
+        return required
 
     def info(
         self, path: Path | str, fmt: str = "qcow2", force_share: bool = False

@@ -109,6 +109,8 @@ class Scheduler:
                 log.warning(
                     "scheduled backup not started policy=%s vm=%s: %s", policy.name, vm, exc.message
                 )
+            except Exception:  # a bug for one VM must not cost the others their backup
+                log.exception("scheduled backup not started policy=%s vm=%s", policy.name, vm)
         self._wait(set(jobs.values()))
         for vm in jobs:
             try:
@@ -117,16 +119,20 @@ class Scheduler:
                 log.warning(
                     "scheduled prune failed policy=%s vm=%s: %s", policy.name, vm, exc.message
                 )
+            except Exception:  # ...nor their prune: the thread goes on to the next VM
+                log.exception("scheduled prune failed policy=%s vm=%s", policy.name, vm)
 
     def _wait_for_nodes(self) -> None:
         """A hub that just started runs its missed slots before the nodes' tunnels are
         back: give them `node_timeout_s` to reconnect rather than fail every backup."""
         wanted = {v.node for v in self.backups.vcenters.list()}
         deadline = time.monotonic() + self.node_timeout
-        while time.monotonic() < deadline:
+        while True:
             up = {n.name for n in self.node_status() if n.connected}
             if wanted <= up:
                 return
+            if time.monotonic() >= deadline:
+                break
             time.sleep(self.job_poll)
         log.warning(
             "scheduled run goes ahead with nodes not connected: %s", ", ".join(sorted(wanted - up))

@@ -342,7 +342,13 @@ class PolicyAssignment(Base):
 class Merge(Base):
     """One step of a prune, recorded before it starts: rebase `child_id` from the
     doomed layer onto `new_parent_id` (None: standalone), then drop the doomed
-    layer. Start-up rolls every unfinished step forward (prune.py)."""
+    layer. Start-up rolls every unfinished step forward (prune.py).
+
+    `state`: rebasing -> rebased (the doomed layer's file may go), or failed (the
+    child did not read as `expected_checksum` after the rebase: the doomed layer is
+    kept, the child marked invalid, recover leaves the row alone). `expected_*` is
+    the child's checksum over `expected_areas`, read through the old chain before
+    the rebase; `error` says why the step is not finished yet."""
 
     __tablename__ = "merges"
 
@@ -353,3 +359,7 @@ class Merge(Base):
     new_parent_id: Mapped[str | None] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16), default="rebasing")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    expected_checksum: Mapped[str | None] = mapped_column(Text)
+    expected_areas: Mapped[bytes | None] = mapped_column(LargeBinary)
+    expected_block: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)

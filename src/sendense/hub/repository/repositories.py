@@ -75,6 +75,21 @@ def supports_direct_io(path: Path) -> bool:
         os.unlink(name)
 
 
+def sync_file(path: Path) -> None:
+    """fsync a file and the directory that names it: what a power loss leaves is what
+    was read back after this."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _check_directory(raw: str) -> Path:
     path = Path(raw)
     if not path.is_absolute():

@@ -8,21 +8,37 @@ change, then switches the backing file in one header write), so the child reads 
 same at every moment; only then is the layer's file deleted. Each step is a `merges`
 row written before it starts; start-up (`recover`) rolls every unfinished step
 forward, so a hub killed at any moment leaves every kept point restorable.
+
+A power loss can still cut a rebase short with the header switched and clusters
+missing, so a step is proven, not assumed: the child's checksum through its old
+chain is recorded before the rebase and must read the same through the new chain
+(synced) before the old layer's file goes. The steps and what a crash at each
+leaves: "Merge protocol" in docs/decisions.md.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
+from typing import NoReturn
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from sendense.common.checksum import merge_areas, pack_areas, unpack_areas
-from sendense.common.errors import Conflict, NotFound, SendenseError, VmBusy
+from sendense.common.errors import (
+    Conflict,
+    InsufficientSpace,
+    MergeUnproven,
+    NotFound,
+    SendenseError,
+    VmBusy,
+)
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import (
     Job,
@@ -35,12 +51,22 @@ from sendense.hub.db.models import (
     Vm,
     utcnow,
 )
-from sendense.hub.repository.repositories import RepositoryService
+from sendense.hub.repository.repositories import (
+    RepositoryInfo,
+    RepositoryService,
+    capacity_of,
+    sync_file,
+)
 from sendense.hub.restore.instant_access import AccessService
 from sendense.hub.retention.rules import Candidate, Decision, KeepRules, select_points
 from sendense.hub.verify.verifier import Verifier
 
 log = logging.getLogger(__name__)
+Area = tuple[int, int]
+# Merge states (docs/decisions.md, "Merge protocol").
+REBASING, REBASED, FAILED = "rebasing", "rebased", "failed"
+# The proof's block size for layers that recorded no areas (read whole).
+WHOLE_DISK_BLOCK = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -64,6 +90,9 @@ class PruneService:
         self.access = access
         self.zone = zone
         self.verifier = Verifier(db, repos, scratch)
+        # One recover at a time in this hub; the VM lock already serialises prunes
+        # of one VM, but every prune rolls forward every VM's steps.
+        self.recover_lock: AbstractContextManager[object] = threading.Lock()
 
     def _vm(self, ref: str) -> Vm:
         with self.db.session() as s:
@@ -134,12 +163,15 @@ class PruneService:
                 raise VmBusy(vm.name, running, f"VM {vm.name!r} has a job running: {running}")
         removed: list[str] = []
         try:
+            # Steps an earlier prune left (a crash, no space, a share not mounted)
+            # are finished before anything is planned.
+            _done, earlier = self._roll_forward()
             decisions = self.plan(vm_ref, rules)
             # Newest first: a removed layer's data moves into its child once, not
             # again with every older layer removed after it.
             doomed = sorted((d for d in decisions if not d.keep), key=lambda d: d.at, reverse=True)
             for decision in doomed:
-                self._remove_point(job_id, decision.id)
+                self._remove_point(job_id, decision.id, earlier)
                 removed.append(decision.id)
         except BaseException as exc:
             self._end(job_id, exc.message if isinstance(exc, SendenseError) else repr(exc))
@@ -156,9 +188,28 @@ class PruneService:
                 job.error, job.finished_at = error, utcnow()
             s.execute(update(Vm).where(Vm.active_job_id == job_id).values(active_job_id=None))
 
-    def _remove_point(self, job_id: str, point_id: str) -> None:
+    def _remove_point(self, job_id: str, point_id: str, earlier: dict[str, Exception]) -> None:
         """Record a merge step for every layer of the point in one transaction, then
-        carry them out."""
+        carry them out. A point with an unfinished step of an earlier prune is not
+        planned again: that step's error is raised (`earlier`: those of this run's
+        first roll-forward)."""
+        with self.db.session() as s:
+            unfinished = [
+                (m.id, m.error)
+                for m in s.scalars(
+                    select(Merge).where(
+                        Merge.doomed_id.in_(
+                            select(RestorePointDisk.id).where(
+                                RestorePointDisk.restore_point_id == point_id
+                            )
+                        )
+                    )
+                )
+            ]
+        for merge_id, error in unfinished:
+            if merge_id in earlier:
+                raise earlier[merge_id]
+            raise Conflict(f"restore point {point_id} has an unfinished merge step: {error}")
         self._check_before_merging(point_id)
         with self.db.session() as s:
             layers = s.scalars(
@@ -175,15 +226,22 @@ class PruneService:
                             doomed_id=layer.id,
                             child_id=child.id,
                             new_parent_id=layer.parent_id,
-                            state="rebasing",
+                            state=REBASING,
                         )
                     )
                 if not children:
-                    s.add(Merge(job_id=job_id, doomed_id=layer.id, state="rebased"))
+                    s.add(Merge(job_id=job_id, doomed_id=layer.id, state=REBASED))
             point = s.get(RestorePoint, point_id)
             if point is not None and not layers:
                 s.delete(point)
-        self.recover()
+        _done, failed = self._roll_forward()
+        with self.db.session() as s:
+            left = [(m.id, m.error) for m in s.scalars(select(Merge).where(Merge.job_id == job_id))]
+        for merge_id, _error in left:
+            if merge_id in failed:
+                raise failed[merge_id]
+        if left:
+            raise Conflict(f"restore point {point_id} is not removed: {left[0][1]}")
 
     def _check_before_merging(self, point_id: str) -> None:
         """A layer's data moves into its child only when both still hash as they did
@@ -206,38 +264,251 @@ class PruneService:
                 "(see sendense verify)"
             )
 
-    def _rehash(self, child_id: str, doomed_id: str) -> tuple[bytes, str, int] | None:
-        """The child, rebased, now also holds what the removed layer read: its
-        checksum covers both layers' areas, as the child reads them now."""
-        with self.db.session() as s:
-            child = s.get(RestorePointDisk, child_id)
-            doomed = s.get(RestorePointDisk, doomed_id)
-            if child is None or doomed is None:
-                return None
-            if child.areas is None or doomed.areas is None or not child.checksum_block:
-                return None
-            if child.checksum_block != doomed.checksum_block:
-                return None
-            block = child.checksum_block
-            areas = merge_areas(unpack_areas(doomed.areas) + unpack_areas(child.areas))
-            repo_id, relative = child.restore_point.repository_id, child.file_path
-        image = self.repos.resolve(self.repos.get(repo_id, check_mounted=False), relative)
-        return pack_areas(areas), self.verifier.rehash(image, areas, block), block
+    # -- merge steps ---------------------------------------------------------------
 
     def recover(self) -> int:
-        """Carry every recorded merge step to its end; returns how many were finished."""
-        with self.db.session() as s:
-            ids = list(
-                s.scalars(
-                    select(Merge.id)
-                    .join(Job, Job.id == Merge.job_id)
-                    .where(self.db.owned())
-                    .order_by(Merge.created_at, Merge.id)
+        """Carry every recorded merge step to its end; returns how many were finished.
+
+        Each step is handled alone: one that fails (no space, its repository not
+        mounted, a qemu-img error) is logged and keeps its row with the error, to be
+        tried again at the next start or prune; the others go on. A step whose child
+        could not be proven (`failed`) is left alone. One recover runs at a time in
+        this hub: scheduled and API prunes and start-up all call it."""
+        return len(self._roll_forward()[0])
+
+    def _roll_forward(self) -> tuple[list[str], dict[str, Exception]]:
+        with self.recover_lock:
+            with self.db.session() as s:
+                ids = list(
+                    s.scalars(
+                        select(Merge.id)
+                        .join(Job, Job.id == Merge.job_id)
+                        .where(Merge.state != FAILED, self.db.owned())
+                        .order_by(Merge.created_at, Merge.id)
+                    )
                 )
+            done: list[str] = []
+            failed: dict[str, Exception] = {}
+            for merge_id in ids:
+                try:
+                    self._advance(merge_id)
+                except Exception as exc:  # one step's failure never stops the others
+                    failed[merge_id] = exc
+                    self._note_failure(merge_id, exc)
+                else:
+                    done.append(merge_id)
+            return done, failed
+
+    def _note_failure(self, merge_id: str, exc: Exception) -> None:
+        message = exc.message if isinstance(exc, SendenseError) else repr(exc)
+        with self.db.session() as s:
+            row = s.get(Merge, merge_id)
+            if row is not None and row.state != FAILED:
+                row.error = message
+        if isinstance(exc, SendenseError):
+            log.error("merge step %s not finished (kept, tried again later): %s", merge_id, message)
+        else:
+            log.exception("merge step %s not finished (kept, tried again later)", merge_id)
+
+    def _advance(self, merge_id: str) -> None:
+        with self.db.session() as s:
+            merge = s.get(Merge, merge_id)
+            if merge is None or merge.state == FAILED:
+                return
+            step = _Step(
+                merge.id,
+                merge.state,
+                merge.doomed_id,
+                merge.child_id,
+                merge.new_parent_id,
+                self._file(s, merge.child_id),
+                self._file(s, merge.doomed_id),
+                self._file(s, merge.new_parent_id),
+                None
+                if merge.expected_checksum is None
+                or merge.expected_areas is None
+                or merge.expected_block is None
+                else (
+                    merge.expected_checksum,
+                    unpack_areas(merge.expected_areas),
+                    merge.expected_block,
+                ),
             )
-        for merge_id in ids:
-            self._advance(merge_id)
-        return len(ids)
+        if step.state == REBASING and step.child is not None and step.child_id is not None:
+            self._rebase_child(step, step.child, step.child_id)
+        with self.db.session() as s:
+            pending = s.scalars(
+                select(Merge.id).where(
+                    Merge.doomed_id == step.doomed_id, Merge.state.in_((REBASING, FAILED))
+                )
+            ).first()
+        if pending is not None:
+            return  # another child of the same layer still reads through it
+        if step.doomed is not None:
+            repo_id, relative = step.doomed
+            self.repos.remove_image(self.repos.get(repo_id), relative)
+        with self.db.session() as s:
+            layer = s.get(RestorePointDisk, step.doomed_id)
+            point_id = layer.restore_point_id if layer is not None else None
+            if layer is not None:
+                s.delete(layer)
+                s.flush()
+            for row in s.scalars(select(Merge).where(Merge.doomed_id == step.doomed_id)):
+                s.delete(row)
+            if point_id is not None:
+                point = s.get(RestorePoint, point_id)
+                if point is not None and not point.disks:
+                    s.delete(point)
+                    log.info("restore point removed id=%s", point_id)
+
+    def _image(self, file: tuple[str, str]) -> Path:
+        """A layer's file; refuses a repository that is not mounted."""
+        return self.repos.resolve(self.repos.get(file[0]), file[1])
+
+    def _rebase_child(self, step: _Step, child: tuple[str, str], child_id: str) -> None:
+        """Rebase the child onto the new parent and prove it reads as before (see
+        "Merge protocol" in docs/decisions.md)."""
+        repo = self.repos.get(child[0])
+        path = self.repos.resolve(repo, child[1])
+        if step.doomed is None:
+            self._give_up(step, child_id, "has lost the row of the layer it removes")
+        doomed = self._image(step.doomed)
+        old = os.path.relpath(doomed, path.parent)
+        new = (
+            ""
+            if step.new_parent is None
+            else os.path.relpath(self._image(step.new_parent), path.parent)
+        )
+        header = self._backing(path)
+        expected = step.expected
+        if expected is None:
+            if header != old:
+                self._give_up(
+                    step,
+                    child_id,
+                    "was interrupted after its rebase began, with no checksum to prove it",
+                )
+            areas, block = self._areas_to_prove(child_id, step.doomed_id)
+            checksum = self._reads(path, areas, block)  # through the old chain
+            with self.db.session() as s:
+                record = s.get_one(Merge, step.id)
+                record.expected_checksum, record.expected_block = checksum, block
+                record.expected_areas = pack_areas(areas)
+            expected = (checksum, areas, block)
+        checksum, areas, block = expected
+        if header == old:
+            self._rebase(repo, path, new, doomed)
+        elif header != new:
+            self._give_up(step, child_id, f"found its child naming {header!r}")
+        if self._reads(path, areas, block) != checksum:
+            # A rebase cut short (power loss) can leave the header switched without
+            # the clusters it had to copy. The old chain still holds them: go back
+            # to it, prove it, and rebase again.
+            log.warning(
+                "merge step %s: %s does not read as before its rebase; rebasing it again",
+                step.id,
+                path.name,
+            )
+            self.repos.qemu_img.rebase(path, old, unsafe=True)
+            if self._reads(path, areas, block) != checksum:
+                self._give_up(
+                    step, child_id, "cannot prove its child: neither chain reads as before"
+                )
+            self._rebase(repo, path, new, doomed)
+            if self._reads(path, areas, block) != checksum:
+                self.repos.qemu_img.rebase(path, old, unsafe=True)
+                sync_file(path)
+                self._give_up(step, child_id, "rebased a child that does not read as before")
+        with self.db.session() as s:
+            row = s.get(RestorePointDisk, child_id)
+            if row is not None:
+                row.parent_id = step.new_parent_id
+                if self._union(s, child_id, step.doomed_id) is not None:
+                    # The child now also holds what the removed layer read.
+                    row.areas, row.checksum, row.checksum_block = pack_areas(areas), checksum, block
+            merge = s.get_one(Merge, step.id)
+            merge.state, merge.error = REBASED, None
+
+    @staticmethod
+    def _union(s: Session, child_id: str, doomed_id: str) -> tuple[list[Area], int] | None:
+        """Both layers' recorded areas, when they were hashed with one block size."""
+        child = s.get(RestorePointDisk, child_id)
+        doomed = s.get(RestorePointDisk, doomed_id)
+        if child is None or doomed is None or child.areas is None or doomed.areas is None:
+            return None
+        if not child.checksum_block or child.checksum_block != doomed.checksum_block:
+            return None
+        return merge_areas(
+            unpack_areas(doomed.areas) + unpack_areas(child.areas)
+        ), child.checksum_block
+
+    def _areas_to_prove(self, child_id: str, doomed_id: str) -> tuple[list[Area], int]:
+        """What the proof reads: both layers' areas, else (layers from before areas
+        were recorded) the whole disk."""
+        with self.db.session() as s:
+            union = self._union(s, child_id, doomed_id)
+            if union is not None:
+                return union
+            child = s.get_one(RestorePointDisk, child_id)
+            return [(0, child.virtual_size)], WHOLE_DISK_BLOCK
+
+    def _backing(self, path: Path) -> str:
+        backing: str = self.repos.qemu_img.info(path).get("backing-filename") or ""
+        return backing
+
+    def _reads(self, path: Path, areas: list[Area], block: int) -> str:
+        """The checksum of `areas` as the image reads them, after syncing it: what is
+        compared is what a power loss would leave."""
+        sync_file(path)
+        return self.verifier.rehash(path, areas, block)
+
+    def _rebase(self, repo: RepositoryInfo, path: Path, backing: str, doomed: Path) -> None:
+        """Safe rebase of `path` onto `backing`, refused when the repository cannot
+        take what it copies: everything the child reads (`qemu-img measure`) when it
+        becomes standalone, at most the removed layer's file otherwise."""
+        if backing:
+            needed = doomed.stat().st_blocks * 512
+        else:
+            needed = self.repos.qemu_img.measure(path) - path.stat().st_blocks * 512
+        free = capacity_of(repo.path).free
+        if needed > free:
+            raise InsufficientSpace(
+                f"repository {repo.name} has {free} bytes free; merging into {path.name} "
+                f"needs up to {needed}"
+            )
+        log.info("rebasing %s onto %s", path.name, backing or "nothing")
+        self.repos.qemu_img.rebase(path, backing)
+        sync_file(path)
+
+    def _give_up(self, step: _Step, child_id: str, reason: str) -> NoReturn:
+        """The child is not proven: keep the removed layer, mark the child (and what
+        is built on it) invalid, and leave the step for an operator."""
+        message = (
+            f"merge of layer {step.doomed_id} into {child_id} {reason}; "
+            "the removed layer is kept and the child marked invalid"
+        )
+        with self.db.session() as s:
+            merge = s.get_one(Merge, step.id)
+            merge.state, merge.error = FAILED, message
+            frontier = [child_id]
+            while frontier:
+                layer = s.get(RestorePointDisk, frontier.pop())
+                if layer is None:
+                    continue
+                layer.status = PointStatus.INVALID
+                layer.verify_error = (
+                    message
+                    if layer.id == child_id
+                    else (f"its parent layer {layer.parent_id} is invalid")
+                )
+                point = layer.restore_point
+                point.status = PointStatus.INVALID
+                point.verify_error = f"disk {layer.disk_key}: {layer.verify_error}"
+                frontier += s.scalars(
+                    select(RestorePointDisk.id).where(RestorePointDisk.parent_id == layer.id)
+                )
+        log.error("%s", message)
+        raise MergeUnproven(step.id, child_id, message)
 
     @staticmethod
     def _file(s: Session, layer_id: str | None) -> tuple[str, str] | None:
@@ -248,61 +519,17 @@ class PruneService:
             return None
         return layer.restore_point.repository_id, layer.file_path
 
-    def _advance(self, merge_id: str) -> None:
-        with self.db.session() as s:
-            merge = s.get(Merge, merge_id)
-            if merge is None:
-                return
-            state, doomed_id = merge.state, merge.doomed_id
-            child_id, new_parent_id = merge.child_id, merge.new_parent_id
-            child = self._file(s, merge.child_id)
-            new_parent = self._file(s, merge.new_parent_id)
-            doomed = self._file(s, doomed_id)
-        if state == "rebasing" and child is not None and child_id is not None:
-            self._rebase(child, new_parent)
-            rehashed = self._rehash(child_id, doomed_id)
-            with self.db.session() as s:
-                row = s.get(RestorePointDisk, child_id)
-                if row is not None:
-                    row.parent_id = new_parent_id
-                    if rehashed is not None:
-                        row.areas, row.checksum, row.checksum_block = rehashed
-                s.get_one(Merge, merge_id).state = "rebased"
-        with self.db.session() as s:
-            pending = s.scalars(
-                select(Merge.id).where(Merge.doomed_id == doomed_id, Merge.state == "rebasing")
-            ).first()
-        if pending is not None:
-            return  # another child of the same layer still reads through it
-        if doomed is not None:
-            repo_id, relative = doomed
-            self.repos.remove_image(self.repos.get(repo_id, check_mounted=False), relative)
-        with self.db.session() as s:
-            layer = s.get(RestorePointDisk, doomed_id)
-            point_id = layer.restore_point_id if layer is not None else None
-            if layer is not None:
-                s.delete(layer)
-                s.flush()
-            for step in s.scalars(select(Merge).where(Merge.doomed_id == doomed_id)):
-                s.delete(step)
-            if point_id is not None:
-                point = s.get(RestorePoint, point_id)
-                if point is not None and not point.disks:
-                    s.delete(point)
-                    log.info("restore point removed id=%s", point_id)
 
-    def _rebase(self, child: tuple[str, str], new_parent: tuple[str, str] | None) -> None:
-        repo = self.repos.get(child[0], check_mounted=False)
-        path = self.repos.resolve(repo, child[1])
-        backing = ""
-        if new_parent is not None:
-            parent = self.repos.resolve(
-                self.repos.get(new_parent[0], check_mounted=False), new_parent[1]
-            )
-            backing = os.path.relpath(parent, path.parent)
-        info = self.repos.qemu_img.info(path)
-        current = info.get("backing-filename") or ""
-        if current == backing:
-            return  # done before a crash: the header already names the new parent
-        log.info("rebasing %s from %s onto %s", path.name, current, backing or "nothing")
-        self.repos.qemu_img.rebase(path, backing)
+@dataclass(frozen=True)
+class _Step:
+    """A merge row as read at the start of `_advance`."""
+
+    id: str
+    state: str
+    doomed_id: str
+    child_id: str | None
+    new_parent_id: str | None
+    child: tuple[str, str] | None
+    doomed: tuple[str, str] | None
+    new_parent: tuple[str, str] | None
+    expected: tuple[str, list[Area], int] | None  # checksum, areas, block

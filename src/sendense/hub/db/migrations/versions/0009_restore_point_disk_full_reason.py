@@ -3,10 +3,10 @@ read whole (VMware refused its change ID, CBT off); such a layer's backup_type i
 "full" while it stays an overlay on its parent (its chain goes on)
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-02 10:00:00
 
-Written next to another 0008: whoever merges both re-points down_revision at 0008.
+(Written beside 0008 and re-pointed onto it when the two were merged.)
 """
 
 from collections.abc import Sequence
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | None = "0007"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
