@@ -26,7 +26,7 @@ from tests.rig.node_tasks import (
 )
 from tests.rig.procs import kill_all, pids_with
 from tests.rig.vcsim import Vcsim
-from tests.rig.vmware_vms import SCSI0, MiB, create_snapshot, create_vm, fill, flat_file
+from tests.rig.vmware_vms import SCSI0, MiB, create_vm, fill, flat_file
 
 
 @pytest.fixture
@@ -97,22 +97,6 @@ def test_cancel_stops_the_job_and_removes_the_snapshot(
     assert status["state"] == "cancelled"
     assert snapshot_names(vm) == []
     hub.ledger.fail(prepared.job_id, "cancelled")
-
-
-def test_leftover_snapshots_of_a_crashed_run_are_swept(
-    slow_node: TestClient, hub: Hub, repo_dir: Path, vcsim: Vcsim, si: Any
-) -> None:
-    hub.repos.add(str(repo_dir))
-    name = unique("left")
-    vm = create_vm(si, name, [(2000, 4 * MiB, SCSI0)], cbt=True)
-    create_snapshot(si, vm, "sendense-crashed-run")
-    create_snapshot(si, vm, "operator-snapshot")
-    prepared = hub.ledger.prepare(name, disk_specs(vm), "full")
-    slow_node.post("/api/v1/backup/start", json=start_body(vcsim, prepared, name, {}))
-    status, _ = wait_job(slow_node, prepared.job_id, vm)
-    assert status["state"] == "complete", status
-    assert snapshot_names(vm) == ["operator-snapshot"]
-    hub.ledger.fail(prepared.job_id, "test done")
 
 
 @pytest.mark.parametrize(

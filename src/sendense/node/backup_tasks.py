@@ -1,5 +1,7 @@
 """Backup jobs on the node: one snapshot per VM, every disk copied in parallel,
-the snapshot removed in every outcome (success, failure, cancel)."""
+the snapshot recorded before it is made and removed in every outcome (success,
+failure, cancel). A removal that fails leaves the snapshot recorded for the
+snapshot hunter; after a complete copy it is a warning, not a failed job."""
 
 from __future__ import annotations
 
@@ -12,11 +14,12 @@ from typing import Any
 
 from sendense.common.aio import run_all
 from sendense.common.contract import BackupStartRequest, DiskInventory, DiskProgress, NodeJobStatus
-from sendense.common.errors import Conflict, InvalidInput, VmBusy
+from sendense.common.errors import Conflict, InvalidInput, SendenseError, VmBusy
 from sendense.common.logging import register_secret
 from sendense.common.targets import NbdTarget, parse_targets
 from sendense.node.config import NodeSettings
 from sendense.node.engine import CopyTuning, DiskPlan, copy_disk
+from sendense.node.snapshot_hunter import SnapshotHunter, SnapshotLedger, SnapshotRecord
 from sendense.node.task_table import TaskTable, start_fields
 from sendense.node.vmware import snapshots
 from sendense.node.vmware.changes import ChangeIdInvalid, changed_areas, whole_disk
@@ -53,6 +56,11 @@ class BackupTasks(TaskTable[NodeJob]):
             readers=settings.readers_per_disk,
             in_flight=settings.writes_in_flight,
         )
+        self.snapshots = SnapshotLedger(settings.data_dir)
+        self.hunter = SnapshotHunter(settings, self.snapshots, self.running_ids)
+
+    def running_ids(self) -> set[str]:
+        return {j.status.job_id for j in self.active()}
 
     def start(self, req: BackupStartRequest) -> NodeJob:
         """A new job, or the job this same start made already (a repeat is safe)."""
@@ -90,15 +98,19 @@ class BackupTasks(TaskTable[NodeJob]):
         )
 
     async def _backup(self, job: NodeJob, req: BackupStartRequest) -> None:
+        thumbprint = self._thumbprint(req)
         vc = await asyncio.to_thread(
             connect,
             req.vcenter_host,
             req.vcenter_user,
             req.vcenter_password.get_secret_value(),
-            self._thumbprint(req),
+            thumbprint,
             self.settings.vcenter_insecure,
         )
+        self.hunter.remember(req.vcenter_host, req.vcenter_user, req.vcenter_password, thumbprint)
         try:
+            # Snapshots dead jobs left on any VM of this vCenter go first.
+            job.status.warnings.extend(await self.hunter.hunt(vc, req.vcenter_host))
             await self._with_snapshot(job, req, vc)
         finally:
             await asyncio.to_thread(vc.close)
@@ -115,12 +127,20 @@ class BackupTasks(TaskTable[NodeJob]):
                 "CBT was off and is now enabled: VMware tracks changes from this snapshot on, "
                 "so this backup is a full"
             )
-        await asyncio.to_thread(snapshots.sweep, vm)
         quiesce = tools_running(vm)
         if not quiesce:
             status.warnings.append("VMware Tools not running: the snapshot is crash-consistent")
             log.warning("crash-consistent snapshot job=%s vm=%s", req.job_id, req.vm_name)
         name = snapshots.snapshot_name(req.job_id)
+        record = SnapshotRecord(
+            job_id=req.job_id,
+            vcenter_host=req.vcenter_host,
+            vm_name=req.vm_name,
+            vm_uuid=inventory.uuid or None,
+            snapshot=name,
+            recorded_at=time.time(),
+        )
+        await asyncio.to_thread(self.snapshots.record, record)  # before vSphere makes it
         creating = asyncio.ensure_future(asyncio.to_thread(snapshots.create, vm, name, quiesce))
         try:
             snap = await asyncio.shield(creating)
@@ -129,16 +149,39 @@ class BackupTasks(TaskTable[NodeJob]):
             # minutes): wait for it and remove it, then give up.
             with contextlib.suppress(Exception):
                 made = await creating
-                await asyncio.to_thread(snapshots.remove, made, f"remove snapshot {name}")
+                await self._remove_snapshot(job, made, name)
             raise
         status.snapshot = name
         log.info("snapshot created job=%s snapshot=%s quiesced=%s", req.job_id, name, quiesce)
         try:
             await self._copy_all(job, req, vc, vm, snap)
-        finally:
+        except BaseException:
             # Runs on cancel too: the task is cancelled once, so this await completes.
-            await asyncio.to_thread(snapshots.remove, snap, f"remove snapshot {name}")
-            log.info("snapshot removed job=%s snapshot=%s", req.job_id, name)
+            # The copy's error stays the job's error whatever the removal does.
+            await self._remove_snapshot(job, snap, name)
+            raise
+        await self._remove_snapshot(job, snap, name)
+
+    async def _remove_snapshot(self, job: NodeJob, snap: Any, name: str) -> None:
+        """Remove the job's snapshot (its own long deadline) and forget its record; a
+        failure is a warning on the job, and the record stays for the hunter."""
+        job_id = job.status.job_id
+        try:
+            await asyncio.to_thread(
+                snapshots.remove,
+                snap,
+                f"remove snapshot {name}",
+                self.settings.snapshot_remove_timeout_s,
+            )
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, SendenseError) else type(exc).__name__
+            log.warning("snapshot not removed job=%s snapshot=%s: %s", job_id, name, reason)
+            job.status.warnings.append(
+                f"snapshot {name} could not be removed ({reason}): the node retries later"
+            )
+            return
+        await asyncio.to_thread(self.snapshots.forget, job_id)
+        log.info("snapshot removed job=%s snapshot=%s", job_id, name)
 
     async def _copy_all(
         self, job: NodeJob, req: BackupStartRequest, vc: Vcenter, vm: Any, snap: Any

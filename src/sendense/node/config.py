@@ -28,3 +28,9 @@ class NodeSettings(SendenseSettings):
     readers_per_disk: int = Field(default=4, ge=1, le=16)
     writes_in_flight: int = Field(default=8, ge=1, le=16)
     max_jobs: int = Field(default=4, ge=1)
+    # Removing a snapshot consolidates what the VM wrote since it was taken: hours
+    # on a busy VM, so it has its own deadline (a removal that fails after a good
+    # copy is a warning, and the snapshot hunter retries it).
+    snapshot_remove_timeout_s: float = Field(default=6 * 3600, gt=0)
+    # How often the hunter removes the recorded snapshots of dead jobs.
+    snapshot_hunt_interval_s: float = Field(default=300, gt=0)

@@ -4,6 +4,7 @@ and restores of whole VMs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -167,7 +168,12 @@ def create_node_app(settings: NodeSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The snapshot hunter: removes dead jobs' recorded snapshots, periodically.
+        hunter = asyncio.get_running_loop().create_task(node.runner.hunter.run_forever())
         yield
+        hunter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hunter
         # Stopping cancels running jobs; each removes its snapshot on the way out,
         # a restore the VM it was making.
         await node.runner.shutdown()

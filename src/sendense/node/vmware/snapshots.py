@@ -1,13 +1,13 @@
 """One snapshot per job, covering every disk of the VM; removed in every outcome.
 
-A node that crashed leaves `sendense-*` snapshots behind; they are swept before
-the next snapshot of the same VM is taken (VMware allows a chain of them, and
-each one slows the VM and grows a delta file).
+A node that crashed leaves its job's snapshot behind; the node recorded it before
+making it (`sendense.node.snapshot_hunter`) and removes it later. A snapshot the
+node did not record (a user's, even named `sendense-*`, another node's) is never
+touched here.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +15,6 @@ from pyVmomi import vim
 
 from sendense.node.vmware.tasks import wait_task
 
-log = logging.getLogger(__name__)
 PREFIX = "sendense-"
 
 
@@ -37,15 +36,12 @@ def snapshots_of(vm: Any) -> list[tuple[str, Any]]:
     return [(t.name, t.snapshot) for t in _walk(info.rootSnapshotList)]
 
 
-def sweep(vm: Any, keep: str | None = None) -> list[str]:
-    """Remove leftover Sendense snapshots (never anybody else's)."""
-    removed = []
-    for name, snap in snapshots_of(vm):
-        if name.startswith(PREFIX) and name != keep:
-            log.warning("removing leftover snapshot vm=%s snapshot=%s", vm.name, name)
-            remove(snap, f"remove leftover snapshot {name}")
-            removed.append(name)
-    return removed
+def named(vm: Any, name: str) -> Any | None:
+    """The VM's snapshot of that name, or None."""
+    for found, snap in snapshots_of(vm):
+        if found == name:
+            return snap
+    return None
 
 
 def create(vm: Any, name: str, quiesce: bool) -> Any:
@@ -58,8 +54,11 @@ def create(vm: Any, name: str, quiesce: bool) -> Any:
     return wait_task(task, f"snapshot {name} of {vm.name}")
 
 
-def remove(snapshot: Any, what: str) -> None:
-    wait_task(snapshot.RemoveSnapshot_Task(removeChildren=False, consolidate=True), what)
+def remove(snapshot: Any, what: str, timeout: float) -> None:
+    """Remove one snapshot, its data consolidated into the disks: on a VM that wrote
+    a lot since the snapshot this takes long, so the caller gives its own deadline."""
+    task = snapshot.RemoveSnapshot_Task(removeChildren=False, consolidate=True)
+    wait_task(task, what, timeout)
 
 
 def disks_at(snapshot: Any) -> list[Any]:
