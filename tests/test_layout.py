@@ -22,7 +22,7 @@ HUB_RULES: dict[str, set[str]] = {
     "tasks": {"db", "nbd"},
     "verify": {"db", "repository", "tasks", "nbd"},
     "restore": {"db", "repository", "nodes", "tasks", "nbd"},
-    "retention": {"db", "repository", "restore", "verify", "nbd"},
+    "retention": {"db", "repository", "restore", "verify", "tasks", "nbd"},
     "backup": {"db", "repository", "nodes", "retention", "tasks"},
 }
 

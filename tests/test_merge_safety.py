@@ -22,6 +22,7 @@ from sendense.hub.repository.repositories import capacity_of
 from sendense.hub.retention.policies import PolicyService
 from sendense.hub.retention.rules import KeepRules
 from sendense.hub.service import Hub
+from sendense.nbd.qemu_img import QemuImg
 from tests.rig.chains import hub_backup, same_as
 
 SIZE = 1 << 20
@@ -73,22 +74,7 @@ def crash_at_rebase(hub: Hub, monkeypatch: pytest.MonkeyPatch, vm: str) -> None:
 def half_rebase(child: Path, new_parent: Path) -> None:
     """What a power loss during `qemu-img rebase` can leave: the header already names
     the new parent, the clusters that had to be copied are not in the child."""
-    subprocess.run(
-        [
-            "qemu-img",
-            "rebase",
-            "-u",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            new_parent.name,
-            str(child),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    QemuImg().rebase(child, new_parent.name, unsafe=True)
 
 
 def merges(hub: Hub) -> list[Merge]:

@@ -21,6 +21,7 @@ from sendense.hub.db.models import Merge, RestorePointDisk
 from sendense.hub.service import Hub
 from tests.rig.chains import hub_backup, same_as
 from tests.rig.hub import HubProcess
+from tests.rig.postgres import PostgresServer
 from tests.rig.procs import pids_with
 
 MiB = 1 << 20
@@ -65,12 +66,18 @@ def check_repository(hub: Hub, repo: Path, sources: dict[str, bytes], scratch: P
     return set(layers.values())
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("backend", "seed"), [("sqlite", 1), ("sqlite", 2), ("sqlite", 3), ("postgresql", 4)]
+)
 def test_kill_9_during_prune_keeps_every_kept_point_restorable(
-    tmp_path: Path, sqlite_url: str, seed: int
+    tmp_path: Path, request: pytest.FixtureRequest, backend: str, seed: int
 ) -> None:
     rng = random.Random(seed)
-    process = HubProcess(tmp_path / "data", sqlite_url)
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    if backend == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        url = server.admin_url(server.create_database())
+    process = HubProcess(tmp_path / "data", url)
     repo = tmp_path / "repo"
     repo.mkdir()
     hub = in_process_hub(process)

@@ -14,6 +14,7 @@ import pytest
 from sendense.hub.api.queries import Queries
 from sendense.hub.db.models import PointStatus, RestorePoint
 from sendense.hub.service import Hub
+from sendense.nbd.qemu_img import QemuImg
 from tests.rig.chains import hub_backup
 from tests.rig.cli import sendense
 from tests.rig.hub import HubProcess
@@ -72,21 +73,7 @@ def test_each_finding_is_named_and_repair_does_what_is_safe(
     top_file = layer_file(hub, repo_dir, top)
     skipping = Path("..") / ".." / layer_file(hub, repo_dir, full).relative_to(repo_dir)
     # The top's header skips the middle layer: it names the full as its parent.
-    subprocess.run(
-        [
-            "qemu-img",
-            "rebase",
-            "-u",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            str(skipping),
-            str(top_file),
-        ],
-        check=True,
-    )
+    QemuImg().rebase(top_file, str(skipping), unsafe=True)
     before = {p.name for p in repo_dir.rglob("*") if p.is_file()}
 
     found = sendense("repo", "check", "main", env=served)

@@ -16,7 +16,7 @@ tests/test_layout.py):
 * `restore`: instant access, downloads and conversions, whole VMs to vCenter.
   (`db`, `repository`, `nodes`, `tasks`, `nbd`)
 * `retention`: keep rules, policies, prune and its merges, space a prune frees.
-  (`db`, `repository`, `restore`, `verify`, `nbd`)
+  (`db`, `repository`, `restore`, `verify`, `tasks`, `nbd`)
 * `backup`: the ledger of restore points, the backup runner, schedules,
   start-up reconciliation. (`db`, `repository`, `nodes`, `retention`, `tasks`)
 * `api`: the REST API, over a `Hub`. (anything in the hub)

@@ -21,7 +21,6 @@ from sendense.common.errors import (
     NotFound,
     SendenseError,
     TaskNotRunning,
-    VmBusy,
     WrongTaskKind,
 )
 from sendense.common.names import export_name, validate_vm_name
@@ -47,6 +46,7 @@ from sendense.hub.repository.repositories import (
     RepositoryService,
     supports_direct_io,
 )
+from sendense.hub.tasks.vm_lock import lock_vm, unlock_vm
 
 log = logging.getLogger(__name__)
 BACKUP_TYPES = ("auto", "full", "incremental")
@@ -164,7 +164,7 @@ class BackupLedger:
                 job = Job(vm_id=vm.id, backup_type=backup_type)
                 s.add(job)
                 s.flush()
-                self._lock_vm(s, vm, job.id)
+                lock_vm(s, vm, job.id)
             else:
                 job = s.get_one(Job, job_id)
                 if job.state != JobState.QUEUED:
@@ -209,7 +209,7 @@ class BackupLedger:
             job = Job(vm_id=vm.id, backup_type=backup_type, state=JobState.QUEUED)
             s.add(job)
             s.flush()
-            self._lock_vm(s, vm, job.id)
+            lock_vm(s, vm, job.id)
             return job.id
 
     def parent_change_ids(self, prepared: PreparedJob) -> dict[int, str]:
@@ -241,19 +241,6 @@ class BackupLedger:
             if key not in wanted:
                 row.removed = True  # a removed disk ends its chain
         return vm
-
-    @staticmethod
-    def _lock_vm(s: Session, vm: Vm, job_id: str) -> None:
-        result = s.execute(
-            update(Vm)
-            .where(Vm.id == vm.id, Vm.active_job_id.is_(None))
-            .values(active_job_id=job_id)
-        )
-        if getattr(result, "rowcount", 0) != 1:
-            s.refresh(vm)
-            raise VmBusy(
-                vm.name, vm.active_job_id, f"VM {vm.name!r} has a job running: {vm.active_job_id}"
-            )
 
     @staticmethod
     def _plan_disk(
@@ -407,7 +394,7 @@ class BackupLedger:
                 disk.status = PointStatus.COMPLETE
             point.status = PointStatus.COMPLETE
             point.completed_at = utcnow()
-            _unlock_vm(s, job_id)
+            unlock_vm(s, job_id)
             point_id = point.id
         log.info("job complete job=%s restore_point=%s", job_id, point_id)
         return point_id
@@ -459,7 +446,7 @@ class BackupLedger:
                 for disk in point.disks:
                     s.delete(disk)
                 s.delete(point)
-            _unlock_vm(s, job_id)
+            unlock_vm(s, job_id)
         log.warning("job failed job=%s reason=%s", job_id, reason)
 
 
@@ -478,7 +465,3 @@ def _chain_length(s: Session, layer: RestorePointDisk) -> int:
             break
         layer, length = parent, length + 1
     return length
-
-
-def _unlock_vm(s: Session, job_id: str) -> None:
-    s.execute(update(Vm).where(Vm.active_job_id == job_id).values(active_job_id=None))

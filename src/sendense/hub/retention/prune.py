@@ -27,7 +27,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import NoReturn
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from sendense.common.checksum import merge_areas, pack_areas, unpack_areas
@@ -37,7 +37,6 @@ from sendense.common.errors import (
     MergeUnproven,
     NotFound,
     SendenseError,
-    VmBusy,
 )
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import (
@@ -59,6 +58,7 @@ from sendense.hub.repository.repositories import (
 )
 from sendense.hub.restore.instant_access import AccessService
 from sendense.hub.retention.rules import Candidate, Decision, KeepRules, select_points
+from sendense.hub.tasks.vm_lock import lock_vm, unlock_vm
 from sendense.hub.verify.verifier import Verifier
 
 log = logging.getLogger(__name__)
@@ -150,17 +150,8 @@ class PruneService:
             s.add(job)
             s.flush()
             job_id = job.id
-            locked = s.execute(
-                update(Vm)
-                .where(Vm.id == vm.id, Vm.active_job_id.is_(None))
-                .values(active_job_id=job_id)
-            )
-            if getattr(locked, "rowcount", 0) != 1:
-                job.state, job.error = JobState.FAILED, "the VM has a job running"
-                job.finished_at = utcnow()
-                busy = s.get(Vm, vm.id)
-                running = busy.active_job_id if busy else None
-                raise VmBusy(vm.name, running, f"VM {vm.name!r} has a job running: {running}")
+            # Busy: VmBusy rolls the new row back with the transaction.
+            lock_vm(s, s.get_one(Vm, vm.id), job_id)
         removed: list[str] = []
         try:
             # Steps an earlier prune left (a crash, no space, a share not mounted)
@@ -186,7 +177,7 @@ class PruneService:
             if job is not None:
                 job.state = JobState.FAILED if error else JobState.COMPLETE
                 job.error, job.finished_at = error, utcnow()
-            s.execute(update(Vm).where(Vm.active_job_id == job_id).values(active_job_id=None))
+            unlock_vm(s, job_id)
 
     def _remove_point(self, job_id: str, point_id: str, earlier: dict[str, Exception]) -> None:
         """Record a merge step for every layer of the point in one transaction, then

@@ -1,0 +1,73 @@
+"""No secret in what the processes leave on disk (issue 13, "tests that prove it"):
+after enrollment and a full and an incremental through hub, node and tunnel as
+real processes, every file they wrote (logs, the database, the data
+directories; not the token file the hub writes on purpose, mode 0600) is read
+for the vCenter password, the API token, the node's API token and the pairing
+code. Before this, secrets were checked only in log lines captured in-process."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Any
+
+from tests.rig.cli import sendense
+from tests.rig.node_tasks import unique
+from tests.rig.site import Site
+from tests.rig.vcsim import Vcsim
+from tests.rig.vmware_vms import SCSI0, MiB, create_vm, fill, flat_file
+
+ON_PURPOSE = "initial-api-token"  # the hub's and node's first token, shown once, 0600
+
+
+def test_no_secret_in_any_file_the_hub_node_and_tunnel_write(
+    tmp_path: Path, vcsim: Vcsim, si: Any, repo_dir: Path
+) -> None:
+    site = Site(tmp_path / "site")
+    try:
+        site.start()
+        code = site.pair()
+        enrolled = site.node.enroll(site.hub.url, code, site.name, site.hub_fingerprint)
+        assert enrolled.returncode == 0, enrolled.stderr
+        site.node.start_serve()
+        site.node.start_tunnel()
+        site.node.wait_tunnel("connected")
+        site.add_vcenter(vcsim)
+        assert site.api.post("/api/v1/repositories", json={"path": str(repo_dir)}).is_success
+        name = unique("secret")
+        vm = create_vm(si, name, [(2000, 16 * MiB, SCSI0)], cbt=True)
+        fill(flat_file(vcsim, vm, 2000), [(0, b"\x17" * MiB)])
+        for _ in range(2):
+            done = sendense("backup", "run", name, "--watch", env=site.cli_env())
+            assert done.returncode == 0, done.stderr
+            fill(flat_file(vcsim, vm, 2000), [(4 * MiB, b"\x29" * MiB)])
+        hub = site.hub_service()
+        try:
+            node_token = hub.nodes.api_token(site.name)
+        finally:
+            hub.db.dispose()
+        secrets = {
+            "vCenter password": vcsim.password,
+            "API token": site.token,
+            "node API token": node_token,
+            "pairing code": code,
+        }
+    finally:
+        site.stop()
+
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert any(p.name == "hub.db" for p in files)
+    assert any(p.suffix == ".log" for p in files)
+    found: list[str] = []
+    seen_on_purpose: list[str] = []
+    for path in files:
+        if path.name == ON_PURPOSE:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            seen_on_purpose.append(path.read_text().strip())
+            continue
+        data = path.read_bytes()
+        for what, secret in secrets.items():
+            if secret.encode() in data:
+                found.append(f"{what} in {path.relative_to(tmp_path)}")
+    assert found == []
+    assert site.token in seen_on_purpose  # the scan reads what it is meant to find
