@@ -25,6 +25,7 @@ from sendense.hub.restore.conversion import DiskConverter
 from sendense.hub.service import Hub
 from sendense.hub.verify.verifier import Verifier
 from sendense.nbd.qemu_img import QemuImg
+from tests.conftest import make_settings
 from tests.rig.cli import sendense
 from tests.rig.hub import HubProcess
 from tests.rig.nbd_data import expected_raw, pattern, write_through_nbd
@@ -46,6 +47,18 @@ INCREMENTAL: Writes = {
     2000: [(MiB, pattern(5, 64 * 1024)), (21 * MiB, bytes(MiB)), (30 * MiB, pattern(6, MiB))],
     2001: [(4 * MiB, pattern(7, 128 * 1024))],
 }
+
+
+@pytest.fixture
+def hub(tmp_path: Path, database_url: str) -> Iterator[Hub]:
+    """This module's tests run on SQLite and on PostgreSQL (issue 13: they ran on
+    SQLite only)."""
+    hub = Hub.open(make_settings(tmp_path, database_url))
+    try:
+        yield hub
+    finally:
+        hub.reconcile("test ended")
+        hub.close()
 
 
 def fmt_of(path: Path) -> str:
@@ -246,11 +259,11 @@ def _flip_a_data_byte(image: Path) -> None:
 
 @pytest.fixture
 def served_chain(
-    hub: Hub, repo_dir: Path, tmp_path: Path, sqlite_url: str
+    hub: Hub, repo_dir: Path, tmp_path: Path
 ) -> Iterator[tuple[Chain, dict[str, str]]]:
     """A chain made in this process, then the hub as a real process on the same data."""
     chain = make_chain(hub, repo_dir, tmp_path)
-    served = HubProcess(hub.settings.data_dir, sqlite_url)
+    served = HubProcess(hub.settings.data_dir, hub.settings.database_url)
     try:
         served.start()
         env = {
