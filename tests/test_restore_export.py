@@ -25,7 +25,6 @@ from sendense.hub.restore.conversion import DiskConverter
 from sendense.hub.service import Hub
 from sendense.hub.verify.verifier import Verifier
 from sendense.nbd.qemu_img import QemuImg
-from tests.conftest import make_settings
 from tests.rig.cli import sendense
 from tests.rig.hub import HubProcess
 from tests.rig.nbd_data import expected_raw, pattern, write_through_nbd
@@ -50,15 +49,10 @@ INCREMENTAL: Writes = {
 
 
 @pytest.fixture
-def hub(tmp_path: Path, database_url: str) -> Iterator[Hub]:
+def hub(db_hub: Hub) -> Hub:
     """This module's tests run on SQLite and on PostgreSQL (issue 13: they ran on
     SQLite only)."""
-    hub = Hub.open(make_settings(tmp_path, database_url))
-    try:
-        yield hub
-    finally:
-        hub.reconcile("test ended")
-        hub.close()
+    return db_hub
 
 
 def fmt_of(path: Path) -> str:

@@ -22,7 +22,6 @@ from sendense.hub.service import Hub
 from sendense.nbd.errors import NbdUriError
 from sendense.nbd.protocol import parse_uri
 from sendense.node.config import NodeSettings
-from tests.conftest import make_settings
 from tests.rig.node_tasks import (
     disk_specs,
     finish_on_hub,
@@ -37,15 +36,10 @@ from tests.rig.vmware_vms import SCSI0, MiB, create_vm, fill, flat_file
 
 
 @pytest.fixture
-def hub(tmp_path: Path, database_url: str) -> Iterator[Hub]:
+def hub(db_hub: Hub) -> Hub:
     """This module's tests run on SQLite and on PostgreSQL (issue 13: they ran on
     SQLite only)."""
-    hub = Hub.open(make_settings(tmp_path, database_url))
-    try:
-        yield hub
-    finally:
-        hub.reconcile("test ended")
-        hub.close()
+    return db_hub
 
 
 @pytest.fixture
