@@ -26,6 +26,7 @@ from sendense.hub.repository.exports import ExportManager, ExportSettings
 from sendense.hub.repository.image_reader import stop_leftovers
 from sendense.hub.repository.ports import PortAllocator
 from sendense.hub.repository.repositories import RepositoryService
+from sendense.hub.restore.conversion import DiskConverter
 from sendense.hub.restore.instant_access import AccessService
 from sendense.hub.restore.to_vcenter import VmRestoreRunner
 from sendense.hub.retention.policies import PolicyService
@@ -66,6 +67,7 @@ class Hub:
     tunnel: TunnelSshd
     connector: NodeConnector
     access: AccessService
+    converter: DiskConverter
     policies: PolicyService
     prune: PruneService
     verifier: Verifier
@@ -141,6 +143,9 @@ class Hub:
             tunnel=tunnel,
             connector=connector,
             access=access,
+            converter=DiskConverter(
+                db, repos, settings.scratch_dir, reserve_bytes=settings.min_free_bytes
+            ),
             policies=policies,
             prune=prune,
             verifier=verifier,

@@ -16,15 +16,20 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sendense.common.errors import Conflict, InvalidInput, NotFound
+from sendense.common.errors import Conflict, InsufficientSpace, InvalidInput, NotFound, Unavailable
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import PointStatus
-from sendense.hub.repository.repositories import RepositoryService, supports_direct_io
+from sendense.hub.repository.repositories import (
+    RepositoryService,
+    capacity_of,
+    supports_direct_io,
+)
 from sendense.hub.restore.points import restorable_point
 
 log = logging.getLogger(__name__)
@@ -70,10 +75,22 @@ def _fsync(path: Path) -> None:
 
 
 class DiskConverter:
-    def __init__(self, db: Database, repos: RepositoryService, scratch: Path) -> None:
+    def __init__(
+        self,
+        db: Database,
+        repos: RepositoryService,
+        scratch: Path,
+        max_running: int = 2,
+        reserve_bytes: int = 0,
+    ) -> None:
+        """`max_running`: conversions at once (each reads a whole chain and writes a
+        whole disk); `reserve_bytes`: free space a conversion must leave."""
         self.db = db
         self.repos = repos
         self.scratch = scratch
+        self.max_running = max_running
+        self.reserve_bytes = reserve_bytes
+        self._slots = threading.BoundedSemaphore(max_running)
 
     def source(self, point_id: str, disk_key: int) -> DiskSource:
         """The disk to read; refuses an unknown, unfinished or invalid restore point."""
@@ -188,9 +205,28 @@ class DiskConverter:
             if progress is not None:
                 progress(percent)
 
-        self.repos.qemu_img.convert(source.image, target, _OUTPUT_OPTIONS[fmt], report)
+        if not self._slots.acquire(blocking=False):
+            raise Unavailable(
+                f"{self.max_running} disk conversions are running: retry when one has ended"
+            )
+        try:
+            self._ensure_room(source, target.parent)
+            self.repos.qemu_img.convert(source.image, target, _OUTPUT_OPTIONS[fmt], report)
+        finally:
+            self._slots.release()
         seconds = time.monotonic() - started
         return ConversionResult(target, fmt, source.virtual_size, target.stat().st_size, seconds)
+
+    def _ensure_room(self, source: DiskSource, directory: Path) -> None:
+        """What the chain holds (`qemu-img measure`: a raw or VMDK copy needs no
+        more on a filesystem with holes) must fit beside the reserve."""
+        needed = self.repos.qemu_img.measure(source.image)
+        free = capacity_of(directory).free
+        if free - needed < self.reserve_bytes:
+            raise InsufficientSpace(
+                f"{directory} has {free} bytes free; the disk needs {needed} bytes "
+                f"plus a reserve of {self.reserve_bytes}"
+            )
 
 
 def _check_format(fmt: str) -> None:

@@ -21,10 +21,9 @@ from sendense.hub.api.deps import HubDep, QueriesDep, require_token
 from sendense.hub.api.routes.access import access_out
 from sendense.hub.api.schemas import AccessOut, RestorePointOut
 from sendense.hub.db.models import RestorePoint
-from sendense.hub.restore.conversion import EXTENSIONS, DiskConverter
+from sendense.hub.restore.conversion import EXTENSIONS
 from sendense.hub.restore.raw_stream import raw_stream
 from sendense.hub.restore.to_vcenter import RestoreVmRequest
-from sendense.hub.service import Hub
 
 router = APIRouter(
     prefix="/api/v1/restore-points", tags=["restore"], dependencies=[Depends(require_token)]
@@ -90,10 +89,6 @@ def protect(hub: HubDep, point_id: str, body: ProtectIn) -> dict[str, bool]:
     return {"protected": body.protected}
 
 
-def converter_of(hub: Hub) -> DiskConverter:
-    return DiskConverter(hub.db, hub.repos, hub.settings.scratch_dir)
-
-
 class _OwnedStream(StreamingResponse):
     """A stream that releases what it reads from (a temporary file, a qemu-nbd)
     however the response ends: sent, failed, or the client gone."""
@@ -138,7 +133,7 @@ async def download_disk(
 ) -> StreamingResponse:
     """The disk as of this restore point. Raw streams straight from the chain;
     QCOW2 and VMDK are converted on the hub first, then sent."""
-    converter = converter_of(hub)
+    converter = hub.converter
     source = await run_in_threadpool(converter.source, point_id, disk_key)
     filename = f"{point_id}-{disk_key}.{EXTENSIONS[fmt]}"
     if fmt == "raw":
