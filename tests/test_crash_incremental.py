@@ -4,7 +4,6 @@ incremental's file and rows are gone, and the next backup chains on the full."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from sendense.nbd.qemu_img import QemuImg
 from tests.rig.hub import HubProcess
 from tests.rig.nbd_data import expected_raw, pattern, write_through_nbd
 from tests.rig.procs import pids_with, wait_gone
+from tests.rig.tasks import wait_task
 
 MiB = 1 << 20
 SIZE = 16 * MiB
@@ -100,12 +100,7 @@ def test_a_hub_killed_during_an_incremental_keeps_the_full(
             assert QemuImg().compare(raw, image, "raw", "qcow2")
         verify = client.post("/api/v1/verify", json={"target": full["restore_point_id"]})
         assert verify.status_code == 202, verify.text
-        deadline = time.monotonic() + 60
-        while True:
-            done = client.get(f"/api/v1/jobs/{verify.json()['job_id']}").json()
-            if done["state"] not in ("queued", "running") or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        done = wait_task(client, verify.json()["job_id"])
         assert done["state"] == "complete", done
         checked = client.get(f"/api/v1/restore-points/{full['restore_point_id']}").json()
         assert checked["status"] == "complete"

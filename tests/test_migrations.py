@@ -5,7 +5,6 @@ and an instant access, migrated to head by `Hub.open`, on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import subprocess
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from sendense.hub.db.database import Database
 from sendense.hub.db.models import TaskKind
 from sendense.hub.service import Hub
 from tests.conftest import make_settings
+from tests.rig.tasks import wait_task
 
 MiB = 1 << 20
 SIZE = 8 * MiB
@@ -177,18 +177,9 @@ def test_a_hub_from_the_previous_revision_upgrades_and_serves_its_points(
             verify = client.post("/api/v1/verify", json={"target": "p2"})
             assert verify.status_code == 202
             task = verify.json()["job_id"]
-            state = wait_state(client, task)
+            state = wait_task(client, task)
             assert state["state"] == "complete", state
             assert state["kind"] == TaskKind.VERIFY.value
     finally:
         hub.reconcile("test ended")
         hub.close()
-
-
-def wait_state(client: TestClient, task_id: str) -> dict[str, object]:
-    deadline = time.monotonic() + 60
-    while True:
-        job: dict[str, object] = client.get(f"/api/v1/jobs/{task_id}").json()
-        if job["state"] in ("complete", "failed", "cancelled") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.1)

@@ -42,6 +42,7 @@ from tests.rig.node_tasks import (
 )
 from tests.rig.procs import pids_with
 from tests.rig.site import Site
+from tests.rig.tasks import wait_task
 from tests.rig.vcsim import Vcsim
 from tests.rig.vmware_vms import (
     SCSI0,
@@ -285,16 +286,6 @@ def backup(hub: Hub, node: TestClient, vcsim: Vcsim, vm: Any, *, with_layout: bo
     return finish_on_hub(hub, prepared, status)
 
 
-def wait_restore(api: TestClient, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        job: dict[str, Any] = api.get(f"/api/v1/jobs/{job_id}").json()
-        if job["state"] in ("complete", "failed", "cancelled"):
-            return job
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
-
-
 @contextlib.contextmanager
 def tiny_datastore(si: Any, directory: Path, size: str = "4m") -> Iterator[str]:
     """A datastore with a few MiB free: a tmpfs mount (needs root)."""
@@ -397,7 +388,7 @@ def test_force_replaces_a_powered_off_vm_and_power_on_starts_it(
     assert queued.status_code == 202, queued.text
     assert queued.json()["replaces"] is True
     assert "derived" in queued.json()["warnings"][0]
-    job = wait_restore(api, queued.json()["job_id"])
+    job = wait_task(api, queued.json()["job_id"])
     assert (job["state"], job["error"]) == ("complete", None)
     replaced = find_vm(si, name)
     try:

@@ -26,12 +26,7 @@ def test_no_secret_in_any_file_the_hub_node_and_tunnel_write(
     site = Site(tmp_path / "site")
     try:
         site.start()
-        code = site.pair()
-        enrolled = site.node.enroll(site.hub.url, code, site.name, site.hub_fingerprint)
-        assert enrolled.returncode == 0, enrolled.stderr
-        site.node.start_serve()
-        site.node.start_tunnel()
-        site.node.wait_tunnel("connected")
+        code = site.enroll_and_connect()
         site.add_vcenter(vcsim)
         assert site.api.post("/api/v1/repositories", json={"path": str(repo_dir)}).is_success
         name = unique("secret")

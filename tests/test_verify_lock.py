@@ -4,7 +4,6 @@ beside a backup writing a layer on the points it judges, nor beside a prune."""
 from __future__ import annotations
 
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from sendense.hub.retention.rules import KeepRules
 from sendense.hub.service import Hub
 from sendense.hub.verify.verifier import PointVerdict, VerifyProgress
 from tests.rig.chains import hub_backup
+from tests.rig.tasks import wait_task
 
 MiB = 1 << 20
 
@@ -29,16 +29,6 @@ def point(hub: Hub, repo_dir: Path) -> str:
     data = bytes(range(256)) * (4 * MiB // 256)
     when = datetime(2026, 5, 1, tzinfo=UTC)
     return hub_backup(hub, "vm1", {2000: data}, {2000: [(0, len(data))]}, when)
-
-
-def wait_ended(api: TestClient, task_id: str) -> dict[str, object]:
-    deadline = time.monotonic() + 60
-    while True:
-        job: dict[str, object] = api.get(f"/api/v1/jobs/{task_id}").json()
-        if job["state"] in ("complete", "failed", "cancelled"):
-            return job
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
 
 
 def test_verification_waits_for_no_backup_and_a_backup_for_no_verification(
@@ -71,7 +61,7 @@ def test_verification_waits_for_no_backup_and_a_backup_for_no_verification(
     with pytest.raises(VmBusy):
         hub.prune.run("vm1", KeepRules(last=1))
     release.set()
-    assert wait_ended(api, task)["state"] == "complete"
+    assert wait_task(api, task)["state"] == "complete"
     assert Queries(hub.db).restore_point(point).status == "complete"
     with hub.db.session() as s:
         assert s.query(Vm).filter_by(name="vm1").one().active_job_id is None

@@ -3,7 +3,6 @@ node tunnel)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from tests.rig.cli import sendense
 from tests.rig.hub import HubProcess
 from tests.rig.node import NodeProcesses
 from tests.rig.node_tasks import unique
+from tests.rig.tasks import wait_task
 from tests.rig.vcsim import Vcsim
 
 
@@ -56,13 +56,7 @@ class Site:
         assert added.returncode == 0, added.stderr
 
     def wait_job(self, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            job: dict[str, Any] = self.api.get(f"/api/v1/jobs/{job_id}").json()
-            if job["state"] in ("complete", "failed", "cancelled"):
-                return job
-            assert time.monotonic() < deadline, f"job {job_id} still {job['state']}"
-            time.sleep(0.2)
+        return wait_task(self.api, job_id, timeout, poll=0.2)
 
     def cli_env(self) -> dict[str, str]:
         return {"SENDENSE_HUB_URL": self.hub.url, "SENDENSE_TOKEN": self.token}
@@ -73,13 +67,15 @@ class Site:
         self.hub_fingerprint = done.stderr.split("--hub-fingerprint", 1)[1].split()[0]
         return done.stdout.strip()
 
-    def enroll_and_connect(self) -> None:
+    def enroll_and_connect(self) -> str:
+        """Pair, enroll and connect the node; the pairing code it used."""
         code = self.pair()
         enrolled = self.node.enroll(self.hub.url, code, self.name, self.hub_fingerprint)
         assert enrolled.returncode == 0, enrolled.stderr
         self.node.start_serve()
         self.node.start_tunnel()
         self.node.wait_tunnel("connected")
+        return code
 
     def hub_service(self) -> Hub:
         """The hub's services in this process (same database and data directory)."""
