@@ -3,6 +3,7 @@ repository that fills up. Nothing is marked complete unless whole; the next job 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -103,6 +104,31 @@ def test_node_killed_mid_backup_fails_the_job_and_the_next_one_heals(
         )
 
 
+def test_a_backup_the_hub_fails_is_cancelled_on_the_node(
+    slow_site: Site, vcsim: Vcsim, si: Any, repo_dir: Path
+) -> None:
+    site = slow_site
+    site.api.post("/api/v1/repositories", json={"path": str(repo_dir)})
+    name, vm = big_vm(si, vcsim)
+    job_id = site.api.post("/api/v1/backups", json={"vm": name}).json()["job_id"]
+    wait_copying(site, job_id)
+    stopped = site.api.post(
+        f"/api/v1/jobs/{job_id}/finish", json={"success": False, "error": "operator stopped it"}
+    )
+    assert stopped.status_code == 200, stopped.text
+    assert site.wait_job(job_id)["error"] == "operator stopped it"
+    with site.node_api() as node:
+        deadline = time.monotonic() + 30
+        while (state := node.get(f"/api/v1/jobs/{job_id}").json()["state"]) == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    # Told by the hub, not failed by its next write to a closed export.
+    assert state == "cancelled"
+    assert snapshot_names(vm) == []
+    assert complete_points(site, name) == []
+    assert site.api.get("/api/v1/ports").json()["used"] == 0
+
+
 def test_hub_killed_mid_backup_cleans_up_at_restart(
     slow_site: Site, vcsim: Vcsim, si: Any, repo_dir: Path
 ) -> None:
@@ -130,22 +156,81 @@ def test_hub_killed_mid_backup_cleans_up_at_restart(
     assert site.wait_job(again)["state"] == "complete"
 
 
-def test_a_repository_that_fills_up_fails_the_job_and_keeps_earlier_points(
-    tmp_path: Path, vcsim: Vcsim, si: Any
-) -> None:
+@contextlib.contextmanager
+def small_repository(tmp_path: Path, mib: int) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a small tmpfs as the repository")
     small = tmp_path / "small-repo"
     small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(small)], check=True)
-    site = Site(tmp_path / "site")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(small)], check=True)
+    try:
+        yield small
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+@contextlib.contextmanager
+def site_on(tmp_path: Path, vcsim: Vcsim, repo: Path, **node: str) -> Iterator[Site]:
+    site = Site(tmp_path / "site", None, **node)
     try:
         site.start()
         site.enroll_and_connect()
         site.add_vcenter(vcsim)
-        site.api.post("/api/v1/repositories", json={"path": str(small)})
+        assert site.api.post("/api/v1/repositories", json={"path": str(repo)}).status_code == 201
+        yield site
+    finally:
+        site.stop()
+
+
+def test_a_backup_that_cannot_fit_is_refused_before_it_copies(
+    tmp_path: Path, vcsim: Vcsim, si: Any
+) -> None:
+    with small_repository(tmp_path, 100) as small, site_on(tmp_path, vcsim, small) as site:
+        # A full: the disk's allocated bytes (all 128 MiB here) do not fit in 100 MiB.
+        big = unique("big")
+        big_vm = create_vm(si, big, [(2000, 128 * MiB, SCSI0)], cbt=True)
+        refused = site.api.post("/api/v1/backups", json={"vm": big}).json()["job_id"]
+        job = site.wait_job(refused)
+        assert job["state"] == "failed"
+        assert f"needs {128 * MiB} bytes" in job["error"], job["error"]
+        assert snapshot_names(big_vm) == []  # the node was never asked
+
+        # An incremental: its parent's size (8 MiB) fits, the node's plan (96 MiB
+        # changed) does not: it fails before the copy, the full stays whole.
+        name = unique("grows")
+        vm = create_vm(si, name, [(2000, 96 * MiB, SCSI0)], cbt=True)
+        source = flat_file(vcsim, vm, 2000)
+        fill(source, [(0, b"\x01" * 8 * MiB)])
+        kept = tmp_path / "first.raw"
+        shutil.copyfile(source, kept)
+        first = site.api.post("/api/v1/backups", json={"vm": name}).json()["job_id"]
+        assert site.wait_job(first)["state"] == "complete"
+        fill(source, [(o * MiB, bytes([o + 2]) * MiB) for o in range(96)])
+        second = site.api.post("/api/v1/backups", json={"vm": name}).json()["job_id"]
+        job = site.wait_job(second)
+        assert job["state"] == "failed"
+        assert f"the copy needs {96 * MiB} bytes" in job["error"], job["error"]
+        assert "nothing was copied" in job["error"]
+        points = complete_points(site, name)
+        assert [p["job_id"] for p in points] == [first]
+        assert QemuImg().compare(kept, small / points[0]["disks"][0]["file_path"], "raw", "qcow2")
+        deadline = time.monotonic() + 30  # the failed job's file is removed after its state
+        while len(list(small.rglob("*.qcow2"))) != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert snapshot_names(vm) == []
+        assert site.api.get("/api/v1/ports").json()["used"] == 0
+
+
+def test_a_repository_that_fills_up_mid_copy_fails_the_job_and_keeps_earlier_points(
+    tmp_path: Path, vcsim: Vcsim, si: Any
+) -> None:
+    with (
+        small_repository(tmp_path, 100) as small,
+        site_on(tmp_path, vcsim, small, **SLOW) as site,
+    ):
         name = unique("full")
-        vm = create_vm(si, name, [(2000, 128 * MiB, SCSI0)], cbt=True)
+        vm = create_vm(si, name, [(2000, 64 * MiB, SCSI0)], cbt=True)
         source = flat_file(vcsim, vm, 2000)
         fill(source, [(0, b"\x01" * 8 * MiB)])
         kept = tmp_path / "first.raw"
@@ -153,8 +238,11 @@ def test_a_repository_that_fills_up_fails_the_job_and_keeps_earlier_points(
         first = site.api.post("/api/v1/backups", json={"vm": name}).json()["job_id"]
         assert site.wait_job(first)["state"] == "complete"
 
-        fill(source, [(o * MiB, bytes([o]) * MiB) for o in range(16, 112)])  # 96 MiB new
+        fill(source, [(o * MiB, bytes([o]) * MiB) for o in range(16, 64)])  # 48 MiB new
         second = site.api.post("/api/v1/backups", json={"vm": name}).json()["job_id"]
+        wait_copying(site, second)
+        # Something else on the repository's filesystem takes what is left.
+        subprocess.run(["fallocate", "-l", f"{shutil.disk_usage(small).free}", str(small / "x")])
         job = site.wait_job(second)
         assert job["state"] == "failed"
         no_space = ("ENOSPC", os.strerror(errno.ENOSPC))  # the errno's name or its text
@@ -169,6 +257,3 @@ def test_a_repository_that_fills_up_fails_the_job_and_keeps_earlier_points(
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert snapshot_names(vm) == []
-    finally:
-        site.stop()
-        subprocess.run(["umount", str(small)], check=False)

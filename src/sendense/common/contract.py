@@ -54,6 +54,10 @@ class BackupStartRequest(VcenterLogin):
     nbd_targets: str = Field(min_length=1, max_length=20000)
     backup_type: BackupType = "full"
     previous_change_ids: dict[str, str] = Field(default_factory=dict)
+    # The bytes the hub's repository can still take for this job (free space less
+    # its reserve). The node fails the job before copying when its plan needs more.
+    # None (the seed's body): no check.
+    space_budget_bytes: int | None = Field(default=None, ge=0)
 
     @field_validator("nbd_targets")
     @classmethod
@@ -124,6 +128,9 @@ class DiskInventory(BaseModel):
     datastore_path: str
     change_id: str | None = None
     thin_provisioned: bool | None = None
+    # What the disk holds on its datastore (vSphere's layoutEx extent sizes; all of
+    # it for a thick disk): the hub's first estimate of a full's size.
+    allocated_bytes: int | None = None
 
 
 class ControllerInventory(BaseModel):

@@ -14,7 +14,13 @@ from typing import Any
 
 from sendense.common.aio import run_all
 from sendense.common.contract import BackupStartRequest, DiskInventory, DiskProgress, NodeJobStatus
-from sendense.common.errors import Conflict, InvalidInput, SendenseError, VmBusy
+from sendense.common.errors import (
+    Conflict,
+    InsufficientSpace,
+    InvalidInput,
+    SendenseError,
+    VmBusy,
+)
 from sendense.common.logging import register_secret
 from sendense.common.targets import NbdTarget, parse_targets
 from sendense.node.config import NodeSettings
@@ -214,12 +220,19 @@ class BackupTasks(TaskTable[NodeJob]):
             finally:
                 await reader.close()
 
+        planned = sum(n for plan, _ in plans for _, n in plan.areas)
         log.info(
             "copy planned job=%s disks=%s bytes=%d",
             req.job_id,
             ",".join(f"{p.target.disk_key}:{p.progress.backup_type}" for p, _ in plans),
-            sum(p.progress.bytes_total or sum(n for _, n in p.areas) for p, _ in plans),
+            planned,
         )
+        budget = req.space_budget_bytes
+        if budget is not None and planned > budget:
+            raise InsufficientSpace(
+                f"the copy needs {planned} bytes; the hub's repository has room for {budget} "
+                "(free space less its reserve): nothing was copied"
+            )
         await run_all(one(plan, disk) for plan, disk in plans)
         log.info("copy done job=%s", req.job_id)
 

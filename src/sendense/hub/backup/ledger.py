@@ -84,6 +84,7 @@ class _Plan:
     backup_type: str
     parent_id: str | None
     capacity: int
+    estimated_bytes: int
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,6 @@ class BackupLedger:
         _validate(vm_name, disks, backup_type)
         try:
             repo = self.repos.get(repository)
-            self.repos.ensure_fits(repo, sum(d.estimated_bytes for d in disks))
         except SendenseError as exc:
             if job_id is not None:
                 self.fail(job_id, exc.message)
@@ -185,6 +185,14 @@ class BackupLedger:
             ]
             job_id, vm_id, point_id = job.id, vm.id, point.id
         try:
+            # Before any file exists: a full needs what its disks hold, an
+            # incremental at least its parent's size (the node checks its exact
+            # plan against the room left before it copies).
+            self.repos.ensure_fits(repo, sum(plan.estimated_bytes for plan in plans))
+        except SendenseError as exc:
+            self.fail(job_id, exc.message)
+            raise
+        try:
             prepared = self._open(repo, job_id, vm_name, plans)
         except BaseException as exc:
             self.fail(job_id, f"could not open exports: {exc}")
@@ -211,6 +219,12 @@ class BackupLedger:
             s.flush()
             lock_vm(s, vm, job.id)
             return job.id
+
+    def room(self, prepared: PreparedJob) -> int:
+        """The bytes the job's repository can still take (free less the reserve)."""
+        with self.db.session() as s:
+            repo_id = s.get_one(RestorePoint, prepared.restore_point_id).repository_id
+        return self.repos.room(self.repos.get(repo_id))
 
     def parent_change_ids(self, prepared: PreparedJob) -> dict[int, str]:
         """Per incremental disk, the change ID its parent recorded."""
@@ -303,6 +317,7 @@ class BackupLedger:
             row.backup_type,
             parent.id if parent else None,
             spec.capacity_bytes,
+            (parent.file_size or spec.estimated_bytes) if parent else spec.estimated_bytes,
         )
 
     def _open(

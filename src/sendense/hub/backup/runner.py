@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 
 from sendense.common.contract import BackupStartRequest, NodeJobStatus
-from sendense.common.errors import NodeTaskEnded
+from sendense.common.errors import NodeTaskEnded, SendenseError, TaskNotRunning
 from sendense.hub.backup.ledger import BackupLedger, DiskResult, DiskSpec
 from sendense.hub.db.database import Database
+from sendense.hub.db.models import Job, JobState
 from sendense.hub.nodes.client import NodeClient, NodeConnector
 from sendense.hub.nodes.vcenters import VcenterService
 from sendense.hub.retention.policies import PolicyService
@@ -23,6 +24,7 @@ from sendense.hub.tasks.node_task import follow_node_task
 from sendense.hub.tasks.runner import TaskRunner
 
 log = logging.getLogger(__name__)
+TELL_NODE_S = 10.0  # how long a cancel for the node is retried through its tunnel
 
 
 class BackupRunner(TaskRunner[NodeJobStatus]):
@@ -103,7 +105,14 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
         try:
             inventory = client.inventory(login, vm_name)
             disks = [
-                DiskSpec(d.key, d.capacity_bytes, d.label, d.datastore_path)
+                DiskSpec(
+                    d.key,
+                    d.capacity_bytes,
+                    d.label,
+                    d.datastore_path,
+                    # unknown (an older node): the whole disk
+                    d.capacity_bytes if d.allocated_bytes is None else d.allocated_bytes,
+                )
                 for d in inventory.disks
             ]
             folder = inventory.path.rsplit("/", 1)[0] if "/" in inventory.path else None
@@ -127,14 +136,41 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
                 nbd_targets=prepared.nbd_targets,
                 backup_type="incremental" if previous else "full",
                 previous_change_ids={str(k): v for k, v in previous.items()},
+                space_budget_bytes=self.ledger.room(prepared),
             )
             client.start_backup(request)
-            return follow_node_task(
-                lambda: client.job(task_id),
-                client.name,
-                poll=self.poll,
-                node_timeout=self.node_timeout,
-                record=lambda status: self.board.put(task_id, status),
-            )
+            try:
+                return follow_node_task(
+                    lambda: client.job(task_id),
+                    client.name,
+                    poll=self.poll,
+                    node_timeout=self.node_timeout,
+                    record=lambda status: self.board.put(task_id, status),
+                    check=lambda: self._still_running(task_id),
+                )
+            except BaseException:
+                self._tell_node(client, task_id)
+                raise
         finally:
             client.close()
+
+    def _still_running(self, task_id: str) -> None:
+        """Between polls: a task the hub failed meanwhile (an operator's `finish`
+        with success false, a hub stopping) stops following."""
+        with self.db.session() as s:
+            job = s.get(Job, task_id)
+            if job is None or job.state != JobState.RUNNING:
+                state = job.state.value if job is not None else "gone"
+                raise TaskNotRunning(task_id, f"the hub ended the backup (it is {state})")
+
+    @staticmethod
+    def _tell_node(client: NodeClient, task_id: str) -> None:
+        """The hub fails the task: the node stops copying and removes its snapshot
+        now, not when its next write to a closed export fails. Best effort: a node
+        that cannot be reached has its snapshot hunter."""
+        client.retry_s = min(client.retry_s, TELL_NODE_S)
+        try:
+            client.cancel(task_id)
+            log.info("node told to cancel task=%s node=%s", task_id, client.name)
+        except SendenseError as exc:
+            log.warning("node not told task=%s node=%s: %s", task_id, client.name, exc.message)

@@ -169,6 +169,10 @@ class RepositoryService:
             cap = Capacity(0, 0, 0)
         return RepositoryInfo(row.id, row.name, path, cap)
 
+    def room(self, repo: RepositoryInfo) -> int:
+        """The bytes a job may still write: free space less the reserve."""
+        return max(0, capacity_of(repo.path).free - self.min_free_bytes)
+
     def ensure_fits(self, repo: RepositoryInfo, required: int) -> None:
         free = capacity_of(repo.path).free
         if free - self.min_free_bytes < required:

@@ -133,11 +133,28 @@ def controllers(devices: list[Any]) -> list[ControllerInventory]:
     return sorted(found, key=lambda c: c.key)
 
 
+def allocated_bytes(layout: Any) -> dict[int, int]:
+    """Per disk key, the bytes its extent files take on the datastore (every file of
+    its chain: snapshots' deltas included), from the VM's `layoutEx`."""
+    if layout is None:
+        return {}
+    extents = {f.key: f.size or 0 for f in layout.file or [] if f.type == "diskExtent"}
+    return {
+        disk.key: sum(extents.get(key, 0) for unit in disk.chain or [] for key in unit.fileKey)
+        for disk in layout.disk or []
+    }
+
+
 def describe(vm: Any) -> VmInventory:
     config = vm.config
     if config is None:
         raise VcenterError(f"VM {vm.name!r} has no configuration (inaccessible?)")
     devices = config.hardware.device
+    allocated = allocated_bytes(vm.layoutEx)
+    disks = [
+        d.model_copy(update={"allocated_bytes": allocated.get(d.key)})
+        for d in virtual_disks(devices)
+    ]
     return VmInventory(
         name=vm.name,
         uuid=config.instanceUuid,
@@ -145,7 +162,7 @@ def describe(vm: Any) -> VmInventory:
         power_state=str(vm.runtime.powerState),
         cbt_enabled=bool(config.changeTrackingEnabled),
         tools_running=tools_running(vm),
-        disks=virtual_disks(devices),
+        disks=disks,
         controllers=controllers(devices),
         guest_id=config.guestId or None,
         num_cpus=config.hardware.numCPU or None,
