@@ -62,6 +62,16 @@ def processes() -> Iterator[ProcessInfo]:
                 yield info
 
 
+def listener_pid(host: str, port: int) -> int | None:
+    """The pid of the process listening on TCP host:port (`ss`), or None."""
+    out = run_tool(["ss", "-Hltnp", f"src {host} and sport = :{port}"], timeout=10, ok=None).stdout
+    for part in out.split("pid=")[1:]:
+        digits = part.split(",", 1)[0]
+        if digits.isdigit():
+            return int(digits)
+    return None
+
+
 def is_alive(pid: int) -> bool:
     return process_info(pid) is not None
 

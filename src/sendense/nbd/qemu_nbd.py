@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from sendense.common.processes import ChildProcess, ProcessInfo
+from sendense.common.processes import ChildProcess, ProcessInfo, listener_pid
 
 NBD_MAGIC = b"NBDMAGIC"
 
@@ -93,8 +93,21 @@ class QemuNbd:
         return self._child.pid
 
     def start(self, timeout: float = 10.0) -> None:
+        """Ready when it answers, and on TCP when the listener is this process: a
+        squatter that took the port first never gets a job's data (qemu-nbd then
+        fails to bind and its exit raises)."""
         self._child = ChildProcess(self.argv, log_path=self.log_path, own_session=True)
-        self._child.start(ready=lambda: self._probe(timeout=0.5), timeout=timeout)
+        self._child.start(ready=self._ready, timeout=timeout)
+
+    def _ready(self) -> bool:
+        if not self._probe(timeout=0.5):
+            return False
+        s = self.spec
+        return s.socket is not None or listener_pid(s.host, s.port) == self.pid
+
+    def exited(self) -> int | None:
+        """Its exit code if it has ended (by itself: the hub has not stopped it yet)."""
+        return None if self._child is None else self._child.poll()
 
     def healthy(self) -> bool:
         return self._child is not None and self._child.running() and self._probe()

@@ -370,7 +370,12 @@ class BackupLedger:
                 f"job {job_id} has disks {sorted(files)}, the results name {sorted(results)}"
             )
         repo = self.repos.get(repo_id)
-        self.exports.stop_job(job_id)
+        untrusted = self.exports.stop_job(job_id)
+        if untrusted:
+            raise SendenseError(
+                "; ".join(f"disk {key}: {why}" for key, why in sorted(untrusted.items()))
+                + ": what was written cannot be trusted"
+            )
         sizes: dict[int, int] = {}
         for key, relative in files.items():
             check = self.repos.check(repo, relative)

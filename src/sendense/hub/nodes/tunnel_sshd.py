@@ -21,6 +21,7 @@ from pathlib import Path
 from sendense.common.errors import ToolFailed
 from sendense.common.processes import (
     ChildProcess,
+    listener_pid,
     process_info,
     processes,
     run_tool,
@@ -33,16 +34,6 @@ log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 # AES-GCM first: measured 317 MB/s against 224 with OpenSSH's default choice.
 CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"
-
-
-def listener_pid(host: str, port: int) -> int | None:
-    """The pid of the process listening on host:port (sshd's per-node session)."""
-    out = run_tool(["ss", "-Hltnp", f"src {host} and sport = :{port}"], timeout=10, ok=None).stdout
-    for part in out.split("pid=")[1:]:
-        digits = part.split(",", 1)[0]
-        if digits.isdigit():
-            return int(digits)
-    return None
 
 
 def session_pids(parent: int) -> list[int]:

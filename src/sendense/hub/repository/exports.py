@@ -103,19 +103,28 @@ class ExportManager:
         )
         return ExportInfo(export_id, job_id, disk_key, port, name, str(image), server.pid, True)
 
-    def stop_job(self, job_id: str) -> None:
+    def stop_job(self, job_id: str) -> dict[int, str]:
+        """Stop the job's exports. Per disk key, why its writes cannot be trusted: the
+        qemu-nbd this hub started for it had ended by itself (killed, crashed, or never
+        bound its port) or is not this process's child."""
         with self.db.session() as s:
             rows = s.scalars(select(NbdExport).where(NbdExport.job_id == job_id)).all()
-        for row in rows:
-            self._stop_row(row)
+        return {
+            row.disk_key: problem for row in rows if (problem := self._stop_row(row)) is not None
+        }
 
-    def _stop_row(self, row: NbdExport) -> None:
+    def _stop_row(self, row: NbdExport) -> str | None:
+        problem = None
         with self._lock:
             server = self._servers.pop(row.id, None)
         if server is not None:
+            ended = server.exited()
             code = server.stop()
             log.info("export stopped job=%s port=%d exit=%s", row.job_id, row.port, code)
+            if ended is not None:
+                problem = f"its qemu-nbd (pid {row.pid}) had ended by itself with status {ended}"
         else:
+            problem = "its qemu-nbd was not started by this hub process"
             pid = find_qemu_nbd(row.port, row.file_path, row.pid, row.pid_start_ticks)
             if pid is not None:
                 terminate_pid(pid)
@@ -124,6 +133,7 @@ class ExportManager:
                 )
         with self.db.session() as s:
             s.execute(delete(NbdExport).where(NbdExport.id == row.id))
+        return problem
 
     def stop_orphans(self, active_job_ids: set[str]) -> int:
         """Stop exports whose job is no longer running; returns how many."""
