@@ -3,10 +3,15 @@ after enrollment and a full and an incremental through hub, node and tunnel as
 real processes, every file they wrote (logs, the database, the data
 directories; not the token file the hub writes on purpose, mode 0600) is read
 for the vCenter password, the API token, the node's API token and the pairing
-code. Before this, secrets were checked only in log lines captured in-process."""
+code. Before this, secrets were checked only in log lines captured in-process.
+
+Everything runs under umask 000: what the hub and node create (data directories,
+the SQLite database, disk images, keys, logs of their children) must still be
+theirs alone, 0600 files and 0700 directories (issue 12, point 12)."""
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ def test_no_secret_in_any_file_the_hub_node_and_tunnel_write(
     tmp_path: Path, vcsim: Vcsim, si: Any, repo_dir: Path
 ) -> None:
     site = Site(tmp_path / "site")
+    loose = os.umask(0)  # the processes inherit it
     try:
         site.start()
         code = site.enroll_and_connect()
@@ -48,7 +54,23 @@ def test_no_secret_in_any_file_the_hub_node_and_tunnel_write(
             "pairing code": code,
         }
     finally:
+        os.umask(loose)
         site.stop()
+
+    made_by_them = [
+        site.hub.data_dir,
+        site.node.data_dir,
+        tmp_path / "site" / "hub.db",
+        *repo_dir.iterdir(),
+    ]
+    open_to_others = [
+        f"{oct(stat.S_IMODE(p.lstat().st_mode))} {p.relative_to(tmp_path)}"
+        for top in made_by_them
+        for p in [top, *(top.rglob("*") if top.is_dir() else [])]
+        if not p.is_symlink() and stat.S_IMODE(p.lstat().st_mode) & 0o077
+    ]
+    assert any(p.suffix == ".qcow2" for p in repo_dir.rglob("*"))
+    assert open_to_others == []
 
     files = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()]
     assert any(p.name == "hub.db" for p in files)

@@ -12,6 +12,7 @@ import typer
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.output import console, one_line_errors, repo_table, table
 from sendense.cli.serving import announce_token, appliance_settings, hold_lock, run_api
+from sendense.common.files import private_dir
 from sendense.common.logging import setup_logging
 from sendense.hub.config import HubSettings
 
@@ -44,7 +45,7 @@ def serve(
 
     settings = _settings(config, data_dir, listen)
     setup_logging(settings.log_level)
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(settings.data_dir)
     lock = hold_lock(settings.data_dir / "hub.lock")  # kept open while the hub runs
     hub = Hub.open(settings)
     hub.reconcile()

@@ -13,8 +13,17 @@ from sendense.cli import backups, hub, node, policies, restore, restore_vm, veri
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.output import console, one_line_errors, repo_table, table
 from sendense.common.errors import InvalidInput, SendenseError
+from sendense.common.files import private_umask
 
 app = typer.Typer(help="Sendense VM backup.", no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _private_files() -> None:
+    """Whatever the shell's umask, what any command creates is the user's alone."""
+    private_umask()
+
+
 app.add_typer(hub.app, name="hub")
 app.add_typer(node.app, name="node")
 app.add_typer(backups.vcenter_app, name="vcenter")

@@ -10,6 +10,7 @@ import typer
 
 from sendense.cli.output import console, one_line_errors
 from sendense.cli.serving import announce_token, appliance_settings, run_api
+from sendense.common.files import private_dir
 from sendense.common.logging import setup_logging
 from sendense.node.auth import NodeTokens
 from sendense.node.config import NodeSettings
@@ -37,7 +38,7 @@ def serve(
 
     settings = _settings(config, data_dir, listen)
     setup_logging(settings.log_level)
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(settings.data_dir)
     tokens = NodeTokens(settings.data_dir)
     if tokens.count() == 0:
         announce_token(settings.data_dir, tokens.create("hub"))

@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from sendense.common.files import private_dir
 from sendense.common.sshkeys import KeyPair
 from sendense.hub.auth.secrets import SecretBox
 from sendense.hub.auth.tokens import TokenService
@@ -79,7 +80,7 @@ class Hub:
 
     @classmethod
     def open(cls, settings: HubSettings, migrate: bool = True) -> Hub:
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(settings.data_dir)
         db = Database(settings.database_url, owner=hub_identity(settings.data_dir))
         if migrate:
             db.migrate()

@@ -46,7 +46,11 @@ def make_engine(url: str) -> Engine:
         raise InvalidInput(f"database URL is not valid: {exc}") from exc
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(parsed.database)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for made in (path, *(path.with_name(path.name + e) for e in ("-wal", "-shm"))):
+                if made.exists():
+                    made.chmod(0o600)  # made by an older release under a looser umask
         engine = create_engine(parsed, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
