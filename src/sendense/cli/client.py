@@ -17,6 +17,7 @@ from sendense.common.errors import (
     NotFound,
     PoolExhausted,
     SendenseError,
+    TooManyAttempts,
     Unauthorized,
     Unavailable,
 )
@@ -28,6 +29,7 @@ _BY_STATUS: dict[int, type[SendenseError]] = {
     404: NotFound,
     409: Conflict,
     422: InvalidInput,
+    429: TooManyAttempts,
     503: PoolExhausted,
     507: InsufficientSpace,
 }

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from sendense.common.errors import SendenseError
+from sendense.common.errors import SendenseError, TooManyAttempts
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,10 @@ def install_error_handlers(
     async def domain_error(_request: Request, exc: SendenseError) -> JSONResponse:
         if exc.http_status >= 500:
             log.error("request failed: %s", exc.message)
-        return _body(exc.code, exc.message, exc.http_status)
+        response = _body(exc.code, exc.message, exc.http_status)
+        if isinstance(exc, TooManyAttempts):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -50,4 +53,5 @@ def install_error_handlers(
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        return _body("http_error", str(exc.detail), exc.status_code)
+        code = "too_large" if exc.status_code == 413 else "http_error"
+        return _body(code, str(exc.detail), exc.status_code)

@@ -81,6 +81,18 @@ class Unavailable(SendenseError):
     code = "unavailable"
 
 
+class TooManyAttempts(SendenseError):
+    """Too many attempts from one address in a short time: wait, then retry."""
+
+    http_status = 429
+    exit_code = 10
+    code = "too_many_attempts"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 # Conditions callers branch on: each has its own class and the facts as fields,
 # so code and tests test the type, never the wording.
 

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sendense import __version__
 from sendense.common.api_errors import install_error_handlers
+from sendense.common.body_limit import BodyLimit
 from sendense.hub.api.routes import (
     access,
     backups,
@@ -60,6 +61,8 @@ def create_app(hub: Hub) -> FastAPI:
 
     app = FastAPI(title="Sendense hub", version=__version__, lifespan=lifespan)
     app.state.hub = hub
+    app.state.enroll_limiter = nodes.enroll_limiter()
+    app.add_middleware(BodyLimit)
     install_error_handlers(app, {NbdUriError: (422, "invalid_input"), NbdError: (502, "nbd_error")})
     app.include_router(health.public)
     app.include_router(nodes.public)

@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sendense import __version__
 from sendense.common.api_errors import install_error_handlers
+from sendense.common.body_limit import BodyLimit
 from sendense.common.contract import (
     ACTIVE_STATES,
     BackupStartRequest,
@@ -181,6 +182,7 @@ def create_node_app(settings: NodeSettings) -> FastAPI:
 
     app = FastAPI(title="Sendense node", version=__version__, lifespan=lifespan)
     app.state.node = node
+    app.add_middleware(BodyLimit)
     install_error_handlers(app, {NbdUriError: (422, "invalid_input"), NbdError: (502, "nbd_error")})
     app.include_router(public)
     app.include_router(router)

@@ -3,7 +3,7 @@ revoke, and a node's view of its vCenter's VMs."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from sendense.common.contract import (
     DiscoverResponse,
@@ -11,6 +11,7 @@ from sendense.common.contract import (
     EnrollResponse,
     VcenterLogin,
 )
+from sendense.common.rate_limit import AttemptLimiter
 from sendense.hub.api.deps import HubDep, require_token
 from sendense.hub.nodes.registry import NodeInfo
 
@@ -19,8 +20,19 @@ router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"], dependencies=[Depends
 DISCOVER_RETRY_S = 10.0
 
 
+# Pairing codes carry 60 bits; still, nobody gets to try them quickly.
+ENROLL_ATTEMPTS = 10
+ENROLL_WINDOW_S = 60.0
+
+
+def enroll_limiter() -> AttemptLimiter:
+    return AttemptLimiter(ENROLL_ATTEMPTS, ENROLL_WINDOW_S, "enrollment")
+
+
 @public.post("/enroll", status_code=201)
-def enroll(hub: HubDep, body: EnrollRequest) -> EnrollResponse:
+def enroll(hub: HubDep, request: Request, body: EnrollRequest) -> EnrollResponse:
+    limiter: AttemptLimiter = request.app.state.enroll_limiter
+    limiter.attempt(request.client.host if request.client else "unknown")
     info = hub.enroll_node(
         body.code, body.node_name, body.public_key, body.node_api_token.get_secret_value()
     )
