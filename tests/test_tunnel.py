@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -412,3 +413,72 @@ def test_stopping_the_hub_ends_every_tunnel_session(site: Site) -> None:
     site.hub.start()  # start-up stops the old sshd and its sessions
     status = site.node.wait_tunnel("connected", timeout=60, restarts=2)
     assert status["state"] == "connected"
+
+
+FAKE_NODE = """
+import socket, sys
+server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    conn, _ = server.accept()
+    with conn, open(sys.argv[2], "ab") as log:
+        conn.settimeout(2)
+        try:
+            log.write(conn.recv(65536))
+        except OSError:
+            pass
+"""
+
+
+def test_a_process_posing_as_sshd_on_a_reverse_port_gets_no_secret(
+    tmp_path: Path, vcsim: Vcsim
+) -> None:
+    """A local user binds a node's reverse port while its tunnel is down, under the
+    title `sshd: root@notty` (`exec -a`): the hub sends it no request, so neither
+    the node's API token nor a vCenter password (issue 12, point 5)."""
+    site = Site(tmp_path / "site")
+    fake: subprocess.Popen[bytes] | None = None
+    try:
+        site.start()
+        site.enroll_and_connect()
+        site.add_vcenter(vcsim)
+        reverse_port = site.api.get("/api/v1/nodes").json()[0]["reverse_port"]
+        site.node.stop_tunnel()
+        deadline = time.monotonic() + 30
+        while True:  # the session's listener goes with the tunnel
+            try:
+                socket.create_connection(("127.0.0.1", reverse_port), timeout=1).close()
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        received = tmp_path / "received"
+        received.touch()
+        python = sys.executable  # a real binary (a pyenv shim would lose the title)
+        script = f"exec -a 'sshd: root@notty' {python} -c '{FAKE_NODE}' {reverse_port} {received}"
+        fake = subprocess.Popen(["bash", "-c", script])
+        while True:  # listening (the probe itself sends nothing)
+            try:
+                socket.create_connection(("127.0.0.1", reverse_port), timeout=1).close()
+                break
+            except ConnectionRefusedError:
+                assert fake.poll() is None
+                time.sleep(0.1)
+
+        answer = site.api.post(
+            f"/api/v1/nodes/{site.name}/vms",
+            json={
+                "vcenter_host": vcsim.host,
+                "vcenter_user": vcsim.username,
+                "vcenter_password": vcsim.password,
+            },
+        )
+        assert answer.status_code == 503, answer.text
+        assert "not connected" in answer.json()["message"]
+        assert received.read_bytes() == b""
+        title = (Path("/proc") / str(fake.pid) / "cmdline").read_bytes().split(b"\0")[0]
+        assert title == b"sshd: root@notty"  # the disguise the old check fell for
+    finally:
+        if fake is not None:
+            fake.kill()
+            fake.wait()
+        site.stop()

@@ -95,7 +95,6 @@ class NodeClient:
     backoff = 0.25
     _reverse_port: int | None = None
     _owns_listener: Callable[[int], bool] | None = None
-    _listener_checked = False
 
     def __init__(
         self,
@@ -118,7 +117,6 @@ class NodeClient:
         self.backoff = backoff
         self._reverse_port = info.reverse_port
         self._owns_listener = owns_listener
-        self._listener_checked = False
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {nodes.api_token(name)}"},
@@ -163,20 +161,17 @@ class NodeClient:
         return response.json()
 
     def _attempt(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
-        if not self._listener_checked and self._owns_listener and self._reverse_port:
-            # The token and vCenter passwords go to whatever listens on the reverse
-            # port: make sure that is our sshd's session for the node, not a local
-            # squatter. Checked again after every attempt that got no answer.
-            if not self._owns_listener(self._reverse_port):
-                raise _NoAnswer("not connected: its tunnel is down")
-            self._listener_checked = True
+        # The token and vCenter passwords go to whatever listens on the reverse
+        # port: make sure, before every request, that it is our sshd's session for
+        # the node, not a local process that took the port.
+        owns = self._owns_listener
+        if owns and self._reverse_port and not owns(self._reverse_port):
+            raise _NoAnswer("not connected: its tunnel is down")
         try:
             response = self._http.request(method, path, json=body)
         except (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError) as exc:
-            self._listener_checked = False
             raise _NoAnswer(f"{type(exc).__name__}: {exc}") from None
         if response.status_code in _GATEWAY_STATUSES and _node_error(response) is None:
-            self._listener_checked = False
             raise _NoAnswer(f"HTTP {response.status_code} from the tunnel")
         return response
 

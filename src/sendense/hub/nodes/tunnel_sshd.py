@@ -36,6 +36,22 @@ LOOPBACK = "127.0.0.1"
 CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"
 
 
+def descends_from(pid: int, ancestor: int, executable: str, depth: int = 4) -> bool:
+    """`pid` and each process between it and `ancestor` run `executable`."""
+    for _ in range(depth):
+        info = process_info(pid)
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return False
+        if info is None or exe != executable:
+            return False
+        if info.ppid == ancestor:
+            return True
+        pid = info.ppid
+    return False
+
+
 def session_pids(parent: int) -> list[int]:
     """sshd's per-connection children."""
     return [info.pid for info in processes() if info.ppid == parent]
@@ -190,10 +206,16 @@ class TunnelSshd:
 
     def owns_listener(self, port: int) -> bool:
         """Is 127.0.0.1:port held by one of our sshd's sessions (and not by a local
-        process that bound a node's reverse port while its tunnel was down)?"""
+        process that bound a node's reverse port while its tunnel was down)? Its
+        title proves nothing (`exec -a sshd` fakes it): the listener must run the
+        sshd executable and descend from the sshd this hub started."""
+        if self._child is None or not self._child.running():
+            return False
         pid = listener_pid(LOOPBACK, port)
-        info = process_info(pid) if pid else None
-        return bool(info and info.argv and info.argv[0].startswith("sshd"))
+        return pid is not None and descends_from(pid, self._child.pid, self._executable())
+
+    def _executable(self) -> str:
+        return os.path.realpath(shutil.which(self.binary) or self.binary)
 
     def stop(self) -> None:
         """The listener and every session: a session left running would keep a
