@@ -3,6 +3,7 @@ private PostgreSQL), and a check that no test leaves a qemu-nbd behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -58,18 +59,37 @@ def no_leftover_vcsim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
     assert not left, f"vcsim processes left behind: {left}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Each database test runs on both backends."""
-    if request.param == "sqlite":
+@contextlib.contextmanager
+def a_database(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> Iterator[str]:
+    """The URL of an empty database: a SQLite file in `tmp_path`, or a database of
+    the session's PostgreSQL, dropped at the end."""
+    if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'hub.db'}"
         return
+    assert backend == "postgresql", backend
     server: PostgresServer = request.getfixturevalue("postgres")
     name = server.create_database()
     try:
         yield server.admin_url(name)
     finally:
         server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each database test runs on both backends."""
+    with a_database(request, tmp_path, request.param) as url:
+        yield url
+
+
+@pytest.fixture
+def site_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The database of a hub process (tests/rig/site.py): SQLite, unless a test
+    chooses with `@pytest.mark.parametrize("site_database_url", ["sqlite",
+    "postgresql"], indirect=True)` (its processes make each run slow: only the
+    tests that matter most run on both)."""
+    with a_database(request, tmp_path, getattr(request, "param", "sqlite")) as url:
+        yield url
 
 
 @pytest.fixture

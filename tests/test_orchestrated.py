@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from sendense.common.errors import NotFound
+from sendense.hub.db.database import Database
+from sendense.hub.db.models import RestorePoint, RestorePointDisk, Vm
 from sendense.nbd.qemu_img import QemuImg
 from tests.rig.cli import sendense
 from tests.rig.node_tasks import snapshot_names, unique
@@ -21,8 +24,8 @@ from tests.rig.vmware_vms import SCSI0, MiB, create_vm, fill, flat_file, reset_c
 
 
 @pytest.fixture
-def site(tmp_path: Path, vcsim: Vcsim, repo_dir: Path) -> Iterator[Site]:
-    site = Site(tmp_path)
+def site(tmp_path: Path, vcsim: Vcsim, repo_dir: Path, site_database_url: str) -> Iterator[Site]:
+    site = Site(tmp_path, database_url=site_database_url)
     try:
         site.start()
         site.enroll_and_connect()
@@ -51,8 +54,9 @@ def points_of(site: Site, vm_name: str) -> list[dict[str, Any]]:
     return points
 
 
+@pytest.mark.parametrize("site_database_url", ["sqlite", "postgresql"], indirect=True)
 def test_full_then_incremental_chain_matches_the_source_at_each_backup(
-    site: Site, vcsim: Vcsim, si: Any, repo_dir: Path, tmp_path: Path
+    site: Site, vcsim: Vcsim, si: Any, repo_dir: Path, tmp_path: Path, site_database_url: str
 ) -> None:
     name = unique("pgtest1")
     vm = create_vm(si, name, [(2000, 64 * MiB, SCSI0), (2001, 16 * MiB, SCSI0)], cbt=True)
@@ -91,6 +95,21 @@ def test_full_then_incremental_chain_matches_the_source_at_each_backup(
     listed = sendense("backups", "list", name, env=site.cli_env())
     assert listed.returncode == 0
     assert "incremental" in listed.stdout
+    # The chain's rows are in the database this site was given; the VM is free again.
+    db = Database(site_database_url)
+    try:
+        with db.session() as s:
+            row = s.scalars(select(Vm).where(Vm.name == name)).one()
+            assert row.active_job_id is None
+            rows = s.execute(
+                select(RestorePointDisk.id, RestorePointDisk.parent_id)
+                .join(RestorePoint)
+                .where(RestorePoint.vm_id == row.id)
+            )
+            parents_of = {disk_id: parent_id for disk_id, parent_id in rows}
+    finally:
+        db.dispose()
+    assert parents_of == {d["id"]: d["parent_id"] for p in points for d in p["disks"]}
 
 
 def test_a_second_request_for_the_same_vm_gets_409(site: Site, si: Any, vcsim: Vcsim) -> None:
@@ -112,6 +131,7 @@ def test_a_second_request_for_the_same_vm_gets_409(site: Site, si: Any, vcsim: V
         time.sleep(0.2)
 
 
+@pytest.mark.parametrize("site_database_url", ["sqlite", "postgresql"], indirect=True)
 def test_a_cbt_reset_turns_that_disk_into_a_full_and_the_job_succeeds(
     site: Site, vcsim: Vcsim, si: Any, repo_dir: Path
 ) -> None:

@@ -135,8 +135,8 @@ def keep(sources: dict[int, Path], directory: Path, label: str) -> dict[int, Pat
 
 
 @pytest.fixture
-def site(tmp_path: Path, vcsim: Vcsim, repo_dir: Path) -> Iterator[Site]:
-    site = Site(tmp_path)
+def site(tmp_path: Path, vcsim: Vcsim, repo_dir: Path, site_database_url: str) -> Iterator[Site]:
+    site = Site(tmp_path, database_url=site_database_url)
     try:
         site.start()
         site.enroll_and_connect()
@@ -148,6 +148,7 @@ def site(tmp_path: Path, vcsim: Vcsim, repo_dir: Path) -> Iterator[Site]:
         site.stop()
 
 
+@pytest.mark.parametrize("site_database_url", ["sqlite", "postgresql"], indirect=True)
 def test_each_point_of_a_chain_restores_as_a_vm_identical_to_the_source_then(
     site: Site, vcsim: Vcsim, si: Any, tmp_path: Path
 ) -> None:
