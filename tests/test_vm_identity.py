@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
+from sendense.common.config import load_settings
 from sendense.common.errors import VmBusy
 from sendense.hub.api.app import create_app
 from sendense.hub.backup.ledger import DiskResult, DiskSpec
@@ -25,8 +26,16 @@ from sendense.hub.db.database import Database
 from sendense.hub.db.models import Job, Node, Vcenter, Vm
 from sendense.hub.service import Hub
 from sendense.nbd.qemu_img import QemuImg
+from sendense.node.config import NodeSettings
 from tests.conftest import make_settings
-from tests.rig.node_tasks import unique
+from tests.rig.node_tasks import (
+    disk_specs,
+    node_client,
+    snapshot_names,
+    start_body,
+    unique,
+    wait_job,
+)
 from tests.rig.site import Site
 from tests.rig.vcsim import Vcsim
 from tests.rig.vmware_vms import SCSI0, MiB, create_vm, destroy_vm, fill, flat_file, vim, wait
@@ -365,3 +374,23 @@ def test_a_renamed_vm_goes_on_with_its_chain(
     vm_row = site.api.get(f"/api/v1/vms/{points[0]['vm_id']}").json()
     assert (vm_row["name"], vm_row["vmware_uuid"]) == (renamed, vm.config.instanceUuid)
     assert site.api.get(f"/api/v1/vms/{name}").status_code == 404
+
+
+def test_the_node_refuses_a_vm_that_is_not_the_one_the_hub_planned_for(
+    hub: Hub, repo_dir: Path, vcsim: Vcsim, si: Any, tmp_path: Path
+) -> None:
+    """Re-created between the hub's inventory and the node's snapshot: nothing read."""
+    hub.repos.add(str(repo_dir))
+    name = unique("swapped")
+    vm = create_vm(si, name, [(2000, 4 * MiB, SCSI0)], cbt=True)
+    prepared = hub.ledger.prepare(name, disk_specs(vm), "full")
+    settings = load_settings(NodeSettings, data_dir=tmp_path / "node")
+    with node_client(settings) as node:
+        body = start_body(vcsim, prepared, name, {}) | {"vm_uuid": "not-this-vm"}
+        assert node.post("/api/v1/backup/start", json=body).status_code == 202
+        status, watch = wait_job(node, prepared.job_id, vm)
+    hub.ledger.fail(prepared.job_id, "the node refused it")
+    assert status["state"] == "failed"
+    assert "not not-this-vm as planned" in status["error"]
+    assert watch.seen == set()
+    assert snapshot_names(vm) == []

@@ -125,6 +125,7 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
             request = BackupStartRequest(
                 job_id=task_id,
                 vm_name=vm_name,
+                vm_uuid=inventory.uuid or None,
                 vcenter_host=login.vcenter_host,
                 vcenter_user=login.vcenter_user,
                 vcenter_password=login.vcenter_password,
