@@ -12,11 +12,13 @@ import logging
 from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sendense.common.checksum import pack_areas
 from sendense.common.contract import VmLayout
 from sendense.common.errors import (
+    Conflict,
     InvalidInput,
     NotFound,
     SendenseError,
@@ -222,9 +224,15 @@ class BackupLedger:
     def identify(self, job_id: str, vm_name: str, vcenter: str, vm_uuid: str) -> str:
         """The VM row (its id) the reserved `job_id` backs up, now that the VM's
         instance UUID is known: see identity.identify."""
-        with self.db.session() as s:
-            vc_id = identity.vcenter_id(s, vcenter)
-            return identity.identify(s, job_id, vm_name, vc_id, vm_uuid).id
+        try:
+            with self.db.session() as s:
+                vc_id = identity.vcenter_id(s, vcenter)
+                return identity.identify(s, job_id, vm_name, vc_id, vm_uuid).id
+        except IntegrityError as exc:
+            # Another task recorded this VM's UUID on its own new row meanwhile.
+            raise Conflict(
+                f"VM {vm_name!r} ({vm_uuid}) is being backed up by another task"
+            ) from exc
 
     def parent_change_ids(self, prepared: PreparedJob) -> dict[int, str]:
         """Per incremental disk, the change ID its parent recorded."""
