@@ -51,6 +51,9 @@ class BackupStartRequest(VcenterLogin):
         default_factory=new_job_id, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$"
     )
     vm_name: str = Field(min_length=1, max_length=255)
+    # The instance UUID the hub planned for: a VM that is not that one (re-created
+    # under its name since the hub looked) is refused, never written into that chain.
+    vm_uuid: str | None = Field(default=None, min_length=1, max_length=64)
     nbd_targets: str = Field(min_length=1, max_length=20000)
     backup_type: BackupType = "full"
     previous_change_ids: dict[str, str] = Field(default_factory=dict)

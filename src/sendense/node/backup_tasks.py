@@ -125,6 +125,11 @@ class BackupTasks(TaskTable[NodeJob]):
         status = job.status
         vm = await asyncio.to_thread(find_vm, vc, req.vm_name)
         inventory = await asyncio.to_thread(describe, vm)
+        if req.vm_uuid and inventory.uuid and inventory.uuid != req.vm_uuid:
+            raise Conflict(
+                f"VM {req.vm_name!r} is now instance {inventory.uuid}, not {req.vm_uuid} as "
+                "planned (deleted and re-created?): nothing read"
+            )
         targets = parse_targets(req.nbd_targets)
         check_targets(targets, inventory.disks, req.vm_name)
         if not inventory.cbt_enabled and self.settings.enable_cbt:

@@ -8,7 +8,8 @@ from sqlalchemy.orm import Session, selectinload
 from sendense.common.errors import NotFound
 from sendense.hub.api.schemas import JobOut, RestorePointOut, VmOut
 from sendense.hub.db.database import Database
-from sendense.hub.db.models import Job, RestorePoint, RestorePointDisk, Vm
+from sendense.hub.db.models import Job, RestorePoint, RestorePointDisk, Vcenter, Vm
+from sendense.hub.db.vms import find_vm
 
 
 class Queries:
@@ -17,17 +18,18 @@ class Queries:
 
     def vms(self) -> list[VmOut]:
         with self.db.session() as s:
-            rows = s.scalars(select(Vm).options(selectinload(Vm.disks)).order_by(Vm.name)).all()
-            return [VmOut.model_validate(r) for r in rows]
+            rows = s.scalars(
+                select(Vm).options(selectinload(Vm.disks)).order_by(Vm.name, Vm.created_at)
+            ).all()
+            return [_vm_out(s, r) for r in rows]
 
     def vm(self, ref: str) -> VmOut:
+        """By id, or by name: the one backed up last when several VMs had that name."""
         with self.db.session() as s:
-            row = s.scalars(
-                select(Vm).options(selectinload(Vm.disks)).where((Vm.id == ref) | (Vm.name == ref))
-            ).first()
+            row = find_vm(s, ref)
             if row is None:
                 raise NotFound(f"VM {ref!r} is not known to the hub")
-            return VmOut.model_validate(row)
+            return _vm_out(s, row)
 
     def restore_points(self, vm: str | None = None) -> list[RestorePointOut]:
         query = select(RestorePoint).options(selectinload(RestorePoint.disks))
@@ -55,6 +57,13 @@ class Queries:
             if row is None:
                 raise NotFound(f"job {job_id} does not exist")
             return JobOut.model_validate(row)
+
+
+def _vm_out(s: Session, vm: Vm) -> VmOut:
+    out = VmOut.model_validate(vm)
+    if vm.vcenter_id is not None:
+        out.vcenter = s.scalar(select(Vcenter.host).where(Vcenter.id == vm.vcenter_id))
+    return out
 
 
 def _with_positions(s: Session, point: RestorePointOut) -> RestorePointOut:

@@ -71,6 +71,9 @@ class VmOut(Out):
     id: str
     name: str
     vmware_uuid: str | None
+    # The vCenter it is on (its host as registered); None when not known.
+    vcenter_id: str | None = None
+    vcenter: str | None = None
     active_job_id: str | None
     disks: list[VmDiskOut]
 
@@ -140,6 +143,10 @@ class JobCreateIn(BaseModel):
     disks: list[DiskIn] = Field(min_length=1, max_length=64)
     backup_type: str = "auto"
     repository: str | None = None
+    # What identifies the VM when the caller knows it: the registered vCenter's
+    # host and the VM's instance UUID. Without them the VM is known by its name.
+    vcenter: str | None = Field(default=None, min_length=1, max_length=255)
+    vm_uuid: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class TargetOut(Out):

@@ -12,11 +12,13 @@ import logging
 from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sendense.common.checksum import pack_areas
 from sendense.common.contract import VmLayout
 from sendense.common.errors import (
+    Conflict,
     InvalidInput,
     NotFound,
     SendenseError,
@@ -25,6 +27,7 @@ from sendense.common.errors import (
 )
 from sendense.common.names import export_name, validate_vm_name
 from sendense.common.targets import NbdTarget, format_targets
+from sendense.hub.backup import identity
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import (
     ACTIVE_JOB_STATES,
@@ -148,9 +151,13 @@ class BackupLedger:
         job_id: str | None = None,
         layout: VmLayout | None = None,
         max_chain: int | None = None,
+        vcenter: str | None = None,
+        vm_uuid: str | None = None,
     ) -> PreparedJob:
-        """Open exports for a new job, or for `job_id` reserved by `reserve`; `layout`
-        (the VM's disks and controllers) is kept with the restore point."""
+        """Open exports for a new job, or for `job_id` reserved by `reserve` (its VM
+        row is the one `identify` chose); `layout` (the VM's disks and controllers)
+        is kept with the restore point. A new job names its VM by name, and by the
+        vCenter it is on and its instance UUID when the caller knows them."""
         _validate(vm_name, disks, backup_type)
         try:
             repo = self.repos.get(repository)
@@ -159,7 +166,11 @@ class BackupLedger:
                 self.fail(job_id, exc.message)
             raise
         with self.db.session() as s:
-            vm = self._upsert_vm(s, vm_name, disks)
+            if job_id is None:
+                vm = identity.resolve(s, vm_name, identity.vcenter_id(s, vcenter), vm_uuid)
+            else:
+                vm = s.get_one(Vm, s.get_one(Job, job_id).vm_id)
+            self._upsert_disks(s, vm, disks)
             if job_id is None:
                 job = Job(vm_id=vm.id, backup_type=backup_type)
                 s.add(job)
@@ -203,17 +214,15 @@ class BackupLedger:
         log.info("job prepared job=%s vm=%s targets=%s", job_id, vm_name, result.nbd_targets)
         return result
 
-    def reserve(self, vm_name: str, backup_type: str) -> str:
-        """A queued job that holds the VM's lock: a second request gets 409 at once."""
+    def reserve(self, vm_name: str, backup_type: str, vcenter: str | None = None) -> str:
+        """A queued job that holds the lock of the VM known as `vm_name` on `vcenter`
+        (a new row if none): a second request gets 409 at once. `identify` moves
+        the job to another row if the inventory shows another VM."""
         validate_vm_name(vm_name)
         if backup_type not in BACKUP_TYPES:
             raise InvalidInput(f"backup type {backup_type!r}: use one of {', '.join(BACKUP_TYPES)}")
         with self.db.session() as s:
-            vm = s.scalars(select(Vm).where(Vm.name == vm_name)).first()
-            if vm is None:
-                vm = Vm(name=vm_name)
-                s.add(vm)
-                s.flush()
+            vm = identity.resolve(s, vm_name, identity.vcenter_id(s, vcenter), None)
             job = Job(vm_id=vm.id, backup_type=backup_type, state=JobState.QUEUED)
             s.add(job)
             s.flush()
@@ -226,6 +235,19 @@ class BackupLedger:
             repo_id = s.get_one(RestorePoint, prepared.restore_point_id).repository_id
         return self.repos.room(self.repos.get(repo_id))
 
+    def identify(self, job_id: str, vm_name: str, vcenter: str, vm_uuid: str) -> str:
+        """The VM row (its id) the reserved `job_id` backs up, now that the VM's
+        instance UUID is known: see identity.identify."""
+        try:
+            with self.db.session() as s:
+                vc_id = identity.vcenter_id(s, vcenter)
+                return identity.identify(s, job_id, vm_name, vc_id, vm_uuid).id
+        except IntegrityError as exc:
+            # Another task recorded this VM's UUID on its own new row meanwhile.
+            raise Conflict(
+                f"VM {vm_name!r} ({vm_uuid}) is being backed up by another task"
+            ) from exc
+
     def parent_change_ids(self, prepared: PreparedJob) -> dict[int, str]:
         """Per incremental disk, the change ID its parent recorded."""
         parents = {d.parent_id: d.key for d in prepared.disks if d.parent_id}
@@ -236,12 +258,7 @@ class BackupLedger:
             return {parents[r.id]: r.change_id for r in rows if r.change_id}
 
     @staticmethod
-    def _upsert_vm(s: Session, vm_name: str, disks: list[DiskSpec]) -> Vm:
-        vm = s.scalars(select(Vm).where(Vm.name == vm_name)).first()
-        if vm is None:
-            vm = Vm(name=vm_name)
-            s.add(vm)
-            s.flush()
+    def _upsert_disks(s: Session, vm: Vm, disks: list[DiskSpec]) -> None:
         known = {d.disk_key: d for d in s.scalars(select(VmDisk).where(VmDisk.vm_id == vm.id))}
         for spec in disks:
             row = known.get(spec.key) or VmDisk(vm_id=vm.id, disk_key=spec.key)
@@ -254,7 +271,6 @@ class BackupLedger:
         for key, row in known.items():
             if key not in wanted:
                 row.removed = True  # a removed disk ends its chain
-        return vm
 
     @staticmethod
     def _plan_disk(

@@ -51,8 +51,10 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
         self.node_timeout = node_timeout
 
     def submit(self, vm_name: str, backup_type: str = "auto", vcenter: str | None = None) -> str:
-        self.vcenters.login(vcenter)  # refuse now, not in the queue, when there is none
-        task_id = self.ledger.reserve(vm_name, backup_type)
+        # Refuse now, not in the queue, when there is none; the VM is known by its
+        # name on that vCenter until the inventory gives its instance UUID.
+        login, _ = self.vcenters.login(vcenter)
+        task_id = self.ledger.reserve(vm_name, backup_type, login.vcenter_host)
         self.queue(task_id, lambda: self._run_backup(task_id, vm_name, backup_type, vcenter))
         log.info("backup queued task=%s vm=%s type=%s", task_id, vm_name, backup_type)
         return task_id
@@ -104,6 +106,9 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
         client = self._client(node_name)
         try:
             inventory = client.inventory(login, vm_name)
+            if inventory.uuid:
+                # Deleted and re-created, or renamed: the job moves to its VM's row.
+                self.ledger.identify(task_id, vm_name, login.vcenter_host, inventory.uuid)
             disks = [
                 DiskSpec(
                     d.key,
@@ -129,6 +134,7 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
             request = BackupStartRequest(
                 job_id=task_id,
                 vm_name=vm_name,
+                vm_uuid=inventory.uuid or None,
                 vcenter_host=login.vcenter_host,
                 vcenter_user=login.vcenter_user,
                 vcenter_password=login.vcenter_password,

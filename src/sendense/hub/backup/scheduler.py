@@ -112,15 +112,20 @@ class Scheduler:
             except Exception:  # a bug for one VM must not cost the others their backup
                 log.exception("scheduled backup not started policy=%s vm=%s", policy.name, vm)
         self._wait(set(jobs.values()))
-        for vm in jobs:
+        for vm, task_id in jobs.items():
             try:
-                self.prune.run(vm, policy.rules)
+                # The row the backup wrote to: a name may stand for several VMs.
+                self.prune.run(self._vm_of(task_id) or vm, policy.rules)
             except SendenseError as exc:
                 log.warning(
                     "scheduled prune failed policy=%s vm=%s: %s", policy.name, vm, exc.message
                 )
             except Exception:  # ...nor their prune: the thread goes on to the next VM
                 log.exception("scheduled prune failed policy=%s vm=%s", policy.name, vm)
+
+    def _vm_of(self, task_id: str) -> str | None:
+        with self.db.session() as s:
+            return s.scalar(select(Job.vm_id).where(Job.id == task_id))
 
     def _wait_for_nodes(self) -> None:
         """A hub that just started runs its missed slots before the nodes' tunnels are

@@ -151,12 +151,23 @@ class Vcenter(Base):
 
 
 class Vm(Base):
+    """A VM is (vCenter, instance UUID), not its name: a VM deleted and re-created
+    under its name, or one of the same name on another vCenter, is another row and
+    another chain; a renamed VM keeps its row. The name is what it was last called
+    (not unique); the repository directory is named by `id`."""
+
     __tablename__ = "vms"
+    __table_args__ = (UniqueConstraint("vcenter_id", "vmware_uuid", name="uq_vms_vcenter_uuid"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(255), unique=True)
-    # VMware instance UUID when known; the repository directory is named by `id`.
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    # VMware instance UUID when known (None: not backed up through a vCenter yet,
+    # or prepared from outside without one).
     vmware_uuid: Mapped[str | None] = mapped_column(String(64))
+    # The vCenter it lives on; None for a VM prepared from outside without one, or
+    # one from before 0011 whose vCenter could not be told (its next backup from a
+    # vCenter adopts it).
+    vcenter_id: Mapped[str | None] = mapped_column(ForeignKey("vcenters.id"))
     node_id: Mapped[str | None] = mapped_column(ForeignKey("nodes.id"))
     # The VM's lock: set by a conditional UPDATE (`WHERE active_job_id IS NULL`),
     # atomic on SQLite and PostgreSQL alike. One job per VM at a time.

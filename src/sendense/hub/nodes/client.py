@@ -188,6 +188,8 @@ class NodeClient:
             mode="json",
             exclude={"vcenter_password", "vcenter_host", "vcenter_user", "vcenter_thumbprint"},
         )
+        if body.get("vm_uuid") is None:
+            body.pop("vm_uuid", None)  # the request as nodes before it knew it
         self._call("POST", "/api/v1/backup/start", body)
 
     def job(self, job_id: str) -> NodeJobStatus:

@@ -27,7 +27,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import NoReturn
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sendense.common.checksum import merge_areas, pack_areas, unpack_areas
@@ -50,6 +50,7 @@ from sendense.hub.db.models import (
     Vm,
     utcnow,
 )
+from sendense.hub.db.vms import find_vm
 from sendense.hub.repository.repositories import (
     RepositoryInfo,
     RepositoryService,
@@ -96,7 +97,7 @@ class PruneService:
 
     def _vm(self, ref: str) -> Vm:
         with self.db.session() as s:
-            vm = s.scalars(select(Vm).where(or_(Vm.name == ref, Vm.id == ref))).first()
+            vm = find_vm(s, ref)
             if vm is None:
                 raise NotFound(f"VM {ref!r} is not known to the hub")
             s.expunge(vm)

@@ -24,23 +24,23 @@ def repository_usage(prune: PruneService, policies: PolicyService) -> dict[str, 
     policy would remove now (a removed layer's data may partly move into its child)."""
     sizes: dict[str, int] = {}
     where: dict[str, str] = {}
-    vms: set[str] = set()
+    vms: set[tuple[str, str]] = set()  # (name, id): names are not unique
     with prune.db.session() as s:
-        rows = s.execute(select(RestorePoint, Vm.name).join(Vm, Vm.id == RestorePoint.vm_id))
-        for point, vm_name in rows:
+        rows = s.execute(select(RestorePoint, Vm.name, Vm.id).join(Vm, Vm.id == RestorePoint.vm_id))
+        for point, vm_name, vm_id in rows:
             sizes[point.id] = sum(d.file_size or 0 for d in point.disks)
             where[point.id] = point.repository_id
-            vms.add(vm_name)
+            vms.add((vm_name, vm_id))
     used: dict[str, int] = defaultdict(int)
     for point_id, size in sizes.items():
         used[where[point_id]] += size
     freed: dict[str, int] = defaultdict(int)
-    for vm in sorted(vms):
+    for vm, vm_id in sorted(vms):
         policy = policies.policy_for(vm)
         if policy is None:
             continue
         try:
-            decisions = prune.plan(vm, policy.rules)
+            decisions = prune.plan(vm_id, policy.rules)
         except SendenseError:
             continue
         for d in decisions:

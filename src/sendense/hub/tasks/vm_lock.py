@@ -25,3 +25,15 @@ def lock_vm(s: Session, vm: Vm, task_id: str) -> None:
 
 def unlock_vm(s: Session, task_id: str) -> None:
     s.execute(update(Vm).where(Vm.active_job_id == task_id).values(active_job_id=None))
+
+
+def move_lock(s: Session, task_id: str, old: Vm, new: Vm) -> None:
+    """Hand `task_id`'s lock from `old` to `new` in the session's transaction (both
+    or neither): VmBusy, and `old` still held, when another task holds `new`."""
+    lock_vm(s, new, task_id)
+    s.execute(
+        update(Vm)
+        .where(Vm.id == old.id, Vm.active_job_id == task_id)
+        .values(active_job_id=None)
+        .execution_options(synchronize_session="fetch")
+    )

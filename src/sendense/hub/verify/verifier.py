@@ -18,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
 from sendense.common.checksum import BlockHasher, block_digest, blocks, unpack_areas
 from sendense.common.errors import InvalidInput, NotFound
 from sendense.hub.db.database import Database
-from sendense.hub.db.models import PointStatus, RestorePoint, RestorePointDisk, Vm, utcnow
+from sendense.hub.db.models import PointStatus, RestorePoint, RestorePointDisk, utcnow
+from sendense.hub.db.vms import find_vm
 from sendense.hub.repository.image_reader import read_only_uri
 from sendense.hub.repository.repositories import RepositoryService, supports_direct_io
 from sendense.nbd.client import NbdClient
@@ -100,7 +101,7 @@ class Verifier:
                 if point.status == PointStatus.INCOMPLETE:
                     raise InvalidInput(f"restore point {ref} is not finished")
                 return [point.id]
-            vm = s.scalars(select(Vm).where(or_(Vm.name == ref, Vm.id == ref))).first()
+            vm = find_vm(s, ref)
             if vm is None:
                 raise NotFound(f"no restore point or VM named {ref!r}")
             ids = list(

@@ -37,7 +37,14 @@ def get_job(queries: QueriesDep, job_id: str) -> JobOut:
 @router.post("", status_code=201)
 def create_job(hub: HubDep, body: JobCreateIn) -> JobCreatedOut:
     disks = [DiskSpec(**d.model_dump()) for d in body.disks]
-    job = hub.ledger.prepare(body.vm_name, disks, body.backup_type, body.repository)
+    job = hub.ledger.prepare(
+        body.vm_name,
+        disks,
+        body.backup_type,
+        body.repository,
+        vcenter=body.vcenter,
+        vm_uuid=body.vm_uuid,
+    )
     return JobCreatedOut(
         job_id=job.job_id,
         restore_point_id=job.restore_point_id,

@@ -44,9 +44,9 @@ def prune(hub: HubDep, queries: QueriesDep, body: PruneIn) -> PruneOut:
     if policy is None:
         raise Conflict(f"VM {vm.name!r} has no policy: assign one, or name one")
     if body.dry_run:
-        decisions, removed, task_id = hub.prune.plan(vm.name, policy.rules), [], None
+        decisions, removed, task_id = hub.prune.plan(vm.id, policy.rules), [], None
     else:
-        result = hub.prune.run(vm.name, policy.rules)
+        result = hub.prune.run(vm.id, policy.rules)
         decisions, removed, task_id = result.decisions, result.removed, result.job_id
     return PruneOut(
         vm=vm.name,
