@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sendense.common.errors import InsufficientSpace, ToolFailed
 from sendense.hub.api.queries import Queries
 from sendense.hub.backup.scheduler import Scheduler
-from sendense.hub.db.models import Job, Merge, PointStatus, RestorePoint, RestorePointDisk
+from sendense.hub.db.models import Job, Merge, PointStatus, RestorePoint, RestorePointDisk, Vm
 from sendense.hub.repository.repositories import capacity_of
 from sendense.hub.retention.policies import PolicyService
 from sendense.hub.retention.rules import KeepRules
@@ -344,13 +344,19 @@ def test_a_policy_run_prunes_every_vm_when_one_prune_meets_a_bug(
     policies.assign("p", "vm", "vm1")
     policies.assign("p", "vm", "vm2")
     with hub.db.session() as s:
-        ended = s.scalars(select(Job.id)).first()
-    assert ended is not None
-    monkeypatch.setattr(hub.backups, "submit", lambda vm, kind: ended)
+        # Each VM's last backup stands for the one the policy run starts.
+        ended = {
+            name: s.scalars(
+                select(Job.id).join(Vm).where(Vm.name == name).order_by(Job.created_at.desc())
+            ).first()
+            for name in ("vm1", "vm2")
+        }
+        vm1 = s.scalars(select(Vm.id).where(Vm.name == "vm1")).one()
+    monkeypatch.setattr(hub.backups, "submit", lambda vm, kind: ended[vm])
     real_run = hub.prune.run
 
     def buggy_for_vm1(vm: str, rules: KeepRules) -> object:
-        if vm == "vm1":
+        if vm in ("vm1", vm1):
             raise RuntimeError("a bug")
         return real_run(vm, rules)
 
