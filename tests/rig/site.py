@@ -23,9 +23,13 @@ class Site:
     """A hub and one enrolled node, as processes."""
 
     def __init__(
-        self, tmp_path: Path, hub_settings: dict[str, str] | None = None, **node_settings: str
+        self,
+        tmp_path: Path,
+        hub_settings: dict[str, str] | None = None,
+        database_url: str | None = None,
+        **node_settings: str,
     ) -> None:
-        self.hub = HubProcess(tmp_path / "hub", f"sqlite:///{tmp_path / 'hub.db'}")
+        self.hub = HubProcess(tmp_path / "hub", database_url or f"sqlite:///{tmp_path / 'hub.db'}")
         self.hub.env.update(
             {f"SENDENSE_HUB_{k.upper()}": v for k, v in (hub_settings or {}).items()}
         )
