@@ -7,6 +7,7 @@ from tests.chaos.fault import (
     Fault,
     Injection,
     kill9,
+    node_progress,
     restart_hub,
     start_changed_backup,
     wait_copying,
@@ -20,9 +21,12 @@ from tests.rig.procs import pids_with
 class CopyKill(Fault):
     """Wait until a random share of the copy is done, then SIGKILL the victim."""
 
+    job_id: str | None = None
+
     def inject(self, world: World) -> Injection:
         injection = start_changed_backup(world)
         assert injection.job_id is not None
+        self.job_id = injection.job_id
         state = wait_copying(world, injection.job_id, world.rng.uniform(0.05, 0.8))
         victim = self.victim(world)
         if victim is None:
@@ -99,7 +103,14 @@ class QemuNbdInCopy(CopyKill):
     name = "qemu-nbd in copy"
 
     def victim(self, world: World) -> int | None:
-        exports = sorted(pids_with(str(world.storage.repo)))
+        """One of the job's qemu-nbd, of a disk still being written if any."""
+        assert self.job_id is not None
+        disks = node_progress(world, self.job_id) or []
+        copying = {d["disk_key"] for d in disks if d["bytes_done"] < d["bytes_total"]}
+        rows = world.sql(f"SELECT pid, disk_key FROM nbd_exports WHERE job_id = '{self.job_id}'")
+        alive = set(pids_with(str(world.storage.repo)))
+        exports = sorted(pid for pid, key in rows if pid in alive and key in copying)
+        exports = exports or sorted(pid for pid, _key in rows if pid in alive)
         return world.rng.choice(exports) if exports else None
 
     def recover(self, world: World, injection: Injection) -> None:
