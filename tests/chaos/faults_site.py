@@ -39,19 +39,29 @@ class HubInMerge(Fault):
         body = {"vm": world.name, "policy": POLICY}
         self.thread = threading.Thread(target=_post_quietly, args=(world, body), daemon=True)
         self.thread.start()
-        delay = world.rng.uniform(0.0, 0.1)
+        # the moment: steps recorded (then up to 0.1 s: the child read through its
+        # old chain), a step rebased, or one disk's step finished and the next begun
+        target = world.rng.choice(["recorded", "rebased", "one step done"])
+        delay = world.rng.uniform(0.0, 0.1) if target == "recorded" else 0.0
         deadline = time.monotonic() + 60
-        while not world.sql("SELECT state FROM merges"):
-            if not self.thread.is_alive():
+        most = 0
+        while self.thread.is_alive():
+            states = [row[0] for row in world.sql("SELECT state FROM merges")]
+            most = max(most, len(states))
+            if (
+                (target == "recorded" and states)
+                or (target == "rebased" and "rebased" in states)
+                or (target == "one step done" and 0 < len(states) < most)
+            ):
                 break
-            assert time.monotonic() < deadline, "the prune recorded no merge step"
-            time.sleep(0.005)
+            assert time.monotonic() < deadline, "the prune reached no merge step"
+            time.sleep(0.003)
         time.sleep(delay)
-        steps = sorted({row[0] for row in world.sql("SELECT state FROM merges")})
+        steps = sorted(row[0] for row in world.sql("SELECT state FROM merges"))
         ended = "" if self.thread.is_alive() else ", the prune had ended"
         assert world.site.hub.proc is not None
         kill9(world.site.hub.proc.pid)
-        return Injection(f"merge steps {steps or 'gone'} +{delay:.2f} s{ended}")
+        return Injection(f"{target}: steps {steps or 'gone'} +{delay:.2f} s{ended}")
 
     def recover(self, world: World, injection: Injection) -> None:
         assert world.site.hub.proc is not None
