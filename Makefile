@@ -9,6 +9,7 @@ PYTEST_ARGS ?=
 SENDENSE_CHAOS_ROUNDS ?= 24
 SENDENSE_CHAOS_SEED ?=
 SENDENSE_CHAOS_DATABASE ?= postgresql
+SENDENSE_CHAOS_FAULTS ?=
 
 .PHONY: test demo bench chaos deps system-deps lint typecheck pytest clean
 
@@ -32,7 +33,7 @@ bench: deps
 # the repository full or unmounted, PostgreSQL stopped; invariants after each.
 chaos: deps
 	SENDENSE_CHAOS_ROUNDS=$(SENDENSE_CHAOS_ROUNDS) SENDENSE_CHAOS_SEED=$(SENDENSE_CHAOS_SEED) \
-	SENDENSE_CHAOS_DATABASE=$(SENDENSE_CHAOS_DATABASE) \
+	SENDENSE_CHAOS_DATABASE=$(SENDENSE_CHAOS_DATABASE) SENDENSE_CHAOS_FAULTS=$(SENDENSE_CHAOS_FAULTS) \
 	$(VENV)/bin/pytest -s -p no:cacheprovider tests/test_chaos.py
 
 deps: system-deps $(STAMP)

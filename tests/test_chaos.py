@@ -37,11 +37,15 @@ def test_chaos_rounds_survive_every_fault(tmp_path: Path, vcsim: Vcsim, si: Any)
     faults = [f for f in faults if not ONLY or any(w in f.name for w in ONLY)]
     assert faults, f"no fault matches {ONLY}"
     rows: list[Row] = []
-    replay = f"replay: SENDENSE_CHAOS_SEED={SEED} SENDENSE_CHAOS_DATABASE={DATABASE} make chaos"
+    only = f" SENDENSE_CHAOS_FAULTS={','.join(ONLY)}" if ONLY else ""
+    replay = (
+        f"replay: make chaos SENDENSE_CHAOS_SEED={SEED} SENDENSE_CHAOS_ROUNDS={ROUNDS} "
+        f"SENDENSE_CHAOS_DATABASE={DATABASE}{only}"
+    )
     try:
         with chaos_world(tmp_path, vcsim, si, SEED, postgresql) as world:
             run(world, ROUNDS, faults, rows)
-    except AssertionError as exc:
+    except Exception as exc:  # whatever broke, the seed that replays it is named
         report = f"{table(rows)}\n{summary(rows)}"
         (tmp_path / "chaos-table.txt").write_text(report + "\n")
         print(report)
