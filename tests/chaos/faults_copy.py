@@ -3,6 +3,8 @@ ssh tunnel, the hub's sshd, or one of the job's qemu-nbd."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from tests.chaos.fault import (
     Fault,
     Injection,
@@ -22,6 +24,7 @@ class CopyKill(Fault):
     """Wait until a random share of the copy is done, then SIGKILL the victim."""
 
     job_id: str | None = None
+    kills_node: ClassVar[bool] = False
 
     def inject(self, world: World) -> Injection:
         injection = start_changed_backup(world)
@@ -34,7 +37,7 @@ class CopyKill(Fault):
         else:
             kill9(victim)
             injection.at = f"{state} {injection.at}"
-        injection.node_killed = self.name == "node in copy"
+        injection.node_killed = self.kills_node
         return injection
 
     def victim(self, world: World) -> int | None:
@@ -57,6 +60,7 @@ class HubInCopy(CopyKill):
 
 class NodeInCopy(CopyKill):
     name = "node in copy"
+    kills_node = True
 
     def victim(self, world: World) -> int | None:
         assert world.site.node.serve is not None
@@ -107,7 +111,7 @@ class QemuNbdInCopy(CopyKill):
         assert self.job_id is not None
         disks = node_progress(world, self.job_id) or []
         copying = {d["disk_key"] for d in disks if d["bytes_done"] < d["bytes_total"]}
-        rows = world.sql(f"SELECT pid, disk_key FROM nbd_exports WHERE job_id = '{self.job_id}'")
+        rows = world.sql("SELECT pid, disk_key FROM nbd_exports WHERE job_id = :j", j=self.job_id)
         alive = set(pids_with(str(world.storage.repo)))
         exports = sorted(pid for pid, key in rows if pid in alive and key in copying)
         exports = exports or sorted(pid for pid, _key in rows if pid in alive)

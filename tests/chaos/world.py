@@ -133,9 +133,10 @@ class World:
             assert newest in listed, f"prune removed the newest point {newest}"
         self.expected = {k: v for k, v in self.expected.items() if k in listed}
 
-    def sql(self, query: str) -> list[tuple[Any, ...]]:
+    def sql(self, query: str, **params: object) -> list[tuple[Any, ...]]:
+        """Rows of the hub's database, read behind its back."""
         with self.engine.connect() as conn:
-            return [tuple(row) for row in conn.execute(text(query))]
+            return [tuple(row) for row in conn.execute(text(query), params)]
 
     def wait_node_idle(self, timeout: float = 60.0) -> None:
         """No backup runs on the node (its copy reads the source we are about to change)."""
