@@ -5,8 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# `make chaos`: more rounds than the 8 of `make test`; a seed replays a run.
+SENDENSE_CHAOS_ROUNDS ?= 24
+SENDENSE_CHAOS_SEED ?=
+SENDENSE_CHAOS_DATABASE ?= postgresql
+SENDENSE_CHAOS_FAULTS ?=
 
-.PHONY: test demo bench deps system-deps lint typecheck pytest clean
+.PHONY: test demo bench chaos deps system-deps lint typecheck pytest clean
 
 test: deps lint typecheck pytest
 
@@ -23,6 +28,13 @@ bench: deps
 	$(PY) bench/backup_tunnel.py
 	$(PY) bench/verify.py
 	$(PY) bench/restore.py
+
+# Fault injection (issue 13): backups and prunes with processes killed at random,
+# the repository full or unmounted, PostgreSQL stopped; invariants after each.
+chaos: deps
+	SENDENSE_CHAOS_ROUNDS=$(SENDENSE_CHAOS_ROUNDS) SENDENSE_CHAOS_SEED=$(SENDENSE_CHAOS_SEED) \
+	SENDENSE_CHAOS_DATABASE=$(SENDENSE_CHAOS_DATABASE) SENDENSE_CHAOS_FAULTS=$(SENDENSE_CHAOS_FAULTS) \
+	$(VENV)/bin/pytest -s -p no:cacheprovider tests/test_chaos.py
 
 deps: system-deps $(STAMP)
 

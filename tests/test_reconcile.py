@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sendense.hub.api.queries import Queries
 from sendense.hub.backup.ledger import DiskResult, DiskSpec
+from sendense.hub.repository.repositories import MARKER
 from sendense.hub.service import Hub
 from tests.rig.procs import pids_with
 
@@ -32,3 +33,29 @@ def test_complete_points_survive_and_incomplete_ones_go(db_hub: Hub, repo_dir: P
     assert hub.ports.status().used == 0
     third = hub.ledger.prepare("vm1", disks, "auto")
     assert {d.backup_type for d in third.disks} == {"incremental"}
+
+
+def test_a_dead_jobs_point_on_an_unmounted_repository_waits_for_it(
+    db_hub: Hub, repo_dir: Path
+) -> None:
+    """Its files cannot be removed while the share is away: its rows stay, so that a
+    start-up with the share back removes both (no file is left without a row)."""
+    hub = db_hub
+    hub.repos.add(str(repo_dir))
+    job = hub.ledger.prepare("vm1", [DiskSpec(2000, 8 << 20)], "full")
+    files = {str(p.relative_to(repo_dir)) for p in repo_dir.rglob("*.qcow2")}
+    assert len(files) == 1
+    marker = repo_dir / MARKER
+    saved = marker.read_text()
+    marker.unlink()  # what an unmounted share shows: no marker
+
+    report = hub.reconcile()
+    assert report.failed_jobs == 1
+    assert Queries(hub.db).job(job.job_id).state == "failed"
+    assert [p.status for p in Queries(hub.db).restore_points("vm1")] == ["incomplete"]
+    assert hub.ports.status().used == 0
+
+    marker.write_text(saved)  # mounted again
+    assert hub.reconcile().removed_points == 1
+    assert Queries(hub.db).restore_points("vm1") == []
+    assert list(repo_dir.rglob("*.qcow2")) == []

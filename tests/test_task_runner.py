@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from sendense.common.errors import Conflict, Unavailable
 from sendense.hub.db.database import Database
@@ -159,3 +160,29 @@ def test_a_blip_shorter_than_the_timeout_is_ridden_out() -> None:
 
     last = follow_node_task(fetch, "site-a", poll=0.01, node_timeout=5, record=lambda _: None)
     assert last.state == "complete"
+
+
+class _OutageRunner(TaskRunner[int]):
+    """Its first `refusals` attempts to record a task's end meet a lost database."""
+
+    def __init__(self, db: Database, refusals: int) -> None:
+        super().__init__(db, workers=1)
+        self.refusals = refusals
+
+    def fail(self, task_id: str, message: str) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise OperationalError("UPDATE jobs", {}, ConnectionRefusedError("server down"))
+        super().fail(task_id, message)
+
+
+def test_a_tasks_end_is_recorded_once_the_database_answers_again(db: Database) -> None:
+    runner = _OutageRunner(db, refusals=2)
+    try:
+        task_id = new_task(db)
+        runner.queue(task_id, _raise(Conflict("VM busy")))
+        job = wait_ended(db, task_id)  # retried after 0.5 s, then 1 s
+        assert (job.state, job.error) == (JobState.FAILED, "VM busy")
+        assert runner.refusals == 0
+    finally:
+        runner.shutdown()

@@ -482,3 +482,19 @@ def test_a_process_posing_as_sshd_on_a_reverse_port_gets_no_secret(
             fake.kill()
             fake.wait()
         site.stop()
+
+
+def test_sessions_of_a_killed_sshd_end_with_the_hub(site: Site) -> None:
+    """kill -9 of the hub's sshd leaves its sessions running, reparented: the hub's
+    stop and start still end them (they are found by the tunnel port they hold)."""
+    site.enroll_and_connect()
+    reverse_port = site.api.get("/api/v1/nodes").json()[0]["reverse_port"]
+    sshd = int((site.hub.data_dir / "tunnel" / "sshd.pid").read_text().split()[0])
+    os.kill(sshd, signal.SIGKILL)
+    socket.create_connection(("127.0.0.1", reverse_port), timeout=1).close()  # still served
+    site.hub.stop()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", reverse_port), timeout=1).close()
+    site.node.wait_tunnel("reconnecting", timeout=30)
+    site.hub.start()
+    assert site.node.wait_tunnel("connected", timeout=60, restarts=1)["state"] == "connected"

@@ -23,6 +23,7 @@ from sendense.common.errors import (
     NotFound,
     SendenseError,
     TaskNotRunning,
+    Unavailable,
     WrongTaskKind,
 )
 from sendense.common.names import export_name, validate_vm_name
@@ -466,12 +467,12 @@ class BackupLedger:
                     RestorePoint.job_id == job_id, RestorePoint.status != PointStatus.COMPLETE
                 )
             ).all()
-            doomed = [(p.repository_id, d.file_path) for p in points for d in p.disks]
+            doomed = [(p.id, p.repository_id, [d.file_path for d in p.disks]) for p in points]
         # Files before rows: a crash in between leaves a row whose file is gone,
         # which the next clean-up handles; the other order would leave a file
-        # nothing points to.
-        for repo_id, relative in doomed:
-            self.repos.remove_image(self.repos.get(repo_id, check_mounted=False), relative)
+        # nothing points to. A point whose repository is not mounted keeps its rows
+        # (its files are out of reach): the next start-up removes both.
+        kept = self.remove_files(doomed)
         with self.db.session() as s:
             self.ports.release_job(s, job_id)
             for point in s.scalars(
@@ -479,11 +480,28 @@ class BackupLedger:
                     RestorePoint.job_id == job_id, RestorePoint.status != PointStatus.COMPLETE
                 )
             ):
+                if point.id in kept:
+                    continue
                 for disk in point.disks:
                     s.delete(disk)
                 s.delete(point)
             unlock_vm(s, job_id)
         log.warning("job failed job=%s reason=%s", job_id, reason)
+
+    def remove_files(self, points: list[tuple[str, str, list[str]]]) -> set[str]:
+        """Remove unfinished points' files, given as (point id, repository id, files);
+        the ids of those whose repository is not mounted, left as they are."""
+        kept = set()
+        for point_id, repo_id, files in points:
+            try:
+                repo = self.repos.get(repo_id)
+            except Unavailable as exc:
+                log.warning("unfinished restore point %s kept: %s", point_id, exc.message)
+                kept.add(point_id)
+                continue
+            for relative in files:
+                self.repos.remove_image(repo, relative)
+        return kept
 
 
 def _require_backup(job: Job) -> None:

@@ -66,10 +66,9 @@ def reconcile(
             .where(or_(Vm.active_job_id.is_(None), ~Vm.active_job_id.in_(others_running)))
             .values(active_job_id=None)
         )
-    for _point_id, repo_id, files in doomed:
-        repo = ledger.repos.get(repo_id, check_mounted=False)
-        for relative in files:
-            ledger.repos.remove_image(repo, relative)
+    # a point whose repository is not mounted is kept for a start-up that finds it
+    kept = ledger.remove_files(doomed)
+    doomed = [d for d in doomed if d[0] not in kept]
     with db.session() as s:
         for point_id, _repo, _files in doomed:
             point = s.get(RestorePoint, point_id)

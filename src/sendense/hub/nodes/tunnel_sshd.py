@@ -57,6 +57,23 @@ def session_pids(parent: int) -> list[int]:
     return [info.pid for info in processes() if info.ppid == parent]
 
 
+def connection_pids(host: str, port: int) -> list[int]:
+    """sshd processes holding a connection accepted on host:port: the sessions of
+    whichever sshd listened there, even one that died (its sessions outlive it,
+    reparented, and keep nodes' forwards open)."""
+    where = f"sport = :{port}"
+    if host not in ("", "0.0.0.0", "::"):  # a wildcard listen: any local address
+        where = f"src {host} and {where}"
+    out = run_tool(["ss", "-Htnp", where], timeout=10, ok=None).stdout
+    found = []
+    for part in out.split("pid=")[1:]:
+        digits = part.split(",", 1)[0]
+        info = process_info(int(digits)) if digits.isdigit() else None
+        if info and info.argv and info.argv[0].startswith("sshd") and info.pid not in found:
+            found.append(info.pid)
+    return found
+
+
 def is_listening(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
         return True
@@ -173,6 +190,14 @@ class TunnelSshd:
                 terminate_pid(child)
             terminate_pid(pid)
         self.pid_path.unlink(missing_ok=True)
+        self._stop_orphan_sessions()
+
+    def _stop_orphan_sessions(self) -> None:
+        """Sessions on our address whose sshd is gone (killed): no sshd of ours runs
+        now, so every session there is one the hub no longer owns."""
+        for pid in connection_pids(*self.listen):
+            log.warning("stopping a tunnel sshd session its sshd left pid=%d", pid)
+            terminate_pid(pid)
 
     def start(self, timeout: float = 10.0) -> None:
         if shutil.which(self.binary) is None:
@@ -225,3 +250,4 @@ class TunnelSshd:
                 terminate_pid(child)
             self._child.stop()
         self.pid_path.unlink(missing_ok=True)
+        self._stop_orphan_sessions()

@@ -6,7 +6,10 @@ that polls a moment late still sees the last figures, then evicts it), moves
 the task's row through its states with a guarded update (a state set by
 someone else, a hub stop say, is never overwritten), and handles errors one
 way: an expected `SendenseError` (or an NBD failure) fails the task with its message, anything
-else fails it as an internal error and is logged with its traceback.
+else fails it as an internal error and is logged with its traceback. A task's end
+is recorded even across a database outage: while the database refuses, the
+record is tried again (a task left "running" would keep its VM locked, its
+exports and ports until the hub restarts).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError
 
 from sendense.common.errors import SendenseError
 from sendense.hub.db.database import Database
@@ -77,15 +81,24 @@ class TaskRunner(Generic[P]):
 
     name = "task"
 
-    def __init__(self, db: Database, workers: int, keep_finished_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        workers: int,
+        keep_finished_s: float = 300.0,
+        record_retry_s: float = 600.0,
+    ) -> None:
         self.db = db
         self.board: ProgressBoard[P] = ProgressBoard(keep_finished_s)
+        self.record_retry_s = record_retry_s
+        self._stopping = threading.Event()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}-task")
 
     def progress(self, task_id: str) -> P | None:
         return self.board.get(task_id)
 
     def shutdown(self) -> None:
+        self._stopping.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def queue(self, task_id: str, work: Callable[[], str | None]) -> None:
@@ -124,12 +137,37 @@ class TaskRunner(Generic[P]):
                 note = work()
             except (SendenseError, NbdError) as exc:
                 log.warning("%s failed task=%s: %s", self.name, task_id, exc.message)
-                self.fail(task_id, exc.message)
+                reason = exc.message
+                self._record(task_id, lambda: self.fail(task_id, reason))
                 return
             except Exception as exc:
                 log.exception("%s crashed task=%s", self.name, task_id)
-                self.fail(task_id, internal_error(exc))
+                message = internal_error(exc)
+                self._record(task_id, lambda: self.fail(task_id, message))
                 return
-            self.complete(task_id, note)
+            self._record(task_id, lambda: self.complete(task_id, note))
         finally:
             self.board.ended(task_id)
+
+    def _record(self, task_id: str, action: Callable[[], None]) -> None:
+        """Run `action` (the task's end), again while the database is unavailable,
+        for up to `record_retry_s` or until the hub stops (start-up's clean-up then
+        ends the task)."""
+        deadline = time.monotonic() + self.record_retry_s
+        delay = 0.5
+        while True:
+            try:
+                action()
+                return
+            except DBAPIError as exc:
+                if self._stopping.is_set() or time.monotonic() + delay > deadline:
+                    log.error("%s task=%s: its end is not recorded: %s", self.name, task_id, exc)
+                    raise
+                log.warning(
+                    "%s task=%s: the database is unavailable; recording its end again in %.1fs",
+                    self.name,
+                    task_id,
+                    delay,
+                )
+            self._stopping.wait(delay)
+            delay = min(delay * 2, 10.0)
