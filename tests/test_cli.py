@@ -89,6 +89,20 @@ def test_token_command_mints_a_working_token(running_hub: HubProcess, repo_dir: 
         "repo", "list", env={"SENDENSE_HUB_URL": running_hub.url, "SENDENSE_TOKEN": token}
     )
     assert listed.returncode == 0
+    viewer = sendense(
+        "hub",
+        "token",
+        "--name",
+        "eyes",
+        "--role",
+        "viewer",
+        "--data-dir",
+        str(running_hub.data_dir),
+        env={"SENDENSE_HUB_DATABASE_URL": running_hub.env["SENDENSE_HUB_DATABASE_URL"]},
+    )
+    assert viewer.returncode == 0, viewer.stderr
+    as_viewer = {"SENDENSE_HUB_URL": running_hub.url, "SENDENSE_TOKEN": viewer.stdout.strip()}
+    assert sendense("repo", "add", str(repo_dir), env=as_viewer).returncode == 11
 
 
 def test_a_second_hub_on_the_same_data_directory_is_refused(running_hub: HubProcess) -> None:
@@ -104,3 +118,53 @@ def test_a_second_hub_on_the_same_data_directory_is_refused(running_hub: HubProc
     assert again.returncode == 4
     assert str(running_hub.data_dir) in again.stderr
     assert httpx.get(f"{running_hub.url}/api/v1/health").status_code == 200
+
+
+def test_token_create_list_revoke_and_audit(running_hub: HubProcess, repo_dir: Path) -> None:
+    initial = running_hub.initial_token()
+    env = {"SENDENSE_HUB_URL": running_hub.url, "SENDENSE_TOKEN": initial}
+    made = sendense(
+        "token", "create", "--name", "eyes", "--role", "viewer", "--expires-in", "30d", env=env
+    )
+    assert made.returncode == 0, made.stderr
+    viewer = made.stdout.strip()
+    assert viewer.startswith("sdh_")
+    assert "\n" not in viewer
+    assert "viewer" in made.stderr
+    assert viewer not in made.stderr
+    as_viewer = {**env, "SENDENSE_TOKEN": viewer}
+    assert sendense("repo", "list", env=as_viewer).returncode == 0
+    refused = sendense("repo", "add", str(repo_dir), env=as_viewer)
+    assert refused.returncode == 11
+    assert refused.stderr.startswith("error: ")
+    assert refused.stderr.strip().count("\n") == 0
+    assert "viewer" in refused.stderr
+    listed = sendense("token", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "eyes" in listed.stdout
+    assert viewer not in listed.stdout
+    bad = sendense(
+        "token", "create", "--name", "x", "--role", "viewer", "--expires-in", "soon", env=env
+    )
+    assert bad.returncode == 2
+    assert "--expires-in" in bad.stderr
+    # the initial token is revocable once another admin token exists
+    ids = {
+        t["name"]: t["id"]
+        for t in httpx.get(
+            f"{running_hub.url}/api/v1/tokens", headers={"Authorization": f"Bearer {initial}"}
+        ).json()
+    }
+    last = sendense("token", "revoke", ids["admin"], env=env)
+    assert last.returncode == 4
+    assert "last active admin token" in last.stderr
+    second = sendense("token", "create", "--name", "boss", "--role", "admin", env=env)
+    assert second.returncode == 0, second.stderr
+    assert sendense("token", "revoke", ids["admin"], env=env).returncode == 0
+    gone = sendense("repo", "list", env=env)
+    assert gone.returncode == 5
+    assert "revoked" in gone.stderr
+    audit = sendense("audit", env={**env, "SENDENSE_TOKEN": second.stdout.strip()})
+    assert audit.returncode == 0, audit.stderr
+    assert "/api/v1/tokens/{token_id}" in audit.stdout
+    assert "forbidden" in audit.stdout

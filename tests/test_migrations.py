@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from sendense.common.tokens import new_token, token_digest
 from sendense.hub.api.app import create_app
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import TaskKind
@@ -182,4 +183,34 @@ def test_a_hub_from_the_previous_revision_upgrades_and_serves_its_points(
             assert state["kind"] == TaskKind.VERIFY.value
     finally:
         hub.reconcile("test ended")
+        hub.close()
+
+
+def test_tokens_from_before_0012_keep_working_as_admin(tmp_path: Path, database_url: str) -> None:
+    """A token made at revision 0011 becomes an admin token: it lists and makes
+    tokens, and its calls are audited."""
+    secret = new_token("sdh_")
+    db = Database(database_url)
+    db.migrate("0011")
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO api_tokens (id, name, token_hash, created_at) "
+                "VALUES ('t1', 'old', :digest, :at)"
+            ),
+            {"digest": token_digest(secret), "at": T0},
+        )
+    db.dispose()
+    hub = Hub.open(make_settings(tmp_path, database_url))  # migrates to head
+    try:
+        with TestClient(create_app(hub), headers={"Authorization": f"Bearer {secret}"}) as client:
+            listed = client.get("/api/v1/tokens")
+            assert listed.status_code == 200
+            assert [(t["id"], t["role"], t["active"]) for t in listed.json()] == [
+                ("t1", "admin", True)
+            ]
+            made = client.post("/api/v1/tokens", json={"name": "new", "role": "viewer"})
+            assert made.status_code == 201
+            assert [e["actor"] for e in client.get("/api/v1/audit").json()] == ["old"]
+    finally:
         hub.close()

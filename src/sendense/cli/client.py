@@ -12,6 +12,7 @@ import httpx
 
 from sendense.common.errors import (
     Conflict,
+    Forbidden,
     InsufficientSpace,
     InvalidInput,
     NotFound,
@@ -26,6 +27,7 @@ DEFAULT_HUB_URL = "http://127.0.0.1:8082"
 _BY_STATUS: dict[int, type[SendenseError]] = {
     400: InvalidInput,
     401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     422: InvalidInput,

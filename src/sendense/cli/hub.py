@@ -10,8 +10,10 @@ from typing import Annotated
 import typer
 
 from sendense.cli.client import HubClient, read_token
+from sendense.cli.durations import parse_duration
 from sendense.cli.output import console, one_line_errors, repo_table, table
 from sendense.cli.serving import announce_token, appliance_settings, hold_lock, run_api
+from sendense.common.errors import InvalidInput
 from sendense.common.files import private_dir
 from sendense.common.logging import setup_logging
 from sendense.hub.config import HubSettings
@@ -51,7 +53,7 @@ def serve(
     hub.reconcile()
     hub.start_tunnel()
     if hub.tokens.count() == 0:
-        announce_token(settings.data_dir, hub.tokens.create("admin"))
+        announce_token(settings.data_dir, hub.tokens.create("admin", created_by="first-start"))
     log.info(
         "hub listening on %s:%d data=%s",
         settings.listen_host,
@@ -69,15 +71,24 @@ def serve(
 @one_line_errors
 def token(
     name: Annotated[str, typer.Option(help="A name to tell tokens apart")] = "admin",
+    role: Annotated[str, typer.Option(help="admin, operator or viewer")] = "admin",
+    expires_in: Annotated[
+        str | None, typer.Option(help="Lifetime: 90m, 12h, 30d, 8w (default: none)")
+    ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Create a new API token in the hub's database and print it once."""
+    """Create a new API token in the hub's database and print it once (offline, on
+    the hub's machine: the way in when no admin token is left)."""
+    from sendense.hub.auth.roles import Role
     from sendense.hub.service import Hub
 
+    if role not in {r.value for r in Role}:
+        raise InvalidInput(f"--role {role!r}: use admin, operator or viewer")
+    lifetime = parse_duration(expires_in) if expires_in is not None else None
     hub = Hub.open(_settings(config, data_dir, None))
     try:
-        print(hub.tokens.create(name))
+        print(hub.tokens.create(name, Role(role), lifetime, created_by="cli"))
     finally:
         hub.db.dispose()
 

@@ -44,6 +44,14 @@ class Unauthorized(SendenseError):
     code = "unauthorized"
 
 
+class Forbidden(SendenseError):
+    """The caller is known, but its role does not allow this."""
+
+    http_status = 403
+    exit_code = 11
+    code = "forbidden"
+
+
 class PoolExhausted(SendenseError):
     """No free NBD port: retry later, when a running job has released its ports."""
 

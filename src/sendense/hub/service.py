@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sendense.common.files import private_dir
 from sendense.common.sshkeys import KeyPair
+from sendense.hub.auth.audit_log import AuditLog
 from sendense.hub.auth.secrets import SecretBox
 from sendense.hub.auth.tokens import TokenService
 from sendense.hub.backup.ledger import BackupLedger
@@ -63,6 +64,7 @@ class Hub:
     exports: ExportManager
     ledger: BackupLedger
     tokens: TokenService
+    audit_log: AuditLog
     nodes: NodeService
     vcenters: VcenterService
     tunnel: TunnelSshd
@@ -139,6 +141,7 @@ class Hub:
             exports=exports,
             ledger=ledger,
             tokens=TokenService(db),
+            audit_log=AuditLog(db),
             nodes=nodes,
             vcenters=vcenters,
             tunnel=tunnel,

@@ -14,8 +14,10 @@ from starlette.concurrency import run_in_threadpool
 from sendense import __version__
 from sendense.common.api_errors import install_error_handlers
 from sendense.common.body_limit import BodyLimit
+from sendense.hub.api.audit_trail import AuditTrail
 from sendense.hub.api.routes import (
     access,
+    audit,
     backups,
     exports,
     health,
@@ -27,6 +29,7 @@ from sendense.hub.api.routes import (
     repositories,
     restore_points,
     schedules,
+    tokens,
     vcenters,
     verify,
     vms,
@@ -63,6 +66,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.state.hub = hub
     app.state.enroll_limiter = nodes.enroll_limiter()
     app.add_middleware(BodyLimit)
+    app.add_middleware(AuditTrail, audit=hub.audit_log)
     install_error_handlers(app, {NbdUriError: (422, "invalid_input"), NbdError: (502, "nbd_error")})
     app.include_router(health.public)
     app.include_router(nodes.public)
@@ -81,6 +85,8 @@ def create_app(hub: Hub) -> FastAPI:
         prune,
         schedules,
         access,
+        tokens,
+        audit,
     ):
         app.include_router(module.router)
     return app

@@ -312,6 +312,34 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(64))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    # A role of sendense.hub.auth.roles.Role; tokens from before 0012 are admin.
+    role: Mapped[str] = mapped_column(String(16), default="admin")
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # The user the token acts for (users come later); None: a standalone token.
+    user_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Who made it: "token:<id>" through the API, "cli" offline, "first-start".
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AuditEntry(Base):
+    """One state-changing API call, refused ones too. Append-only: no route changes
+    or deletes a row, and a database trigger refuses UPDATE and DELETE."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, index=True)
+    token_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    actor: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    method: Mapped[str] = mapped_column(String(8))
+    action: Mapped[str] = mapped_column(String(255))
+    target: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    client: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))
 
 
 class Policy(Base):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from sendense.hub.api.deps import HubDep, require_token
+from sendense.hub.api.deps import HubDep, authorize
 from sendense.hub.api.schemas import AccessOut, DiskAccessOut
 from sendense.hub.restore.instant_access import AccessInfo
 
-router = APIRouter(prefix="/api/v1/access", tags=["restore"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api/v1/access", tags=["restore"], dependencies=[Depends(authorize)])
 
 
 def access_out(info: AccessInfo) -> AccessOut:

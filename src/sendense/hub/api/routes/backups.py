@@ -7,11 +7,9 @@ from typing import Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from sendense.hub.api.deps import HubDep, require_token
+from sendense.hub.api.deps import HubDep, authorize
 
-router = APIRouter(
-    prefix="/api/v1/backups", tags=["backups"], dependencies=[Depends(require_token)]
-)
+router = APIRouter(prefix="/api/v1/backups", tags=["backups"], dependencies=[Depends(authorize)])
 
 
 class BackupIn(BaseModel):

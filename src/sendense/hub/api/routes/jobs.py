@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 
 from sendense.common.contract import NodeJobStatus, RestoreJobStatus
 from sendense.common.errors import NotFound
-from sendense.hub.api.deps import HubDep, QueriesDep, require_token
+from sendense.hub.api.deps import HubDep, QueriesDep, authorize
 from sendense.hub.api.schemas import (
     JobCreatedOut,
     JobCreateIn,
@@ -21,7 +21,7 @@ from sendense.hub.api.schemas import (
 from sendense.hub.backup.ledger import DiskResult, DiskSpec
 
 P = TypeVar("P")
-router = APIRouter(prefix="/api/v1/jobs", tags=["backups"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api/v1/jobs", tags=["backups"], dependencies=[Depends(authorize)])
 
 
 @router.get("")

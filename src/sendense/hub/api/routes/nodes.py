@@ -12,11 +12,11 @@ from sendense.common.contract import (
     VcenterLogin,
 )
 from sendense.common.rate_limit import AttemptLimiter
-from sendense.hub.api.deps import HubDep, require_token
+from sendense.hub.api.deps import HubDep, authorize
 from sendense.hub.nodes.registry import NodeInfo
 
 public = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
-router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"], dependencies=[Depends(authorize)])
 DISCOVER_RETRY_S = 10.0
 
 

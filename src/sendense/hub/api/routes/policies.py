@@ -9,13 +9,11 @@ from typing import Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
-from sendense.hub.api.deps import HubDep, require_token
+from sendense.hub.api.deps import HubDep, authorize
 from sendense.hub.retention.policies import PolicyInfo
 from sendense.hub.retention.rules import RULES, KeepRules
 
-router = APIRouter(
-    prefix="/api/v1/policies", tags=["policies"], dependencies=[Depends(require_token)]
-)
+router = APIRouter(prefix="/api/v1/policies", tags=["policies"], dependencies=[Depends(authorize)])
 
 
 class PolicyIn(BaseModel):

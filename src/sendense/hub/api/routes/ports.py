@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from sendense.hub.api.deps import HubDep, require_token
+from sendense.hub.api.deps import HubDep, authorize
 from sendense.hub.api.schemas import PortAllocationOut, PortPoolOut
 
-router = APIRouter(prefix="/api/v1/ports", tags=["system"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api/v1/ports", tags=["system"], dependencies=[Depends(authorize)])
 
 
 @router.get("")

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from sendense.common.errors import Conflict
-from sendense.hub.api.deps import HubDep, QueriesDep, require_token
+from sendense.hub.api.deps import HubDep, QueriesDep, authorize
 
-router = APIRouter(prefix="/api/v1/prune", tags=["policies"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api/v1/prune", tags=["policies"], dependencies=[Depends(authorize)])
 
 
 class PruneIn(BaseModel):

@@ -7,13 +7,13 @@ from dataclasses import asdict
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict
 
-from sendense.hub.api.deps import HubDep, require_token
+from sendense.hub.api.deps import HubDep, authorize
 from sendense.hub.api.schemas import CapacityOut, RepositoryIn, RepositoryOut
 from sendense.hub.repository.repositories import RepositoryInfo
 from sendense.hub.retention.space import RepositoryUsage, repository_usage
 
 router = APIRouter(
-    prefix="/api/v1/repositories", tags=["repositories"], dependencies=[Depends(require_token)]
+    prefix="/api/v1/repositories", tags=["repositories"], dependencies=[Depends(authorize)]
 )
 
 

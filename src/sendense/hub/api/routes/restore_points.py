@@ -17,16 +17,17 @@ from starlette.types import Receive, Scope, Send
 
 from sendense.common.contract import new_vm_name
 from sendense.common.errors import NotFound
-from sendense.hub.api.deps import HubDep, QueriesDep, require_token
+from sendense.hub.api.deps import HubDep, PrincipalDep, QueriesDep, authorize, demand
 from sendense.hub.api.routes.access import access_out
 from sendense.hub.api.schemas import AccessOut, RestorePointOut
+from sendense.hub.auth.roles import FORCE
 from sendense.hub.db.models import RestorePoint
 from sendense.hub.restore.conversion import EXTENSIONS
 from sendense.hub.restore.raw_stream import raw_stream
 from sendense.hub.restore.to_vcenter import RestoreVmRequest
 
 router = APIRouter(
-    prefix="/api/v1/restore-points", tags=["restore"], dependencies=[Depends(require_token)]
+    prefix="/api/v1/restore-points", tags=["restore"], dependencies=[Depends(authorize)]
 )
 FILE_CHUNK = 4 << 20
 
@@ -165,10 +166,14 @@ def open_access(hub: HubDep, point_id: str) -> AccessOut:
 
 
 @router.post("/{point_id}/restore-vm", status_code=202)
-def restore_vm(hub: HubDep, point_id: str, body: RestoreVmIn) -> RestoreVmQueuedOut:
+def restore_vm(
+    hub: HubDep, principal: PrincipalDep, point_id: str, body: RestoreVmIn
+) -> RestoreVmQueuedOut:
     """A restore point as a VM in vCenter. Refused at once (4xx, nothing changed)
     for an unknown point, a name in use without `force`, a running VM, an unknown
-    datastore or one without room."""
+    datastore or one without room. `force` (replace an existing VM) is admin's."""
+    if body.force:
+        demand(principal, FORCE)
     queued = hub.restores.submit(RestoreVmRequest(point_id, **body.model_dump()))
     plan = queued.plan
     return RestoreVmQueuedOut(

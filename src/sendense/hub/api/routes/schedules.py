@@ -7,11 +7,9 @@ from datetime import datetime
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
-from sendense.hub.api.deps import HubDep, require_token
+from sendense.hub.api.deps import HubDep, authorize
 
-router = APIRouter(
-    prefix="/api/v1/schedules", tags=["policies"], dependencies=[Depends(require_token)]
-)
+router = APIRouter(prefix="/api/v1/schedules", tags=["policies"], dependencies=[Depends(authorize)])
 
 
 class ScheduleOut(BaseModel):

@@ -9,13 +9,11 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from sendense.common.contract import DiscoverResponse
-from sendense.hub.api.deps import HubDep, require_token
+from sendense.hub.api.deps import HubDep, authorize
 from sendense.hub.api.routes.nodes import DISCOVER_RETRY_S
 from sendense.hub.nodes.vcenters import VcenterInfo
 
-router = APIRouter(
-    prefix="/api/v1/vcenters", tags=["backups"], dependencies=[Depends(require_token)]
-)
+router = APIRouter(prefix="/api/v1/vcenters", tags=["backups"], dependencies=[Depends(authorize)])
 
 
 class VcenterIn(BaseModel):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from sendense.hub.api.deps import HubDep, require_token
+from sendense.hub.api.deps import HubDep, authorize
 
-router = APIRouter(prefix="/api/v1/verify", tags=["verify"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api/v1/verify", tags=["verify"], dependencies=[Depends(authorize)])
 
 
 class VerifyIn(BaseModel):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from sendense.hub.api.deps import QueriesDep, require_token
+from sendense.hub.api.deps import QueriesDep, authorize
 from sendense.hub.api.schemas import VmOut
 
-router = APIRouter(prefix="/api/v1/vms", tags=["backups"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api/v1/vms", tags=["backups"], dependencies=[Depends(authorize)])
 
 
 @router.get("")

@@ -1,0 +1,61 @@
+"""Every state-changing request (any method but GET, HEAD and OPTIONS) leaves a
+row in the audit log once it is answered: refused ones (401, 403, 4xx) too, with
+the caller unknown when the token was not valid."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sendense.hub.auth.audit_log import AuditLog
+from sendense.hub.auth.tokens import Principal
+
+log = logging.getLogger(__name__)
+READ_ONLY = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class AuditTrail:
+    def __init__(self, app: ASGIApp, audit: AuditLog) -> None:
+        self.app = app
+        self.audit = audit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in READ_ONLY:
+            await self.app(scope, receive, send)
+            return
+        status = 500  # unless the app answers
+
+        async def noted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noted)
+        finally:
+            await self._record(scope, status)
+
+    async def _record(self, scope: Scope, status: int) -> None:
+        state: dict[str, Any] = scope.get("state") or {}
+        principal = state.get("principal")
+        route = scope.get("route")
+        action = route.path if isinstance(route, APIRoute) else str(scope.get("path", ""))
+        client = scope.get("client")
+        try:
+            await run_in_threadpool(
+                self.audit.append,
+                principal if isinstance(principal, Principal) else None,
+                scope["method"],
+                action,
+                dict(scope.get("path_params") or {}),
+                client[0] if client else None,
+                status,
+            )
+        except Exception:
+            # The call is done and answered: a lost audit row is reported, loudly.
+            log.exception("could not write the audit log for %s %s", scope["method"], action)
