@@ -156,6 +156,19 @@ def test_hub_killed_mid_backup_cleans_up_at_restart(
     assert site.wait_job(again)["state"] == "complete"
 
 
+def fill_up(directory: Path) -> None:
+    """Write a file until the filesystem has no byte left."""
+    fd = os.open(directory / "ballast", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (MiB, 4096, 1):
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\xff" * size):
+                    pass
+    finally:
+        os.close(fd)
+    assert shutil.disk_usage(directory).free < 4096
+
+
 @contextlib.contextmanager
 def small_repository(tmp_path: Path, mib: int) -> Iterator[Path]:
     if os.geteuid() != 0:
@@ -186,9 +199,11 @@ def test_a_backup_that_cannot_fit_is_refused_before_it_copies(
     tmp_path: Path, vcsim: Vcsim, si: Any
 ) -> None:
     with small_repository(tmp_path, 100) as small, site_on(tmp_path, vcsim, small) as site:
-        # A full: the disk's allocated bytes (all 128 MiB here) do not fit in 100 MiB.
+        # A full: the disk's allocated bytes (all 128 MiB written here) do not fit
+        # in 100 MiB.
         big = unique("big")
         big_vm = create_vm(si, big, [(2000, 128 * MiB, SCSI0)], cbt=True)
+        fill(flat_file(vcsim, big_vm, 2000), [(o * MiB, b"\x05" * MiB) for o in range(128)])
         refused = site.api.post("/api/v1/backups", json={"vm": big}).json()["job_id"]
         job = site.wait_job(refused)
         assert job["state"] == "failed"
@@ -197,8 +212,10 @@ def test_a_backup_that_cannot_fit_is_refused_before_it_copies(
 
         # An incremental: its parent's size (8 MiB) fits, the node's plan (96 MiB
         # changed) does not: it fails before the copy, the full stays whole.
+        # The full fits although the disk is five times the repository: what it
+        # holds counts, not its capacity.
         name = unique("grows")
-        vm = create_vm(si, name, [(2000, 96 * MiB, SCSI0)], cbt=True)
+        vm = create_vm(si, name, [(2000, 512 * MiB, SCSI0)], cbt=True)
         source = flat_file(vcsim, vm, 2000)
         fill(source, [(0, b"\x01" * 8 * MiB)])
         kept = tmp_path / "first.raw"
@@ -241,8 +258,7 @@ def test_a_repository_that_fills_up_mid_copy_fails_the_job_and_keeps_earlier_poi
         fill(source, [(o * MiB, bytes([o]) * MiB) for o in range(16, 64)])  # 48 MiB new
         second = site.api.post("/api/v1/backups", json={"vm": name}).json()["job_id"]
         wait_copying(site, second)
-        # Something else on the repository's filesystem takes what is left.
-        subprocess.run(["fallocate", "-l", f"{shutil.disk_usage(small).free}", str(small / "x")])
+        fill_up(small)  # something else on the repository's filesystem takes what is left
         job = site.wait_job(second)
         assert job["state"] == "failed"
         no_space = ("ENOSPC", os.strerror(errno.ENOSPC))  # the errno's name or its text

@@ -71,12 +71,35 @@ def source_hash() -> str:
     h = hashlib.sha256()
     for path in _go_files():
         h.update(str(path.relative_to(GO_SOURCES)).encode() + b"\0" + path.read_bytes() + b"\0")
+    h.update(repr(PATCHES).encode())
     for path in sorted((GOVMOMI / "simulator").rglob("*.go")):
         h.update(f"{path.relative_to(GOVMOMI)}:{path.stat().st_size}\0".encode())
     version = _go().resolve().parent.parent / "VERSION"
     if version.exists():
         h.update(version.read_bytes())
     return h.hexdigest()[:16]
+
+
+# Edits to our copy of a Debian simulator file (Debian's stays untouched):
+# (file, text, replacement); the text must be there exactly once.
+PATCHES = (
+    # layoutEx reports a thin disk's extent by its allocated bytes, as vSphere
+    # does, not the sparse file's apparent size (sendense_layout.go).
+    (
+        "virtual_machine.go",
+        "fileSize = dFileInfo.Size()",
+        "fileSize = sendenseAllocated(dFileInfo)",
+    ),
+)
+
+
+def _patch(simulator: Path) -> None:
+    for name, text, replacement in PATCHES:
+        path = simulator / name
+        source = path.read_text()
+        if source.count(text) != 1:
+            raise RuntimeError(f"{name}: {text!r} is not there once (another govmomi?)")
+        path.write_text(source.replace(text, replacement))
 
 
 def _make_overlay(root: Path) -> Path:
@@ -100,6 +123,7 @@ def _make_overlay(root: Path) -> Path:
         if (simulator / ours.name).exists():
             raise RuntimeError(f"{ours.name} would replace a Debian simulator file")
         shutil.copyfile(ours, simulator / ours.name)
+    _patch(simulator)
     return gopath
 
 

@@ -38,7 +38,7 @@ from sendense.node.backup_tasks import BackupTasks
 from sendense.node.config import NodeSettings
 from sendense.node.restore_tasks import RestoreTasks
 from sendense.node.vmware.connection import Vcenter, connect
-from sendense.node.vmware.inventory import describe, find_vm, list_vms
+from sendense.node.vmware.inventory import describe_fresh, find_vm, list_vms
 
 
 @dataclass
@@ -110,7 +110,7 @@ async def discover(node: NodeDep, login: VcenterLogin) -> DiscoverResponse:
 @router.post("/vms/inventory", tags=["inventory"])
 async def inventory(node: NodeDep, body: InventoryRequest) -> VmInventory:
     """One VM and its disks: what the hub plans a backup from."""
-    return await _with_vcenter(node, body, lambda vc: describe(find_vm(vc, body.vm_name)))
+    return await _with_vcenter(node, body, lambda vc: describe_fresh(find_vm(vc, body.vm_name)))
 
 
 def _started(status: TaskStatus) -> BackupStartResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pyVmomi import vim, vmodl
@@ -12,6 +13,7 @@ from sendense.node.vmware.connection import Vcenter, VcenterError
 from sendense.node.vmware.tasks import wait_task
 
 _PC = vmodl.query.PropertyCollector
+log = logging.getLogger(__name__)
 
 
 def _all_vms(vc: Vcenter) -> list[tuple[Any, str]]:
@@ -143,6 +145,17 @@ def allocated_bytes(layout: Any) -> dict[int, int]:
         disk.key: sum(extents.get(key, 0) for unit in disk.chain or [] for key in unit.fileKey)
         for disk in layout.disk or []
     }
+
+
+def describe_fresh(vm: Any) -> VmInventory:
+    """`describe` after asking vSphere to refresh the VM's storage figures
+    (`layoutEx` is updated lazily): what a backup is planned from. A refresh that
+    fails leaves the older figures, which only feed an estimate."""
+    try:
+        vm.RefreshStorageInfo()
+    except vmodl.MethodFault as exc:
+        log.warning("storage figures of VM %r not refreshed: %s", vm.name, type(exc).__name__)
+    return describe(vm)
 
 
 def describe(vm: Any) -> VmInventory:
