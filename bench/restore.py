@@ -169,6 +169,8 @@ def download(root: Path, point: str, runs: int, size: int) -> list[float]:
                     "%{size_download}",
                     "-H",
                     f"@{header}",
+                    "--cacert",
+                    str(server.cert),
                     url,
                 ],
                 check=True,

@@ -5,6 +5,7 @@ the rest), and enrollment attempts from one address are rate-limited (429)."""
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,10 +32,15 @@ def hub_process(tmp_path: Path) -> Iterator[HubProcess]:
         hub.stop()
 
 
-def raw_request(port: int, head: str, body: bytes) -> bytes:
+def raw_request(hub: HubProcess, head: str, body: bytes) -> bytes:
     """Send a request whose body is short of what its head announces: the answer
     comes only if the server does not wait for the missing bytes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+    verify = hub.verify
+    assert isinstance(verify, ssl.SSLContext)
+    with (
+        socket.create_connection(("127.0.0.1", hub.port), timeout=30) as raw,
+        verify.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+    ):
         sock.sendall(head.encode() + body)
         answer = b""
         while b"\r\n\r\n" not in answer:
@@ -52,7 +58,7 @@ def test_a_large_unauthenticated_body_is_refused_before_it_is_read(
         f"POST {ENROLL} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         "Content-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n"
     )
-    answer = raw_request(hub_process.port, head, b'{"code": "')
+    answer = raw_request(hub_process, head, b'{"code": "')
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
 
 
@@ -62,7 +68,9 @@ def test_a_chunked_body_is_cut_off_at_the_cap(hub_process: HubProcess) -> None:
         for _ in range(64):
             yield b"x" * 1024
 
-    answer = httpx.post(hub_process.url + ENROLL, content=chunks(), timeout=30)
+    answer = httpx.post(
+        hub_process.url + ENROLL, content=chunks(), timeout=30, verify=hub_process.verify
+    )
     assert answer.status_code == 413
     assert answer.json()["error"] == "too_large"
 
@@ -70,13 +78,13 @@ def test_a_chunked_body_is_cut_off_at_the_cap(hub_process: HubProcess) -> None:
 def test_an_authenticated_body_may_be_larger_but_not_unbounded(
     hub_process: HubProcess,
 ) -> None:
-    auth = {"Authorization": f"Bearer {hub_process.initial_token()}"}
-    padded = {"path": "/nonexistent", "name": "x" * (PUBLIC_BODY_BYTES * 2)}
-    within = httpx.post(f"{hub_process.url}/api/v1/repositories", json=padded, headers=auth)
-    assert within.status_code == 422  # read and judged: the name is too long
-    huge = {"path": "/nonexistent", "name": "x" * (BODY_BYTES + 1)}
-    over = httpx.post(f"{hub_process.url}/api/v1/repositories", json=huge, headers=auth)
-    assert over.status_code == 413
+    with hub_process.client(hub_process.initial_token()) as hub:
+        padded = {"path": "/nonexistent", "name": "x" * (PUBLIC_BODY_BYTES * 2)}
+        within = hub.post("/api/v1/repositories", json=padded)
+        assert within.status_code == 422  # read and judged: the name is too long
+        huge = {"path": "/nonexistent", "name": "x" * (BODY_BYTES + 1)}
+        over = hub.post("/api/v1/repositories", json=huge)
+        assert over.status_code == 413
 
 
 def test_enrollment_attempts_from_one_address_are_limited(hub_process: HubProcess) -> None:
@@ -86,9 +94,10 @@ def test_enrollment_attempts_from_one_address_are_limited(hub_process: HubProces
         "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm0",
         "node_api_token": "t" * 32,
     }
-    statuses = [httpx.post(hub_process.url + ENROLL, json=body).status_code for _ in range(10)]
+    with hub_process.client() as hub:
+        statuses = [hub.post(ENROLL, json=body).status_code for _ in range(10)]
+        refused = hub.post(ENROLL, json=body)
     assert 429 not in statuses
-    refused = httpx.post(hub_process.url + ENROLL, json=body)
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) > 0
     assert "too many enrollment attempts" in refused.json()["message"]

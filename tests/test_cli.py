@@ -24,7 +24,7 @@ def running_hub(tmp_path: Path, sqlite_url: str) -> Iterator[HubProcess]:
 
 
 def test_repo_add_list_ports_status(running_hub: HubProcess, repo_dir: Path) -> None:
-    env = {"SENDENSE_HUB_URL": running_hub.url, "SENDENSE_TOKEN": running_hub.initial_token()}
+    env = running_hub.cli_env(running_hub.initial_token())
     added = sendense("repo", "add", str(repo_dir), "--name", "main", env=env)
     assert added.returncode == 0, added.stderr
     assert "main" in added.stdout
@@ -41,7 +41,7 @@ def test_repo_add_list_ports_status(running_hub: HubProcess, repo_dir: Path) -> 
 
 
 def test_errors_are_one_line_with_an_exit_code(running_hub: HubProcess, tmp_path: Path) -> None:
-    env = {"SENDENSE_HUB_URL": running_hub.url, "SENDENSE_TOKEN": running_hub.initial_token()}
+    env = running_hub.cli_env(running_hub.initial_token())
     missing = sendense("repo", "add", str(tmp_path / "missing"), env=env)
     assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0
@@ -85,9 +85,7 @@ def test_token_command_mints_a_working_token(running_hub: HubProcess, repo_dir: 
     )
     assert minted.returncode == 0, minted.stderr
     token = minted.stdout.strip()
-    listed = sendense(
-        "repo", "list", env={"SENDENSE_HUB_URL": running_hub.url, "SENDENSE_TOKEN": token}
-    )
+    listed = sendense("repo", "list", env=running_hub.cli_env(token))
     assert listed.returncode == 0
     viewer = sendense(
         "hub",
@@ -101,7 +99,7 @@ def test_token_command_mints_a_working_token(running_hub: HubProcess, repo_dir: 
         env={"SENDENSE_HUB_DATABASE_URL": running_hub.env["SENDENSE_HUB_DATABASE_URL"]},
     )
     assert viewer.returncode == 0, viewer.stderr
-    as_viewer = {"SENDENSE_HUB_URL": running_hub.url, "SENDENSE_TOKEN": viewer.stdout.strip()}
+    as_viewer = running_hub.cli_env(viewer.stdout.strip())
     assert sendense("repo", "add", str(repo_dir), env=as_viewer).returncode == 11
 
 
@@ -117,12 +115,14 @@ def test_a_second_hub_on_the_same_data_directory_is_refused(running_hub: HubProc
     )
     assert again.returncode == 4
     assert str(running_hub.data_dir) in again.stderr
-    assert httpx.get(f"{running_hub.url}/api/v1/health").status_code == 200
+    assert (
+        httpx.get(f"{running_hub.url}/api/v1/health", verify=running_hub.verify).status_code == 200
+    )
 
 
 def test_token_create_list_revoke_and_audit(running_hub: HubProcess, repo_dir: Path) -> None:
     initial = running_hub.initial_token()
-    env = {"SENDENSE_HUB_URL": running_hub.url, "SENDENSE_TOKEN": initial}
+    env = running_hub.cli_env(initial)
     made = sendense(
         "token", "create", "--name", "eyes", "--role", "viewer", "--expires-in", "30d", env=env
     )

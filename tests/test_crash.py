@@ -46,9 +46,7 @@ def test_kill_9_then_restart_cleans_orphans_and_only_them(
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     token = hub_process.initial_token()
     assert token not in hub_process.log.read_text()
-    with httpx.Client(
-        base_url=hub_process.url, headers={"Authorization": f"Bearer {token}"}
-    ) as client:
+    with hub_process.client(token, timeout=5) as client:
         crash_and_restart(hub_process, client, repo_dir)
     assert unrelated_qemu_nbd.healthy()
     hub_process.stop()

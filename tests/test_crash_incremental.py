@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from sendense.common.checksum import BlockHasher, block_digest, blocks
@@ -61,9 +60,7 @@ def test_a_hub_killed_during_an_incremental_keeps_the_full(
     hub_process: HubProcess, repo_dir: Path, tmp_path: Path
 ) -> None:
     token = hub_process.initial_token()
-    with httpx.Client(
-        base_url=hub_process.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
-    ) as client:
+    with hub_process.client(token) as client:
         assert client.post("/api/v1/repositories", json={"path": str(repo_dir)}).is_success
         full = client.post("/api/v1/jobs", json={"vm_name": "pgtest1", "disks": DISKS}).json()
         writes = {key: [(0, pattern(key, SIZE))] for key in KEYS}

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nbd
 import pytest
 from fastapi.testclient import TestClient
@@ -173,8 +172,7 @@ def test_cli_then_kill_9_leaves_nothing_after_restart(
     env = {
         **os.environ,
         "COLUMNS": "200",
-        "SENDENSE_HUB_URL": hub_process.url,
-        "SENDENSE_TOKEN": token,
+        **hub_process.cli_env(token),
     }
 
     opened = sendense("restore", "instant", chain.top, env=env)
@@ -199,9 +197,7 @@ def test_cli_then_kill_9_leaves_nothing_after_restart(
     assert again.stderr == f"error: no open access {access_id}\n"
     assert pids_with(str(scratch)) == []
 
-    with httpx.Client(
-        base_url=hub_process.url, headers={"Authorization": f"Bearer {token}"}
-    ) as client:
+    with hub_process.client(token, timeout=5) as client:
         access = client.post(f"/api/v1/restore-points/{chain.top}/access").json()
         servers = pids_with(str(scratch))
         assert len(servers) == 2

@@ -89,9 +89,7 @@ def test_kill_9_during_prune_keeps_every_kept_point_restorable(
     try:
         process.start()
         token = process.initial_token()
-        api = httpx.Client(
-            base_url=process.url, timeout=60, headers={"Authorization": f"Bearer {token}"}
-        )
+        api = process.client(token)
         assert api.post("/api/v1/policies", json={"name": "one", "keep_last": 1}).status_code == 201
         killed_after = rng.uniform(0.05, 1.0)
         thread = threading.Thread(

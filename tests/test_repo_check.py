@@ -42,7 +42,7 @@ def served(hub: Hub, sqlite_url: str, chain: list[str]) -> Iterator[dict[str, st
     process = HubProcess(hub.settings.data_dir, sqlite_url)
     try:
         process.start()
-        yield {"SENDENSE_HUB_URL": process.url, "SENDENSE_TOKEN": process.initial_token()}
+        yield process.cli_env(process.initial_token())
     finally:
         process.stop()
 

@@ -263,8 +263,7 @@ def served_chain(
         env = {
             **os.environ,
             "COLUMNS": "200",
-            "SENDENSE_HUB_URL": served.url,
-            "SENDENSE_TOKEN": served.initial_token(),
+            **served.cli_env(served.initial_token()),
         }
         yield chain, env
     finally:

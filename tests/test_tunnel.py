@@ -103,9 +103,7 @@ def test_enrolled_node_lists_vms_and_backs_up_two_disks_through_the_tunnel(
     site.enroll_and_connect()
     nodes = site.api.get("/api/v1/nodes").json()
     assert [(n["name"], n["connected"]) for n in nodes] == [(site.name, True)]
-    shown = sendense(
-        "hub", "status", env={"SENDENSE_HUB_URL": site.hub.url, "SENDENSE_TOKEN": site.token}
-    )
+    shown = sendense("hub", "status", env=site.cli_env())
     assert site.name in shown.stdout
 
     name = unique("pgtest1")
@@ -125,8 +123,7 @@ def test_enrolled_node_lists_vms_and_backs_up_two_disks_through_the_tunnel(
         "--thumbprint",
         vcsim.thumbprint,
         env={
-            "SENDENSE_HUB_URL": site.hub.url,
-            "SENDENSE_TOKEN": site.token,
+            **site.cli_env(),
             "SENDENSE_VCENTER_PASSWORD": vcsim.password,
         },
     )
@@ -149,9 +146,9 @@ def test_enrolled_node_lists_vms_and_backs_up_two_disks_through_the_tunnel(
 
 def test_pairing_codes_are_single_use_and_expire(site: Site) -> None:
     code = site.pair()
-    first = site.node.enroll(site.hub.url, code, site.name)
+    first = site.enroll(code)
     assert first.returncode == 0, first.stderr
-    again = NodeProcesses(site.node.data_dir.parent / "node2").enroll(site.hub.url, code, "n2")
+    again = site.enroll(code, NodeProcesses(site.node.data_dir.parent / "node2"), "n2")
     assert again.returncode == 5
     assert "used" in again.stderr
 
@@ -166,7 +163,7 @@ def test_pairing_codes_are_single_use_and_expire(site: Site) -> None:
             )
     finally:
         hub.db.dispose()
-    late = NodeProcesses(site.node.data_dir.parent / "node3").enroll(site.hub.url, expired, "n3")
+    late = site.enroll(expired, NodeProcesses(site.node.data_dir.parent / "node3"), "n3")
     assert late.returncode == 5
     assert "expired" in late.stderr
     assert [n["name"] for n in site.api.get("/api/v1/nodes").json()] == [site.name]
@@ -252,7 +249,7 @@ def test_revoked_node_is_cut_off(site: Site) -> None:
         "nodes",
         "revoke",
         site.name,
-        env={"SENDENSE_HUB_URL": site.hub.url, "SENDENSE_TOKEN": site.token},
+        env=site.cli_env(),
     )
     assert revoked.returncode == 0, revoked.stderr
     # The first drop is the hub ending the session; every retry after it is refused.
@@ -351,13 +348,15 @@ def test_enrollment_refuses_a_hub_fingerprint_that_does_not_match(site: Site) ->
         "node",
         "enroll",
         "--hub",
-        site.hub.url.removeprefix("http://"),
+        site.hub.url.removeprefix("https://"),
         "--code",
         site.pair(),
         "--name",
         site.name,
         "--hub-fingerprint",
         wrong,
+        "--hub-cert-sha256",
+        site.hub_cert_sha256,
         "--data-dir",
         str(site.node.data_dir),
         env=site.node.env,

@@ -1,9 +1,13 @@
-"""The hub as a real process (`sendense hub serve`), for crash and CLI tests."""
+"""The hub as a real process (`sendense hub serve`), for crash and CLI tests.
+
+It serves HTTPS with the certificate it makes at first start; clients verify it
+with `verify` (the certificate as the only CA) and the CLI with `cli_env`."""
 
 from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -11,15 +15,19 @@ from pathlib import Path
 
 import httpx
 
+from sendense.common.tls import ca_context, cert_file_fingerprint
 from tests.rig.net import free_port, free_port_range
 from tests.rig.procs import stop
 
 
 class HubProcess:
-    def __init__(self, data_dir: Path, database_url: str, pool: int = 8) -> None:
+    def __init__(
+        self, data_dir: Path, database_url: str, pool: int = 8, *, tls: bool = True
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.tunnel_port = free_port()
         rev_first, rev_last = free_port_range(4)
         first, last = free_port_range(pool)
@@ -35,6 +43,7 @@ class HubProcess:
             # hub and node share this machine: the node's end of the tunnel
             # shows the hub's ports on 127.0.0.2
             "SENDENSE_HUB_TARGETS_HOST": "127.0.0.2",
+            "SENDENSE_HUB_TLS": "true" if tls else "false",
         }
         self.log = data_dir.parent / "hub.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -61,12 +70,41 @@ class HubProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"hub exited {self.proc.returncode}: {self.log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
-                    return
+                if not self.tls or self.cert.exists():
+                    health = httpx.get(f"{self.url}/api/v1/health", timeout=1, verify=self.verify)
+                    if health.status_code == 200:
+                        return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"hub did not answer: {self.log.read_text()}")
+
+    @property
+    def cert(self) -> Path:
+        """The operator's certificate if the env names one, else the one the hub made
+        at first start (data_dir/tls)."""
+        given = self.env.get("SENDENSE_HUB_TLS_CERT")
+        return Path(given) if given else self.data_dir / "tls" / "hub.crt"
+
+    @property
+    def cert_sha256(self) -> str:
+        return cert_file_fingerprint(self.cert)
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """For httpx: trust exactly the hub's certificate (host name 127.0.0.1 checked)."""
+        return ca_context(self.cert) if self.tls else False
+
+    def client(self, token: str | None = None, timeout: float = 60) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=self.verify)
+
+    def cli_env(self, token: str) -> dict[str, str]:
+        """What `sendense ...` needs to reach this hub: URL, token, the certificate pin."""
+        env = {"SENDENSE_HUB_URL": self.url, "SENDENSE_TOKEN": token}
+        if self.tls:
+            env["SENDENSE_HUB_FINGERPRINT"] = self.cert_sha256
+        return env
 
     def initial_token(self) -> str:
         return (self.data_dir / "initial-api-token").read_text().strip()

@@ -29,14 +29,22 @@ class NodeProcesses:
         self.tunnel: subprocess.Popen[bytes] | None = None
 
     def enroll(
-        self, hub_url: str, code: str, name: str, fingerprint: str | None = None
+        self,
+        hub_url: str,
+        code: str,
+        name: str,
+        fingerprint: str | None = None,
+        cert_sha256: str | None = None,
+        *more: str,
     ) -> subprocess.CompletedProcess[str]:
+        """`sendense node enroll`; a pin left None is not given (`more`: other flags)."""
         pin = ["--hub-fingerprint", fingerprint] if fingerprint else []
+        pin += ["--hub-cert-sha256", cert_sha256] if cert_sha256 else []
         return sendense(
             "node",
             "enroll",
             "--hub",
-            hub_url.removeprefix("http://"),
+            hub_url.removeprefix("https://"),
             "--code",
             code,
             "--name",
@@ -46,6 +54,7 @@ class NodeProcesses:
             "--data-dir",
             str(self.data_dir),
             *pin,
+            *more,
             env=self.env,
         )
 

@@ -3,6 +3,7 @@ node tunnel)."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,7 @@ class Site:
     def start(self) -> None:
         self.hub.start()
         self.token = self.hub.initial_token()
-        self.api = httpx.Client(
-            base_url=self.hub.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60
-        )
+        self.api = self.hub.client(self.token)
 
     def add_vcenter(self, vcsim: Vcsim) -> None:
         env = self.cli_env() | {"SENDENSE_VCENTER_PASSWORD": vcsim.password}
@@ -65,18 +64,29 @@ class Site:
         return wait_task(self.api, job_id, timeout, poll=0.2)
 
     def cli_env(self) -> dict[str, str]:
-        return {"SENDENSE_HUB_URL": self.hub.url, "SENDENSE_TOKEN": self.token}
+        return self.hub.cli_env(self.token)
 
     def pair(self) -> str:
+        """A pairing code; the pins `hub pair` printed with it are kept in
+        `hub_fingerprint` (tunnel host key) and `hub_cert_sha256` (API certificate)."""
         done = sendense("hub", "pair", "--data-dir", str(self.hub.data_dir), env=self.hub.env)
         assert done.returncode == 0, done.stderr
         self.hub_fingerprint = done.stderr.split("--hub-fingerprint", 1)[1].split()[0]
+        self.hub_cert_sha256 = done.stderr.split("--hub-cert-sha256", 1)[1].split()[0]
         return done.stdout.strip()
+
+    def enroll(
+        self, code: str, nodes: NodeProcesses | None = None, name: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """`node enroll` with the pins of the last `pair()`."""
+        return (nodes or self.node).enroll(
+            self.hub.url, code, name or self.name, self.hub_fingerprint, self.hub_cert_sha256
+        )
 
     def enroll_and_connect(self) -> str:
         """Pair, enroll and connect the node; the pairing code it used."""
         code = self.pair()
-        enrolled = self.node.enroll(self.hub.url, code, self.name, self.hub_fingerprint)
+        enrolled = self.enroll(code)
         assert enrolled.returncode == 0, enrolled.stderr
         self.node.start_serve()
         self.node.start_tunnel()

@@ -12,10 +12,17 @@ import typer
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.durations import parse_duration
 from sendense.cli.output import console, one_line_errors, repo_table, table
-from sendense.cli.serving import announce_token, appliance_settings, hold_lock, run_api
+from sendense.cli.serving import (
+    announce_token,
+    appliance_settings,
+    hold_lock,
+    hub_certificate,
+    run_hub_api,
+)
 from sendense.common.errors import InvalidInput
 from sendense.common.files import private_dir
 from sendense.common.logging import setup_logging
+from sendense.common.tls import display_fingerprint
 from sendense.hub.config import HubSettings
 
 app = typer.Typer(help="The hub appliance (SHA).", no_args_is_help=True)
@@ -49,19 +56,23 @@ def serve(
     setup_logging(settings.log_level)
     private_dir(settings.data_dir)
     lock = hold_lock(settings.data_dir / "hub.lock")  # kept open while the hub runs
+    cert_sha256 = hub_certificate(settings)  # before anything starts: a bad setting stops here
     hub = Hub.open(settings)
     hub.reconcile()
     hub.start_tunnel()
     if hub.tokens.count() == 0:
         announce_token(settings.data_dir, hub.tokens.create("admin", created_by="first-start"))
     log.info(
-        "hub listening on %s:%d data=%s",
+        "hub listening on %s://%s:%d data=%s",
+        "https" if cert_sha256 else "http",
         settings.listen_host,
         settings.listen_port,
         settings.data_dir,
     )
+    if cert_sha256:
+        log.info("API certificate SHA-256 %s", display_fingerprint(cert_sha256))
     try:
-        run_api(create_app(hub), settings.listen_host, settings.listen_port)
+        run_hub_api(create_app(hub), settings)
     finally:
         hub.close()
         lock.close()  # the lock also dies with the process, whatever kills it
@@ -99,17 +110,20 @@ def pair(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     """Print a single-use pairing code for `sendense node enroll` (expires in 15 minutes)."""
     from sendense.hub.service import Hub
 
-    hub = Hub.open(_settings(config, data_dir, None))
+    settings = _settings(config, data_dir, None)
+    cert_sha256 = hub_certificate(settings)
+    hub = Hub.open(settings)
     try:
         code, expires = hub.nodes.pairing_code()
     finally:
         hub.db.dispose()
     print(code)
-    print(
-        f"expires {expires:%Y-%m-%d %H:%M} UTC; give the node --hub-fingerprint "
-        f"{hub.tunnel_identity().fingerprint}",
-        file=sys.stderr,
-    )
+    pins = f"--hub-fingerprint {hub.tunnel_identity().fingerprint}"
+    if cert_sha256 is not None:
+        pins += f" --hub-cert-sha256 {display_fingerprint(cert_sha256)}"
+    print(f"expires {expires:%Y-%m-%d %H:%M} UTC; give the node {pins}", file=sys.stderr)
+    if cert_sha256 is None:
+        print("the API is plain HTTP (tls = false): nodes enroll over TLS only", file=sys.stderr)
 
 
 @app.command()

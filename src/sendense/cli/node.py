@@ -70,26 +70,53 @@ def enroll(
     hub_fingerprint: Annotated[
         str | None, typer.Option(help="The host key fingerprint `sendense hub pair` showed")
     ] = None,
+    hub_cert_sha256: Annotated[
+        str | None,
+        typer.Option(help="The API certificate's SHA-256 `sendense hub pair` showed"),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(help="Labs only: trust whatever certificate and host key the hub shows"),
+    ] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Join a hub: make this node's key, send it with the code, pin the hub's host key."""
+    """Join a hub over TLS: check its certificate, send this node's key with the code,
+    pin the hub's certificate and host key."""
     import socket
+    import sys
 
     from sendense.node.enroll import enroll as do_enroll
 
     settings = _settings(config, data_dir, None)
-    if hub_fingerprint is None:
-        console.print(
-            "[yellow]warning: no --hub-fingerprint: the hub's host key is pinned "
-            "as received, unchecked[/yellow]"
-        )
+    if insecure:
+        unchecked = [
+            what
+            for what, given in (("certificate", hub_cert_sha256), ("host key", hub_fingerprint))
+            if given is None
+        ]
+        if unchecked:
+            print(
+                f"warning: --insecure is for labs: the hub's {' and '.join(unchecked)} "
+                "are taken as received, unchecked; anyone on the path can read the "
+                "pairing code and impersonate the hub",
+                file=sys.stderr,
+            )
     answer, own = do_enroll(
-        settings, hub, code, name or socket.gethostname(), local_address, hub_fingerprint
+        settings,
+        hub,
+        code,
+        name or socket.gethostname(),
+        local_address,
+        hub_fingerprint,
+        hub_cert_sha256,
+        insecure,
     )
     console.print(f"enrolled as [bold]{answer.node_name}[/bold] (node id {answer.node_id})")
     console.print(f"this node's key:  {own}")
     console.print(f"hub host key:     {answer.hub_host_key_fingerprint} (pinned)")
+    if hub_cert_sha256 is not None:
+        console.print(f"hub certificate:  {hub_cert_sha256.strip()} (pinned)")
     console.print("start the tunnel: sendense node tunnel")
 
 

@@ -19,6 +19,13 @@ class HubSettings(SendenseSettings):
     data_dir: Path = Field(default_factory=lambda: default_data_dir("hub"))
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8082, ge=1, le=65535)
+    # The API speaks TLS: with the operator's certificate and key, or with a
+    # self-signed pair the hub makes at first start in data_dir/tls (pinned by
+    # its SHA-256). `tls = false` (plain HTTP) is refused unless the listen
+    # address is loopback, and then the Host header must name that address.
+    tls: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     database_url: str = ""
     # qemu-nbd binds here, and the targets string names it: the node reaches
     # this address through the tunnel.
@@ -58,6 +65,8 @@ class HubSettings(SendenseSettings):
     def _check(self) -> HubSettings:
         if self.nbd_port_min > self.nbd_port_max:
             raise ValueError("nbd_port_min must not exceed nbd_port_max")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
         if not self.targets_host:
             self.targets_host = self.nbd_host
         try:
@@ -71,6 +80,14 @@ class HubSettings(SendenseSettings):
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def api_cert(self) -> Path:
+        return self.tls_cert or self.data_dir / "tls" / "hub.crt"
+
+    @property
+    def api_key(self) -> Path:
+        return self.tls_key or self.data_dir / "tls" / "hub.key"
 
     @property
     def scratch_dir(self) -> Path:

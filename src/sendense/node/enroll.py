@@ -1,13 +1,21 @@
 """`sendense node enroll`: make the node's key, hand it to the hub with a pairing
-code, and pin the hub's host key."""
+code, and pin the hub's host key.
+
+The enrollment goes over TLS to a hub whose certificate matches the SHA-256 the
+operator read from `sendense hub pair`, checked before the request (pairing
+code, node token) is sent; a wrong certificate leaves the code unused. The pin
+is kept with the tunnel's settings. `insecure` skips the check (labs only)."""
 
 from __future__ import annotations
+
+import ssl
 
 import httpx
 
 from sendense.common.contract import EnrollResponse
-from sendense.common.errors import SendenseError, Unauthorized, Unavailable
+from sendense.common.errors import InvalidInput, SendenseError, Unauthorized, Unavailable
 from sendense.common.sshkeys import ensure_keypair, fingerprint
+from sendense.common.tls import normalize_fingerprint, pinned_context, unverified_context
 from sendense.node.auth import NodeTokens
 from sendense.node.config import NodeSettings
 from sendense.node.tunnel import TunnelConfig, save_config, tunnel_dir
@@ -20,16 +28,29 @@ def enroll(
     name: str,
     local_address: str,
     hub_fingerprint: str | None = None,
+    hub_cert_sha256: str | None = None,
+    insecure: bool = False,
 ) -> tuple[EnrollResponse, str]:
     """Returns the hub's answer and this node's key fingerprint."""
-    host, _, port = hub.partition(":")
-    api_port = int(port) if port else 8082
+    host, api_port = split_hub(hub)
+    if not insecure and (hub_fingerprint is None or hub_cert_sha256 is None):
+        raise InvalidInput(
+            "give --hub-fingerprint and --hub-cert-sha256 as `sendense hub pair` printed "
+            "them (or --insecure, for labs only)"
+        )
+    pin = normalize_fingerprint(hub_cert_sha256, "--hub-cert-sha256") if hub_cert_sha256 else None
+    ctx: ssl.SSLContext = (
+        pinned_context(host, api_port, pin, "hub") if pin is not None else unverified_context()
+    )
     keys = ensure_keypair(tunnel_dir(settings.data_dir) / "id_ed25519", f"sendense-node:{name}")
     token = NodeTokens(settings.data_dir).create("hub")
     body = {"code": code, "node_name": name, "public_key": keys.public_key, "node_api_token": token}
     try:
         response = httpx.post(
-            f"http://{host}:{api_port}/api/v1/nodes/enroll", json=body, timeout=30
+            f"https://{_url_host(host)}:{api_port}/api/v1/nodes/enroll",
+            json=body,
+            timeout=30,
+            verify=ctx,
         )
     except httpx.HTTPError as exc:
         raise Unavailable(f"hub {host}:{api_port} does not answer: {exc}") from exc
@@ -59,6 +80,25 @@ def enroll(
             tunnel_user=answer.tunnel_user,
             local_address=local_address,
             node_api_port=settings.listen_port,
+            hub_cert_sha256=pin,
         ),
     )
     return answer, keys.fingerprint
+
+
+def split_hub(hub: str) -> tuple[str, int]:
+    """`HOST`, `HOST:PORT`, `[V6]:PORT` or `https://...` -> (host, port)."""
+    rest = hub.strip().rstrip("/")
+    if rest.startswith("http://"):
+        raise InvalidInput("the hub's API speaks TLS: give --hub HOST:PORT or https://HOST:PORT")
+    rest = rest.removeprefix("https://")
+    name, sep, port = rest.rpartition(":")
+    if sep and port.isdigit() and (not name.startswith("[") or name.endswith("]")):
+        if ":" in name and not name.startswith("["):
+            return rest, 8082  # a bare IPv6 address
+        return name.strip("[]"), int(port)
+    return rest.strip("[]"), 8082
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

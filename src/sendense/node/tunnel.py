@@ -37,6 +37,8 @@ class TunnelConfig:
     tunnel_user: str
     local_address: str = "127.0.0.1"
     node_api_port: int = 8081
+    # The hub API certificate's SHA-256 (hex) pinned at enrollment; None: --insecure.
+    hub_cert_sha256: str | None = None
 
 
 def tunnel_dir(data_dir: Path) -> Path:

@@ -8,7 +8,6 @@ thing. `insecure` exists for the simulator and is never the default.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import ssl
@@ -20,6 +19,13 @@ from pyVmomi import vim
 
 from sendense.common.errors import InvalidInput, SendenseError, Unavailable
 from sendense.common.logging import register_secret
+from sendense.common.tls import (
+    fetch_certificate,
+    normalize_fingerprint,
+    pem_fingerprint,
+    trusting_exactly,
+    unverified_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +51,7 @@ def split_host(host: str) -> tuple[str, int]:
 
 
 def normalize_thumbprint(value: str) -> str:
-    cleaned = value.replace(":", "").replace(" ", "").lower()
-    if len(cleaned) != 64 or any(c not in "0123456789abcdef" for c in cleaned):
-        raise InvalidInput("vCenter thumbprint must be a SHA-256 hex digest (64 hex digits)")
-    return cleaned
+    return normalize_fingerprint(value, "vCenter thumbprint")
 
 
 def pinned_context(host: str, port: int, thumbprint: str | None, insecure: bool) -> ssl.SSLContext:
@@ -58,24 +61,15 @@ def pinned_context(host: str, port: int, thumbprint: str | None, insecure: bool)
                 f"no certificate thumbprint for vCenter {host}: pin one "
                 "(vcenter_thumbprint) or set vcenter_insecure in the node's config"
             )
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+        return unverified_context()
     expected = normalize_thumbprint(thumbprint)
-    try:
-        pem = ssl.get_server_certificate((host, port), timeout=15)
-    except OSError as exc:
-        raise Unavailable(f"vCenter {host}:{port} is not reachable: {exc}") from exc
-    actual = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+    pem = fetch_certificate(host, port, "vCenter")
+    actual = pem_fingerprint(pem)
     if actual != expected:
         raise VcenterError(
             f"vCenter {host}:{port} presented certificate {actual}, not the pinned {expected}"
         )
-    ctx = ssl.create_default_context(cadata=pem)
-    ctx.check_hostname = False
-    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    return ctx
+    return trusting_exactly(pem)
 
 
 @dataclass
