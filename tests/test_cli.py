@@ -152,7 +152,9 @@ def test_token_create_list_revoke_and_audit(running_hub: HubProcess, repo_dir: P
     ids = {
         t["name"]: t["id"]
         for t in httpx.get(
-            f"{running_hub.url}/api/v1/tokens", headers={"Authorization": f"Bearer {initial}"}
+            f"{running_hub.url}/api/v1/tokens",
+            headers={"Authorization": f"Bearer {initial}"},
+            verify=running_hub.verify,
         ).json()
     }
     last = sendense("token", "revoke", ids["admin"], env=env)

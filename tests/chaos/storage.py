@@ -4,6 +4,7 @@ start-up, with its files kept; a ballast file in the tmpfs fills it up."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from pathlib import Path
@@ -47,11 +48,19 @@ class Storage:
         """Write a ballast file until only about `leave_bytes` are free."""
         st = os.statvfs(self.store)
         size = max(st.f_bavail * st.f_frsize - leave_bytes, 0)
-        with self.ballast.open("wb") as f:
-            chunk = b"\xba" * MiB
+        fd = os.open(self.ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        chunk = b"\xba" * MiB
+        try:
             while size > 0:
-                f.write(chunk[: min(size, MiB)])
-                size -= MiB
+                written = os.write(fd, chunk[: min(size, MiB)])
+                size -= written
+        except OSError as exc:
+            # A backup running meanwhile took some of it first: the repository is
+            # full all the same.
+            if exc.errno != errno.ENOSPC:
+                raise
+        finally:
+            os.close(fd)
 
     def drain(self) -> None:
         self.ballast.unlink(missing_ok=True)
