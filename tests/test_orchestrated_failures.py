@@ -28,7 +28,7 @@ SLOW = {"chunk_mib": "1", "readers_per_disk": "1", "writes_in_flight": "1"}
 
 @pytest.fixture
 def slow_site(tmp_path: Path, vcsim: Vcsim) -> Iterator[Site]:
-    site = Site(tmp_path, hub_settings={"node_timeout_s": "5"}, **SLOW)
+    site = Site(tmp_path, hub_settings={"node_timeout_s": "5", "snapshot_sweep_s": "1"}, **SLOW)
     try:
         site.start()
         site.enroll_and_connect()
@@ -127,6 +127,33 @@ def test_a_backup_the_hub_fails_is_cancelled_on_the_node(
     assert snapshot_names(vm) == []
     assert complete_points(site, name) == []
     assert site.api.get("/api/v1/ports").json()["used"] == 0
+
+
+def test_a_node_killed_mid_backup_removes_its_snapshot_once_restarted(
+    slow_site: Site, vcsim: Vcsim, si: Any, repo_dir: Path
+) -> None:
+    """No backup needs to come: the hub hands the restarted node its vCenter's
+    login, and the node's snapshot hunter removes what its dead job left."""
+    site = slow_site
+    site.api.post("/api/v1/repositories", json={"path": str(repo_dir)})
+    name, vm = big_vm(si, vcsim)
+    job_id = site.api.post("/api/v1/backups", json={"vm": name}).json()["job_id"]
+    wait_copying(site, job_id)
+    assert site.node.serve is not None
+    site.node.serve.send_signal(signal.SIGKILL)
+    site.node.serve.wait()
+    assert site.wait_job(job_id, timeout=60)["state"] == "failed"
+    assert any(n.startswith("sendense-") for n in snapshot_names(vm))  # the crash left it
+
+    site.node.start_serve()
+    deadline = time.monotonic() + 60
+    while snapshot_names(vm):
+        assert time.monotonic() < deadline, "the snapshot outlived the node's restart"
+        time.sleep(0.5)
+    jobs = site.api.get("/api/v1/jobs").json()
+    assert [
+        j["id"] for j in jobs if j["vm_id"] == site.api.get(f"/api/v1/vms/{name}").json()["id"]
+    ] == [job_id]
 
 
 def test_hub_killed_mid_backup_cleans_up_at_restart(

@@ -24,7 +24,6 @@ class Injection:
     at: str  # the state the fault landed in
     job_id: str | None = None
     digests: Digests | None = None  # the source as that job read it
-    node_killed: bool = False  # its snapshot waits for the next backup's hunter
 
 
 class Fault:

@@ -3,8 +3,6 @@ ssh tunnel, the hub's sshd, or one of the job's qemu-nbd."""
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from tests.chaos.fault import (
     Fault,
     Injection,
@@ -24,7 +22,6 @@ class CopyKill(Fault):
     """Wait until a random share of the copy is done, then SIGKILL the victim."""
 
     job_id: str | None = None
-    kills_node: ClassVar[bool] = False
 
     def inject(self, world: World) -> Injection:
         injection = start_changed_backup(world)
@@ -37,7 +34,6 @@ class CopyKill(Fault):
         else:
             kill9(victim)
             injection.at = f"{state} {injection.at}"
-        injection.node_killed = self.kills_node
         return injection
 
     def victim(self, world: World) -> int | None:
@@ -60,7 +56,6 @@ class HubInCopy(CopyKill):
 
 class NodeInCopy(CopyKill):
     name = "node in copy"
-    kills_node = True
 
     def victim(self, world: World) -> int | None:
         assert world.site.node.serve is not None

@@ -80,6 +80,14 @@ class BackupStartRequest(VcenterLogin):
         return value
 
 
+class SnapshotHuntResponse(BaseModel):
+    """After the hub's periodic `POST /snapshots/hunt`: dead jobs' snapshots still
+    recorded for that vCenter, and why those could not be removed."""
+
+    pending: int
+    warnings: list[str] = Field(default_factory=list)
+
+
 class BackupStartResponse(BaseModel):
     job_id: str
     status: str

@@ -59,6 +59,9 @@ class HubSettings(SendenseSettings):
     time_zone: str = "UTC"
     # How often the hub looks for due schedules.
     schedule_tick_s: float = Field(default=30.0, gt=0)
+    # How often connected nodes are handed their vCenters' logins to remove the
+    # snapshots of backups that died with them (a restarted node has none).
+    snapshot_sweep_s: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -22,6 +22,7 @@ from sendense.hub.config import HubSettings
 from sendense.hub.db.database import Database
 from sendense.hub.nodes.client import NodeConnector
 from sendense.hub.nodes.registry import NodeInfo, NodeService
+from sendense.hub.nodes.snapshot_sweep import SnapshotSweep
 from sendense.hub.nodes.tunnel_sshd import TunnelSshd, is_listening
 from sendense.hub.nodes.vcenters import VcenterService
 from sendense.hub.repository.exports import ExportManager, ExportSettings
@@ -79,6 +80,7 @@ class Hub:
     restores: VmRestoreRunner
     verifications: VerifyRunner
     scheduler: Scheduler
+    snapshot_sweep: SnapshotSweep
 
     @classmethod
     def open(cls, settings: HubSettings, migrate: bool = True) -> Hub:
@@ -158,6 +160,9 @@ class Hub:
             restores=VmRestoreRunner(db, access, vcenters, connector, node_timeout=node_timeout),
             verifications=VerifyRunner(db, verifier),
             scheduler=scheduler,
+            snapshot_sweep=SnapshotSweep(
+                vcenters, connector, lambda: nodes.refresh_connected(is_listening)
+            ),
         )
 
     def start_tunnel(self) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from sendense.common.contract import SnapshotHuntResponse
 from sendense.common.errors import SendenseError
 from sendense.node.config import NodeSettings
 from sendense.node.vmware import snapshots
@@ -208,6 +209,29 @@ class SnapshotHunter:
         if len(named) > 1:
             raise VcenterError(f"{len(named)} VMs are named {record.vm_name!r}")
         return named[0] if named else None
+
+    async def hunt_with(
+        self, host: str, user: str, password: SecretStr, thumbprint: str | None
+    ) -> SnapshotHuntResponse:
+        """The hub's periodic call: remember its login for `host` (a restarted node
+        has none until then), and hunt there now if a dead job's snapshot is
+        recorded; no vCenter session otherwise."""
+        login = self._logins[host] = _Login(user, password, thumbprint)
+        if not self._dead(host):
+            return SnapshotHuntResponse(pending=0)
+        vc = await asyncio.to_thread(
+            connect,
+            host,
+            login.user,
+            login.password.get_secret_value(),
+            login.thumbprint,
+            self.settings.vcenter_insecure,
+        )
+        try:
+            warnings = await self.hunt(vc, host)
+        finally:
+            await asyncio.to_thread(vc.close)
+        return SnapshotHuntResponse(pending=len(self._dead(host)), warnings=warnings)
 
     async def hunt_everywhere(self) -> None:
         """One round of the periodic hunt: every vCenter with dead jobs' snapshots

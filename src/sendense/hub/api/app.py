@@ -51,6 +51,14 @@ def create_app(hub: Hub) -> FastAPI:
             asyncio.create_task(
                 _every(hub.settings.schedule_tick_s, hub.scheduler.tick, "checking schedules")
             ),
+            asyncio.create_task(
+                _every(
+                    hub.settings.snapshot_sweep_s,
+                    hub.snapshot_sweep.run,
+                    "sweeping nodes' leftover snapshots",
+                    first=False,
+                )
+            ),
         ]
         yield
         for loop in loops:

@@ -26,6 +26,7 @@ from sendense.common.contract import (
     RestoreCheckResponse,
     RestoreJobStatus,
     RestoreStartRequest,
+    SnapshotHuntResponse,
     VcenterLogin,
     VmInventory,
 )
@@ -191,6 +192,10 @@ class NodeClient:
         if body.get("vm_uuid") is None:
             body.pop("vm_uuid", None)  # the request as nodes before it knew it
         self._call("POST", "/api/v1/backup/start", body)
+
+    def hunt_snapshots(self, login: VcenterLogin) -> SnapshotHuntResponse:
+        answer = self._call("POST", "/api/v1/snapshots/hunt", _login_body(login))
+        return SnapshotHuntResponse.model_validate(answer)
 
     def job(self, job_id: str) -> NodeJobStatus:
         return NodeJobStatus.model_validate(self._call("GET", f"/api/v1/jobs/{job_id}"))

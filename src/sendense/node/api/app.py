@@ -27,6 +27,7 @@ from sendense.common.contract import (
     RestoreCheckResponse,
     RestoreJobStatus,
     RestoreStartRequest,
+    SnapshotHuntResponse,
     TaskStatus,
     VcenterLogin,
     VmInventory,
@@ -111,6 +112,20 @@ async def discover(node: NodeDep, login: VcenterLogin) -> DiscoverResponse:
 async def inventory(node: NodeDep, body: InventoryRequest) -> VmInventory:
     """One VM and its disks: what the hub plans a backup from."""
     return await _with_vcenter(node, body, lambda vc: describe_fresh(find_vm(vc, body.vm_name)))
+
+
+@router.post("/snapshots/hunt", tags=["backup"])
+async def hunt_snapshots(node: NodeDep, login: VcenterLogin) -> SnapshotHuntResponse:
+    """The hub asks this periodically with its login for the vCenter: a node that
+    was killed mid-backup and restarted removes its dead jobs' snapshots without
+    waiting for the next backup (it keeps no vCenter password of its own)."""
+    register_secret(login.vcenter_password.get_secret_value())
+    thumbprint = login.vcenter_thumbprint or node.settings.vcenter_thumbprints.get(
+        login.vcenter_host
+    )
+    return await node.runner.hunter.hunt_with(
+        login.vcenter_host, login.vcenter_user, login.vcenter_password, thumbprint
+    )
 
 
 def _started(status: TaskStatus) -> BackupStartResponse:
