@@ -5,6 +5,10 @@ directories; not the token file the hub writes on purpose, mode 0600) is read
 for the vCenter password, the API token, the node's API token and the pairing
 code. Before this, secrets were checked only in log lines captured in-process.
 
+Every process's command line (/proc/*/cmdline, readable by any local user) is
+sampled during the enrollment, the backups and a restore to a new VM, and read
+for the same secrets (issue 12, acceptance).
+
 Everything runs under umask 000: what the hub and node create (data directories,
 the SQLite database, disk images, keys, logs of their children) must still be
 theirs alone, 0600 files and 0700 directories (issue 12, point 12)."""
@@ -17,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from tests.rig.cli import sendense
+from tests.rig.cmdlines import CmdlineSampler
 from tests.rig.node_tasks import unique
 from tests.rig.site import Site
 from tests.rig.vcsim import Vcsim
-from tests.rig.vmware_vms import SCSI0, MiB, create_vm, fill, flat_file
+from tests.rig.vmware_vms import SCSI0, MiB, create_vm, destroy_vm, fill, flat_file
 
 ON_PURPOSE = "initial-api-token"  # the hub's and node's first token, shown once, 0600
 
@@ -29,19 +34,26 @@ def test_no_secret_in_any_file_the_hub_node_and_tunnel_write(
     tmp_path: Path, vcsim: Vcsim, si: Any, repo_dir: Path
 ) -> None:
     site = Site(tmp_path / "site")
+    name = unique("secret")
+    restored = f"{name}-restored"
     loose = os.umask(0)  # the processes inherit it
     try:
-        site.start()
-        code = site.enroll_and_connect()
-        site.add_vcenter(vcsim)
-        assert site.api.post("/api/v1/repositories", json={"path": str(repo_dir)}).is_success
-        name = unique("secret")
-        vm = create_vm(si, name, [(2000, 16 * MiB, SCSI0)], cbt=True)
-        fill(flat_file(vcsim, vm, 2000), [(0, b"\x17" * MiB)])
-        for _ in range(2):
-            done = sendense("backup", "run", name, "--watch", env=site.cli_env())
-            assert done.returncode == 0, done.stderr
-            fill(flat_file(vcsim, vm, 2000), [(4 * MiB, b"\x29" * MiB)])
+        with CmdlineSampler() as argv:
+            site.start()
+            code = site.enroll_and_connect()
+            site.add_vcenter(vcsim)
+            assert site.api.post("/api/v1/repositories", json={"path": str(repo_dir)}).is_success
+            vm = create_vm(si, name, [(2000, 16 * MiB, SCSI0)], cbt=True)
+            fill(flat_file(vcsim, vm, 2000), [(0, b"\x17" * MiB)])
+            for _ in range(2):
+                done = sendense("backup", "run", name, "--watch", env=site.cli_env())
+                assert done.returncode == 0, done.stderr
+                fill(flat_file(vcsim, vm, 2000), [(4 * MiB, b"\x29" * MiB)])
+            point = site.api.get("/api/v1/restore-points", params={"vm": name}).json()[0]
+            done = sendense(
+                "restore", "vm", point["id"], "--name", restored, "--watch", env=site.cli_env()
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
         hub = site.hub_service()
         try:
             node_token = hub.nodes.api_token(site.name)
@@ -56,6 +68,18 @@ def test_no_secret_in_any_file_the_hub_node_and_tunnel_write(
     finally:
         os.umask(loose)
         site.stop()
+        copy = si.content.searchIndex.FindByInventoryPath(f"DC0/vm/{restored}")
+        if copy is not None:
+            destroy_vm(si, copy)
+
+    # The sampler saw the processes that carry secrets: the CLI's enrollment and
+    # restore, the node's ssh and the hub's sshd, qemu-nbd serving the backups.
+    assert argv.rounds > 100
+    for fragment in ("sendense node enroll", "sendense restore vm", "ssh -N", "sshd", "qemu-nbd"):
+        assert argv.seen(fragment), fragment
+    assert [(what, argv.containing(secret)) for what, secret in secrets.items()] == [
+        (what, []) for what in secrets
+    ]
 
     made_by_them = [
         site.hub.data_dir,

@@ -349,8 +349,6 @@ def test_enrollment_refuses_a_hub_fingerprint_that_does_not_match(site: Site) ->
         "enroll",
         "--hub",
         site.hub.url.removeprefix("https://"),
-        "--code",
-        site.pair(),
         "--name",
         site.name,
         "--hub-fingerprint",
@@ -359,7 +357,7 @@ def test_enrollment_refuses_a_hub_fingerprint_that_does_not_match(site: Site) ->
         site.hub_cert_sha256,
         "--data-dir",
         str(site.node.data_dir),
-        env=site.node.env,
+        env=site.node.env | {"SENDENSE_PAIRING_CODE": site.pair()},
     )
     assert done.returncode == 1
     assert wrong in done.stderr

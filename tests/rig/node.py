@@ -45,8 +45,6 @@ class NodeProcesses:
             "enroll",
             "--hub",
             hub_url.removeprefix("https://"),
-            "--code",
-            code,
             "--name",
             name,
             "--local-address",
@@ -55,7 +53,7 @@ class NodeProcesses:
             str(self.data_dir),
             *pin,
             *more,
-            env=self.env,
+            env=self.env | {"SENDENSE_PAIRING_CODE": code},
         )
 
     def _spawn(self, *args: str, log: str) -> subprocess.Popen[bytes]:

@@ -10,6 +10,7 @@ import typer
 
 from sendense.cli.output import console, one_line_errors
 from sendense.cli.serving import announce_token, appliance_settings, run_api
+from sendense.common.errors import InvalidInput
 from sendense.common.files import private_dir
 from sendense.common.logging import setup_logging
 from sendense.node.auth import NodeTokens
@@ -62,7 +63,14 @@ def token(
 @one_line_errors
 def enroll(
     hub: Annotated[str, typer.Option(help="The hub's API address, HOST[:PORT]")],
-    code: Annotated[str, typer.Option(help="Pairing code from `sendense hub pair`")],
+    code_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the pairing code from `sendense hub pair` (else "
+            "SENDENSE_PAIRING_CODE, else it is asked for); never an argument: any "
+            "local user can read a process's arguments"
+        ),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="This node's name (default: hostname)")] = None,
     local_address: Annotated[
         str, typer.Option(help="Loopback address the hub's ports appear on here")
@@ -105,7 +113,7 @@ def enroll(
     answer, own = do_enroll(
         settings,
         hub,
-        code,
+        _pairing_code(code_file),
         name or socket.gethostname(),
         local_address,
         hub_fingerprint,
@@ -118,6 +126,23 @@ def enroll(
     if hub_cert_sha256 is not None:
         console.print(f"hub certificate:  {hub_cert_sha256.strip()} (pinned)")
     console.print("start the tunnel: sendense node tunnel")
+
+
+def _pairing_code(code_file: Path | None) -> str:
+    import os
+    import sys
+
+    if code_file is not None:
+        code = code_file.read_text().strip()
+    elif os.environ.get("SENDENSE_PAIRING_CODE"):
+        code = os.environ["SENDENSE_PAIRING_CODE"].strip()
+    elif sys.stdin.isatty():
+        code = typer.prompt("Pairing code", hide_input=True).strip()
+    else:
+        code = sys.stdin.readline().strip()
+    if not code:
+        raise InvalidInput("no pairing code: --code-file, SENDENSE_PAIRING_CODE or standard input")
+    return code
 
 
 @app.command()
