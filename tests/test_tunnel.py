@@ -344,6 +344,7 @@ def _backup_surviving_tunnel_loss(
 
 def test_enrollment_refuses_a_hub_fingerprint_that_does_not_match(site: Site) -> None:
     wrong = "SHA256:" + "A" * 43
+    code = site.pair()
     done = sendense(
         "node",
         "enroll",
@@ -357,7 +358,7 @@ def test_enrollment_refuses_a_hub_fingerprint_that_does_not_match(site: Site) ->
         site.hub_cert_sha256,
         "--data-dir",
         str(site.node.data_dir),
-        env=site.node.env | {"SENDENSE_PAIRING_CODE": site.pair()},
+        env=site.node.env | {"SENDENSE_PAIRING_CODE": code},
     )
     assert done.returncode == 1
     assert wrong in done.stderr
