@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 
@@ -38,6 +39,35 @@ def vcenter_add(
     token_file: TokenFileOpt = None,
 ) -> None:
     """Register a vCenter (its password is sealed on the hub, never shown again)."""
+    body = {
+        "host": host,
+        "user": user,
+        "password": _vcenter_password(password_file),
+        "node": node,
+        "thumbprint": thumbprint,
+    }
+    added = _client(hub_url, token_file).post("/api/v1/vcenters", body)
+    console.print(f"vCenter {added['host']} added, reached through node {added['node']}")
+
+
+@vcenter_app.command("passwd")
+@one_line_errors
+def vcenter_passwd(
+    host: str,
+    user: Annotated[str | None, typer.Option(help="A new vCenter user too")] = None,
+    password_file: Annotated[
+        Path | None, typer.Option(help="else SENDENSE_VCENTER_PASSWORD")
+    ] = None,
+    hub_url: HubUrlOpt = None,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Change a registered vCenter's password (and user), e.g. when it expires."""
+    body = {"user": user, "password": _vcenter_password(password_file)}
+    changed = _client(hub_url, token_file).post(f"/api/v1/vcenters/{quote(host)}/login", body)
+    console.print(f"vCenter {changed['host']}: new login for {changed['username']} stored")
+
+
+def _vcenter_password(password_file: Path | None) -> str:
     password = (
         password_file.read_text().strip()
         if password_file
@@ -45,15 +75,7 @@ def vcenter_add(
     )
     if not password:
         raise InvalidInput("no vCenter password: --password-file or SENDENSE_VCENTER_PASSWORD")
-    body = {
-        "host": host,
-        "user": user,
-        "password": password,
-        "node": node,
-        "thumbprint": thumbprint,
-    }
-    added = _client(hub_url, token_file).post("/api/v1/vcenters", body)
-    console.print(f"vCenter {added['host']} added, reached through node {added['node']}")
+    return password
 
 
 @backup_app.command("run")

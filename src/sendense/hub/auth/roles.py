@@ -69,6 +69,7 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", f"{API}/jobs/{{job_id}}/verify-progress"): Permission.READ,
     ("POST", f"{API}/backups"): Permission.RUN_BACKUPS,
     ("POST", f"{API}/vcenters"): Permission.MANAGE_VCENTERS,
+    ("POST", f"{API}/vcenters/{{host}}/login"): Permission.MANAGE_VCENTERS,
     ("GET", f"{API}/vcenters"): Permission.READ,
     ("GET", f"{API}/vcenters/vms"): Permission.READ,
     ("GET", f"{API}/nodes"): Permission.READ,

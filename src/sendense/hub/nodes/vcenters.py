@@ -53,6 +53,23 @@ class VcenterService:
         except IntegrityError as exc:
             raise Conflict(f"vCenter {host} is registered already") from exc
 
+    def change_login(self, host: str, user: str | None, password: str) -> VcenterInfo:
+        """A new password (and user) for a registered vCenter: the way to rotate it.
+        Backups started from now on use it."""
+        if not password:
+            raise InvalidInput("the vCenter password is empty")
+        sealed = self.box.seal(password)
+        with self.db.session() as s:
+            found = s.execute(select(Vcenter, Node.name).join(Node).where(Vcenter.host == host))
+            row = found.first()
+            if row is None:
+                raise NotFound(f"no vCenter {host!r} is registered")
+            vc, node = row
+            vc.password_sealed = sealed
+            if user:
+                vc.username = user
+            return VcenterInfo(vc.id, vc.host, vc.username, vc.thumbprint, node)
+
     def list(self) -> list[VcenterInfo]:
         with self.db.session() as s:
             rows = s.execute(select(Vcenter, Node.name).join(Node).order_by(Vcenter.host)).all()

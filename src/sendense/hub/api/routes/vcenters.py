@@ -32,6 +32,18 @@ def add_vcenter(hub: HubDep, body: VcenterIn) -> VcenterInfo:
     )
 
 
+class LoginIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str | None = Field(default=None, min_length=1, max_length=255)
+    password: SecretStr
+
+
+@router.post("/{host}/login")
+def change_vcenter_login(hub: HubDep, host: str, body: LoginIn) -> VcenterInfo:
+    """Rotate a registered vCenter's password (and user): sealed, never shown again."""
+    return hub.vcenters.change_login(host, body.user, body.password.get_secret_value())
+
+
 @router.get("")
 def list_vcenters(hub: HubDep) -> list[VcenterInfo]:
     return hub.vcenters.list()
