@@ -22,6 +22,7 @@ from sendense.hub.api.routes import (
     exports,
     health,
     jobs,
+    metrics,
     nodes,
     policies,
     ports,
@@ -95,6 +96,7 @@ def create_app(hub: Hub) -> FastAPI:
         access,
         tokens,
         audit,
+        metrics,
     ):
         app.include_router(module.router)
     return app

@@ -46,6 +46,7 @@ API = "/api/v1"
 # node enrollment) are not here: they take no token at all.
 ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", f"{API}/ports"): Permission.READ,
+    ("GET", "/metrics"): Permission.READ,  # Prometheus' usual path, outside the API's prefix
     ("GET", f"{API}/exports"): Permission.READ,
     ("GET", f"{API}/repositories"): Permission.READ,
     ("POST", f"{API}/repositories"): Permission.MANAGE_REPOSITORIES,
