@@ -15,6 +15,10 @@ import httpx
 import pyotp
 import pytest
 
+from sendense.common.errors import Conflict, NotFound, Unauthorized
+from sendense.hub.auth.roles import Role
+from sendense.hub.auth.users import LoginFailed
+from sendense.hub.service import Hub
 from tests.rig.cli import sendense
 from tests.rig.hub import HubProcess
 
@@ -297,3 +301,33 @@ def test_a_new_password_ends_sessions_and_removal_revokes_at_once(users_hub: Hub
         ("POST", "/api/v1/users", {"user": "alice"}, 201),
     ]
     assert_no_secret_anywhere(hub, PASSWORDS["alice"], new_password, "b" * 12)
+
+
+def test_the_user_service_on_both_databases(db_hub: Hub) -> None:
+    """The same rules on SQLite and PostgreSQL: the conditional updates a login
+    makes (a TOTP step taken once) and the admin rows a removal locks."""
+    users = db_hub.users
+    info, uri = users.create("ann", Role.ADMIN, "ann-Long-Password-1", totp=True)
+    assert info.totp
+    assert uri is not None
+    totp = pyotp.TOTP(parse_qs(urlparse(uri).query)["secret"][0])
+    with pytest.raises(Conflict):
+        users.create("ann", Role.VIEWER, "another-password")
+    with pytest.raises(LoginFailed):
+        users.login("ann", "ann-Long-Password-1", None)
+    code = totp.now()
+    user, token, secret = users.login("ann", "ann-Long-Password-1", code)
+    assert (user.name, token.role, token.user_id) == ("ann", Role.ADMIN, user.id)
+    assert db_hub.tokens.verify(secret).role is Role.ADMIN
+    with pytest.raises(LoginFailed):
+        users.login("ann", "ann-Long-Password-1", code)  # replayed
+    with pytest.raises(Conflict, match="last admin"):
+        users.remove("ann")
+    users.create("ben", Role.ADMIN, "ben-Long-Password-2")
+    users.set_password("ann", "ann-Other-Password-3")
+    with pytest.raises(Unauthorized):
+        db_hub.tokens.verify(secret)
+    users.remove("ann")
+    with pytest.raises(NotFound):
+        users.get("ann")
+    assert [u.name for u in users.list()] == ["ben"]
