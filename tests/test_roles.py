@@ -17,7 +17,11 @@ from sendense.hub.auth.roles import ROLE_PERMISSIONS, ROUTES, Permission, Role, 
 from sendense.hub.service import Hub
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "security.md"
-PUBLIC = {("GET", "/api/v1/health"), ("POST", "/api/v1/nodes/enroll")}
+PUBLIC = {
+    ("GET", "/api/v1/health"),
+    ("POST", "/api/v1/nodes/enroll"),
+    ("POST", "/api/v1/auth/login"),
+}
 
 
 def api_routes(app: FastAPI) -> Iterator[tuple[str, str, bool]]:

@@ -9,7 +9,17 @@ from urllib.parse import quote
 
 import typer
 
-from sendense.cli import backups, hub, node, policies, restore, restore_vm, tokens, verify
+from sendense.cli import (
+    backups,
+    hub,
+    node,
+    policies,
+    restore,
+    restore_vm,
+    tokens,
+    users,
+    verify,
+)
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.output import console, one_line_errors, repo_table, table
 from sendense.common.errors import InvalidInput, SendenseError
@@ -26,6 +36,7 @@ def _private_files() -> None:
 
 app.add_typer(hub.app, name="hub")
 app.add_typer(tokens.token_app, name="token")
+app.add_typer(users.user_app, name="user")
 app.command("audit")(tokens.audit)
 app.add_typer(node.app, name="node")
 app.add_typer(backups.vcenter_app, name="vcenter")

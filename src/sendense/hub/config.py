@@ -62,6 +62,13 @@ class HubSettings(SendenseSettings):
     # How often connected nodes are handed their vCenters' logins to remove the
     # snapshots of backups that died with them (a restarted node has none).
     snapshot_sweep_s: float = Field(default=30.0, gt=0)
+    # A login's session (its token) lasts this long.
+    session_lifetime_s: float = Field(default=12 * 3600.0, ge=60, le=30 * 86400)
+    # Failed logins tolerated per user name and per client address within
+    # login_window_s; more are answered 429 until the oldest leaves the window.
+    login_failures_per_user: int = Field(default=5, ge=1)
+    login_failures_per_address: int = Field(default=20, ge=1)
+    login_window_s: float = Field(default=300.0, gt=0)
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from sendense.common.files import private_dir
@@ -14,6 +15,7 @@ from sendense.common.sshkeys import KeyPair
 from sendense.hub.auth.audit_log import AuditLog
 from sendense.hub.auth.secrets import SecretBox
 from sendense.hub.auth.tokens import TokenService
+from sendense.hub.auth.users import UserService
 from sendense.hub.backup.ledger import BackupLedger
 from sendense.hub.backup.reconcile import ReconcileReport, reconcile
 from sendense.hub.backup.runner import BackupRunner
@@ -65,6 +67,7 @@ class Hub:
     exports: ExportManager
     ledger: BackupLedger
     tokens: TokenService
+    users: UserService
     audit_log: AuditLog
     nodes: NodeService
     vcenters: VcenterService
@@ -105,6 +108,8 @@ class Hub:
             settings.pairing_minutes,
         )
         vcenters = VcenterService(db, box)
+        tokens = TokenService(db)
+        users = UserService(db, box, tokens, timedelta(seconds=settings.session_lifetime_s))
         permitted = [*range(settings.nbd_port_min, settings.nbd_port_max + 1), settings.listen_port]
         tunnel = TunnelSshd(
             settings.data_dir / "tunnel", (settings.tunnel_host, settings.tunnel_port), permitted
@@ -142,7 +147,8 @@ class Hub:
             ports=ports,
             exports=exports,
             ledger=ledger,
-            tokens=TokenService(db),
+            tokens=tokens,
+            users=users,
             audit_log=AuditLog(db),
             nodes=nodes,
             vcenters=vcenters,

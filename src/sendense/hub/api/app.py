@@ -18,6 +18,7 @@ from sendense.hub.api.audit_trail import AuditTrail
 from sendense.hub.api.routes import (
     access,
     audit,
+    auth,
     backups,
     exports,
     health,
@@ -31,6 +32,7 @@ from sendense.hub.api.routes import (
     restore_points,
     schedules,
     tokens,
+    users,
     vcenters,
     verify,
     vms,
@@ -74,11 +76,13 @@ def create_app(hub: Hub) -> FastAPI:
     app = FastAPI(title="Sendense hub", version=__version__, lifespan=lifespan)
     app.state.hub = hub
     app.state.enroll_limiter = nodes.enroll_limiter()
+    app.state.login_limits = auth.login_limits(hub.settings)
     app.add_middleware(BodyLimit)
     app.add_middleware(AuditTrail, audit=hub.audit_log)
     install_error_handlers(app, {NbdUriError: (422, "invalid_input"), NbdError: (502, "nbd_error")})
     app.include_router(health.public)
     app.include_router(nodes.public)
+    app.include_router(auth.public)
     for module in (
         ports,
         exports,
@@ -97,6 +101,8 @@ def create_app(hub: Hub) -> FastAPI:
         tokens,
         audit,
         metrics,
+        users,
+        auth,
     ):
         app.include_router(module.router)
     return app

@@ -1,6 +1,8 @@
 """Every state-changing request (any method but GET, HEAD and OPTIONS) leaves a
 row in the audit log once it is answered: refused ones (401, 403, 4xx) too, with
-the caller unknown when the token was not valid."""
+the caller unknown when the token was not valid. A route names a target its path
+does not hold (the user a login or a creation is for) in
+`request.state.audit_target`."""
 
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ class AuditTrail:
                 principal if isinstance(principal, Principal) else None,
                 scope["method"],
                 action,
-                dict(scope.get("path_params") or {}),
+                dict(scope.get("path_params") or {}) | dict(state.get("audit_target") or {}),
                 client[0] if client else None,
                 status,
             )

@@ -54,12 +54,14 @@ class AuditLog:
         target: dict[str, Any],
         client: str | None,
         status: int,
+        actor: str | None = None,
     ) -> None:
+        """`actor`: who acted without a token (a command run on the hub's machine)."""
         with self.db.session() as s:
             s.add(
                 AuditEntry(
                     token_id=principal.token_id if principal else None,
-                    actor=principal.name if principal else None,
+                    actor=principal.name if principal else actor,
                     role=principal.role.value if principal else None,
                     method=method[:8],
                     action=action[:255],

@@ -1,9 +1,10 @@
 """Who may do what: the one table of roles and the permission each API route needs.
 
-A token (later a user too) has one role. A role is a set of permissions; each
-route of the API needs exactly one permission, looked up here by its method and
-path template. A route missing from `ROUTES` is refused to everyone (and fails
-`tests/test_roles.py`), so a new route cannot be left open by mistake.
+A token and a user have one role (a user's session carries the user's). A role
+is a set of permissions; each route of the API needs exactly one permission,
+looked up here by its method and path template. A route missing from `ROUTES`
+is refused to everyone (and fails `tests/test_roles.py`), so a new route cannot
+be left open by mistake.
 `docs/security.md` shows the same table; the test checks that they agree.
 """
 
@@ -29,6 +30,7 @@ class Permission(StrEnum):
     MANAGE_REPOSITORIES = "manage_repositories"  # add, check and repair repositories
     MANAGE_POLICIES = "manage_policies"  # policies, assignments, prune, protection
     MANAGE_TOKENS = "manage_tokens"  # create, list and revoke tokens
+    MANAGE_USERS = "manage_users"  # list, add and remove users, set their passwords
     READ_AUDIT = "read_audit"  # the audit log
 
 
@@ -43,7 +45,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 
 API = "/api/v1"
 # (method, path template) -> the permission it needs. Public routes (health,
-# node enrollment) are not here: they take no token at all.
+# node enrollment, login) are not here: they take no token at all.
 ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", f"{API}/ports"): Permission.READ,
     ("GET", "/metrics"): Permission.READ,  # Prometheus' usual path, outside the API's prefix
@@ -91,6 +93,12 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", f"{API}/tokens/current"): Permission.READ,
     ("DELETE", f"{API}/tokens/{{token_id}}"): Permission.MANAGE_TOKENS,
     ("GET", f"{API}/audit"): Permission.READ_AUDIT,
+    ("GET", f"{API}/users"): Permission.MANAGE_USERS,
+    ("POST", f"{API}/users"): Permission.MANAGE_USERS,
+    ("POST", f"{API}/users/{{name}}/password"): Permission.MANAGE_USERS,
+    ("DELETE", f"{API}/users/{{name}}"): Permission.MANAGE_USERS,
+    # Ending one's own session: every role may.
+    ("POST", f"{API}/auth/logout"): Permission.READ,
 }
 # What a whole-VM restore with `force: true` needs on top of its route's permission.
 FORCE = Permission.RESTORE_OVER

@@ -78,6 +78,7 @@ class TokenService:
         role: Role = Role.ADMIN,
         expires_in: timedelta | None = None,
         created_by: str | None = None,
+        user_id: str | None = None,
     ) -> tuple[TokenInfo, str]:
         """A new token and its secret, which is shown once and never stored."""
         if expires_in is not None and expires_in <= timedelta(0):
@@ -90,6 +91,7 @@ class TokenService:
             role=Role(role).value,
             expires_at=expires_at,
             created_by=created_by,
+            user_id=user_id,
         )
         with self.db.session() as s:
             s.add(row)

@@ -317,10 +317,31 @@ class ApiToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
-    # The user the token acts for (users come later); None: a standalone token.
+    # The user the token acts for (a login's session); None: a standalone token.
     user_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # Who made it: "token:<id>" through the API, "cli" offline, "first-start".
     created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class User(Base):
+    """A person who logs in with a password (argon2id) and, when enrolled, a TOTP
+    code. A login makes a session: an `api_tokens` row with the user's id and role."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # A role of sendense.hub.auth.roles.Role.
+    role: Mapped[str] = mapped_column(String(16))
+    # The argon2id hash in its PHC form ($argon2id$v=19$m=...,t=...,p=...$salt$hash).
+    password_hash: Mapped[str] = mapped_column(String(255))
+    # The TOTP secret sealed with secret.key (hub.auth.secrets); None: no second factor.
+    totp_sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The last TOTP time step accepted: a code is taken once, never replayed.
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    password_changed_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class AuditEntry(Base):

@@ -1,0 +1,96 @@
+"""/api/v1/auth: `login` (public: a name, a password and, when enrolled, a TOTP
+code authenticate it) makes a session, a bearer token of the user's role that
+expires; `logout` ends the caller's session. Failed logins are limited per user
+name and per client address (429 with Retry-After)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from sendense.common.errors import TooManyAttempts
+from sendense.common.rate_limit import AttemptLimiter
+from sendense.hub.api.deps import HubDep, PrincipalDep, authorize
+from sendense.hub.auth.passwords import MAX_LENGTH
+from sendense.hub.auth.roles import Role
+from sendense.hub.auth.tokens import Principal
+from sendense.hub.auth.users import LoginFailed
+from sendense.hub.config import HubSettings
+
+public = APIRouter(prefix="/api/v1/auth", tags=["security"])
+router = APIRouter(prefix="/api/v1/auth", tags=["security"], dependencies=[Depends(authorize)])
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    per_user: AttemptLimiter
+    per_address: AttemptLimiter
+
+
+def login_limits(settings: HubSettings) -> LoginLimits:
+    window = settings.login_window_s
+    return LoginLimits(
+        AttemptLimiter(settings.login_failures_per_user, window, "login"),
+        AttemptLimiter(settings.login_failures_per_address, window, "login"),
+    )
+
+
+class LoginIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64)
+    password: SecretStr = Field(min_length=1, max_length=MAX_LENGTH)
+    totp: SecretStr | None = Field(
+        default=None, max_length=16, description="the authenticator's code, if enrolled"
+    )
+
+
+class SessionOut(BaseModel):
+    token: str = Field(description="send as 'Authorization: Bearer <token>'")
+    token_id: str
+    expires_at: datetime
+    user: str
+    role: Role
+
+
+class LogoutOut(BaseModel):
+    token_id: str
+    revoked_at: datetime | None
+
+
+@public.post("/login")
+def login(hub: HubDep, request: Request, body: LoginIn) -> SessionOut:
+    """The same 401 for an unknown name, a wrong password and a missing or wrong
+    code: nothing tells which users exist."""
+    limits: LoginLimits = request.app.state.login_limits
+    address = request.client.host if request.client else "unknown"
+    by_address = limits.per_address.attempt(address)
+    try:
+        by_user = limits.per_user.attempt(body.name, shown="for this user")
+    except TooManyAttempts:
+        limits.per_address.forgive(address, by_address)  # refused unchecked: no failure
+        raise
+    code = body.totp.get_secret_value() if body.totp else None
+    try:
+        user, token, secret = hub.users.login(body.name, body.password.get_secret_value(), code)
+    except LoginFailed as exc:
+        if exc.user_known:  # a mistyped password in the name field stays out of the log
+            request.state.audit_target = {"user": body.name}
+        raise
+    limits.per_address.forgive(address, by_address)  # only failures count
+    limits.per_user.forgive(body.name, by_user)
+    request.state.principal = Principal(token.id, token.name, token.role, token.user_id)
+    request.state.audit_target = {"user": user.name}
+    assert token.expires_at is not None
+    return SessionOut(
+        token=secret, token_id=token.id, expires_at=token.expires_at, user=user.name, role=user.role
+    )
+
+
+@router.post("/logout")
+def logout(hub: HubDep, principal: PrincipalDep) -> LogoutOut:
+    """End the caller's session at once (409 for a token that is not a session)."""
+    ended = hub.users.logout(principal.token_id)
+    return LogoutOut(token_id=ended.id, revoked_at=ended.revoked_at)
