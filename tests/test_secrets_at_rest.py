@@ -2,8 +2,9 @@
 after enrollment and a full and an incremental through hub, node and tunnel as
 real processes, every file they wrote (logs, the database, the data
 directories; not the token file the hub writes on purpose, mode 0600) is read
-for the vCenter password, the API token, the node's API token and the pairing
-code. Before this, secrets were checked only in log lines captured in-process.
+for the vCenter password, the API token, the node's API token, the pairing
+code, a user's password and the session its login made. Before this, secrets
+were checked only in log lines captured in-process.
 
 Every process's command line (/proc/*/cmdline, readable by any local user) is
 sampled during the enrollment, the backups and a restore to a new VM, and read
@@ -16,6 +17,7 @@ theirs alone, 0600 files and 0700 directories (issue 12, point 12)."""
 from __future__ import annotations
 
 import os
+import secrets as secrets_module
 import stat
 from pathlib import Path
 from typing import Any
@@ -49,10 +51,24 @@ def test_no_secret_in_any_file_the_hub_node_and_tunnel_write(
                 done = sendense("backup", "run", name, "--watch", env=site.cli_env())
                 assert done.returncode == 0, done.stderr
                 fill(flat_file(vcsim, vm, 2000), [(4 * MiB, b"\x29" * MiB)])
+            # An operator logs in and restores with the session its login made.
+            password = secrets_module.token_urlsafe(16)
+            added = sendense(
+                "user", "add", "ops", "--role", "operator", "--password-stdin",
+                env=site.cli_env(), stdin=password + "\n",
+            )  # fmt: skip
+            assert added.returncode == 0, added.stderr
+            with site.hub.client() as anonymous:
+                login = anonymous.post(
+                    "/api/v1/auth/login", json={"name": "ops", "password": password}
+                )
+            assert login.status_code == 200, login.text
+            session = login.json()["token"]
             point = site.api.get("/api/v1/restore-points", params={"vm": name}).json()[0]
             done = sendense(
-                "restore", "vm", point["id"], "--name", restored, "--watch", env=site.cli_env()
-            )
+                "restore", "vm", point["id"], "--name", restored, "--watch",
+                env=site.hub.cli_env(session),
+            )  # fmt: skip
             assert done.returncode == 0, done.stdout + done.stderr
         hub = site.hub_service()
         try:
@@ -64,6 +80,8 @@ def test_no_secret_in_any_file_the_hub_node_and_tunnel_write(
             "API token": site.token,
             "node API token": node_token,
             "pairing code": code,
+            "user password": password,
+            "session": session,
         }
     finally:
         os.umask(loose)
