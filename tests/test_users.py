@@ -331,3 +331,40 @@ def test_the_user_service_on_both_databases(db_hub: Hub) -> None:
     with pytest.raises(NotFound):
         users.get("ann")
     assert [u.name for u in users.list()] == ["ben"]
+
+
+def test_a_token_made_for_a_user_has_at_most_its_role_and_goes_with_it(
+    users_hub: HubProcess,
+) -> None:
+    """Issue 12, point 9: a token per user (for the user's scripts) or standalone."""
+    hub = users_hub
+    admin = hub.initial_token()
+    added = through_api(
+        hub, admin, "add", "bob", "--role", "operator", "--password-stdin", stdin=PASSWORDS["bob"]
+    )
+    assert added.returncode == 0, added.stderr
+
+    def create(*args: str) -> Any:
+        return sendense("token", "create", "--name", "bob-script", *args, env=hub.cli_env(admin))
+
+    above = create("--role", "admin", "--user", "bob")
+    assert above.returncode == 2, above.stderr
+    assert above.stderr.count("\n") == 1
+    assert "cannot have role admin" in above.stderr
+    nobody = create("--role", "viewer", "--user", "nobody")
+    assert nobody.returncode == 3, nobody.stderr
+    made = create("--role", "operator", "--user", "bob")
+    assert made.returncode == 0, made.stderr
+    script = made.stdout.strip()
+    with hub.client(script) as client:
+        mine = client.get("/api/v1/tokens/current").json()
+        assert (mine["role"], mine["user_id"] is not None) == ("operator", True)
+        assert client.get("/api/v1/users").status_code == 403  # an operator's
+        # A new password ends sessions, not the user's own tokens...
+        changed = through_api(hub, admin, "passwd", "bob", "--password-stdin", stdin="b" * 14)
+        assert changed.returncode == 0, changed.stderr
+        assert client.get("/api/v1/vms").status_code == 200
+        # ...removing the user revokes them at once.
+        removed = through_api(hub, admin, "remove", "bob")
+        assert removed.returncode == 0, removed.stderr
+        assert client.get("/api/v1/vms").status_code == 401

@@ -60,11 +60,17 @@ def token_create(
     expires_in: Annotated[
         str | None, typer.Option(help="Lifetime: 90m, 12h, 30d, 8w (default: none)")
     ] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(help="The user it acts for (revoked with the user; at most its role)"),
+    ] = None,
     hub_url: HubUrlOpt = None,
     token_file: TokenFileOpt = None,
 ) -> None:
     """Create a token and print it once on stdout (details on stderr)."""
     body: dict[str, Any] = {"name": name, "role": role}
+    if user is not None:
+        body["user"] = user
     if expires_in is not None:
         body["expires_in_s"] = int(parse_duration(expires_in).total_seconds())
     created = HubClient(hub_url, read_token(token_file)).post("/api/v1/tokens", body)

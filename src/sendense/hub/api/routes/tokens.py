@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from sendense.common.errors import InvalidInput
 from sendense.hub.api.deps import HubDep, PrincipalDep, authorize
-from sendense.hub.auth.roles import Role
+from sendense.hub.auth.roles import ROLE_PERMISSIONS, Role
 from sendense.hub.auth.tokens import TokenInfo
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["security"], dependencies=[Depends(authorize)])
@@ -22,6 +23,12 @@ class TokenIn(BaseModel):
     role: Role
     expires_in_s: int | None = Field(
         default=None, ge=60, le=MAX_LIFETIME_S, description="lifetime; none: never expires"
+    )
+    user: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="the user it acts for: revoked with the user; never above the user's role",
     )
 
 
@@ -49,7 +56,18 @@ def token_out(info: TokenInfo, now: datetime | None = None) -> TokenOut:
 @router.post("", status_code=201)
 def create_token(hub: HubDep, principal: PrincipalDep, body: TokenIn) -> TokenCreatedOut:
     lifetime = timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
-    info, secret = hub.tokens.issue(body.name, body.role, lifetime, created_by=principal.label)
+    user_id = None
+    if body.user is not None:
+        user = hub.users.get(body.user)
+        if not ROLE_PERMISSIONS[body.role] <= ROLE_PERMISSIONS[user.role]:
+            raise InvalidInput(
+                f"a token of user {user.name!r} ({user.role.value}) cannot have role "
+                f"{body.role.value}"
+            )
+        user_id = user.id
+    info, secret = hub.tokens.issue(
+        body.name, body.role, lifetime, created_by=principal.label, user_id=user_id
+    )
     return TokenCreatedOut(**token_out(info).model_dump(), token=secret)
 
 
