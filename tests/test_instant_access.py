@@ -4,11 +4,15 @@ and cleaned up by a hub restarted after kill -9."""
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
+import re
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +29,10 @@ from sendense.hub.db.models import PointStatus, RestorePoint
 from sendense.hub.repository.ports import port_is_bindable
 from sendense.hub.service import Hub
 from sendense.hub.verify.verifier import Verifier
+from sendense.nbd.psk import PSK_FILE, client_object, write_psk
 from tests.rig.cli import sendense
 from tests.rig.hub import HubProcess
-from tests.rig.nbd_data import pattern, write_through_nbd
+from tests.rig.nbd_data import pattern
 from tests.rig.procs import pids_with, wait_gone
 from tests.test_restore_export import SIZES, make_chain, repository_state
 
@@ -46,10 +51,42 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
-def same_as(uri: str, raw: Path) -> bool:
-    result = run("qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", uri, str(raw))
+@dataclass(frozen=True)
+class Key:
+    """A client's copy of an access's pre-shared key, as qemu and libnbd read it."""
+
+    directory: Path
+    identity: str
+
+    @property
+    def file(self) -> Path:
+        return self.directory / PSK_FILE
+
+    def uri(self, uri: str) -> str:
+        return f"{uri}?tls-psk-file={self.file}"
+
+    def qemu(self) -> list[str]:
+        return ["--object", client_object(self.directory, self.identity)]
+
+
+def client_key(directory: Path, access: dict[str, Any], key: str | None = None) -> Key:
+    write_psk(directory, access["psk_identity"], key or access["psk"])
+    return Key(directory, access["psk_identity"])
+
+
+def same_as(key: Key, image_opts: str, raw: Path) -> bool:
+    """`qemu-img compare` of the export, opened with the key, and a raw file."""
+    file_opts = f"driver=raw,file.driver=file,file.filename={raw}"
+    result = run("qemu-img", "compare", "-q", *key.qemu(), "--image-opts", image_opts, file_opts)
     assert result.returncode in (0, 1), result.stderr
     return result.returncode == 0
+
+
+def connect(uri: str) -> nbd.NBD:
+    handle = nbd.NBD()
+    handle.set_uri_allow_local_file(True)  # ?tls-psk-file=
+    handle.connect_uri(uri)
+    return handle
 
 
 def wait_for(condition: Any, timeout: float = 10.0) -> None:
@@ -57,6 +94,13 @@ def wait_for(condition: Any, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def refused(*argv: str) -> bool:
+    """The tool failed for want of TLS or of the right key, and read nothing."""
+    result = run(*argv)
+    said = (result.stdout + result.stderr).lower()
+    return result.returncode != 0 and "tls" in said and "size" not in result.stdout
 
 
 def test_instant_access_reads_as_the_point_takes_writes_elsewhere_and_expires(
@@ -68,35 +112,87 @@ def test_instant_access_reads_as_the_point_takes_writes_elsewhere_and_expires(
     assert opened.status_code == 201, opened.text
     access = opened.json()
     assert access["restore_point_id"] == chain.top
+    identity = f"access-{access['id']}"
+    assert access["psk_identity"] == identity
+    assert re.fullmatch(r"[0-9a-f]{64}", access["psk"])
     uris = {d["disk_key"]: d["uri"] for d in access["disks"]}
+    opts = {d["disk_key"]: d["image_opts"] for d in access["disks"]}
     ports = [d["port"] for d in access["disks"]]
     assert sorted(uris) == [2000, 2001]
-    assert uris[2000] == f"nbd://127.0.0.1:{ports[0]}/{chain.top}-2000"
-    assert idle_api.get("/api/v1/access").json() == [access]
+    assert uris[2000] == f"nbds://{identity}@127.0.0.1:{ports[0]}/{chain.top}-2000"
+    assert opts[2000] == (
+        f"driver=nbd,host=127.0.0.1,port={ports[0]},export={chain.top}-2000,tls-creds=tls0"
+    )
+    # The key is in the answer that opened the access only.
+    shown = {k: v for k, v in access.items() if k != "psk"}
+    assert idle_api.get("/api/v1/access").json() == [shown]
+    assert idle_api.get(f"/api/v1/access/{access['id']}").json() == shown
 
-    for key, uri in uris.items():
-        assert same_as(uri, chain.expected[chain.top][key])
-        info = json.loads(run("nbdinfo", "--json", uri).stdout)
-        assert info["exports"][0]["export-size"] == SIZES[key]
-        assert (
-            json.loads(run("qemu-img", "info", "--output=json", uri).stdout)["virtual-size"]
-            == SIZES[key]
+    # On the hub: a 0700 directory, a 0600 file, never on a command line.
+    served = hub.settings.access_keys_dir / access["id"]
+    assert stat.S_IMODE(served.stat().st_mode) == 0o700
+    assert stat.S_IMODE((served / PSK_FILE).stat().st_mode) == 0o600
+    assert (served / PSK_FILE).read_text() == f"{identity}:{access['psk']}\n"
+    servers = pids_with(str(hub.settings.scratch_dir))
+    assert len(servers) == 2
+    for pid in servers:
+        assert access["psk"].encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+    key = client_key(tmp_path / "key", access)
+    for disk, uri in uris.items():
+        expected = chain.expected[chain.top][disk]
+        assert same_as(key, opts[disk], expected)
+        info = json.loads(run("nbdinfo", "--json", key.uri(uri)).stdout)
+        assert info["TLS"] is True
+        assert info["exports"][0]["export-size"] == SIZES[disk]
+        copied = tmp_path / f"copy-{disk}.raw"
+        result = run("nbdcopy", key.uri(uri), str(copied))
+        assert result.returncode == 0, result.stderr
+        assert filecmp.cmp(copied, expected, shallow=False)
+        result = run(
+            "qemu-img", "convert", "-O", "raw", *key.qemu(), "--image-opts", opts[disk], str(copied)
         )
+        assert result.returncode == 0, result.stderr
+        assert filecmp.cmp(copied, expected, shallow=False)
+
+    # Without the key, with a wrong one, or in plain NBD: every tool is refused.
+    wrong = client_key(tmp_path / "wrong", access, key="00" * 32)
+    plain = f"nbd://127.0.0.1:{ports[0]}/{chain.top}-2000"
+    out = str(tmp_path / "stolen.raw")
+    for argv in (
+        ["nbdinfo", plain],
+        ["nbdinfo", uris[2000]],  # nbds:// without a key file
+        ["nbdinfo", wrong.uri(uris[2000])],
+        ["nbdcopy", plain, out],
+        ["nbdcopy", wrong.uri(uris[2000]), out],
+        ["qemu-img", "info", plain],
+        ["qemu-img", "info", *wrong.qemu(), "--image-opts", opts[2000]],
+        ["qemu-img", "convert", "-O", "raw", plain, out],
+    ):
+        assert refused(*argv), argv
+    handle = nbd.NBD()
+    with pytest.raises(nbd.Error):
+        handle.connect_uri(plain)
 
     # Writes land in the overlay: the export changes, the backup does not.
-    wrote = run("qemu-io", "-f", "raw", "-c", "write -P 0xab 0 1M", uris[2000])
+    write = ["qemu-io", *key.qemu(), "--image-opts", opts[2000]]
+    wrote = run(*write, "-c", "write -P 0xab 0 1M")
     assert wrote.returncode == 0, wrote.stderr
-    write_through_nbd(uris[2001], [(0, pattern(9, 65536))])
-    assert not same_as(uris[2000], chain.expected[chain.top][2000])
-    assert run("qemu-io", "-f", "raw", "-c", "read -P 0xab 0 1M", uris[2000]).returncode == 0
+    assert refused("qemu-io", "-f", "raw", "-c", "write -P 0xcd 0 1M", plain)
+    handle = connect(key.uri(uris[2001]))
+    handle.pwrite(pattern(9, 65536), 0)
+    handle.flush()
+    handle.shutdown()
+    assert not same_as(key, opts[2000], chain.expected[chain.top][2000])
+    assert not same_as(key, opts[2001], chain.expected[chain.top][2001])
+    assert run(*write, "-c", "read -P 0xab 0 1M").returncode == 0
 
     # A connected client keeps it open past the idle time...
-    client = nbd.NBD()
-    client.connect_uri(uris[2000])
+    client = connect(key.uri(uris[2000]))
     time.sleep(IDLE_S * 2.5)
     assert client.pread(4, 0) == b"\xab" * 4
     assert len(idle_api.get("/api/v1/access").json()) == 1
-    # ...and once it is gone, the access closes by itself.
+    # ...and once it is gone, the access closes by itself, its key with it.
     client.shutdown()
     wait_for(lambda: idle_api.get("/api/v1/access").json() == [])
     assert Queries(hub.db).job(access["id"]).state == "complete"
@@ -104,6 +200,7 @@ def test_instant_access_reads_as_the_point_takes_writes_elsewhere_and_expires(
     assert all(port_is_bindable("127.0.0.1", p) for p in ports)
     assert pids_with(str(hub.settings.scratch_dir)) == []
     assert list(hub.settings.scratch_dir.iterdir()) == []
+    assert list(hub.settings.access_keys_dir.iterdir()) == []
 
     assert repository_state(repo_dir) == before
     verifier = Verifier(hub.db, hub.repos, hub.settings.scratch_dir)
@@ -127,7 +224,16 @@ def test_access_refuses_bad_input_and_closes_on_request(
     assert api.get("/api/v1/access/no-such-access").status_code == 404
 
     opened = api.post(f"/api/v1/restore-points/{chain.points[0]}/access").json()
-    assert api.get(f"/api/v1/access/{opened['id']}").json() == opened
+    assert "psk" not in api.get(f"/api/v1/access/{opened['id']}").json()
+    assert api.get(f"/api/v1/access/{opened['id']}").json() == {
+        k: v for k, v in opened.items() if k != "psk"
+    }
+    assert (hub.settings.access_keys_dir / opened["id"]).is_dir()
+    # Start-up drops the keys of accesses that are not open, and only those.
+    stray = hub.settings.access_keys_dir / "closed-long-ago"
+    write_psk(stray, "access-closed-long-ago", "11" * 32)
+    assert hub.access.remove_stale_keys() == 1
+    assert [d.name for d in hub.settings.access_keys_dir.iterdir()] == [opened["id"]]
     assert api.delete(f"/api/v1/access/{opened['id']}").status_code == 200
     assert api.delete(f"/api/v1/access/{opened['id']}").status_code == 404
     assert api.get("/api/v1/access").json() == []
@@ -148,6 +254,7 @@ def test_access_refuses_bad_input_and_closes_on_request(
     assert "invalid" in refused.json()["message"]
     assert hub.ports.status().used == 2  # only the unfinished backup's
     assert list(hub.settings.scratch_dir.iterdir()) == []
+    assert list(hub.settings.access_keys_dir.iterdir()) == []
     assert repository_state(repo_dir) == before
     hub.ledger.fail(unfinished.job_id, "test: never meant to finish")
 
@@ -175,32 +282,58 @@ def test_cli_then_kill_9_leaves_nothing_after_restart(
         **hub_process.cli_env(token),
     }
 
+    env["HOME"] = str(tmp_path / "home")  # the CLI's default key directory lies there
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    bad = sendense("restore", "instant", chain.top, "--key-dir", str(not_a_dir), env=env)
+    assert (bad.returncode, bad.stderr) == (2, f"error: --key-dir {not_a_dir} is not a directory\n")
     opened = sendense("restore", "instant", chain.top, env=env)
     assert opened.returncode == 0, opened.stderr
-    first, *disks = opened.stdout.splitlines()
-    access_id = first.split()[1]
-    assert [line.split()[0] for line in disks] == ["2000", "2001"]
-    uri = disks[0].split()[1]
-    assert uri.startswith("nbd://127.0.0.1:")
-    assert (
-        json.loads(run("nbdinfo", "--json", uri).stdout)["exports"][0]["export-size"]
-        == (SIZES[2000])
-    )
+    lines = opened.stdout.splitlines()
+    access_id = lines[0].split()[1]
+    key_dir = tmp_path / "home/.local/share/sendense/access" / access_id
+    identity = f"access-{access_id}"
+    assert lines[1] == f"TLS pre-shared key (shown once), saved in {key_dir / PSK_FILE}:"
+    assert lines[2].split() == ["identity", identity]
+    psk = lines[3].split()[1]
+    assert (key_dir / PSK_FILE).read_text() == f"{identity}:{psk}\n"
+    assert stat.S_IMODE(key_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((key_dir / PSK_FILE).stat().st_mode) == 0o600
+    uris = [line.split() for line in lines if line.split()[1].startswith("nbds://")]
+    assert [disk for disk, _ in uris] == ["2000", "2001"]
+    uri = uris[0][1]
+    assert uri.startswith(f"nbds://{identity}@127.0.0.1:")
+    assert uri.endswith(f"?tls-psk-file={key_dir / PSK_FILE}")
+    # Every line the CLI gives works as it stands: nbdinfo's URI, qemu-img's command.
+    info = json.loads(run("nbdinfo", "--json", uri).stdout)
+    assert info["exports"][0]["export-size"] == SIZES[2000]
+    commands = [line.split()[1:] for line in lines if "qemu-img info" in line]
+    assert len(commands) == 2
+    result = run(*commands[1][:2], "--output=json", *commands[1][2:])
+    assert json.loads(result.stdout)["virtual-size"] == SIZES[2001], result.stderr
+
     listed = sendense("restore", "access-list", env=env)
     assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.count("access-") == 2  # one access: the refused one opened none
     assert access_id in listed.stdout
-    assert uri in listed.stdout
+    assert uri.split("?")[0] in listed.stdout
+    assert psk not in listed.stdout
     closed = sendense("restore", "close", access_id, env=env)
     assert (closed.returncode, closed.stdout.strip()) == (0, f"access {access_id} closed")
+    assert not key_dir.exists()
+    assert run("nbdinfo", uri).returncode != 0  # served no more
     again = sendense("restore", "close", access_id, env=env)
     assert again.returncode == 3
     assert again.stderr == f"error: no open access {access_id}\n"
     assert pids_with(str(scratch)) == []
+    logs = [hub_process.log, *(hub.settings.log_dir.iterdir())]
+    assert all(psk not in path.read_text() for path in logs)
 
     with hub_process.client(token, timeout=5) as client:
         access = client.post(f"/api/v1/restore-points/{chain.top}/access").json()
         servers = pids_with(str(scratch))
         assert len(servers) == 2
+        assert (hub.settings.access_keys_dir / access["id"] / PSK_FILE).exists()
         hub_process.kill9()
         assert wait_gone(servers, timeout=0.5) == servers  # the crash left them running
 
@@ -212,4 +345,5 @@ def test_cli_then_kill_9_leaves_nothing_after_restart(
         job = client.get(f"/api/v1/jobs/{access['id']}").json()
         assert job["state"] == "failed"
     assert list(scratch.iterdir()) == []
+    assert list(hub.settings.access_keys_dir.iterdir()) == []  # a closed access's key
     assert repository_state(repo_dir) == before

@@ -12,6 +12,7 @@ import pytest
 
 from sendense.common.errors import ToolFailed
 from sendense.common.processes import process_info
+from sendense.nbd.psk import nbds_uri, new_key, write_psk
 from sendense.nbd.qemu_img import QemuImg
 from sendense.nbd.qemu_nbd import ExportSpec, QemuNbd, is_qemu_nbd_for
 from tests.rig.net import free_port
@@ -65,3 +66,28 @@ def test_a_missing_binary_is_a_clear_error(image: Path) -> None:
         server.start()
     assert missing.value.returncode is None
     assert "/nonexistent/qemu-nbd" in missing.value.message
+
+
+def test_tls_psk_reads_the_key_from_its_directory_whatever_its_name(
+    image: Path, tmp_path: Path
+) -> None:
+    """A directory name with a comma (QEMU's option separator) still names the key;
+    the key is in no argv, and a client without it is refused."""
+    port = free_port()
+    keys = tmp_path / "keys, of the server"
+    key = new_key()
+    psk_file = write_psk(keys, "user-1", key)
+    server = QemuNbd(ExportSpec(image, port, "disk0", tls_dir=keys), log_path=tmp_path / "q.log")
+    with server:
+        assert key not in " ".join(server.argv)
+        handle = nbd.NBD()
+        handle.set_uri_allow_local_file(True)
+        handle.connect_uri(nbds_uri("user-1", "127.0.0.1", port, "disk0", psk_file))
+        assert handle.get_size() == 16 << 20
+        assert handle.get_tls_negotiated()
+        handle.shutdown()
+        plain = nbd.NBD()
+        with pytest.raises(nbd.Error):
+            plain.connect_uri(f"nbd://127.0.0.1:{port}/disk0")
+    with pytest.raises(ValueError, match="PSK identity"):
+        write_psk(tmp_path / "other", "user:1", key)  # ':' ends the identity in keys.psk

@@ -8,6 +8,8 @@ names.
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +22,7 @@ from sendense.cli.client import HubClient, read_token
 from sendense.cli.hub import HubUrlOpt, TokenFileOpt
 from sendense.cli.output import console, human_bytes, one_line_errors, table
 from sendense.common.errors import Conflict, InvalidInput, SendenseError
+from sendense.nbd.psk import PSK_FILE, client_object, with_psk_file, write_psk
 
 app = typer.Typer(
     help="Restore: export disks, instant NBD access, whole VMs.", no_args_is_help=True
@@ -112,25 +115,59 @@ def _download(client: HubClient, path: str, fmt: str, out: Any) -> int:
     return written
 
 
+def default_key_dir(access_id: str) -> Path:
+    return Path.home() / ".local" / "share" / "sendense" / "access" / access_id
+
+
 @app.command("instant")
 @one_line_errors
 def instant(
     point: Annotated[str, typer.Argument(help="Restore point id")],
+    key_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--key-dir",
+            help="Directory for the access's keys.psk (made 0700; default "
+            "~/.local/share/sendense/access/ACCESS)",
+        ),
+    ] = None,
     hub_url: HubUrlOpt = None,
     token_file: TokenFileOpt = None,
 ) -> None:
-    """Serve a restore point's disks over NBD. Writes go to a throwaway overlay, never
-    into the backup; the access closes after the hub's idle time without a client."""
+    """Serve a restore point's disks over NBD with TLS and a pre-shared key. Writes go
+    to a throwaway overlay, never into the backup; the access closes after the hub's
+    idle time without a client. The key is shown once, and saved in keys.psk."""
+    if key_dir is not None and key_dir.expanduser().exists() and not key_dir.expanduser().is_dir():
+        raise InvalidInput(f"--key-dir {key_dir} is not a directory")
     access = _client(hub_url, token_file).post(f"/api/v1/restore-points/{point}/access", {})
-    typer.echo(f"access {access['id']} open; close it with: sendense restore close {access['id']}")
+    access_id, identity = access["id"], access["psk_identity"]
+    directory = (key_dir or default_key_dir(access_id)).expanduser().absolute()
+    psk_file = directory / PSK_FILE
+    typer.echo(f"access {access_id} open; close it with: sendense restore close {access_id}")
+    typer.echo(f"TLS pre-shared key (shown once), saved in {psk_file}:")
+    typer.echo(f"  identity {identity}")
+    typer.echo(f"  key      {access['psk']}")
+    try:
+        write_psk(directory, identity, access["psk"])
+    except OSError as exc:
+        raise SendenseError(
+            f"could not save the key in {psk_file} ({exc.strerror}): write the line "
+            f"'{identity}:KEY' there yourself, or close the access"
+        ) from None
+    typer.echo("disks (nbdinfo, nbdcopy, libnbd):")
     for disk in access["disks"]:
-        typer.echo(f"{disk['disk_key']} {disk['uri']}")
+        typer.echo(f"{disk['disk_key']} {with_psk_file(disk['uri'], psk_file)}")
+    typer.echo("qemu-img, qemu-io, qemu-system (one disk each):")
+    qemu_object = client_object(directory, identity)
+    for disk in access["disks"]:
+        command = ["qemu-img", "info", "--object", qemu_object, "--image-opts", disk["image_opts"]]
+        typer.echo(f"{disk['disk_key']} {shlex.join(command)}")
 
 
 @app.command("access-list")
 @one_line_errors
 def access_list(hub_url: HubUrlOpt = None, token_file: TokenFileOpt = None) -> None:
-    """Open instant accesses and their NBD URIs."""
+    """Open accesses and their NBD URIs (keys are shown only when opened)."""
     rows = _client(hub_url, token_file).get("/api/v1/access")
     table(
         "Instant access",
@@ -154,6 +191,8 @@ def close(
     hub_url: HubUrlOpt = None,
     token_file: TokenFileOpt = None,
 ) -> None:
-    """Close an instant access: its servers stop and its overlays are dropped."""
+    """Close an instant access: its servers stop, its overlays and its key are dropped
+    (the key's default directory here too)."""
     _client(hub_url, token_file).request("DELETE", f"/api/v1/access/{access_id}")
+    shutil.rmtree(default_key_dir(access_id), ignore_errors=True)
     typer.echo(f"access {access_id} closed")

@@ -105,5 +105,10 @@ class HubSettings(SendenseSettings):
         return self.data_dir / "scratch"
 
     @property
+    def access_keys_dir(self) -> Path:
+        """The pre-shared keys of open instant accesses, one 0700 directory each."""
+        return self.data_dir / "access-keys"
+
+    @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.time_zone)

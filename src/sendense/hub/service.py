@@ -116,7 +116,13 @@ class Hub:
         )
         connector = NodeConnector(nodes, tunnel.owns_listener, retry_s=settings.node_timeout_s)
         access = AccessService(
-            db, repos, ports, exports, settings.scratch_dir, settings.targets_host
+            db,
+            repos,
+            ports,
+            exports,
+            settings.scratch_dir,
+            settings.targets_host,
+            settings.access_keys_dir,
         )
         policies = PolicyService(db)
         prune = PruneService(db, repos, access, settings.zone, settings.scratch_dir)
@@ -200,6 +206,7 @@ class Hub:
     def reconcile(self, reason: str = "the hub restarted during the job") -> ReconcileReport:
         stop_leftovers(self.settings.scratch_dir)
         report = reconcile(self.ledger, reason)
+        self.access.remove_stale_keys()  # reconcile closed the accesses a restart ended
         finished = self.prune.recover()  # a prune's merge steps roll forward
         if finished:
             log.warning("finished %d merge steps a stopped prune left", finished)

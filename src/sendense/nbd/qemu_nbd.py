@@ -10,6 +10,7 @@ from pathlib import Path
 from types import TracebackType
 
 from sendense.common.processes import ChildProcess, ProcessInfo, listener_pid
+from sendense.nbd.psk import CREDS_ID, server_object
 
 NBD_MAGIC = b"NBDMAGIC"
 
@@ -26,6 +27,8 @@ class ExportSpec:
     read_only: bool = False
     # A Unix socket instead of host:port (the hub's own reads: no port, no network).
     socket: Path | None = None
+    # TLS with a pre-shared key: the directory of its keys.psk (see nbd/psk.py).
+    tls_dir: Path | None = None
 
     @property
     def uri(self) -> str:
@@ -84,6 +87,8 @@ class QemuNbd:
         ]
         if s.read_only:
             argv.append("--read-only")
+        if s.tls_dir is not None:
+            argv += ["--object", server_object(s.tls_dir), "--tls-creds", CREDS_ID]
         return [*argv, str(s.image)]
 
     @property

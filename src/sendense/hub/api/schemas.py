@@ -188,7 +188,11 @@ class DiskAccessOut(BaseModel):
     disk_key: int
     port: int
     export_name: str
+    # nbds://IDENTITY@HOST:PORT/EXPORT (add ?tls-psk-file=FILE) for an instant
+    # access; nbd://HOST:PORT/EXPORT for a restore's (the node reads it).
     uri: str
+    # qemu's --image-opts, with credentials object `tls0` (TLS accesses only).
+    image_opts: str | None = None
 
 
 class AccessOut(BaseModel):
@@ -197,6 +201,14 @@ class AccessOut(BaseModel):
     purpose: str
     started_at: datetime | None
     disks: list[DiskAccessOut]
+    # The TLS pre-shared key's identity (null: plain NBD, a restore's access).
+    psk_identity: str | None = None
+
+
+class AccessOpenedOut(AccessOut):
+    """The answer that opens an access: the only one that carries its key."""
+
+    psk: str
 
 
 class VerifyProgressOut(BaseModel):

@@ -61,8 +61,16 @@ class ExportManager:
         self._lock = threading.Lock()
 
     def start(
-        self, job_id: str, disk_key: int, port: int, image: Path, name: str, cache: str
+        self,
+        job_id: str,
+        disk_key: int,
+        port: int,
+        image: Path,
+        name: str,
+        cache: str,
+        tls_dir: Path | None = None,
     ) -> ExportInfo:
+        """`tls_dir`: serve with TLS-PSK, the key read from its keys.psk."""
         with self.db.session() as s:
             row = NbdExport(
                 job_id=job_id, disk_key=disk_key, port=port, export_name=name, file_path=str(image)
@@ -78,6 +86,7 @@ class ExportManager:
             host=self.settings.host,
             shared=self.settings.shared,
             cache=cache,
+            tls_dir=tls_dir,
         )
         server = QemuNbd(spec, self.settings.binary, self.settings.log_dir / f"qemu-nbd-{port}.log")
         try:

@@ -5,21 +5,34 @@ writes land in the overlay and never in the backup.
 An access is a job row (kind "access") with its exports and ports, like a backup:
 start-up reconciliation stops what a killed hub left (exports, ports), and the
 overlays live in the scratch directory, which start-up empties.
+
+An instant access (purpose "instant", opened for a person or a tool) is served
+with TLS and a pre-shared key: a fresh key per access, identity `access-<id>`,
+written to `<keys dir>/<id>/keys.psk` (0700 directory, 0600 file) where its
+qemu-nbd servers read it, and returned once, by `open`. Closing the access
+removes the directory; a restart closes every access, and `remove_stale_keys`
+drops the directories of accesses no longer open: the key is never kept at
+rest beyond its access, so after a restart the user opens a new access.
+
+A restore to vCenter (purpose "restore") is read by the node through the SSH
+tunnel, which encrypts already: its exports stay plain NBD (docs/decisions.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
 
 from sendense.common.errors import NotFound
+from sendense.common.files import private_dir
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import (
     Job,
@@ -32,8 +45,12 @@ from sendense.hub.repository.exports import ExportManager
 from sendense.hub.repository.ports import PortAllocator
 from sendense.hub.repository.repositories import RepositoryService
 from sendense.hub.restore.points import restorable_point
+from sendense.nbd.psk import image_opts, nbds_uri, new_key, write_psk
 
 log = logging.getLogger(__name__)
+
+
+INSTANT = "instant"
 
 
 @dataclass(frozen=True)
@@ -41,7 +58,11 @@ class DiskAccess:
     disk_key: int
     port: int
     export_name: str
+    # nbds://IDENTITY@HOST:PORT/EXPORT with TLS (the client adds
+    # ?tls-psk-file=FILE), else nbd://HOST:PORT/EXPORT.
     uri: str
+    # qemu's --image-opts with TLS (the credentials object is `tls0`), else None.
+    image_opts: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +72,13 @@ class AccessInfo:
     purpose: str
     started_at: datetime | None
     disks: list[DiskAccess]
+    psk_identity: str | None = None
+    # The pre-shared key: set by `open` only, never by `get` (shown once).
+    psk: str | None = field(default=None, repr=False)
+
+
+def psk_identity(access_id: str) -> str:
+    return f"access-{access_id}"
 
 
 def established_ports() -> set[int]:
@@ -77,6 +105,7 @@ class AccessService:
         exports: ExportManager,
         scratch: Path,
         targets_host: str,
+        keys_dir: Path,
     ) -> None:
         self.db = db
         self.repos = repos
@@ -84,12 +113,13 @@ class AccessService:
         self.exports = exports
         self.scratch = scratch
         self.targets_host = targets_host
+        self.keys_dir = keys_dir
         self._last_used: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def open(self, point_id: str, purpose: str = "instant") -> AccessInfo:
+    def open(self, point_id: str, purpose: str = INSTANT) -> AccessInfo:
         """Serve every disk of a complete restore point; refuses an unfinished or
-        invalid one."""
+        invalid one. An instant access's answer carries its key: the only time."""
         with self.db.session() as s:
             point = restorable_point(s, point_id)
             repo_id, vm_id = point.repository_id, point.vm_id
@@ -107,22 +137,33 @@ class AccessService:
             s.flush()
             access_id = job.id
         directory = self.scratch / f"access-{access_id}"
+        key = new_key() if purpose == INSTANT else None
+        tls_dir = self.keys_dir / access_id if key else None
         try:
+            if tls_dir is not None and key is not None:
+                private_dir(self.keys_dir)
+                write_psk(tls_dir, psk_identity(access_id), key)
             directory.mkdir(parents=True, mode=0o700)
-            for key, relative, size in disks:
-                overlay = directory / f"{key}.qcow2"
+            for disk_key, relative, size in disks:
+                overlay = directory / f"{disk_key}.qcow2"
                 source = self.repos.resolve(repo, relative)
                 self.repos.qemu_img.create(overlay, size, backing=str(source))
-                port = self.ports.allocate(f"access:{access_id}", access_id, key)
-                name = f"{point_id}-{key}"
-                self.exports.start(access_id, key, port, overlay, name, "writeback")
+                port = self.ports.allocate(f"access:{access_id}", access_id, disk_key)
+                name = f"{point_id}-{disk_key}"
+                self.exports.start(access_id, disk_key, port, overlay, name, "writeback", tls_dir)
         except BaseException as exc:
             self._teardown(access_id, f"could not open the access: {exc}")
             raise
         with self._lock:
             self._last_used[access_id] = time.monotonic()
-        log.info("access opened id=%s restore_point=%s purpose=%s", access_id, point_id, purpose)
-        return self.get(access_id)
+        log.info(
+            "access opened id=%s restore_point=%s purpose=%s tls=%s",
+            access_id,
+            point_id,
+            purpose,
+            "psk" if key else "none",
+        )
+        return dataclasses.replace(self.get(access_id), psk=key)
 
     def get(self, access_id: str) -> AccessInfo:
         with self.db.session() as s:
@@ -135,15 +176,19 @@ class AccessService:
             # Export names are `<restore point id>-<disk key>`: the job row has no
             # column for the point.
             point_id = rows[0].export_name.rsplit("-", 1)[0] if rows else ""
-            purpose = job.purpose or "instant"
-            host = self._uri_host(purpose)
-            disks = [
-                DiskAccess(
-                    r.disk_key, r.port, r.export_name, f"nbd://{host}:{r.port}/{r.export_name}"
-                )
-                for r in rows
-            ]
-            return AccessInfo(access_id, point_id, purpose, job.started_at, disks)
+            purpose = job.purpose or INSTANT
+            started_at = job.started_at
+            exports = [(r.disk_key, r.port, r.export_name) for r in rows]
+        host = self._uri_host(purpose)
+        if purpose != INSTANT:
+            disks = [DiskAccess(k, p, n, f"nbd://{host}:{p}/{n}") for k, p, n in exports]
+            return AccessInfo(access_id, point_id, purpose, started_at, disks)
+        identity = psk_identity(access_id)
+        disks = [
+            DiskAccess(k, p, n, nbds_uri(identity, host, p, n), image_opts(host, p, n))
+            for k, p, n in exports
+        ]
+        return AccessInfo(access_id, point_id, purpose, started_at, disks, identity)
 
     def all(self) -> list[AccessInfo]:
         with self.db.session() as s:
@@ -164,7 +209,7 @@ class AccessService:
         """An instant access is for an operator: the address qemu-nbd listens on.
         Any other purpose (a restore through the node) names the hub's NBD ports
         as the node sees them, through the tunnel."""
-        return self.exports.settings.host if purpose == "instant" else self.targets_host
+        return self.exports.settings.host if purpose == INSTANT else self.targets_host
 
     def close(self, access_id: str) -> None:
         """Stop the exports, free the ports, drop the overlays. Closing an access
@@ -184,11 +229,30 @@ class AccessService:
                 job.state = JobState.FAILED if error else JobState.COMPLETE
                 job.error, job.finished_at = error, utcnow()
         shutil.rmtree(self.scratch / f"access-{access_id}", ignore_errors=True)
+        shutil.rmtree(self.keys_dir / access_id, ignore_errors=True)
         with self._lock:
             self._last_used.pop(access_id, None)
         log.info("access closed id=%s%s", access_id, f" error={error}" if error else "")
 
-    def expire_idle(self, idle_seconds: float, purpose: str = "instant") -> list[str]:
+    def remove_stale_keys(self) -> int:
+        """Remove the key directories of accesses that are not open (a hub killed
+        before closing them); returns how many. Start-up runs it after reconciling."""
+        if not self.keys_dir.is_dir():
+            return 0
+        with self.db.session() as s:
+            open_ids = set(
+                s.scalars(
+                    select(Job.id).where(Job.kind == TaskKind.ACCESS, Job.state == JobState.RUNNING)
+                )
+            )
+        stale = [d for d in self.keys_dir.iterdir() if d.name not in open_ids]
+        for directory in stale:
+            shutil.rmtree(directory, ignore_errors=True)
+        if stale:
+            log.warning("removed the TLS key directories of %d closed accesses", len(stale))
+        return len(stale)
+
+    def expire_idle(self, idle_seconds: float, purpose: str = INSTANT) -> list[str]:
         """Close accesses of `purpose` that no client has been connected to for
         `idle_seconds`; returns their ids."""
         busy = established_ports()

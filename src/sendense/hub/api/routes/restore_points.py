@@ -18,11 +18,12 @@ from starlette.types import Receive, Scope, Send
 from sendense.common.contract import new_vm_name
 from sendense.common.errors import NotFound
 from sendense.hub.api.deps import HubDep, PrincipalDep, QueriesDep, authorize, demand
-from sendense.hub.api.routes.access import access_out
-from sendense.hub.api.schemas import AccessOut, RestorePointOut
+from sendense.hub.api.routes.access import opened_out
+from sendense.hub.api.schemas import AccessOpenedOut, RestorePointOut
 from sendense.hub.auth.roles import FORCE
 from sendense.hub.db.models import RestorePoint
 from sendense.hub.restore.conversion import EXTENSIONS
+from sendense.hub.restore.instant_access import INSTANT
 from sendense.hub.restore.raw_stream import raw_stream
 from sendense.hub.restore.to_vcenter import RestoreVmRequest
 
@@ -160,9 +161,10 @@ async def download_disk(
 
 
 @router.post("/{point_id}/access", status_code=201)
-def open_access(hub: HubDep, point_id: str) -> AccessOut:
-    """Serve the point's disks over NBD; writes go to a throwaway overlay."""
-    return access_out(hub.access.open(point_id, purpose="instant"))
+def open_access(hub: HubDep, point_id: str) -> AccessOpenedOut:
+    """Serve the point's disks over NBD with TLS; writes go to a throwaway overlay.
+    The answer carries the pre-shared key, the only time the hub gives it."""
+    return opened_out(hub.access.open(point_id, purpose=INSTANT))
 
 
 @router.post("/{point_id}/restore-vm", status_code=202)
