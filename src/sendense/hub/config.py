@@ -69,6 +69,15 @@ class HubSettings(SendenseSettings):
     login_failures_per_user: int = Field(default=5, ge=1)
     login_failures_per_address: int = Field(default=20, ge=1)
     login_window_s: float = Field(default=300.0, gt=0)
+    # Notifications: how often the notifier looks for events; a target gets at
+    # most notify_storm_threshold single messages per notify_storm_window_s (more
+    # go as one digest); the daily report's time (HH:MM in time_zone); the first
+    # wait before a failed webhook is tried again (then doubled).
+    notify_tick_s: float = Field(default=30.0, gt=0)
+    notify_storm_threshold: int = Field(default=10, ge=1)
+    notify_storm_window_s: float = Field(default=60.0, gt=0)
+    daily_report_time: str = Field(default="07:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    notify_webhook_backoff_s: float = Field(default=1.0, ge=0)
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import time, timedelta
 from pathlib import Path
 
 from sendense.common.files import private_dir
@@ -27,6 +27,8 @@ from sendense.hub.nodes.registry import NodeInfo, NodeService
 from sendense.hub.nodes.snapshot_sweep import SnapshotSweep
 from sendense.hub.nodes.tunnel_sshd import TunnelSshd, is_listening
 from sendense.hub.nodes.vcenters import VcenterService
+from sendense.hub.notify.notifier import Notifier, NotifierSettings, Sources
+from sendense.hub.notify.targets import NotificationService
 from sendense.hub.repository.exports import ExportManager, ExportSettings
 from sendense.hub.repository.image_reader import stop_leftovers
 from sendense.hub.repository.ports import PortAllocator
@@ -84,6 +86,8 @@ class Hub:
     verifications: VerifyRunner
     scheduler: Scheduler
     snapshot_sweep: SnapshotSweep
+    notifications: NotificationService
+    notifier: Notifier
 
     @classmethod
     def open(cls, settings: HubSettings, migrate: bool = True) -> Hub:
@@ -146,6 +150,18 @@ class Hub:
             zone=settings.zone,
             node_timeout=node_timeout,
         )
+        notifications = NotificationService(db, box, settings.notify_webhook_backoff_s)
+        notifier = Notifier(
+            db,
+            notifications,
+            Sources(repos.list, lambda: nodes.refresh_connected(is_listening), policies.policy_for),
+            settings.zone,
+            NotifierSettings(
+                settings.notify_storm_threshold,
+                settings.notify_storm_window_s,
+                time.fromisoformat(settings.daily_report_time),
+            ),
+        )
         return cls(
             settings=settings,
             db=db,
@@ -175,6 +191,8 @@ class Hub:
             snapshot_sweep=SnapshotSweep(
                 vcenters, connector, lambda: nodes.refresh_connected(is_listening)
             ),
+            notifications=notifications,
+            notifier=notifier,
         )
 
     def start_tunnel(self) -> None:

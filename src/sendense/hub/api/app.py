@@ -25,6 +25,7 @@ from sendense.hub.api.routes import (
     jobs,
     metrics,
     nodes,
+    notifications,
     policies,
     ports,
     prune,
@@ -61,6 +62,9 @@ def create_app(hub: Hub) -> FastAPI:
                     "sweeping nodes' leftover snapshots",
                     first=False,
                 )
+            ),
+            asyncio.create_task(
+                _every(hub.settings.notify_tick_s, hub.notifier.tick, "sending notifications")
             ),
         ]
         yield
@@ -103,6 +107,7 @@ def create_app(hub: Hub) -> FastAPI:
         metrics,
         users,
         auth,
+        notifications,
     ):
         app.include_router(module.router)
     return app

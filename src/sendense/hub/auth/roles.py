@@ -32,6 +32,7 @@ class Permission(StrEnum):
     MANAGE_TOKENS = "manage_tokens"  # create, list and revoke tokens
     MANAGE_USERS = "manage_users"  # list, add and remove users, set their passwords
     READ_AUDIT = "read_audit"  # the audit log
+    MANAGE_NOTIFICATIONS = "manage_notifications"  # notification targets and rules
 
 
 _OPERATOR = frozenset(
@@ -97,6 +98,13 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("POST", f"{API}/users"): Permission.MANAGE_USERS,
     ("POST", f"{API}/users/{{name}}/password"): Permission.MANAGE_USERS,
     ("DELETE", f"{API}/users/{{name}}"): Permission.MANAGE_USERS,
+    ("GET", f"{API}/notifications/targets"): Permission.MANAGE_NOTIFICATIONS,
+    ("POST", f"{API}/notifications/targets"): Permission.MANAGE_NOTIFICATIONS,
+    ("DELETE", f"{API}/notifications/targets/{{name}}"): Permission.MANAGE_NOTIFICATIONS,
+    ("POST", f"{API}/notifications/targets/{{name}}/test"): Permission.MANAGE_NOTIFICATIONS,
+    ("GET", f"{API}/notifications/rules"): Permission.MANAGE_NOTIFICATIONS,
+    ("POST", f"{API}/notifications/rules"): Permission.MANAGE_NOTIFICATIONS,
+    ("DELETE", f"{API}/notifications/rules/{{name}}"): Permission.MANAGE_NOTIFICATIONS,
     # Ending one's own session: every role may.
     ("POST", f"{API}/auth/logout"): Permission.READ,
 }

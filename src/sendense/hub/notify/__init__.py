@@ -1,0 +1,1 @@
+"""Notifications: targets (SMTP, webhooks), rules, the notifier loop and its daily report."""

@@ -1,0 +1,216 @@
+"""The notifier: each tick it finds what happened since its cursor (kept in the
+database), matches it against the rules, queues it per target (`notify_outbox`,
+in the same transaction that marks it handled) and delivers the queue.
+
+A restart neither loses nor repeats: what was marked is queued, and a queued
+event leaves the queue only once it was sent. A storm sends one digest: a target
+gets at most `storm_threshold` single messages per `storm_window_s`; when more
+are waiting they go as one digest, and what comes after a digest in the same
+window waits for the window's end. A target that failed is tried again after
+RETRY_S; events older than DROP_AFTER are dropped (and the drop recorded)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta, tzinfo
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from sendense.hub.db.database import Database
+from sendense.hub.db.models import NotifyMark, NotifyOutbox, NotifyTarget, utcnow
+from sendense.hub.nodes.registry import NodeInfo
+from sendense.hub.notify.delivery import DeliveryFailed, Message
+from sendense.hub.notify.events import (
+    Event,
+    condition_events,
+    digest_message,
+    event_message,
+    invalid_points,
+    matches,
+    task_events,
+)
+from sendense.hub.notify.report import daily_report
+from sendense.hub.notify.targets import NotificationService, RuleInfo
+from sendense.hub.repository.repositories import RepositoryInfo
+from sendense.hub.retention.policies import PolicyInfo
+
+log = logging.getLogger(__name__)
+CURSOR = "cursor"
+# Tasks finished this long before the cursor are read again (a task's finish
+# time is written before its transaction commits); their marks tell them apart.
+LOOKBACK = timedelta(minutes=10)
+KEEP_MARKS = timedelta(days=2)  # task and point marks; condition marks stay while it holds
+RETRY_S = 300.0
+DROP_AFTER = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class NotifierSettings:
+    storm_threshold: int = 10
+    storm_window_s: float = 60.0
+    daily_report_at: time = time(7, 0)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What the notifier reads besides the database (each may probe something)."""
+
+    repositories: Callable[[], list[RepositoryInfo]]
+    nodes: Callable[[], list[NodeInfo]]
+    policy_for: Callable[[str], PolicyInfo | None]
+
+
+class Notifier:
+    def __init__(
+        self,
+        db: Database,
+        service: NotificationService,
+        sources: Sources,
+        zone: tzinfo,
+        settings: NotifierSettings | None = None,
+    ) -> None:
+        self.db = db
+        self.service = service
+        self.sources = sources
+        self.zone = zone
+        self.settings = settings or NotifierSettings()
+
+    def tick(self, now: datetime | None = None) -> None:
+        now = now or utcnow()
+        rules = self.service.rules()
+        if rules:
+            self._collect(rules, now)
+        with self.db.session() as s:
+            waiting = s.scalars(select(NotifyOutbox.target_id).distinct()).all()
+        for target_id in waiting:
+            self._deliver(target_id, now)
+
+    def _collect(self, rules: list[RuleInfo], now: datetime) -> None:
+        watch = {e for rule in rules for e in rule.events}
+        repos = self.sources.repositories() if "repository_full" in watch else []
+        nodes = self.sources.nodes() if "node_disconnected" in watch else []
+        with self.db.session() as s:
+            cursor = s.get(NotifyMark, CURSOR)
+            since = (cursor.at if cursor else now) - LOOKBACK
+            found = task_events(s, since) + invalid_points(s, since)
+            ended: list[str] = []
+            for rule in rules:
+                more, gone = condition_events(s, rule, now, repos, nodes)
+                found += [(key, dict(event, rule=rule.name)) for key, event in more]
+                ended += gone
+            marked = self._marked(s, [key for key, _ in found])
+            for key, event in found:
+                if key in marked:
+                    continue
+                s.add(NotifyMark(key=key, at=now))
+                targets = {r.target_id for r in rules if self._wants(r, key, event)}
+                for target_id in sorted(targets):
+                    s.add(NotifyOutbox(target_id=target_id, event=event, created_at=now))
+            for rule in rules:
+                self._report(s, rule, now)
+            if ended:
+                s.execute(delete(NotifyMark).where(NotifyMark.key.in_(ended)))
+            s.execute(
+                delete(NotifyMark).where(
+                    NotifyMark.at < now - KEEP_MARKS,
+                    NotifyMark.key.like("job:%") | NotifyMark.key.like("invalid:%"),
+                )
+            )
+            if cursor is None:
+                s.add(NotifyMark(key=CURSOR, at=now))
+            else:
+                cursor.at = max(cursor.at, now)
+
+    @staticmethod
+    def _wants(rule: RuleInfo, key: str, event: Event) -> bool:
+        if key.startswith(("job:", "invalid:")):
+            return matches(rule, event)
+        return event.get("rule") == rule.name  # a condition is its rule's own
+
+    @staticmethod
+    def _marked(s: Session, keys: list[str]) -> set[str]:
+        marked: set[str] = set()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marked.update(s.scalars(select(NotifyMark.key).where(NotifyMark.key.in_(chunk))))
+        return marked
+
+    def _report(self, s: Session, rule: RuleInfo, now: datetime) -> None:
+        """Queue the daily report once a day, from `daily_report_at` on."""
+        if "daily_report" not in rule.events:
+            return
+        local = now.astimezone(self.zone)
+        due = datetime.combine(local.date(), self.settings.daily_report_at, tzinfo=self.zone)
+        key = f"report:{rule.id}:{local.date().isoformat()}"
+        if local < due or s.get(NotifyMark, key) is not None:
+            return
+        message = daily_report(s, rule, now, self.zone, self.sources.policy_for)
+        s.add(NotifyMark(key=key, at=now))
+        event = {"event": "daily_report", "message": message.__dict__}
+        s.add(NotifyOutbox(target_id=rule.target_id, event=event, created_at=now))
+
+    def _deliver(self, target_id: str, now: datetime) -> None:
+        plan = self._plan(target_id, now)
+        for message, ids, singles in plan:
+            try:
+                self.service.deliver(target_id, message)
+            except DeliveryFailed as exc:
+                log.warning("notification not delivered: %s", exc.message)
+                return
+            except Exception:
+                log.exception("notification not delivered to target %s", target_id)
+                return
+            with self.db.session() as s:
+                s.execute(delete(NotifyOutbox).where(NotifyOutbox.id.in_(ids)))
+                target = s.get(NotifyTarget, target_id)
+                if target is not None:
+                    target.window_count = (target.window_count or 0) + singles
+
+    def _plan(self, target_id: str, now: datetime) -> list[tuple[Message, list[int], int]]:
+        """(message, outbox rows it carries, singles it counts in the window)."""
+        threshold = self.settings.storm_threshold
+        with self.db.session() as s:
+            target = s.get(NotifyTarget, target_id)
+            if target is None:
+                return []
+            if (
+                target.last_error_at is not None
+                and (target.last_sent_at is None or target.last_sent_at < target.last_error_at)
+                and (now - target.last_error_at).total_seconds() < RETRY_S
+            ):
+                return []  # failing: try again later
+            stale = s.execute(
+                delete(NotifyOutbox).where(
+                    NotifyOutbox.target_id == target_id, NotifyOutbox.created_at < now - DROP_AFTER
+                )
+            ).rowcount  # type: ignore[attr-defined]
+            if stale:
+                target.last_error = f"{stale} notifications dropped: undelivered for a day"
+                target.last_error_at = now
+            rows = s.scalars(
+                select(NotifyOutbox)
+                .where(NotifyOutbox.target_id == target_id)
+                .order_by(NotifyOutbox.id)
+            ).all()
+            window = timedelta(seconds=self.settings.storm_window_s)
+            if target.window_start is None or now - target.window_start >= window:
+                target.window_start, target.window_count = now, 0
+            plan: list[tuple[Message, list[int], int]] = []
+            events: list[tuple[int, dict[str, Any]]] = []
+            for row in rows:
+                if row.event.get("event") == "daily_report":
+                    plan.append((Message(**row.event["message"]), [row.id], 0))
+                else:
+                    events.append((row.id, row.event))
+            budget = threshold - target.window_count
+            if len(events) <= budget:
+                plan += [(event_message(e), [i], 1) for i, e in events]
+            elif target.window_count == 0:
+                ids = [i for i, _ in events]
+                plan.append((digest_message([e for _, e in events]), ids, threshold))
+            # else: singles were sent in this window already; the rest waits for its end
+            return plan
