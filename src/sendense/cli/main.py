@@ -13,6 +13,7 @@ from sendense.cli import (
     backups,
     hub,
     node,
+    notify,
     policies,
     restore,
     restore_vm,
@@ -47,6 +48,7 @@ app.command("verify")(verify.verify)
 app.add_typer(restore.app, name="restore")
 app.add_typer(policies.policy_app, name="policy")
 app.add_typer(policies.schedules_app, name="schedules")
+app.add_typer(notify.notify_app, name="notify")
 app.command("prune")(policies.prune)
 backups.backups_app.command("protect")(policies.protect)
 restore.app.command("vm")(restore_vm.vm)

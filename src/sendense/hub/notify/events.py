@@ -53,6 +53,8 @@ def task_events(s: Session, since: datetime) -> list[tuple[str, Event]]:
     for job, vm in rows:
         if job.state is JobState.FAILED:
             name, summary = "failed", f"{job.kind} of {vm} failed: {job.error or 'no reason given'}"
+        elif job.error:  # complete, with something to say (a verify that found damage)
+            name, summary = "warning", f"{job.kind} of {vm} complete: {job.error}"
         elif job.id in warned:
             name, summary = "warning", f"{job.kind} of {vm} complete, some disks read whole"
         else:
@@ -130,8 +132,8 @@ def condition_events(
             found.append((key, {**event, "at": at, "summary": summary}))
     if rule.max_age_hours is not None and "stale_vm" in rule.events:
         limit = now - timedelta(hours=rule.max_age_hours)
-        for vm_id, vm, last in last_successes(s):
-            if not rule.wants_vm(vm) or (last is not None and last >= limit):
+        for vm_id, vm, created, last in last_successes(s):
+            if not rule.wants_vm(vm) or (last or created) >= limit:
                 continue
             key = f"{rule.id}:stale:{vm_id}:{_iso(last)}"
             since = f"last good backup {_iso(last)}" if last else "no good backup yet"
@@ -141,19 +143,20 @@ def condition_events(
     return found, ended
 
 
-def last_successes(s: Session) -> list[tuple[str, str, datetime | None]]:
-    """(VM id, name, completion of its newest complete restore point or None)."""
+def last_successes(s: Session) -> list[tuple[str, str, datetime, datetime | None]]:
+    """(VM id, name, when the hub first knew it, completion of its newest
+    complete restore point or None)."""
     newest = func.max(RestorePoint.completed_at)
     rows = s.execute(
-        select(Vm.id, Vm.name, newest)
+        select(Vm.id, Vm.name, Vm.created_at, newest)
         .outerjoin(
             RestorePoint,
             (RestorePoint.vm_id == Vm.id) & (RestorePoint.status == PointStatus.COMPLETE),
         )
-        .group_by(Vm.id, Vm.name)
+        .group_by(Vm.id, Vm.name, Vm.created_at)
         .order_by(Vm.name)
     ).all()
-    return [(vm_id, name, _aware(last)) for vm_id, name, last in rows]
+    return [(vm_id, name, created, _aware(last)) for vm_id, name, created, last in rows]
 
 
 def matches(rule: RuleInfo, event: Event) -> bool:

@@ -12,6 +12,7 @@ RETRY_S; events older than DROP_AFTER are dropped (and the drop recorded)."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, tzinfo
@@ -21,7 +22,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from sendense.hub.db.database import Database
-from sendense.hub.db.models import NotifyMark, NotifyOutbox, NotifyTarget, utcnow
+from sendense.hub.db.models import NotifyMark, NotifyOutbox, NotifyTarget, Vm, utcnow
 from sendense.hub.nodes.registry import NodeInfo
 from sendense.hub.notify.delivery import DeliveryFailed, Message
 from sendense.hub.notify.events import (
@@ -46,6 +47,9 @@ LOOKBACK = timedelta(minutes=10)
 KEEP_MARKS = timedelta(days=2)  # task and point marks; condition marks stay while it holds
 RETRY_S = 300.0
 DROP_AFTER = timedelta(days=1)
+
+
+Report = tuple[RuleInfo, str, Message]  # a daily report: its rule, mark key and message
 
 
 @dataclass(frozen=True)
@@ -78,18 +82,22 @@ class Notifier:
         self.sources = sources
         self.zone = zone
         self.settings = settings or NotifierSettings()
+        self._lock = threading.Lock()  # one tick at a time
 
     def tick(self, now: datetime | None = None) -> None:
-        now = now or utcnow()
+        with self._lock:
+            self._tick(now or utcnow())
+
+    def _tick(self, now: datetime) -> None:
         rules = self.service.rules()
         if rules:
-            self._collect(rules, now)
+            self._collect(rules, now, self._due_reports(rules, now))
         with self.db.session() as s:
             waiting = s.scalars(select(NotifyOutbox.target_id).distinct()).all()
         for target_id in waiting:
             self._deliver(target_id, now)
 
-    def _collect(self, rules: list[RuleInfo], now: datetime) -> None:
+    def _collect(self, rules: list[RuleInfo], now: datetime, reports: list[Report]) -> None:
         watch = {e for rule in rules for e in rule.events}
         repos = self.sources.repositories() if "repository_full" in watch else []
         nodes = self.sources.nodes() if "node_disconnected" in watch else []
@@ -110,8 +118,11 @@ class Notifier:
                 targets = {r.target_id for r in rules if self._wants(r, key, event)}
                 for target_id in sorted(targets):
                     s.add(NotifyOutbox(target_id=target_id, event=event, created_at=now))
-            for rule in rules:
-                self._report(s, rule, now)
+            for rule, key, message in reports:
+                if s.get(NotifyMark, key) is None:
+                    s.add(NotifyMark(key=key, at=now))
+                    event = {"event": "daily_report", "message": message.__dict__}
+                    s.add(NotifyOutbox(target_id=rule.target_id, event=event, created_at=now))
             if ended:
                 s.execute(delete(NotifyMark).where(NotifyMark.key.in_(ended)))
             s.execute(
@@ -139,19 +150,24 @@ class Notifier:
             marked.update(s.scalars(select(NotifyMark.key).where(NotifyMark.key.in_(chunk))))
         return marked
 
-    def _report(self, s: Session, rule: RuleInfo, now: datetime) -> None:
-        """Queue the daily report once a day, from `daily_report_at` on."""
-        if "daily_report" not in rule.events:
-            return
+    def _due_reports(self, rules: list[RuleInfo], now: datetime) -> list[Report]:
+        """(rule, mark key, report) of the daily reports due: once a day, from
+        `daily_report_at` on (the first the day a rule is made, if made later)."""
         local = now.astimezone(self.zone)
         due = datetime.combine(local.date(), self.settings.daily_report_at, tzinfo=self.zone)
-        key = f"report:{rule.id}:{local.date().isoformat()}"
-        if local < due or s.get(NotifyMark, key) is not None:
-            return
-        message = daily_report(s, rule, now, self.zone, self.sources.policy_for)
-        s.add(NotifyMark(key=key, at=now))
-        event = {"event": "daily_report", "message": message.__dict__}
-        s.add(NotifyOutbox(target_id=rule.target_id, event=event, created_at=now))
+        wanted = [r for r in rules if "daily_report" in r.events]
+        if local < due or not wanted:
+            return []
+        keys = {r.id: f"report:{r.id}:{local.date().isoformat()}" for r in wanted}
+        with self.db.session() as s:
+            done = self._marked(s, list(keys.values()))
+            names = s.scalars(select(Vm.name).distinct()).all()
+        wanted = [r for r in wanted if keys[r.id] not in done]
+        if not wanted:
+            return []
+        policies = {name: self.sources.policy_for(name) for name in names}
+        with self.db.session() as s:
+            return [(r, keys[r.id], daily_report(s, r, now, self.zone, policies)) for r in wanted]
 
     def _deliver(self, target_id: str, now: datetime) -> None:
         plan = self._plan(target_id, now)

@@ -3,7 +3,6 @@ policy's schedule, size, duration), then every task that failed that day."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta, tzinfo
 
 from cronsim import CronSim
@@ -21,16 +20,17 @@ def daily_report(
     rule: RuleInfo,
     now: datetime,
     zone: tzinfo,
-    policy_for: Callable[[str], PolicyInfo | None],
+    policies: dict[str, PolicyInfo | None],
 ) -> Message:
+    """`policies`: each VM's policy by its name (looked up before: one session at a time)."""
     local = now.astimezone(zone)
-    day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    day_start = local - timedelta(days=1)
     lines = [f"Sendense daily report, {local:%Y-%m-%d %H:%M %Z}", "", "Last good backup per VM:"]
     vms = []
-    for vm_id, name in s.execute(select(Vm.id, Vm.name).order_by(Vm.name)).tuples():
+    for vm_id, name in s.execute(select(Vm.id, Vm.name).order_by(Vm.name)).all():
         if rule.wants_vm(name):
             vms.append(name)
-            lines.append("  " + _vm_line(s, vm_id, name, now, zone, policy_for(name)))
+            lines.append("  " + _vm_line(s, vm_id, name, now, zone, policies.get(name)))
     if not vms:
         lines.append("  (no VM)")
     failed = s.execute(
@@ -40,7 +40,7 @@ def daily_report(
         .order_by(Job.finished_at)
     ).all()
     failures = [(job, vm) for job, vm in failed if rule.wants_vm(vm)]
-    lines += ["", f"Failures since {day_start:%Y-%m-%d %H:%M}: {len(failures)}"]
+    lines += ["", f"Failures in the 24 hours since {day_start:%Y-%m-%d %H:%M}: {len(failures)}"]
     for job, vm in failures:
         when = job.finished_at.astimezone(zone) if job.finished_at else local
         lines.append(f"  {when:%H:%M:%S}  {job.kind} of {vm}: {job.error or 'no reason given'}")

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from sendense.common.errors import Conflict, InvalidInput, NotFound
@@ -157,13 +157,15 @@ class NotificationService:
             rows = s.scalars(select(NotifyTarget).order_by(NotifyTarget.name)).all()
             return [_target_info(r) for r in rows]
 
-    def remove_target(self, name: str) -> None:
+    def remove_target(self, name: str) -> TargetInfo:
         """The target and its rules (and what it had not sent yet)."""
         with self.db.session() as s:
             row = self._target(s, name)
+            info = _target_info(row)
             for rule in s.scalars(select(NotifyRule).where(NotifyRule.target_id == row.id)):
                 s.delete(rule)
             s.delete(row)
+        return info
 
     @staticmethod
     def _target(s: Any, name: str) -> NotifyTarget:
@@ -266,9 +268,10 @@ class NotificationService:
                 for r, target in rows
             ]
 
-    def remove_rule(self, name: str) -> None:
+    def remove_rule(self, name: str) -> RuleInfo:
+        info = next((r for r in self.rules() if r.name == name), None)
+        if info is None:
+            raise NotFound(f"no notification rule named {name!r}")
         with self.db.session() as s:
-            row = s.scalars(select(NotifyRule).where(NotifyRule.name == name)).first()
-            if row is None:
-                raise NotFound(f"no notification rule named {name!r}")
-            s.delete(row)
+            s.execute(delete(NotifyRule).where(NotifyRule.id == info.id))
+        return info

@@ -73,9 +73,10 @@ def add_target(hub: HubDep, body: TargetIn) -> TargetCreated:
     return TargetCreated(target=hub.notifications.add_smtp(body.name, config, password))
 
 
-@router.delete("/targets/{name}", status_code=204)
-def remove_target(hub: HubDep, name: str) -> None:
-    hub.notifications.remove_target(name)
+@router.delete("/targets/{name}")
+def remove_target(hub: HubDep, name: str) -> TargetInfo:
+    """The target, its rules and what it had not sent yet."""
+    return hub.notifications.remove_target(name)
 
 
 @router.post("/targets/{name}/test")
@@ -113,6 +114,6 @@ def add_rule(hub: HubDep, body: RuleIn) -> RuleInfo:
     )
 
 
-@router.delete("/rules/{name}", status_code=204)
-def remove_rule(hub: HubDep, name: str) -> None:
-    hub.notifications.remove_rule(name)
+@router.delete("/rules/{name}")
+def remove_rule(hub: HubDep, name: str) -> RuleInfo:
+    return hub.notifications.remove_rule(name)
