@@ -264,6 +264,10 @@ def test_the_daily_report_lists_each_vm_s_last_success_and_the_day_s_failures(
     )
     assert finished.status_code == 200, finished.text
     failed = fail_backups(napi, ["web-01"])
+    policy = {"name": "nightly", "keep_last": 3, "schedule": "0 1 * * *"}
+    assert napi.post("/api/v1/policies", json=policy).status_code == 201
+    assign = {"kind": "pattern", "value": "*-01"}
+    assert napi.post("/api/v1/policies/nightly/assignments", json=assign).status_code == 200
     with smtp_server() as box:
         add_smtp(napi, box)
         add_rule(napi, "report", "ops", ["daily_report"])
@@ -273,7 +277,9 @@ def test_the_daily_report_lists_each_vm_s_last_success_and_the_day_s_failures(
         assert "daily report" in str(box.mails[0]["Subject"])
         assert "db-01: last success" in report
         assert "size 65536 bytes" in report
-        assert "web-01: no good backup" in report
+        assert "size 65536 bytes, duration" in report
+        assert "policy nightly (0 1 * * *): on schedule" in report
+        assert "web-01: no good backup, policy nightly (0 1 * * *): overdue" in report
         assert "Failures in the 24 hours" in report
         assert f"backup of web-01: {failed[0]['error']}" in report
         nhub.notifier.tick()

@@ -102,7 +102,8 @@ def send_webhook(url: str, secret: str, message: Message, backoff_s: float = 1.0
         sort_keys=True,
     ).encode()
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature(secret, body)}
-    where = f"webhook at {urlsplit(url).netloc}"  # the path may hold a token: never shown
+    parts = urlsplit(url)  # its path (or user:password@) may hold a token: never shown
+    where = f"webhook at {parts.hostname}" + (f":{parts.port}" if parts.port else "")
     problem = ""
     for attempt in range(WEBHOOK_TRIES):
         if attempt:
