@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -30,6 +31,7 @@ from tests.rig.net import free_port
 from tests.rig.receivers import Mailbox, http_receiver, smtp_server
 
 API = "/api/v1/notifications"
+BOTH = pytest.mark.parametrize("site_database_url", ["sqlite", "postgresql"], indirect=True)
 NODE_DOWN = "does not answer"  # what a backup of a VM behind a node that is away fails with
 DISKS = [{"key": 2000, "capacity_bytes": 1 << 20}]
 
@@ -61,8 +63,9 @@ def enroll_away_node(hub: Hub) -> None:
 
 
 @pytest.fixture
-def nhub(tmp_path: Path, sqlite_url: str) -> Iterator[Hub]:
-    hub = open_hub(tmp_path, sqlite_url)
+def nhub(tmp_path: Path, site_database_url: str) -> Iterator[Hub]:
+    """SQLite, or PostgreSQL for the tests parametrized with `BOTH`."""
+    hub = open_hub(tmp_path, site_database_url)
     enroll_away_node(hub)
     try:
         yield hub
@@ -119,8 +122,9 @@ def target(api: TestClient, name: str) -> dict[str, Any]:
     return found
 
 
+@BOTH
 def test_a_failed_backup_is_mailed_once_even_across_a_restart(
-    tmp_path: Path, sqlite_url: str, nhub: Hub, napi: TestClient
+    tmp_path: Path, site_database_url: str, nhub: Hub, napi: TestClient
 ) -> None:
     with smtp_server() as box:
         add_smtp(napi, box)
@@ -140,7 +144,7 @@ def test_a_failed_backup_is_mailed_once_even_across_a_restart(
         assert len(box.mails) == 1  # told once
 
         # Another hub process on the same database and data directory: a new notifier.
-        again = open_hub(tmp_path, sqlite_url)
+        again = open_hub(tmp_path, site_database_url)
         try:
             again.notifier.tick()
             again.notifier.tick(utcnow() + timedelta(minutes=5))
@@ -201,6 +205,7 @@ def test_a_webhook_that_keeps_failing_is_a_recorded_warning(
         assert len(receiver.posts) == 5  # delivered at last, not lost
 
 
+@BOTH
 def test_fifty_failures_in_a_minute_make_one_digest(nhub: Hub, napi: TestClient) -> None:
     with smtp_server() as box:
         add_smtp(napi, box)
@@ -253,6 +258,7 @@ def test_an_smtp_server_that_refuses_the_login_is_a_warning_not_a_crash(
         assert password not in everything
 
 
+@BOTH
 def test_the_daily_report_lists_each_vm_s_last_success_and_the_day_s_failures(
     nhub: Hub, napi: TestClient, repo_dir: Path
 ) -> None:
@@ -288,6 +294,7 @@ def test_the_daily_report_lists_each_vm_s_last_success_and_the_day_s_failures(
         assert len(box.mails) == 2
 
 
+@BOTH
 def test_conditions_are_told_once_while_they_hold(nhub: Hub, napi: TestClient) -> None:
     with http_receiver() as receiver:
         napi.post(f"{API}/targets", json={"name": "hook", "webhook": {"url": receiver.url}})
@@ -323,6 +330,8 @@ def test_bad_input_is_a_clear_4xx(napi: TestClient) -> None:
     assert (status, "loopback" in message) == (422, True)
     assert post("targets", {"name": "m", "smtp": {**smtp, "username": "u"}})[0] == 422
     assert post("targets", {"name": "bad name!", "smtp": smtp})[0] == 422
+    injected = {**smtp, "recipients": ["c@d.test\nBcc: e@f.test"]}
+    assert post("targets", {"name": "m", "smtp": injected})[0] == 422
     assert post("targets", {"name": "m", "smtp": smtp})[0] == 201
     assert post("targets", {"name": "m", "smtp": smtp})[0] == 409
     assert post("rules", {"name": "r", "target": "nope", "events": ["failed"]})[0] == 404
@@ -335,6 +344,28 @@ def test_bad_input_is_a_clear_4xx(napi: TestClient) -> None:
     assert napi.post(f"{API}/targets/nope/test").status_code == 404
     assert napi.delete(f"{API}/rules/nope").status_code == 404
     assert napi.delete(f"{API}/targets/m").json()["name"] == "m"
+
+
+@BOTH
+def test_two_hubs_on_one_database_send_each_notification_once(
+    tmp_path: Path, site_database_url: str, nhub: Hub, napi: TestClient
+) -> None:
+    other = open_hub(tmp_path / "other", site_database_url)
+    assert other.db.owner != nhub.db.owner
+    try:
+        with smtp_server() as box:
+            add_smtp(napi, box)
+            add_rule(napi, "failures", "ops", ["failed"])
+            for round_ in range(3):
+                fail_backups(napi, [f"twin-{round_}"])
+                ticks = [threading.Thread(target=h.notifier.tick) for h in (nhub, other)]
+                for thread in ticks:
+                    thread.start()
+                for thread in ticks:
+                    thread.join(timeout=60)
+                assert len(box.mails) == round_ + 1
+    finally:
+        other.close()
 
 
 def test_the_cli_sets_notifications_up_and_the_hub_s_loop_sends_them(

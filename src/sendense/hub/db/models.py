@@ -445,6 +445,9 @@ class NotifyTarget(Base):
     # Storm control: single messages sent since `window_start` (one window long).
     window_start: Mapped[datetime | None] = mapped_column(UtcDateTime())
     window_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The hub delivering to it now (hubs sharing one database never both send).
+    lease_owner: Mapped[str | None] = mapped_column(String(32))
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class NotifyRule(Base):

@@ -62,7 +62,7 @@ def send(
 
 def send_mail(config: dict[str, Any], password: str | None, message: Message) -> None:
     mail = EmailMessage()
-    mail["Subject"] = message.subject
+    mail["Subject"] = " ".join(message.subject.split())  # a VM's name may hold a line break
     mail["From"] = config["sender"]
     mail["To"] = ", ".join(config["recipients"])
     mail.set_content(message.text)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta, tzinfo
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sendense.hub.db.database import Database
@@ -47,6 +48,7 @@ LOOKBACK = timedelta(minutes=10)
 KEEP_MARKS = timedelta(days=2)  # task and point marks; condition marks stay while it holds
 RETRY_S = 300.0
 DROP_AFTER = timedelta(days=1)
+LEASE = timedelta(minutes=10)  # longer than a delivery round can take
 
 
 Report = tuple[RuleInfo, str, Message]  # a daily report: its rule, mark key and message
@@ -91,7 +93,10 @@ class Notifier:
     def _tick(self, now: datetime) -> None:
         rules = self.service.rules()
         if rules:
-            self._collect(rules, now, self._due_reports(rules, now))
+            try:
+                self._collect(rules, now, self._due_reports(rules, now))
+            except IntegrityError:
+                log.info("another hub marked the same events first; reading them again")
         with self.db.session() as s:
             waiting = s.scalars(select(NotifyOutbox.target_id).distinct()).all()
         for target_id in waiting:
@@ -170,21 +175,40 @@ class Notifier:
             return [(r, keys[r.id], daily_report(s, r, now, self.zone, policies)) for r in wanted]
 
     def _deliver(self, target_id: str, now: datetime) -> None:
-        plan = self._plan(target_id, now)
-        for message, ids, singles in plan:
-            try:
-                self.service.deliver(target_id, message)
-            except DeliveryFailed as exc:
-                log.warning("notification not delivered: %s", exc.message)
-                return
-            except Exception:
-                log.exception("notification not delivered to target %s", target_id)
-                return
-            with self.db.session() as s:
-                s.execute(delete(NotifyOutbox).where(NotifyOutbox.id.in_(ids)))
-                target = s.get(NotifyTarget, target_id)
-                if target is not None:
-                    target.window_count = (target.window_count or 0) + singles
+        if not self._lease(target_id, now, LEASE):
+            return  # another hub on this database is delivering to it
+        try:
+            for message, ids, singles in self._plan(target_id, now):
+                try:
+                    self.service.deliver(target_id, message)
+                except DeliveryFailed as exc:
+                    log.warning("notification not delivered: %s", exc.message)
+                    return
+                except Exception:
+                    log.exception("notification not delivered to target %s", target_id)
+                    return
+                with self.db.session() as s:
+                    s.execute(delete(NotifyOutbox).where(NotifyOutbox.id.in_(ids)))
+                    target = s.get(NotifyTarget, target_id)
+                    if target is not None:
+                        target.window_count = (target.window_count or 0) + singles
+        finally:
+            self._lease(target_id, now, None)
+
+    def _lease(self, target_id: str, now: datetime, length: timedelta | None) -> bool:
+        """Take the target's lease for `length` (None: give it back) by a
+        conditional UPDATE; False when another hub holds it."""
+        me = self.db.owner or "hub"
+        mine = NotifyTarget.lease_owner == me
+        change = update(NotifyTarget).where(NotifyTarget.id == target_id)
+        if length is None:
+            change = change.where(mine).values(lease_owner=None, lease_until=None)
+        else:
+            free = NotifyTarget.lease_until.is_(None) | (NotifyTarget.lease_until < utcnow())
+            until = max(now, utcnow()) + length
+            change = change.where(free | mine).values(lease_owner=me, lease_until=until)
+        with self.db.session() as s:
+            return bool(s.execute(change).rowcount)  # type: ignore[attr-defined]
 
     def _plan(self, target_id: str, now: datetime) -> list[tuple[Message, list[int], int]]:
         """(message, outbox rows it carries, singles it counts in the window)."""

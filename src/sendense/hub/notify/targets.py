@@ -24,6 +24,7 @@ from sendense.hub.notify.delivery import DeliveryFailed, Message, send
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SECURITY = ("starttls", "tls", "none")
+ADDRESS = re.compile(r"^[^@\s<>,;\x00-\x1f]+@[^@\s<>,;\x00-\x1f]+$")
 # Task events (filtered by kind), then condition events, then the daily report.
 TASK_EVENTS = ("failed", "warning", "succeeded")
 EVENTS = (
@@ -107,7 +108,8 @@ def check_smtp(config: SmtpConfig, password: str | None) -> None:
         raise InvalidInput(f"SMTP security {config.security!r}: use one of {', '.join(SECURITY)}")
     if not 1 <= config.port <= 65535:
         raise InvalidInput(f"SMTP port {config.port} is not a port")
-    if not config.recipients or any("@" not in r for r in [config.sender, *config.recipients]):
+    addresses = [config.sender, *config.recipients]
+    if not config.recipients or not all(ADDRESS.match(a) for a in addresses):
         raise InvalidInput("an SMTP target needs a sender and recipients as mail addresses")
     if bool(config.username) != bool(password):
         raise InvalidInput("an SMTP login needs both a user name and a password")

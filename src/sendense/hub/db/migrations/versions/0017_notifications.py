@@ -31,6 +31,8 @@ def upgrade() -> None:
         sa.Column("last_error_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("window_start", sa.DateTime(timezone=True), nullable=True),
         sa.Column("window_count", sa.Integer(), nullable=False),
+        sa.Column("lease_owner", sa.String(32), nullable=True),
+        sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_notify_targets")),
         sa.UniqueConstraint("name", name=op.f("uq_notify_targets_name")),
     )
