@@ -181,9 +181,8 @@ class Notifier:
             for message, ids, singles in self._plan(target_id, now):
                 try:
                     self.service.deliver(target_id, message)
-                except DeliveryFailed as exc:
-                    log.warning("notification not delivered: %s", exc.message)
-                    return
+                except DeliveryFailed:
+                    return  # logged and recorded on the target; tried again after RETRY_S
                 except Exception:
                     log.exception("notification not delivered to target %s", target_id)
                     return

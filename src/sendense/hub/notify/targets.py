@@ -5,6 +5,7 @@ webhook key is made here and shown once, when the target is created."""
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from sendense.hub.db.database import Database
 from sendense.hub.db.models import NotifyRule, NotifyTarget, TaskKind, utcnow
 from sendense.hub.notify.delivery import DeliveryFailed, Message, send
 
+log = logging.getLogger(__name__)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SECURITY = ("starttls", "tls", "none")
 ADDRESS = re.compile(r"^[^@\s<>,;\x00-\x1f]+@[^@\s<>,;\x00-\x1f]+$")
@@ -181,11 +183,12 @@ class NotificationService:
         warning the API lists) or its last success. Raises DeliveryFailed."""
         with self.db.session() as s:
             row = s.get_one(NotifyTarget, target_id)
-            kind, config, sealed = row.kind, dict(row.config), row.secret_sealed
+            name, kind, config, sealed = row.name, row.kind, dict(row.config), row.secret_sealed
         secret = self.box.open(sealed) if sealed else None
         try:
             send(kind, config, secret, message, self.webhook_backoff_s)
         except DeliveryFailed as exc:
+            log.warning("%s to target %s not delivered: %s", message.kind, name, exc.message)
             self._record(target_id, exc.message)
             raise
         self._record(target_id, None)
