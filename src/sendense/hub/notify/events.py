@@ -101,11 +101,10 @@ def condition_events(
     now: datetime,
     repos: list[RepositoryInfo],
     nodes: list[NodeInfo],
-) -> tuple[list[tuple[str, Event]], list[str]]:
-    """Events of the conditions `rule` watches, each keyed by the rule and the
-    state it saw, and the keys of conditions that ended (to be told again)."""
+) -> list[tuple[str, Event]]:
+    """Events of the conditions `rule` watches that hold now, each keyed by the
+    rule and the state it saw (`<rule id>:...`)."""
     found: list[tuple[str, Event]] = []
-    ended: list[str] = []
     at = _iso(now)
     if rule.free_below_percent is not None and "repository_full" in rule.events:
         for repo in repos:
@@ -113,7 +112,6 @@ def condition_events(
             total = repo.capacity.total
             percent = 100.0 * repo.capacity.free / total if total else 100.0
             if percent >= rule.free_below_percent:
-                ended.append(key)
                 continue
             summary = f"repository {repo.name} has {percent:.1f}% free ({repo.capacity.free} bytes)"
             event = {"event": "repository_full", "repository": repo.name, "free_percent": percent}
@@ -140,7 +138,7 @@ def condition_events(
             summary = f"{vm} has no backup newer than {rule.max_age_hours:g} h ({since})"
             event = {"event": "stale_vm", "vm": vm, "last_success": _iso(last)}
             found.append((key, {**event, "at": at, "summary": summary}))
-    return found, ended
+    return found
 
 
 def last_successes(s: Session) -> list[tuple[str, str, datetime, datetime | None]]:

@@ -110,11 +110,16 @@ class Notifier:
             cursor = s.get(NotifyMark, CURSOR)
             since = (cursor.at if cursor else now) - LOOKBACK
             found = task_events(s, since) + invalid_points(s, since)
-            ended: list[str] = []
             for rule in rules:
-                more, gone = condition_events(s, rule, now, repos, nodes)
+                more = condition_events(s, rule, now, repos, nodes)
                 found += [(key, dict(event, rule=rule.name)) for key, event in more]
-                ended += gone
+                # A condition that no longer holds is told again when it comes back.
+                s.execute(
+                    delete(NotifyMark).where(
+                        NotifyMark.key.like(f"{rule.id}:%"),
+                        NotifyMark.key.not_in([key for key, _ in more]),
+                    )
+                )
             marked = self._marked(s, [key for key, _ in found])
             for key, event in found:
                 if key in marked:
@@ -128,8 +133,6 @@ class Notifier:
                     s.add(NotifyMark(key=key, at=now))
                     event = {"event": "daily_report", "message": message.__dict__}
                     s.add(NotifyOutbox(target_id=rule.target_id, event=event, created_at=now))
-            if ended:
-                s.execute(delete(NotifyMark).where(NotifyMark.key.in_(ended)))
             s.execute(
                 delete(NotifyMark).where(
                     NotifyMark.at < now - KEEP_MARKS,
