@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi.testclient import TestClient
 
+from sendense.common.tls import ensure_self_signed
 from sendense.hub.api.app import create_app
 from sendense.hub.db.models import utcnow
 from sendense.hub.service import Hub
@@ -97,14 +98,14 @@ def fail_backups(api: TestClient, vms: list[str], timeout: float = 120) -> list[
         time.sleep(0.1)
 
 
-def add_smtp(api: TestClient, box: Mailbox, name: str = "ops", **login: str) -> None:
+def add_smtp(api: TestClient, box: Mailbox, name: str = "ops", **more: str) -> None:
     smtp = {
         "host": "127.0.0.1",
         "port": box.port,
         "security": "none",
         "sender": "hub@example.test",
         "recipients": ["ops@example.test"],
-        **login,
+        **more,
     }
     answer = api.post(f"{API}/targets", json={"name": name, "smtp": smtp})
     assert answer.status_code == 201, answer.text
@@ -256,6 +257,33 @@ def test_an_smtp_server_that_refuses_the_login_is_a_warning_not_a_crash(
         assert napi.get("/api/v1/health").status_code == 200
         everything = napi.get(f"{API}/targets").text + tested.text + caplog.text
         assert password not in everything
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_a_login_over_tls_checked_against_a_ca_file(
+    security: str, nhub: Hub, napi: TestClient, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "smtp.crt", tmp_path / "smtp.key"
+    ensure_self_signed(cert, key, "127.0.0.1")
+    password = "tls-login-Pa55"
+    with smtp_server(password=password, tls=security, cert=(cert, key)) as box:
+        login = {"username": "notifier", "password": password, "security": security}
+        add_smtp(napi, box, "checked", **login, ca_file=str(cert))
+        add_smtp(napi, box, "unchecked", **login)  # the system's CAs do not know it
+        assert napi.post(f"{API}/targets/checked/test").status_code == 200
+        assert len(box.mails) == 1
+        assert "test message" in str(box.mails[0]["Subject"])
+        refused = napi.post(f"{API}/targets/unchecked/test")
+        assert refused.status_code == 502
+        assert "CERTIFICATE_VERIFY_FAILED" in refused.json()["message"]
+        assert len(box.mails) == 1
+        assert password not in refused.text
+    bad = {"host": "127.0.0.1", "sender": "a@b.test", "recipients": ["c@d.test"]}
+    for ca_file in ("relative.crt", str(tmp_path / "missing.crt")):
+        answer = napi.post(
+            f"{API}/targets", json={"name": "x", "smtp": {**bad, "ca_file": ca_file}}
+        )
+        assert answer.status_code == 422, answer.text
 
 
 @BOTH

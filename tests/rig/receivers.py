@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import email
 import email.policy
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -36,20 +38,38 @@ class Mailbox:
 
 
 @contextmanager
-def smtp_server(refuse_logins: bool = False) -> Iterator[Mailbox]:
-    """An SMTP server on a free loopback port; with `refuse_logins` it offers AUTH
-    (over plain SMTP: loopback only) and refuses every user and password."""
+def smtp_server(
+    refuse_logins: bool = False,
+    *,
+    password: str | None = None,
+    tls: str = "none",
+    cert: tuple[Path, Path] | None = None,
+) -> Iterator[Mailbox]:
+    """An SMTP server on a free loopback port. With `refuse_logins` it offers AUTH
+    and refuses every login; with `password` it accepts that one. `tls`: "none",
+    "starttls" (required before AUTH and mail) or "tls" (implicit), with
+    `cert` = (certificate, key)."""
     box = Mailbox(free_port())
 
     def authenticator(
         _server: SMTP, _session: Session, _envelope: Envelope, _mechanism: str, data: Any
     ) -> AuthResult:
         box.logins.append(data.login.decode())
-        return AuthResult(success=False, handled=False)
+        ok = password is not None and data.password.decode() == password
+        return AuthResult(success=ok, handled=False)
 
     extra: dict[str, Any] = {}
-    if refuse_logins:
-        extra = {"authenticator": authenticator, "auth_require_tls": False}
+    if refuse_logins or password is not None:
+        # aiosmtpd tells only STARTTLS, not implicit TLS, from plain SMTP
+        extra = {"authenticator": authenticator, "auth_require_tls": tls == "starttls"}
+    if tls != "none":
+        assert cert is not None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*cert)
+        if tls == "starttls":
+            extra |= {"tls_context": context, "require_starttls": True}
+        else:
+            extra |= {"ssl_context": context}
     controller = Controller(box, hostname="127.0.0.1", port=box.port, **extra)
     controller.start()
     try:

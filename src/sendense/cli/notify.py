@@ -41,6 +41,9 @@ def add_smtp(
         "starttls"
     ),
     user: Annotated[str | None, typer.Option(help="SMTP login")] = None,
+    ca_file: Annotated[
+        str | None, typer.Option(help="CA file on the hub (else the system's CAs)")
+    ] = None,
     password_file: Annotated[
         Path | None, typer.Option(help="with --user; else SENDENSE_SMTP_PASSWORD")
     ] = None,
@@ -54,6 +57,7 @@ def add_smtp(
         "security": security,
         "sender": sender,
         "recipients": to,
+        "ca_file": ca_file,
     }
     if user:
         smtp |= {"username": user, "password": _smtp_password(password_file)}

@@ -13,12 +13,14 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from sendense.common.errors import SendenseError
+from sendense.common.errors import InvalidInput, SendenseError
+from sendense.common.tls import ca_context
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Sendense-Signature"
@@ -68,8 +70,8 @@ def send_mail(config: dict[str, Any], password: str | None, message: Message) ->
     mail.set_content(message.text)
     host, port, security = config["host"], int(config["port"]), config["security"]
     where = f"SMTP server {host}:{port}"
-    context = ssl.create_default_context()
     try:
+        context = ca_context(Path(config["ca_file"])) if config.get("ca_file") else ssl_context()
         server: smtplib.SMTP
         if security == "tls":
             server = smtplib.SMTP_SSL(host, port, timeout=SMTP_TIMEOUT_S, context=context)
@@ -87,6 +89,12 @@ def send_mail(config: dict[str, Any], password: str | None, message: Message) ->
         raise DeliveryFailed(f"{where} refused the mail: {_reply(exc)}") from None
     except (smtplib.SMTPException, OSError) as exc:
         raise DeliveryFailed(f"{where} failed: {exc}") from None
+    except InvalidInput as exc:  # the CA file is gone or broken
+        raise DeliveryFailed(f"{where}: {exc.message}") from None
+
+
+def ssl_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
 
 
 def _reply(exc: smtplib.SMTPResponseException) -> str:

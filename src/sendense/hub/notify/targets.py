@@ -10,6 +10,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +18,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from sendense.common.errors import Conflict, InvalidInput, NotFound
-from sendense.common.tls import is_loopback
+from sendense.common.tls import ca_context, is_loopback
 from sendense.hub.auth.secrets import SecretBox
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import NotifyRule, NotifyTarget, TaskKind, utcnow
@@ -85,6 +86,8 @@ class SmtpConfig:
     sender: str
     recipients: list[str]
     username: str | None = None
+    # A CA file (or the server's own certificate) on the hub; else the system's CAs.
+    ca_file: str | None = None
 
 
 def _target_info(row: NotifyTarget) -> TargetInfo:
@@ -117,6 +120,10 @@ def check_smtp(config: SmtpConfig, password: str | None) -> None:
         raise InvalidInput("an SMTP login needs both a user name and a password")
     if config.username and config.security == "none" and not is_loopback(config.host):
         raise InvalidInput("an SMTP login without TLS is only allowed to a loopback relay")
+    if config.ca_file:
+        if config.security == "none" or not Path(config.ca_file).is_absolute():
+            raise InvalidInput("ca_file: an absolute path, for starttls or tls")
+        ca_context(Path(config.ca_file))
 
 
 def check_url(url: str) -> None:

@@ -26,6 +26,9 @@ class SmtpIn(BaseModel):
     password: SecretStr | None = None
     sender: str = Field(min_length=3, max_length=255)
     recipients: list[str] = Field(min_length=1, max_length=50)
+    ca_file: str | None = Field(
+        default=None, max_length=4096, description="a CA file on the hub; else the system's CAs"
+    )
 
 
 class WebhookIn(BaseModel):
@@ -67,7 +70,13 @@ def add_target(hub: HubDep, body: TargetIn) -> TargetCreated:
     assert body.smtp is not None
     smtp = body.smtp
     config = SmtpConfig(
-        smtp.host, smtp.port, smtp.security, smtp.sender, smtp.recipients, smtp.username
+        smtp.host,
+        smtp.port,
+        smtp.security,
+        smtp.sender,
+        smtp.recipients,
+        smtp.username,
+        smtp.ca_file,
     )
     password = smtp.password.get_secret_value() if smtp.password else None
     return TargetCreated(target=hub.notifications.add_smtp(body.name, config, password))
