@@ -61,8 +61,9 @@ def token(
 @app.command()
 @one_line_errors
 def enroll(
-    hub: Annotated[str, typer.Option(help="The hub's API address, HOST[:PORT]")],
-    code: Annotated[str, typer.Option(help="Pairing code from `sendense hub pair`")],
+    hub: Annotated[
+        str, typer.Option(help="The hub's API address: HOST[:PORT], [IPV6]:PORT, https://...")
+    ],
     name: Annotated[str | None, typer.Option(help="This node's name (default: hostname)")] = None,
     local_address: Annotated[
         str, typer.Option(help="Loopback address the hub's ports appear on here")
@@ -81,14 +82,16 @@ def enroll(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Join a hub over TLS: check its certificate, send this node's key with the code,
-    pin the hub's certificate and host key."""
+    """Join a hub over TLS: check its certificate, send this node's new key with the
+    pairing code (from SENDENSE_PAIRING_CODE, else asked for: never in argv), pin the
+    hub's certificate and host key."""
     import socket
     import sys
 
     from sendense.node.enroll import enroll as do_enroll
 
     settings = _settings(config, data_dir, None)
+    code = _pairing_code()
     if insecure:
         unchecked = [
             what
@@ -118,6 +121,29 @@ def enroll(
     if hub_cert_sha256 is not None:
         console.print(f"hub certificate:  {hub_cert_sha256.strip()} (pinned)")
     console.print("start the tunnel: sendense node tunnel")
+
+
+def _pairing_code() -> str:
+    """The code `sendense hub pair` printed: from the environment, a prompt that does
+    not echo, or a line of stdin; never an argument (other users see argv)."""
+    import os
+    import sys
+
+    from sendense.common.errors import InvalidInput
+
+    code = os.environ.get("SENDENSE_PAIRING_CODE")
+    if code is None:
+        if sys.stdin.isatty():
+            code = typer.prompt("pairing code", hide_input=True, err=True)
+        else:
+            code = sys.stdin.readline()
+    code = code.strip()
+    if not code:
+        raise InvalidInput(
+            "no pairing code: set SENDENSE_PAIRING_CODE or type the code `sendense hub pair` "
+            "printed"
+        )
+    return code
 
 
 @app.command()
