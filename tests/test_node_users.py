@@ -362,3 +362,34 @@ def test_the_pairing_code_is_not_in_argv(site: Site) -> None:
     assert seen
     assert all(code.encode() not in argv for argv in seen)
     assert code.encode() not in (site.hub.log.read_bytes())
+
+
+def test_a_revoked_node_enrolls_again_with_a_new_key(site: Site, tmp_path: Path) -> None:
+    """Rotating a node's key: revoke, enroll again under its name; its vCenters and
+    history stay with it, its old key logs in no more and is not taken again."""
+    site.enroll_and_connect()
+    before = node_row(site, site.name)
+    old_key = tmp_path / "old_key"
+    old_key.write_bytes((site.node.data_dir / "tunnel" / "id_ed25519").read_bytes())
+    old_key.chmod(0o600)
+    refused = site.enroll(site.pair())
+    assert refused.returncode == 1
+    assert "revoke it, then enroll it again" in refused.stderr
+    # A refused enrollment leaves the node's key as it was.
+    assert (site.node.data_dir / "tunnel" / "id_ed25519").read_bytes() == old_key.read_bytes()
+
+    assert sendense("nodes", "revoke", site.name, env=site.cli_env()).returncode == 0
+    site.node.stop_tunnel()
+    again = site.enroll(site.pair())
+    assert again.returncode == 0, again.stderr
+    site.node.start_tunnel()
+    site.node.wait_tunnel("connected", timeout=60)
+
+    after = node_row(site, site.name)
+    assert (after["id"], after["system_user"]) == (before["id"], before["system_user"])
+    assert after["key_fingerprint"] != before["key_fingerprint"]
+    assert after["revoked"] is False
+    assert not authenticated(ssh_as(site, after["system_user"], old_key))
+    assert authenticated(
+        ssh_as(site, after["system_user"], site.node.data_dir / "tunnel" / "id_ed25519")
+    )

@@ -21,7 +21,6 @@ from sendense.hub.backup.runner import BackupRunner
 from sendense.hub.backup.scheduler import Scheduler
 from sendense.hub.config import HubSettings
 from sendense.hub.db.database import Database
-from sendense.hub.db.models import new_id
 from sendense.hub.nodes.accounts import NodeAccounts, node_user_name
 from sendense.hub.nodes.client import NodeConnector
 from sendense.hub.nodes.registry import NodeInfo, NodeService
@@ -175,8 +174,8 @@ class Hub:
         )
 
     def start_tunnel(self) -> None:
+        self.sync_tunnel_keys()
         self.tunnel.start()
-        self.sync_tunnel_keys()  # after start: the keys directory is made there
 
     def sync_tunnel_keys(self) -> None:
         """Make the system users of the nodes that may log in, write each one's keys
@@ -212,8 +211,7 @@ class Hub:
         between the two leaves a user of no node, which the next start removes."""
         self.accounts.require_root()
         cert = self.api_cert_sha256()
-        self.nodes.check_enrollment(code, name, public_key, signature, cert)
-        node_id = new_id()
+        node_id = self.nodes.check_enrollment(code, name, public_key, signature, cert)
         user = node_user_name(node_id)
         self.accounts.ensure(node_id, user)
         try:

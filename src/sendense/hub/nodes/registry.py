@@ -82,11 +82,14 @@ class NodeService:
 
     def check_enrollment(
         self, code: str, name: str, public_key: str, signature: str | None, hub_cert: str | None
-    ) -> None:
-        """Everything `enroll` checks, nothing written (the code stays unused)."""
+    ) -> str:
+        """Everything `enroll` checks, nothing written (the code stays unused). The
+        node's id: a revoked node's of that name (enrolled again with a new key),
+        else a new one."""
         fingerprint = self._proven_key(code, name, public_key, signature, hub_cert)
         with self.db.session() as s:
-            self._check(s, code, name, fingerprint)
+            _, revoked = self._check(s, code, name, fingerprint)
+            return revoked.id if revoked is not None else new_id()
 
     def enroll(
         self,
@@ -100,12 +103,18 @@ class NodeService:
     ) -> NodeInfo:
         """`signature`: the node's, over `enrollment_challenge` with `hub_cert` (the
         SHA-256 of the certificate the hub's API serves). `node_id`: the id the
-        node's system user was named after."""
+        node's system user was named after (`check_enrollment`'s). A revoked node
+        of that name is enrolled again, its vCenters and history kept: the way to
+        give a node a new key."""
         fingerprint = self._proven_key(code, name, public_key, signature, hub_cert)
         sealed = self.box.seal(api_token)
-        node_id = node_id or new_id()
         with self.db.session() as s:
-            pairing = self._check(s, code, name, fingerprint)
+            pairing, revoked = self._check(s, code, name, fingerprint)
+            if revoked is not None:
+                if node_id not in (None, revoked.id):
+                    raise Conflict(f"node {name!r} changed during its enrollment: try again")
+                return self._reenroll(s, pairing, revoked, public_key, fingerprint, sealed)
+            node_id = node_id or new_id()
             taken = set(s.scalars(select(Node.reverse_port)).all())
             port = next(
                 (
@@ -138,6 +147,25 @@ class NodeService:
         return info
 
     @staticmethod
+    def _reenroll(
+        s: Session, pairing: PairingCode, node: Node, public_key: str, fingerprint: str, sealed: str
+    ) -> NodeInfo:
+        node.public_key = public_key.strip()
+        node.key_fingerprint = fingerprint  # the old key is forgotten with its node's
+        node.api_token_sealed = sealed
+        node.system_user = node.system_user or node_user_name(node.id)
+        node.revoked = False
+        node.connected = False
+        try:
+            s.flush()
+        except IntegrityError as exc:
+            raise Conflict(f"node {node.name!r} or its key is enrolled already") from exc
+        pairing.used_at = utcnow()
+        pairing.node_id = node.id
+        log.info("node enrolled again name=%s key=%s", node.name, fingerprint)
+        return _info(node)
+
+    @staticmethod
     def _proven_key(
         code: str, name: str, public_key: str, signature: str | None, hub_cert: str | None
     ) -> str:
@@ -152,7 +180,10 @@ class NodeService:
         return fingerprint
 
     @staticmethod
-    def _check(s: Session, code: str, name: str, fingerprint: str) -> PairingCode:
+    def _check(
+        s: Session, code: str, name: str, fingerprint: str
+    ) -> tuple[PairingCode, Node | None]:
+        """The pairing code, and the revoked node of that name if there is one."""
         pairing = s.scalars(
             select(PairingCode).where(PairingCode.code_hash == pairing_digest(code))
         ).first()
@@ -162,8 +193,12 @@ class NodeService:
             raise Unauthorized("pairing code was used already: ask for a new one")
         if pairing.expires_at < utcnow():
             raise Unauthorized("pairing code has expired: ask for a new one")
-        if s.scalars(select(Node).where(Node.name == name)).first() is not None:
-            raise Conflict(f"a node named {name!r} is enrolled already")
+        named = s.scalars(select(Node).where(Node.name == name)).first()
+        if named is not None and not named.revoked:
+            raise Conflict(
+                f"a node named {name!r} is enrolled already (to give it a new key, "
+                "revoke it, then enroll it again)"
+            )
         holder = s.scalars(select(Node).where(Node.key_fingerprint == fingerprint)).first()
         if holder is not None:
             state = "revoked node" if holder.revoked else "node"
@@ -171,7 +206,7 @@ class NodeService:
                 f"key {fingerprint} belongs to the {state} {holder.name!r}: each node "
                 "enrolls with a key of its own (`sendense node enroll` makes a new one)"
             )
-        return pairing
+        return pairing, named
 
     def revoke(self, name: str) -> NodeInfo:
         with self.db.session() as s:
