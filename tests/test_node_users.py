@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -393,3 +395,48 @@ def test_a_revoked_node_enrolls_again_with_a_new_key(site: Site, tmp_path: Path)
     assert authenticated(
         ssh_as(site, after["system_user"], site.node.data_dir / "tunnel" / "id_ed25519")
     )
+
+
+NOT_ROOT = """
+import sys
+from pathlib import Path
+from sendense.common.config import load_settings
+from sendense.common.errors import Unavailable
+from sendense.hub.config import HubSettings
+from sendense.hub.service import Hub
+
+work = Path(sys.argv[1])
+settings = load_settings(
+    HubSettings, data_dir=work / "hub", database_url=f"sqlite:///{work / 'hub.db'}"
+)
+hub = Hub.open(settings)
+code, _ = hub.nodes.pairing_code()
+try:
+    hub.enroll_node(code, "n1", sys.argv[2], "c2ln", "sdn_token")
+except Unavailable as exc:
+    print(exc.message)
+print("nodes", len(hub.nodes.list()))
+hub.db.dispose()
+"""
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def test_a_hub_not_run_as_root_refuses_to_enroll(tmp_path: Path) -> None:
+    """It cannot make the node's user, and does not fall back to its own."""
+    work = Path(tempfile.mkdtemp(prefix="sendense-not-root-"))
+    try:
+        os.chown(work, 65534, 65534)
+        public = new_key(tmp_path / "key").with_suffix(".pub").read_text()
+        done = subprocess.run(
+            [*AS_NOBODY, sys.executable, "-c", NOT_ROOT, str(work), public],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=work,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "the hub runs as 'nobody', not root" in done.stdout
+        assert "nodes 0" in done.stdout
+    finally:
+        shutil.rmtree(work)
