@@ -33,13 +33,15 @@ from results import record
 from tests.rig.net import free_port, free_port_range
 
 from sendense.common.config import load_settings
-from sendense.common.sshkeys import ensure_keypair
+from sendense.common.sshkeys import enrollment_challenge, ensure_keypair, sign
 from sendense.hub.config import HubSettings
 from sendense.hub.service import Hub
 from sendense.nbd.qemu_img import QemuImg
 from sendense.nbd.qemu_nbd import ExportSpec, QemuNbd
 from sendense.nbd.writer import NbdWriter
 from sendense.node.tunnel import TunnelConfig, save_config, tunnel_dir
+
+BENCH_GROUP = "sendense-bench-nodes"
 
 
 async def write(uri: str, source: Path) -> None:
@@ -63,7 +65,9 @@ def one_run(host: str, port: int, source: Path, size: int, work: Path) -> float:
 def enrolled_node(hub: Hub, node_dir: Path) -> TunnelConfig:
     code, _ = hub.nodes.pairing_code()
     keys = ensure_keypair(tunnel_dir(node_dir) / "id_ed25519", "bench-node")
-    info = hub.enroll_node(code, "bench-node", keys.public_key, "unused-token")
+    challenge = enrollment_challenge(code, "bench-node", keys.public_key, hub.api_cert_sha256())
+    signature = sign(keys.private_path, challenge)
+    info = hub.enroll_node(code, "bench-node", keys.public_key, signature, "unused-token")
     s = hub.settings
     config = TunnelConfig(
         hub_host="127.0.0.1",
@@ -74,7 +78,7 @@ def enrolled_node(hub: Hub, node_dir: Path) -> TunnelConfig:
         nbd_port_max=s.nbd_port_max,
         api_port=s.listen_port,
         hub_host_key=hub.tunnel_identity().public_key,
-        tunnel_user=hub.tunnel.user,
+        tunnel_user=info.system_user or "",
         local_address="127.0.0.2",
         node_api_port=free_port(),
     )
@@ -107,6 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             tunnel_port=free_port(),
             listen_port=free_port(),
             min_free_bytes=0,
+            tunnel_group=BENCH_GROUP,
         )
         hub = Hub.open(settings)
         supervisor = None
@@ -127,7 +132,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if supervisor is not None:
                 supervisor.terminate()
                 supervisor.wait(20)
+            if any(n.name == "bench-node" for n in hub.nodes.list()):
+                hub.revoke_node("bench-node")  # its system user goes
             hub.close()
+            subprocess.run(["groupdel", BENCH_GROUP], capture_output=True, check=False)
     d, t = statistics.median(direct), statistics.median(tunnel)
     return {
         "size_bytes": size,

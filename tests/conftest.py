@@ -98,6 +98,21 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture(autouse=True)
+def node_accounts_removed() -> Iterator[None]:
+    """The system users and groups the test's hubs made for nodes go, whatever the
+    outcome (torn down after the test's own fixtures have stopped the hubs)."""
+    from tests.rig.hub import CREATED
+
+    try:
+        yield
+    finally:
+        while CREATED:
+            hub = CREATED.pop()
+            hub.stop()
+            hub.remove_accounts()
+
+
+@pytest.fixture(autouse=True)
 def no_leftover_qemu_nbd(tmp_path: Path) -> Iterator[None]:
     """Every qemu-nbd serving a file of this test must be gone when it ends."""
     yield

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from base64 import b64encode
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pydantic import SecretStr
 
 from sendense.common.contract import DiskLayout, NodeJobStatus, RestoreCheckRequest, VmLayout
 from sendense.common.errors import SendenseError, Unavailable
+from sendense.common.sshkeys import enrollment_challenge
 from sendense.hub.nodes.client import NodeCallFailed, NodeClient, NodeRefused
 from sendense.hub.service import Hub
 from tests.rig.net import free_port
@@ -99,9 +101,10 @@ def port(hub: Hub) -> int:
     port = free_port()
     hub.nodes.reverse_ports = (port, port)
     code, _ = hub.nodes.pairing_code()
-    key = Ed25519PrivateKey.generate().public_key()
-    public = key.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
-    hub.nodes.enroll(code, "site-a", public, NODE_TOKEN)
+    private = Ed25519PrivateKey.generate()
+    public = private.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    signed = private.sign(enrollment_challenge(code, "site-a", public, None))
+    hub.nodes.enroll(code, "site-a", public, b64encode(signed).decode(), NODE_TOKEN, None)
     return port
 
 

@@ -4,6 +4,7 @@ connection."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -39,6 +40,13 @@ def site(tmp_path: Path) -> Iterator[Site]:
     finally:
         site.stop()
     assert pids_with(str(tmp_path), name="ssh") == []
+
+
+def tunnel_user(site: Site, nodes: NodeProcesses | None = None) -> str:
+    """The system user the node logs in as, as enrollment told it."""
+    config = json.loads(((nodes or site.node).data_dir / "tunnel" / "tunnel.json").read_text())
+    user: str = config["tunnel_user"]
+    return user
 
 
 def backup_through_tunnel(
@@ -192,7 +200,7 @@ def test_unknown_key_and_forbidden_forwards_are_refused(site: Site, tmp_path: Pa
         "-o",
         "ExitOnForwardFailure=yes",
     ]
-    user = f"{os.environ.get('USER', 'root')}@127.0.0.1"
+    user = f"{tunnel_user(site)}@127.0.0.1"
     stranger = tmp_path / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
     refused = subprocess.run(
@@ -345,21 +353,7 @@ def _backup_surviving_tunnel_loss(
 def test_enrollment_refuses_a_hub_fingerprint_that_does_not_match(site: Site) -> None:
     wrong = "SHA256:" + "A" * 43
     code = site.pair()
-    done = sendense(
-        "node",
-        "enroll",
-        "--hub",
-        site.hub.url.removeprefix("https://"),
-        "--name",
-        site.name,
-        "--hub-fingerprint",
-        wrong,
-        "--hub-cert-sha256",
-        site.hub_cert_sha256,
-        "--data-dir",
-        str(site.node.data_dir),
-        env=site.node.env | {"SENDENSE_PAIRING_CODE": code},
-    )
+    done = site.node.enroll(site.hub.url, code, site.name, wrong, site.hub_cert_sha256)
     assert done.returncode == 1
     assert wrong in done.stderr
     assert not (site.node.data_dir / "tunnel" / "known_hosts").exists()
@@ -386,7 +380,7 @@ def test_revoking_ends_sessions_that_hold_no_reverse_forward(site: Site) -> None
         f"UserKnownHostsFile={tunnel_dir / 'known_hosts'}",
         "-L",
         f"127.0.0.2:{free_port()}:127.0.0.1:{site.hub.port}",
-        f"{os.environ.get('USER', 'root')}@127.0.0.1",
+        f"{tunnel_user(site)}@127.0.0.1",
     ]
     with subprocess.Popen(argv, stderr=subprocess.DEVNULL) as stolen:
         time.sleep(1.5)

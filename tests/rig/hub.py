@@ -16,20 +16,35 @@ from pathlib import Path
 import httpx
 
 from sendense.common.tls import ca_context, cert_file_fingerprint
+from tests.rig.accounts import remove_group, unique_group
 from tests.rig.net import free_port, free_port_range
 from tests.rig.procs import stop
+
+# Every hub a test made: its node users and group go when the test ends
+# (conftest's `node_accounts_removed`), whatever the outcome.
+CREATED: list[HubProcess] = []
 
 
 class HubProcess:
     def __init__(
-        self, data_dir: Path, database_url: str, pool: int = 8, *, tls: bool = True
+        self,
+        data_dir: Path,
+        database_url: str,
+        pool: int = 8,
+        *,
+        tls: bool = True,
+        host: str = "127.0.0.1",
     ) -> None:
+        """`host`: where the API and the tunnel's sshd listen (`::1`: IPv6)."""
         self.data_dir = data_dir
+        self.host = host
         self.port = free_port()
         self.tls = tls
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.listen = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{self.listen}"
         self.tunnel_port = free_port()
         rev_first, rev_last = free_port_range(4)
+        self.tunnel_group = unique_group()
         first, last = free_port_range(pool)
         self.env = {
             **os.environ,
@@ -38,13 +53,16 @@ class HubProcess:
             "SENDENSE_HUB_NBD_PORT_MAX": str(last),
             "SENDENSE_HUB_MIN_FREE_BYTES": "0",
             "SENDENSE_HUB_TUNNEL_PORT": str(self.tunnel_port),
+            "SENDENSE_HUB_TUNNEL_HOST": host,
             "SENDENSE_HUB_REVERSE_PORT_MIN": str(rev_first),
             "SENDENSE_HUB_REVERSE_PORT_MAX": str(rev_last),
             # hub and node share this machine: the node's end of the tunnel
             # shows the hub's ports on 127.0.0.2
             "SENDENSE_HUB_TARGETS_HOST": "127.0.0.2",
             "SENDENSE_HUB_TLS": "true" if tls else "false",
+            "SENDENSE_HUB_TUNNEL_GROUP": self.tunnel_group,
         }
+        CREATED.append(self)
         self.log = data_dir.parent / "hub.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -59,7 +77,7 @@ class HubProcess:
             "--data-dir",
             str(self.data_dir),
             "--listen",
-            f"127.0.0.1:{self.port}",
+            self.listen,
         ]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -117,3 +135,7 @@ class HubProcess:
     def stop(self) -> None:
         if self.proc is not None:
             stop(self.proc, timeout=20)
+
+    def remove_accounts(self) -> None:
+        """The system users and group this hub made for its nodes (after `stop`)."""
+        remove_group(self.tunnel_group, self.data_dir)

@@ -37,7 +37,8 @@ class NodeProcesses:
         cert_sha256: str | None = None,
         *more: str,
     ) -> subprocess.CompletedProcess[str]:
-        """`sendense node enroll`; a pin left None is not given (`more`: other flags)."""
+        """`sendense node enroll`, the code in its environment; a pin left None is not
+        given (`more`: other flags)."""
         pin = ["--hub-fingerprint", fingerprint] if fingerprint else []
         pin += ["--hub-cert-sha256", cert_sha256] if cert_sha256 else []
         return sendense(
@@ -53,7 +54,7 @@ class NodeProcesses:
             str(self.data_dir),
             *pin,
             *more,
-            env=self.env | {"SENDENSE_PAIRING_CODE": code},
+            env={**self.env, "SENDENSE_PAIRING_CODE": code},
         )
 
     def _spawn(self, *args: str, log: str) -> subprocess.Popen[bytes]:

@@ -29,10 +29,11 @@ class Site:
         hub_settings: dict[str, str] | None = None,
         *,
         database_url: str | None = None,
+        hub_host: str = "127.0.0.1",
         **node_settings: str,
     ) -> None:
         url = database_url or f"sqlite:///{tmp_path / 'hub.db'}"  # the default: SQLite
-        self.hub = HubProcess(tmp_path / "hub", url)
+        self.hub = HubProcess(tmp_path / "hub", url, host=hub_host)
         self.hub.env.update(
             {f"SENDENSE_HUB_{k.upper()}": v for k, v in (hub_settings or {}).items()}
         )
@@ -99,6 +100,7 @@ class Site:
             HubSettings,
             data_dir=self.hub.data_dir,
             database_url=self.hub.env["SENDENSE_HUB_DATABASE_URL"],
+            tunnel_group=self.hub.tunnel_group,
         )
         return Hub.open(settings, migrate=False)
 
@@ -119,5 +121,6 @@ class Site:
     def stop(self) -> None:
         self.node.stop()
         self.hub.stop()
+        self.hub.remove_accounts()
         if hasattr(self, "api"):
             self.api.close()

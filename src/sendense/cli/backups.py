@@ -21,6 +21,12 @@ jobs_app = typer.Typer(help="Jobs of the hub.", no_args_is_help=True)
 backups_app = typer.Typer(help="Restore points.", no_args_is_help=True)
 
 
+PasswordFileOpt = Annotated[
+    Path | None,
+    typer.Option(help="File with the vCenter password (else SENDENSE_VCENTER_PASSWORD)"),
+]
+
+
 def _client(hub_url: str | None, token_file: Path | None) -> HubClient:
     return HubClient(hub_url, read_token(token_file))
 
@@ -32,9 +38,7 @@ def vcenter_add(
     user: Annotated[str, typer.Option(help="vCenter user")],
     node: Annotated[str, typer.Option(help="The node next to this vCenter")],
     thumbprint: Annotated[str | None, typer.Option(help="vCenter certificate SHA-256")] = None,
-    password_file: Annotated[
-        Path | None, typer.Option(help="else SENDENSE_VCENTER_PASSWORD")
-    ] = None,
+    password_file: PasswordFileOpt = None,
     hub_url: HubUrlOpt = None,
     token_file: TokenFileOpt = None,
 ) -> None:
@@ -42,7 +46,7 @@ def vcenter_add(
     body = {
         "host": host,
         "user": user,
-        "password": _vcenter_password(password_file),
+        "password": vcenter_password(password_file),
         "node": node,
         "thumbprint": thumbprint,
     }
@@ -55,19 +59,17 @@ def vcenter_add(
 def vcenter_passwd(
     host: str,
     user: Annotated[str | None, typer.Option(help="A new vCenter user too")] = None,
-    password_file: Annotated[
-        Path | None, typer.Option(help="else SENDENSE_VCENTER_PASSWORD")
-    ] = None,
+    password_file: PasswordFileOpt = None,
     hub_url: HubUrlOpt = None,
     token_file: TokenFileOpt = None,
 ) -> None:
     """Change a registered vCenter's password (and user), e.g. when it expires."""
-    body = {"user": user, "password": _vcenter_password(password_file)}
+    body = {"user": user, "password": vcenter_password(password_file)}
     changed = _client(hub_url, token_file).post(f"/api/v1/vcenters/{quote(host)}/login", body)
     console.print(f"vCenter {changed['host']}: new login for {changed['username']} stored")
 
 
-def _vcenter_password(password_file: Path | None) -> str:
+def vcenter_password(password_file: Path | None) -> str:
     password = (
         password_file.read_text().strip()
         if password_file

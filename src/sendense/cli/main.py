@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
@@ -180,10 +179,7 @@ def vms_list(
         typer.Option(help="vCenter user; without it, the registered vCenter's login is used"),
     ] = None,
     thumbprint: Annotated[str | None, typer.Option(help="vCenter certificate SHA-256")] = None,
-    password_file: Annotated[
-        Path | None,
-        typer.Option(help="File with the vCenter password (else SENDENSE_VCENTER_PASSWORD)"),
-    ] = None,
+    password_file: backups.PasswordFileOpt = None,
     hub_url: hub.HubUrlOpt = None,
     token_file: hub.TokenFileOpt = None,
 ) -> None:
@@ -200,7 +196,7 @@ def vms_list(
             {
                 "vcenter_host": _needed(vcenter, "--vcenter"),
                 "vcenter_user": user,
-                "vcenter_password": _password(password_file),
+                "vcenter_password": backups.vcenter_password(password_file),
                 "vcenter_thumbprint": thumbprint,
             },
         )
@@ -224,13 +220,3 @@ def _needed(value: str | None, option: str) -> str:
     if not value:
         raise InvalidInput(f"{option} is needed with --user")
     return value
-
-
-def _password(password_file: Path | None) -> str:
-    if password_file is not None:
-        password = password_file.read_text().strip()
-    else:
-        password = os.environ.get("SENDENSE_VCENTER_PASSWORD", "")
-    if not password:
-        raise InvalidInput("no vCenter password: --password-file or SENDENSE_VCENTER_PASSWORD")
-    return password

@@ -62,7 +62,9 @@ def token(
 @app.command()
 @one_line_errors
 def enroll(
-    hub: Annotated[str, typer.Option(help="The hub's API address, HOST[:PORT]")],
+    hub: Annotated[
+        str, typer.Option(help="The hub's API address: HOST[:PORT], [IPV6]:PORT, https://...")
+    ],
     code_file: Annotated[
         Path | None,
         typer.Option(
@@ -89,14 +91,16 @@ def enroll(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Join a hub over TLS: check its certificate, send this node's key with the code,
-    pin the hub's certificate and host key."""
+    """Join a hub over TLS: check its certificate, send this node's new key with the
+    pairing code (from --code-file or SENDENSE_PAIRING_CODE, else asked for: never in argv), pin the
+    hub's certificate and host key."""
     import socket
     import sys
 
     from sendense.node.enroll import enroll as do_enroll
 
     settings = _settings(config, data_dir, None)
+    code = _pairing_code(code_file)
     if insecure:
         unchecked = [
             what
@@ -113,7 +117,7 @@ def enroll(
     answer, own = do_enroll(
         settings,
         hub,
-        _pairing_code(code_file),
+        code,
         name or socket.gethostname(),
         local_address,
         hub_fingerprint,
@@ -129,17 +133,20 @@ def enroll(
 
 
 def _pairing_code(code_file: Path | None) -> str:
+    """The code `sendense hub pair` printed: from a file, the environment, a prompt
+    that does not echo, or a line of stdin; never an argument (other users see argv)."""
     import os
     import sys
 
     if code_file is not None:
-        code = code_file.read_text().strip()
+        code = code_file.read_text()
     elif os.environ.get("SENDENSE_PAIRING_CODE"):
-        code = os.environ["SENDENSE_PAIRING_CODE"].strip()
+        code = os.environ["SENDENSE_PAIRING_CODE"]
     elif sys.stdin.isatty():
-        code = typer.prompt("Pairing code", hide_input=True).strip()
+        code = typer.prompt("pairing code", hide_input=True, err=True)
     else:
-        code = sys.stdin.readline().strip()
+        code = sys.stdin.readline()
+    code = code.strip()
     if not code:
         raise InvalidInput("no pairing code: --code-file, SENDENSE_PAIRING_CODE or standard input")
     return code

@@ -244,6 +244,12 @@ class EnrollRequest(BaseModel):
     node_name: str = Field(min_length=1, max_length=64)
     public_key: str = Field(min_length=16, max_length=8192, description="OpenSSH public key")
     node_api_token: SecretStr = Field(description="token the hub uses to call the node's API")
+    signature: str | None = Field(
+        default=None,
+        max_length=256,
+        description="base64 ed25519 signature by the node's key of the enrollment challenge "
+        "(sendense.common.sshkeys.enrollment_challenge); required",
+    )
 
 
 class EnrollResponse(BaseModel):
@@ -253,7 +259,7 @@ class EnrollResponse(BaseModel):
     hub_host_key: str = Field(description="the tunnel server's public host key, to pin")
     hub_host_key_fingerprint: str
     tunnel_port: int
-    tunnel_user: str
+    tunnel_user: str = Field(description="the node's own system user on the hub")
     reverse_port: int
     nbd_port_min: int
     nbd_port_max: int

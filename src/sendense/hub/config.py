@@ -46,6 +46,8 @@ class HubSettings(SendenseSettings):
     # reverse forward on a hub loopback port from this range (the seed's 9081).
     tunnel_host: str = "127.0.0.1"
     tunnel_port: int = Field(default=8022, ge=1, le=65535)
+    # Each node logs in as its own system user (sendense-n-<id>), in this group.
+    tunnel_group: str = Field(default="sendense-nodes", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     reverse_port_min: int = Field(default=9081, ge=1, le=65535)
     reverse_port_max: int = Field(default=9180, ge=1, le=65535)
     pairing_minutes: int = Field(default=15, ge=1, le=1440)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sendense.common.files import private_dir
 from sendense.common.sshkeys import KeyPair
+from sendense.common.tls import cert_file_fingerprint
 from sendense.hub.auth.audit_log import AuditLog
 from sendense.hub.auth.secrets import SecretBox
 from sendense.hub.auth.tokens import TokenService
@@ -22,6 +23,7 @@ from sendense.hub.backup.runner import BackupRunner
 from sendense.hub.backup.scheduler import Scheduler
 from sendense.hub.config import HubSettings
 from sendense.hub.db.database import Database
+from sendense.hub.nodes.accounts import NodeAccounts, node_user_name
 from sendense.hub.nodes.client import NodeConnector
 from sendense.hub.nodes.registry import NodeInfo, NodeService
 from sendense.hub.nodes.snapshot_sweep import SnapshotSweep
@@ -74,6 +76,7 @@ class Hub:
     nodes: NodeService
     vcenters: VcenterService
     tunnel: TunnelSshd
+    accounts: NodeAccounts
     connector: NodeConnector
     access: AccessService
     converter: DiskConverter
@@ -116,7 +119,11 @@ class Hub:
         users = UserService(db, box, tokens, timedelta(seconds=settings.session_lifetime_s))
         permitted = [*range(settings.nbd_port_min, settings.nbd_port_max + 1), settings.listen_port]
         tunnel = TunnelSshd(
-            settings.data_dir / "tunnel", (settings.tunnel_host, settings.tunnel_port), permitted
+            settings.data_dir / "tunnel",
+            (settings.tunnel_host, settings.tunnel_port),
+            permitted,
+            settings.tunnel_group,
+            db.owner or "hub",
         )
         connector = NodeConnector(nodes, tunnel.owns_listener, retry_s=settings.node_timeout_s)
         access = AccessService(
@@ -175,6 +182,7 @@ class Hub:
             nodes=nodes,
             vcenters=vcenters,
             tunnel=tunnel,
+            accounts=NodeAccounts(db, settings.tunnel_group),
             connector=connector,
             access=access,
             converter=DiskConverter(
@@ -200,21 +208,60 @@ class Hub:
         self.tunnel.start()
 
     def sync_tunnel_keys(self) -> None:
-        self.tunnel.write_authorized_keys(self.nodes.list(), self.nodes.public_keys())
+        """Make the system users of the nodes that may log in, write each one's keys
+        file, and end the sessions and remove the users of nodes revoked or gone
+        (only users this hub made). At start, after enrolling and revoking."""
+        nodes = [n for n in self.nodes.list() if not n.revoked and n.system_user]
+        keys = self.nodes.public_keys()
+        active = {n.system_user: n.id for n in nodes if n.system_user and n.id in keys}
+        uids = self.accounts.reconcile(active, self._end_sessions)
+        self.tunnel.write_keys(
+            {
+                n.system_user: (
+                    uids[n.system_user],
+                    self.tunnel.key_line(keys[n.id], n.reverse_port, n.name),
+                )
+                for n in nodes
+                if n.system_user in uids and n.reverse_port is not None
+            }
+        )
+
+    def _end_sessions(self, user: str, uid: int) -> None:
+        """Before a node user is removed: its key logs in no more, its sessions end."""
+        self.tunnel.remove_keys(user)
+        self.tunnel.disconnect(uid)
 
     def tunnel_identity(self) -> KeyPair:
         return self.tunnel.identity
 
-    def enroll_node(self, code: str, name: str, public_key: str, api_token: str) -> NodeInfo:
-        info = self.nodes.enroll(code, name, public_key, api_token)
+    def enroll_node(
+        self, code: str, name: str, public_key: str, signature: str | None, api_token: str
+    ) -> NodeInfo:
+        """The node's system user is made (and recorded) before its row: a crash
+        between the two leaves a user of no node, which the next start removes."""
+        self.accounts.require_root()
+        cert = self.api_cert_sha256()
+        node_id = self.nodes.check_enrollment(code, name, public_key, signature, cert)
+        user = node_user_name(node_id)
+        self.accounts.ensure(node_id, user)
+        try:
+            info = self.nodes.enroll(code, name, public_key, signature, api_token, cert, node_id)
+        except BaseException:
+            self.accounts.remove(user)
+            raise
         self.sync_tunnel_keys()
-        return info
+        return self.nodes.get(info.id)
+
+    def api_cert_sha256(self) -> str | None:
+        """The SHA-256 of the certificate the API serves (what a node pinned)."""
+        if not self.settings.tls or not self.settings.api_cert.exists():
+            return None
+        return cert_file_fingerprint(self.settings.api_cert)
 
     def revoke_node(self, name: str) -> NodeInfo:
+        """Its keys file goes, its sessions end, its system user is removed."""
         info = self.nodes.revoke(name)
         self.sync_tunnel_keys()
-        if info.reverse_port is not None:
-            self.tunnel.disconnect(info.reverse_port)
         return info
 
     def node_status(self) -> list[NodeInfo]:

@@ -1,5 +1,11 @@
 """`sendense node enroll`: make the node's key, hand it to the hub with a pairing
-code, and pin the hub's host key.
+code and a signature by that key, and pin the hub's host key.
+
+Each enrollment makes a new key (a node's key is unique on the hub, a revoked
+node's key is never taken again): it replaces the old one only once the hub
+accepted it, so enrolling again is how a node's key is rotated. The signature
+covers the pairing code, the node's name and key and the hub certificate seen
+(`sendense.common.sshkeys.enrollment_challenge`).
 
 The enrollment goes over TLS to a hub whose certificate matches the SHA-256 the
 operator read from `sendense hub pair`, checked before the request (pairing
@@ -8,14 +14,18 @@ is kept with the tunnel's settings. `insecure` skips the check (labs only)."""
 
 from __future__ import annotations
 
-import ssl
-
 import httpx
 
 from sendense.common.contract import EnrollResponse
 from sendense.common.errors import InvalidInput, SendenseError, Unauthorized, Unavailable
-from sendense.common.sshkeys import ensure_keypair, fingerprint
-from sendense.common.tls import normalize_fingerprint, pinned_context, unverified_context
+from sendense.common.sshkeys import enrollment_challenge, ensure_keypair, fingerprint, sign
+from sendense.common.tls import (
+    fetch_certificate,
+    normalize_fingerprint,
+    pem_fingerprint,
+    pinned_context,
+    trusting_exactly,
+)
 from sendense.node.auth import NodeTokens
 from sendense.node.config import NodeSettings
 from sendense.node.tunnel import TunnelConfig, save_config, tunnel_dir
@@ -39,12 +49,26 @@ def enroll(
             "them (or --insecure, for labs only)"
         )
     pin = normalize_fingerprint(hub_cert_sha256, "--hub-cert-sha256") if hub_cert_sha256 else None
-    ctx: ssl.SSLContext = (
-        pinned_context(host, api_port, pin, "hub") if pin is not None else unverified_context()
-    )
-    keys = ensure_keypair(tunnel_dir(settings.data_dir) / "id_ed25519", f"sendense-node:{name}")
+    if pin is not None:
+        ctx = pinned_context(host, api_port, pin, "hub")
+        seen = pin
+    else:  # --insecure: whatever certificate the hub shows, the same one throughout
+        pem = fetch_certificate(host, api_port, "hub")
+        ctx, seen = trusting_exactly(pem), pem_fingerprint(pem)
+    private = tunnel_dir(settings.data_dir) / "id_ed25519"
+    new_key = private.with_name("id_ed25519.new")
+    for path in (new_key, new_key.with_name(new_key.name + ".pub")):
+        path.unlink(missing_ok=True)  # left by an enrollment that failed
+    keys = ensure_keypair(new_key, f"sendense-node:{name}")
+    signature = sign(new_key, enrollment_challenge(code, name, keys.public_key, seen))
     token = NodeTokens(settings.data_dir).create("hub")
-    body = {"code": code, "node_name": name, "public_key": keys.public_key, "node_api_token": token}
+    body = {
+        "code": code,
+        "node_name": name,
+        "public_key": keys.public_key,
+        "node_api_token": token,
+        "signature": signature,
+    }
     try:
         response = httpx.post(
             f"https://{_url_host(host)}:{api_port}/api/v1/nodes/enroll",
@@ -66,6 +90,8 @@ def enroll(
         raise SendenseError(
             f"the hub's host key is {actual}, not {hub_fingerprint.strip()}: refusing to pin it"
         )
+    new_key.with_name(new_key.name + ".pub").replace(private.with_name("id_ed25519.pub"))
+    new_key.replace(private)
     save_config(
         settings.data_dir,
         TunnelConfig(
@@ -83,7 +109,7 @@ def enroll(
             hub_cert_sha256=pin,
         ),
     )
-    return answer, keys.fingerprint
+    return answer, fingerprint(keys.public_key)
 
 
 def split_hub(hub: str) -> tuple[str, int]:

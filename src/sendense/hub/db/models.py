@@ -112,7 +112,10 @@ class Node(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     # The node's SSH public key (OpenSSH format); its tunnel logs in with it.
     public_key: Mapped[str | None] = mapped_column(Text)
-    key_fingerprint: Mapped[str | None] = mapped_column(String(128))
+    # Unique: one key, one node, ever (a revoked node's key is not taken again).
+    key_fingerprint: Mapped[str | None] = mapped_column(String(128), unique=True)
+    # The system user its tunnel logs in as on a hub (`sendense-n-<id>`).
+    system_user: Mapped[str | None] = mapped_column(String(32), unique=True)
     # Hub-side loopback port of the reverse forward to the node's API (8081).
     reverse_port: Mapped[int | None] = mapped_column(Integer, unique=True)
     # The node's API token for the hub, encrypted with the hub's secret key.
@@ -120,6 +123,20 @@ class Node(Base):
     revoked: Mapped[bool] = mapped_column(default=False)
     connected: Mapped[bool] = mapped_column(default=False)
     last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class NodeAccount(Base):
+    """A system user a hub made on its machine for a node's tunnel: recorded before
+    `useradd`, so a hub that restarts finds (and removes) the users it made for
+    nodes that are revoked or gone, and only those."""
+
+    __tablename__ = "node_accounts"
+
+    hub_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(32))
+    uid: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 

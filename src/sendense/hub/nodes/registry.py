@@ -1,14 +1,15 @@
 """Nodes: pairing codes, enrollment, revocation, and the tunnel's view of them.
 
 A pairing code is single use and expires (15 minutes by default); only its
-digest is stored. Enrollment binds a node name to its SSH public key, gives it
-a reverse port for its API, and keeps the node's API token sealed.
+digest is stored. Enrollment binds a node name to its SSH public key (one key,
+one node: the node signs the enrollment with its private key, and a key's
+fingerprint is unique), names the node's system user, gives it a reverse port
+for its API, and keeps the node's API token sealed.
 """
 
 from __future__ import annotations
 
 import builtins
-import hashlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -21,17 +22,16 @@ from sqlalchemy.orm import Session
 
 from sendense.common.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from sendense.common.names import safe_label
+from sendense.common.sshkeys import enrollment_challenge, pairing_digest
 from sendense.common.sshkeys import fingerprint as key_fingerprint
+from sendense.common.sshkeys import verify as verify_signature
 from sendense.hub.auth.secrets import SecretBox
 from sendense.hub.db.database import Database
-from sendense.hub.db.models import Node, PairingCode, utcnow
+from sendense.hub.db.models import Node, NodeAccount, PairingCode, new_id, utcnow
+from sendense.hub.nodes.accounts import node_user_name
 
 log = logging.getLogger(__name__)
 _ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
-
-
-def _digest(code: str) -> str:
-    return hashlib.sha256(code.replace("-", "").upper().encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,13 @@ class NodeInfo:
     revoked: bool
     connected: bool
     last_seen: datetime | None
+    # The system user its tunnel logs in as, and that user's uid on this hub's
+    # machine (None until this hub made it, and once the node is revoked).
+    system_user: str | None = None
+    system_uid: int | None = None
 
 
-def _info(row: Node) -> NodeInfo:
+def _info(row: Node, uid: int | None = None) -> NodeInfo:
     return NodeInfo(
         row.id,
         row.name,
@@ -54,6 +58,8 @@ def _info(row: Node) -> NodeInfo:
         row.revoked,
         row.connected,
         row.last_seen,
+        row.system_user,
+        uid,
     )
 
 
@@ -71,27 +77,44 @@ class NodeService:
         code = "-".join(raw[i : i + 4] for i in range(0, 12, 4))
         expires = utcnow() + timedelta(minutes=self.pairing_minutes)
         with self.db.session() as s:
-            s.add(PairingCode(code_hash=_digest(code), expires_at=expires))
+            s.add(PairingCode(code_hash=pairing_digest(code), expires_at=expires))
         return code, expires
 
-    def enroll(self, code: str, name: str, public_key: str, api_token: str) -> NodeInfo:
-        label = safe_label(name, 64)
-        if label != name:
-            raise InvalidInput(f"node name {name!r}: use letters, digits, '.', '_' and '-'")
-        fingerprint = key_fingerprint(public_key)
+    def check_enrollment(
+        self, code: str, name: str, public_key: str, signature: str | None, hub_cert: str | None
+    ) -> str:
+        """Everything `enroll` checks, nothing written (the code stays unused). The
+        node's id: a revoked node's of that name (enrolled again with a new key),
+        else a new one."""
+        fingerprint = self._proven_key(code, name, public_key, signature, hub_cert)
+        with self.db.session() as s:
+            _, revoked = self._check(s, code, name, fingerprint)
+            return revoked.id if revoked is not None else new_id()
+
+    def enroll(
+        self,
+        code: str,
+        name: str,
+        public_key: str,
+        signature: str | None,
+        api_token: str,
+        hub_cert: str | None,
+        node_id: str | None = None,
+    ) -> NodeInfo:
+        """`signature`: the node's, over `enrollment_challenge` with `hub_cert` (the
+        SHA-256 of the certificate the hub's API serves). `node_id`: the id the
+        node's system user was named after (`check_enrollment`'s). A revoked node
+        of that name is enrolled again, its vCenters and history kept: the way to
+        give a node a new key."""
+        fingerprint = self._proven_key(code, name, public_key, signature, hub_cert)
         sealed = self.box.seal(api_token)
         with self.db.session() as s:
-            pairing = s.scalars(
-                select(PairingCode).where(PairingCode.code_hash == _digest(code))
-            ).first()
-            if pairing is None:
-                raise Unauthorized("pairing code is not valid")
-            if pairing.used_at is not None:
-                raise Unauthorized("pairing code was used already: ask for a new one")
-            if pairing.expires_at < utcnow():
-                raise Unauthorized("pairing code has expired: ask for a new one")
-            if s.scalars(select(Node).where(Node.name == name)).first() is not None:
-                raise Conflict(f"a node named {name!r} is enrolled already")
+            pairing, revoked = self._check(s, code, name, fingerprint)
+            if revoked is not None:
+                if node_id not in (None, revoked.id):
+                    raise Conflict(f"node {name!r} changed during its enrollment: try again")
+                return self._reenroll(s, pairing, revoked, public_key, fingerprint, sealed)
+            node_id = node_id or new_id()
             taken = set(s.scalars(select(Node.reverse_port)).all())
             port = next(
                 (
@@ -104,23 +127,86 @@ class NodeService:
             if port is None:
                 raise Conflict("no reverse port left for another node")
             node = Node(
+                id=node_id,
                 name=name,
                 public_key=public_key.strip(),
                 key_fingerprint=fingerprint,
+                system_user=node_user_name(node_id),
                 reverse_port=port,
                 api_token_sealed=sealed,
             )
             s.add(node)
-            s.flush()
-            pairing.used_at = utcnow()
-            pairing.node_id = node.id
             try:
-                s.flush()
+                s.flush()  # the unique name, key and port: a racing enrollment loses here
             except IntegrityError as exc:
                 raise Conflict(f"node {name!r} or its key is enrolled already") from exc
+            pairing.used_at = utcnow()
+            pairing.node_id = node.id
             info = _info(node)
         log.info("node enrolled name=%s key=%s reverse_port=%d", name, fingerprint, port)
         return info
+
+    @staticmethod
+    def _reenroll(
+        s: Session, pairing: PairingCode, node: Node, public_key: str, fingerprint: str, sealed: str
+    ) -> NodeInfo:
+        node.public_key = public_key.strip()
+        node.key_fingerprint = fingerprint  # the old key is forgotten with its node's
+        node.api_token_sealed = sealed
+        node.system_user = node.system_user or node_user_name(node.id)
+        node.revoked = False
+        node.connected = False
+        try:
+            s.flush()
+        except IntegrityError as exc:
+            raise Conflict(f"node {node.name!r} or its key is enrolled already") from exc
+        pairing.used_at = utcnow()
+        pairing.node_id = node.id
+        log.info("node enrolled again name=%s key=%s", node.name, fingerprint)
+        return _info(node)
+
+    @staticmethod
+    def _proven_key(
+        code: str, name: str, public_key: str, signature: str | None, hub_cert: str | None
+    ) -> str:
+        """The key's fingerprint, once the node proved it holds its private key."""
+        label = safe_label(name, 64)
+        if label != name:
+            raise InvalidInput(f"node name {name!r}: use letters, digits, '.', '_' and '-'")
+        fingerprint = key_fingerprint(public_key)
+        verify_signature(
+            public_key, enrollment_challenge(code, name, public_key, hub_cert), signature
+        )
+        return fingerprint
+
+    @staticmethod
+    def _check(
+        s: Session, code: str, name: str, fingerprint: str
+    ) -> tuple[PairingCode, Node | None]:
+        """The pairing code, and the revoked node of that name if there is one."""
+        pairing = s.scalars(
+            select(PairingCode).where(PairingCode.code_hash == pairing_digest(code))
+        ).first()
+        if pairing is None:
+            raise Unauthorized("pairing code is not valid")
+        if pairing.used_at is not None:
+            raise Unauthorized("pairing code was used already: ask for a new one")
+        if pairing.expires_at < utcnow():
+            raise Unauthorized("pairing code has expired: ask for a new one")
+        named = s.scalars(select(Node).where(Node.name == name)).first()
+        if named is not None and not named.revoked:
+            raise Conflict(
+                f"a node named {name!r} is enrolled already (to give it a new key, "
+                "revoke it, then enroll it again)"
+            )
+        holder = s.scalars(select(Node).where(Node.key_fingerprint == fingerprint)).first()
+        if holder is not None:
+            state = "revoked node" if holder.revoked else "node"
+            raise Conflict(
+                f"key {fingerprint} belongs to the {state} {holder.name!r}: each node "
+                "enrolls with a key of its own (`sendense node enroll` makes a new one)"
+            )
+        return pairing, named
 
     def revoke(self, name: str) -> NodeInfo:
         with self.db.session() as s:
@@ -140,11 +226,23 @@ class NodeService:
 
     def get(self, name: str) -> NodeInfo:
         with self.db.session() as s:
-            return _info(self._get(s, name))
+            node = self._get(s, name)
+            return _info(node, self._uids(s).get(node.system_user or ""))
 
     def list(self) -> list[NodeInfo]:
         with self.db.session() as s:
-            return [_info(n) for n in s.scalars(select(Node).order_by(Node.name))]
+            uids = self._uids(s)
+            nodes = s.scalars(select(Node).order_by(Node.name))
+            return [_info(n, uids.get(n.system_user or "")) for n in nodes]
+
+    def _uids(self, s: Session) -> dict[str, int]:
+        """The uids of the node users this hub made on its machine."""
+        rows = s.execute(
+            select(NodeAccount.user_name, NodeAccount.uid).where(
+                NodeAccount.hub_id == (self.db.owner or "hub")
+            )
+        )
+        return {user: uid for user, uid in rows if uid is not None}
 
     def authorized(self, fingerprint: str) -> NodeInfo | None:
         """The enrolled, unrevoked node holding this key, if any."""

@@ -34,7 +34,11 @@ def enroll(hub: HubDep, request: Request, body: EnrollRequest) -> EnrollResponse
     limiter: AttemptLimiter = request.app.state.enroll_limiter
     limiter.attempt(request.client.host if request.client else "unknown")
     info = hub.enroll_node(
-        body.code, body.node_name, body.public_key, body.node_api_token.get_secret_value()
+        body.code,
+        body.node_name,
+        body.public_key,
+        body.signature,
+        body.node_api_token.get_secret_value(),
     )
     host_key = hub.tunnel_identity()
     s = hub.settings
@@ -45,7 +49,7 @@ def enroll(hub: HubDep, request: Request, body: EnrollRequest) -> EnrollResponse
         hub_host_key=host_key.public_key,
         hub_host_key_fingerprint=host_key.fingerprint,
         tunnel_port=s.tunnel_port,
-        tunnel_user=hub.tunnel.user,
+        tunnel_user=info.system_user or "",
         reverse_port=info.reverse_port or 0,
         nbd_port_min=s.nbd_port_min,
         nbd_port_max=s.nbd_port_max,
