@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from base64 import b64encode
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi.testclient import TestClient
 
+from sendense.common.sshkeys import enrollment_challenge
 from sendense.common.tls import ensure_self_signed
 from sendense.hub.api.app import create_app
 from sendense.hub.db.models import utcnow
@@ -57,9 +59,10 @@ def enroll_away_node(hub: Hub) -> None:
     port = free_port()
     hub.nodes.reverse_ports = (port, port)
     code, _ = hub.nodes.pairing_code()
-    key = Ed25519PrivateKey.generate().public_key()
-    public = key.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
-    hub.nodes.enroll(code, "site-a", public, "node-token-0123456789")
+    private = Ed25519PrivateKey.generate()
+    public = private.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    signed = b64encode(private.sign(enrollment_challenge(code, "site-a", public, None))).decode()
+    hub.nodes.enroll(code, "site-a", public, signed, "node-token-0123456789", None)
     hub.vcenters.add("vc.test", "backup@vsphere.local", "vc-password-xyz", "site-a", None)
 
 
