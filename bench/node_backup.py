@@ -159,7 +159,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sendense-bench-", dir=args.tmp) as tmp:
         root = Path(tmp)
         (root / "repo").mkdir()
-        hub = Hub.open(load_settings(HubSettings, data_dir=root / "hub", min_free_bytes=0))
+        hub = Hub.open(
+            load_settings(
+                HubSettings, data_dir=root / "hub", min_free_bytes=0, repository_roots=[root]
+            )
+        )
         hub.repos.add(str(root / "repo"))
         runner = BackupTasks(load_settings(NodeSettings, data_dir=root / "node"))
         try:

@@ -64,6 +64,7 @@ def make_point(root: Path, size: int) -> tuple[str, Path, int]:
         data_dir=root / "hub",
         min_free_bytes=0,
         database_url=f"sqlite:///{root / 'hub.db'}",
+        repository_roots=[root],
     )
     hub = Hub.open(settings)
     try:

@@ -98,7 +98,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sendense-bench-", dir=args.tmp) as tmp:
         root = Path(tmp)
         (root / "repo").mkdir()
-        hub = Hub.open(load_settings(HubSettings, data_dir=root / "hub", min_free_bytes=0))
+        hub = Hub.open(
+            load_settings(
+                HubSettings, data_dir=root / "hub", min_free_bytes=0, repository_roots=[root]
+            )
+        )
         try:
             hub.repos.add(str(root / "repo"))
             sources = {k: root / f"source-{k}.raw" for k in (2000, 2001)}

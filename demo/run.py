@@ -103,7 +103,8 @@ def main() -> int:
             )
 
             console.rule("hub, node, tunnel")
-            site = Site(work / "site")
+            # repositories may be made only under the hub's repository_roots
+            site = Site(work / "site", {"repository_roots": str(work)})
             try:
                 site.start()
                 site.enroll_and_connect()

@@ -128,7 +128,11 @@ def repo_dir(tmp_path: Path) -> Path:
     return path
 
 
-def make_settings(tmp_path: Path, database_url: str, pool: int = 8) -> HubSettings:
+def make_settings(
+    tmp_path: Path, database_url: str, pool: int = 8, roots: list[Path] | None = None
+) -> HubSettings:
+    """A hub in `tmp_path/data`; repositories may be anywhere under `roots` (by
+    default `tmp_path`, where `repo_dir` is)."""
     first, last = free_port_range(pool)
     return load_settings(
         HubSettings,
@@ -137,6 +141,7 @@ def make_settings(tmp_path: Path, database_url: str, pool: int = 8) -> HubSettin
         nbd_port_min=first,
         nbd_port_max=last,
         min_free_bytes=0,
+        repository_roots=roots or [tmp_path],
     )
 
 

@@ -34,6 +34,7 @@ def in_process_hub(process: HubProcess) -> Hub:
         data_dir=process.data_dir,
         min_free_bytes=0,
         database_url=process.env["SENDENSE_HUB_DATABASE_URL"],
+        repository_roots=process.env["SENDENSE_HUB_REPOSITORY_ROOTS"],
     )
     return Hub.open(settings)
 

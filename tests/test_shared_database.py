@@ -19,7 +19,7 @@ MiB = 1 << 20
 def test_a_starting_hub_leaves_the_other_hubs_backup_running(
     tmp_path: Path, database_url: str, repo_dir: Path
 ) -> None:
-    first = Hub.open(make_settings(tmp_path / "a", database_url))
+    first = Hub.open(make_settings(tmp_path / "a", database_url, roots=[tmp_path]))
     second: Hub | None = None
     try:
         first.repos.add(str(repo_dir))
@@ -28,7 +28,7 @@ def test_a_starting_hub_leaves_the_other_hubs_backup_running(
         assert pids
         files = list(repo_dir.rglob("*.qcow2"))
 
-        second = Hub.open(make_settings(tmp_path / "b", database_url))
+        second = Hub.open(make_settings(tmp_path / "b", database_url, roots=[tmp_path]))
         second.reconcile()  # what `hub serve` does at every start
 
         assert Queries(first.db).job(job.job_id).state == "running"
@@ -42,7 +42,7 @@ def test_a_starting_hub_leaves_the_other_hubs_backup_running(
         # The first hub stops without ending its job (as a crash would leave the
         # row); its own next start cleans up that job.
         first.close()
-        again = Hub.open(make_settings(tmp_path / "a", database_url))
+        again = Hub.open(make_settings(tmp_path / "a", database_url, roots=[tmp_path]))
         try:
             again.reconcile()
             assert Queries(again.db).job(job.job_id).state == "failed"

@@ -65,7 +65,12 @@ def chaos_world(tmp: Path, vcsim: Vcsim, si: Any, seed: int, postgresql: bool) -
             url = postgres.admin_url(postgres.create_database())
         site = Site(
             tmp / "site",
-            hub_settings={"node_timeout_s": "10", "snapshot_sweep_s": "5"},
+            # the repository is the bind mount in `storage`, beside the site
+            hub_settings={
+                "node_timeout_s": "10",
+                "snapshot_sweep_s": "5",
+                "repository_roots": str(tmp),
+            },
             database_url=url,
             snapshot_hunt_interval_s="10",
             **SLOW_NODE,

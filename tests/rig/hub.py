@@ -34,8 +34,11 @@ class HubProcess:
         *,
         tls: bool = True,
         host: str = "127.0.0.1",
+        repository_roots: Path | None = None,
     ) -> None:
-        """`host`: where the API and the tunnel's sshd listen (`::1`: IPv6)."""
+        """`host`: where the API and the tunnel's sshd listen (`::1`: IPv6).
+        Repositories may be anywhere under `repository_roots` (by default the data
+        directory's parent: a test's tmp_path, where `repo_dir` is)."""
         self.data_dir = data_dir
         self.host = host
         self.port = free_port()
@@ -61,6 +64,7 @@ class HubProcess:
             "SENDENSE_HUB_TARGETS_HOST": "127.0.0.2",
             "SENDENSE_HUB_TLS": "true" if tls else "false",
             "SENDENSE_HUB_TUNNEL_GROUP": self.tunnel_group,
+            "SENDENSE_HUB_REPOSITORY_ROOTS": str(repository_roots or data_dir.parent),
         }
         CREATED.append(self)
         self.log = data_dir.parent / "hub.log"

@@ -101,6 +101,7 @@ class Site:
             data_dir=self.hub.data_dir,
             database_url=self.hub.env["SENDENSE_HUB_DATABASE_URL"],
             tunnel_group=self.hub.tunnel_group,
+            repository_roots=self.hub.env["SENDENSE_HUB_REPOSITORY_ROOTS"],
         )
         return Hub.open(settings, migrate=False)
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from sendense.common.config import SendenseSettings, default_data_dir
 
@@ -42,6 +42,12 @@ class HubSettings(SendenseSettings):
     qemu_nbd: str = "qemu-nbd"
     qemu_img: str = "qemu-img"
     min_free_bytes: int = Field(default=1 << 30, ge=0)
+    # A repository must be a directory at or under one of these (after symlinks
+    # and `..` are resolved): an API caller never makes the hub write images
+    # anywhere else. A TOML list; in the environment, paths separated by ':'.
+    repository_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [default_data_dir("repositories")]
+    )
     # The tunnel: nodes dial this; each node's API is reached back through a
     # reverse forward on a hub loopback port from this range (the seed's 9081).
     tunnel_host: str = "127.0.0.1"
@@ -81,6 +87,23 @@ class HubSettings(SendenseSettings):
     daily_report_time: str = Field(default="07:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
     notify_webhook_backoff_s: float = Field(default=1.0, ge=0)
     log_level: str = "INFO"
+
+    @field_validator("repository_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part for part in value.split(":") if part]
+        return value
+
+    @field_validator("repository_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: list[Path]) -> list[Path]:
+        if not roots:
+            raise ValueError("name at least one directory")
+        for root in roots:
+            if not root.is_absolute():
+                raise ValueError(f"{root} is not an absolute path")
+        return roots
 
     @model_validator(mode="after")
     def _check(self) -> HubSettings:

@@ -98,7 +98,9 @@ class Hub:
         db = Database(settings.database_url, owner=hub_identity(settings.data_dir))
         if migrate:
             db.migrate()
-        repos = RepositoryService(db, QemuImg(settings.qemu_img), settings.min_free_bytes)
+        repos = RepositoryService(
+            db, QemuImg(settings.qemu_img), settings.min_free_bytes, settings.repository_roots
+        )
         ports = PortAllocator(db, settings.nbd_port_min, settings.nbd_port_max, settings.nbd_host)
         exports = ExportManager(
             db,
@@ -275,6 +277,14 @@ class Hub:
         finished = self.prune.recover()  # a prune's merge steps roll forward
         if finished:
             log.warning("finished %d merge steps a stopped prune left", finished)
+        for repo in self.repos.outside_roots():
+            log.warning(
+                "repository %s at %s is outside the repository roots (%s): it keeps "
+                "working, but could not be added today; move it under a root or add one",
+                repo.name,
+                repo.path,
+                ", ".join(str(r) for r in self.repos.roots),
+            )
         return report
 
     def stop_tasks(self) -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,10 +91,26 @@ def sync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _check_directory(raw: str) -> Path:
+def within_roots(path: Path, roots: Sequence[Path]) -> bool:
+    """Whether `path`, with symlinks followed and `..` removed, is one of `roots` (each
+    resolved the same way) or lies under one."""
+    real = Path(os.path.realpath(path))
+    return any(real.is_relative_to(os.path.realpath(root)) for root in roots)
+
+
+def _check_directory(raw: str, roots: Sequence[Path]) -> Path:
     path = Path(raw)
     if not path.is_absolute():
         raise InvalidInput(f"repository path {raw!r} must be absolute")
+    # Before anything else is said about the path: an answer about a directory
+    # outside the roots would tell a caller what exists there.
+    if not within_roots(path, roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise InvalidInput(
+            f"repository path {raw} is not under a repository root ({allowed}); "
+            "an administrator adds roots with the hub setting repository_roots"
+        )
+    path = Path(os.path.realpath(path))
     if not path.exists():
         raise InvalidInput(f"repository path {raw} does not exist")
     if not path.is_dir():
@@ -103,17 +120,21 @@ def _check_directory(raw: str) -> Path:
             pass
     except OSError as exc:
         raise InvalidInput(f"repository path {raw} is not writable: {exc.strerror}") from exc
-    return path.resolve()
+    return path
 
 
 class RepositoryService:
-    def __init__(self, db: Database, qemu_img: QemuImg, min_free_bytes: int) -> None:
+    def __init__(
+        self, db: Database, qemu_img: QemuImg, min_free_bytes: int, roots: Sequence[Path]
+    ) -> None:
         self.db = db
         self.qemu_img = qemu_img
         self.min_free_bytes = min_free_bytes
+        self.roots = tuple(roots)
 
     def add(self, path: str, name: str | None = None) -> RepositoryInfo:
-        resolved = _check_directory(path)
+        """Registers a directory under one of the repository roots."""
+        resolved = _check_directory(path, self.roots)
         label = name or safe_label(resolved.name or "root")
         if not _REPO_NAME.match(label):
             raise InvalidInput(
@@ -135,6 +156,11 @@ class RepositoryService:
         with self.db.session() as s:
             rows = s.scalars(select(Repository).order_by(Repository.created_at)).all()
         return [self._info(r) for r in rows]
+
+    def outside_roots(self) -> tuple[RepositoryInfo, ...]:
+        """Repositories registered before the roots were set (or since moved out of
+        them): they keep working; the hub warns at each start."""
+        return tuple(r for r in self.list() if not within_roots(r.path, self.roots))
 
     def get(self, ref: str | None = None, check_mounted: bool = True) -> RepositoryInfo:
         """By id or name; without a reference, the oldest repository. Unless told not
