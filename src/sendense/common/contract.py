@@ -240,13 +240,23 @@ class EnrollRequest(BaseModel):
     """A node asks to join a hub with a pairing code."""
 
     model_config = ConfigDict(extra="forbid")
-    code: str = Field(min_length=4, max_length=64)
-    node_name: str = Field(min_length=1, max_length=64)
-    public_key: str = Field(min_length=16, max_length=8192, description="OpenSSH public key")
-    node_api_token: SecretStr = Field(description="token the hub uses to call the node's API")
+    # Bounded so that the largest valid request fits the cap on unauthenticated
+    # bodies (sendense.common.body_limit.PUBLIC_BODY_BYTES) even JSON-escaped.
+    code: str = Field(min_length=4, max_length=64, pattern=r"^[A-Za-z0-9-]+$")
+    node_name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    public_key: str = Field(
+        min_length=16,
+        max_length=4096,
+        pattern=r"^[ !#-\[\]-~]+$",
+        description="OpenSSH public key (printable ASCII, no quote or backslash)",
+    )
+    node_api_token: SecretStr = Field(
+        max_length=128, description="token the hub uses to call the node's API"
+    )
     signature: str | None = Field(
         default=None,
         max_length=256,
+        pattern=r"^[A-Za-z0-9+/=]+$",
         description="base64 ed25519 signature by the node's key of the enrollment challenge "
         "(sendense.common.sshkeys.enrollment_challenge); required",
     )

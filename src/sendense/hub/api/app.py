@@ -83,7 +83,11 @@ def create_app(hub: Hub) -> FastAPI:
     app.state.login_limits = auth.login_limits(hub.settings)
     app.add_middleware(BodyLimit)
     app.add_middleware(AuditTrail, audit=hub.audit_log)
-    install_error_handlers(app, {NbdUriError: (422, "invalid_input"), NbdError: (502, "nbd_error")})
+    install_error_handlers(
+        app,
+        {NbdUriError: (422, "invalid_input"), NbdError: (502, "nbd_error")},
+        authenticate=hub.tokens.verify,
+    )
     app.include_router(health.public)
     app.include_router(nodes.public)
     app.include_router(auth.public)

@@ -198,7 +198,11 @@ def create_node_app(settings: NodeSettings) -> FastAPI:
     app = FastAPI(title="Sendense node", version=__version__, lifespan=lifespan)
     app.state.node = node
     app.add_middleware(BodyLimit)
-    install_error_handlers(app, {NbdUriError: (422, "invalid_input"), NbdError: (502, "nbd_error")})
+    install_error_handlers(
+        app,
+        {NbdUriError: (422, "invalid_input"), NbdError: (502, "nbd_error")},
+        authenticate=node.tokens.verify,
+    )
     app.include_router(public)
     app.include_router(router)
     return app

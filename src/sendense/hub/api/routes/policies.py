@@ -4,10 +4,10 @@ which VMs each covers."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from sendense.hub.api.deps import HubDep, authorize
 from sendense.hub.retention.policies import PolicyInfo
@@ -16,15 +16,19 @@ from sendense.hub.retention.rules import RULES, KeepRules
 router = APIRouter(prefix="/api/v1/policies", tags=["policies"], dependencies=[Depends(authorize)])
 
 
+# Bounded: a count past the database's 64-bit integers was a 500.
+KeepCount = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
 class PolicyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
-    keep_last: NonNegativeInt = 0
-    keep_hourly: NonNegativeInt = 0
-    keep_daily: NonNegativeInt = 0
-    keep_weekly: NonNegativeInt = 0
-    keep_monthly: NonNegativeInt = 0
-    keep_yearly: NonNegativeInt = 0
+    keep_last: KeepCount = 0
+    keep_hourly: KeepCount = 0
+    keep_daily: KeepCount = 0
+    keep_weekly: KeepCount = 0
+    keep_monthly: KeepCount = 0
+    keep_yearly: KeepCount = 0
     max_chain_length: int | None = Field(default=None, ge=1, le=10_000)
     schedule: str | None = Field(default=None, min_length=1, max_length=128)
 
@@ -35,7 +39,9 @@ class PolicyOut(BaseModel):
     max_chain_length: int | None
     schedule: str | None
     last_run_at: datetime | None
-    assignments: list[tuple[str, str]]
+    # Each [kind, value]. A list of two rather than a tuple: a tuple's `prefixItems`
+    # is valid OpenAPI 3.1, but schemathesis 4.32 rewrites it into an invalid schema.
+    assignments: list[Annotated[list[str], Field(min_length=2, max_length=2)]]
 
 
 class AssignIn(BaseModel):
@@ -51,7 +57,7 @@ def _out(p: PolicyInfo) -> PolicyOut:
         max_chain_length=p.max_chain_length,
         schedule=p.schedule,
         last_run_at=p.last_run_at,
-        assignments=p.assignments,
+        assignments=[list(a) for a in p.assignments],
     )
 
 
