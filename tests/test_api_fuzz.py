@@ -7,7 +7,8 @@ a token nothing answers but the public routes."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,12 @@ from sendense.common.body_limit import PUBLIC_BODY_BYTES
 from sendense.common.config import load_settings
 from sendense.common.contract import EnrollRequest
 from sendense.hub.api.app import create_app
+from sendense.hub.config import HubSettings
 from sendense.hub.service import Hub
 from sendense.node.api.app import create_node_app
 from sendense.node.auth import NodeTokens
 from sendense.node.config import NodeSettings
+from tests.rig.chains import hub_backup
 from tests.rig.fuzz import Api, Operation, bearer, describe, fuzz_all, operations
 from tests.rig.hub import HubProcess
 from tests.rig.node import NodeProcesses
@@ -40,6 +43,7 @@ PUBLIC = {
 CASES = {"viewer": 15, "operator": 15, "admin": 40}
 CASES_WITHOUT_TOKEN = 10
 NODE_CASES = 50
+MiB = 1 << 20
 
 
 def key(operation: Operation) -> tuple[str, str]:
@@ -73,6 +77,65 @@ def fuzzed_hub(tmp_path: Path) -> Iterator[HubProcess]:
         hub.stop()
 
 
+def seed(hub: HubProcess, admin: str) -> dict[str, str]:
+    """What exists before the fuzzing starts, so that it reaches past 404: a
+    restore point of a small VM (written through the hub's own exports, no node),
+    a running backup, an instant access, a policy and a token to revoke."""
+    env = hub.env
+    settings = load_settings(
+        HubSettings,
+        data_dir=hub.data_dir,
+        database_url=env["SENDENSE_HUB_DATABASE_URL"],
+        repository_roots=env["SENDENSE_HUB_REPOSITORY_ROOTS"],
+        nbd_port_min=int(env["SENDENSE_HUB_NBD_PORT_MIN"]),
+        nbd_port_max=int(env["SENDENSE_HUB_NBD_PORT_MAX"]),
+        min_free_bytes=0,
+    )
+    in_process = Hub.open(settings, migrate=False)
+    try:
+        disk = bytes(range(256)) * (4 * MiB // 256)
+        point = hub_backup(in_process, "fuzz-vm", {2000: disk}, {}, datetime.now(UTC))
+    finally:
+        in_process.close()
+    with hub.client(admin) as client:
+        made = {
+            "policy": client.post("/api/v1/policies", json={"name": "fuzz-policy"}),
+            "job": client.post(
+                "/api/v1/jobs",
+                json={"vm_name": "fuzz-running", "disks": [{"key": 2000, "capacity_bytes": MiB}]},
+            ),
+            "access": client.post(f"/api/v1/restore-points/{point}/access"),
+            "token": client.post("/api/v1/tokens", json={"name": "fuzz-doomed", "role": "viewer"}),
+        }
+    for what, answer in made.items():
+        assert answer.status_code == 201, (what, answer.text)
+    return {
+        "point_id": point,
+        "disk_key": "2000",
+        "job_id": made["job"].json()["job_id"],
+        "access_id": made["access"].json()["id"],
+        "token_id": made["token"].json()["id"],
+    }
+
+
+def known_ids(ids: dict[str, str]) -> Callable[[Operation], dict[str, Any] | None]:
+    """The seeded ids an operation's path takes; None if it takes none of them."""
+
+    def of(operation: Operation) -> dict[str, Any] | None:
+        path = operation.path
+        names = {"point_id", "disk_key", "job_id", "access_id", "token_id"}
+        found: dict[str, Any] = {n: ids[n] for n in names if f"{{{n}}}" in path}
+        if path.startswith("/api/v1/repositories/{ref}"):
+            found["ref"] = "main"
+        if path.startswith("/api/v1/vms/{ref}"):
+            found["ref"] = "fuzz-vm"
+        if path.startswith("/api/v1/policies/{name}"):
+            found["name"] = "fuzz-policy"
+        return found or None
+
+    return of
+
+
 def test_the_hub_api_survives_fuzzing_with_each_role_and_without_a_token(
     fuzzed_hub: HubProcess, tmp_path: Path
 ) -> None:
@@ -87,6 +150,7 @@ def test_the_hub_api_survives_fuzzing_with_each_role_and_without_a_token(
             made = client.post("/api/v1/tokens", json={"name": f"fuzz-{role}", "role": role})
             assert made.status_code == 201, made.text
             tokens[role] = made.json()["token"]
+    known = known_ids(seed(fuzzed_hub, admin))
     api = Api(fuzzed_hub.url, str(fuzzed_hub.cert))
     schema = api.schema()
     open_routes = {key(op) for op in operations(schema) if not declares_token(op)}
@@ -96,6 +160,7 @@ def test_the_hub_api_survives_fuzzing_with_each_role_and_without_a_token(
     reports = fuzz_all(api, schema, {}, CASES_WITHOUT_TOKEN, closed_to_strangers)
     for role in ("viewer", "operator", "admin"):  # the admin's may delete: last
         found = fuzz_all(api, schema, bearer(tokens[role]), CASES[role])
+        found += fuzz_all(api, schema, bearer(tokens[role]), CASES[role], known=known)
         reports += [f"[{role}] {report}" for report in found]
     assert not reports, describe(reports)
 
@@ -186,3 +251,21 @@ def test_a_retention_count_past_64_bits_is_refused_not_a_500(api: TestClient) ->
     answer = api.post("/api/v1/policies", json={"name": "big", "keep_weekly": 2**70})
     assert answer.status_code == 422, answer.text
     assert "keep_weekly" in answer.json()["message"]
+
+
+def test_a_disk_result_past_64_bits_or_infinite_is_refused_not_a_500(
+    api: TestClient, repo_dir: Path
+) -> None:
+    assert api.post("/api/v1/repositories", json={"path": str(repo_dir)}).status_code == 201
+    job = api.post(
+        "/api/v1/jobs", json={"vm_name": "vm1", "disks": [{"key": 2000, "capacity_bytes": MiB}]}
+    ).json()["job_id"]
+    for field, value in (("data_bytes", 2**70), ("duration_s", float("inf"))):
+        body = json.dumps({"success": True, "disks": {"2000": {field: value}}})  # "Infinity"
+        answer = api.post(
+            f"/api/v1/jobs/{job}/finish", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert answer.status_code == 422, answer.text
+        assert field in answer.json()["message"]
+    assert api.get(f"/api/v1/jobs/{job}").json()["state"] == "running"  # untouched
+    assert api.post(f"/api/v1/jobs/{job}/finish", json={"success": False}).status_code == 200

@@ -80,15 +80,19 @@ def fuzz(
     headers: dict[str, str],
     cases: int,
     expect: Expectation | None = None,
+    path_parameters: dict[str, Any] | None = None,
 ) -> str | None:
     """`cases` requests to one operation; the first failure's report, or None.
+    `path_parameters`: values to use instead of generated ones (ids that exist).
 
     Checked on every answer: no 5xx, the body matches the schema of its status,
     and `expect`. Hypothesis runs derandomized (its seed comes from the test's
     name), without shrinking (a bounded run) and without an example database."""
     strategy = st.one_of(
-        operation.as_strategy(generation_mode=GenerationMode.POSITIVE),
-        operation.as_strategy(generation_mode=GenerationMode.NEGATIVE),
+        *[
+            operation.as_strategy(generation_mode=mode, path_parameters=path_parameters)
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+        ]
     )
 
     failures: list[str] = []
@@ -138,9 +142,15 @@ def fuzz_all(
     headers: dict[str, str],
     cases: int,
     expect: Expectation | None = None,
+    known: Callable[[Operation], dict[str, Any] | None] | None = None,
 ) -> list[str]:
-    """Every operation of `schema`; one report per failing one."""
-    found = (fuzz(api, operation, headers, cases, expect) for operation in operations(schema))
+    """Every operation of `schema`; one report per failing one. With `known`, only the
+    operations it gives path parameters for (ids that exist), with those."""
+    found = (
+        fuzz(api, operation, headers, cases, expect, known(operation) if known else None)
+        for operation in operations(schema)
+        if known is None or known(operation)
+    )
     return [report for report in found if report is not None]
 
 

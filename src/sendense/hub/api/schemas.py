@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Out(BaseModel):
@@ -126,13 +127,18 @@ class JobOut(Out):
     finished_at: datetime | None
 
 
+MAX_DISK_BYTES = 64 << 40
+DiskOffset = Annotated[int, Field(ge=0, le=MAX_DISK_BYTES)]
+DiskLength = Annotated[int, Field(gt=0, le=MAX_DISK_BYTES)]
+
+
 class DiskIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key: int = Field(ge=0, le=999999, description="VirtualDisk.key, e.g. 2000")
-    capacity_bytes: int = Field(gt=0, le=64 << 40, description="at most 64 TiB (VMware: 62)")
+    capacity_bytes: int = Field(gt=0, le=MAX_DISK_BYTES, description="at most 64 TiB (VMware: 62)")
     label: str | None = Field(default=None, max_length=255)
     datastore_path: str | None = Field(default=None, max_length=4096)
-    estimated_bytes: int = Field(default=0, ge=0)
+    estimated_bytes: int = Field(default=0, ge=0, le=MAX_DISK_BYTES)
 
 
 class JobCreateIn(BaseModel):
@@ -167,11 +173,12 @@ class JobCreatedOut(Out):
 class DiskResultIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     change_id: str | None = Field(default=None, max_length=1024)
-    data_bytes: int | None = Field(default=None, ge=0)
+    # Bounded (as every integer the database stores): past 64 bits it was a 500.
+    data_bytes: int | None = Field(default=None, ge=0, le=MAX_DISK_BYTES)
     checksum: str | None = Field(default=None, max_length=256)
-    duration_s: float | None = Field(default=None, ge=0)
-    rate_bytes_per_s: float | None = Field(default=None, ge=0)
-    areas: list[tuple[NonNegativeInt, PositiveInt]] | None = None
+    duration_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    rate_bytes_per_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    areas: list[tuple[DiskOffset, DiskLength]] | None = None
     checksum_block: int | None = Field(default=None, gt=0, le=1 << 30)
     # Set when the disk was read whole instead of as an incremental, and why.
     full_reason: str | None = Field(default=None, max_length=4096)
