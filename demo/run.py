@@ -104,7 +104,7 @@ def main() -> int:
 
             console.rule("hub, node, tunnel")
             # repositories may be made only under the hub's repository_roots
-            site = Site(work / "site", {"repository_roots": str(work)})
+            site = Site(work / "site", repository_roots=work)
             try:
                 site.start()
                 site.enroll_and_connect()

@@ -211,7 +211,7 @@ def small_repository(tmp_path: Path, mib: int) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def site_on(tmp_path: Path, vcsim: Vcsim, repo: Path, **node: str) -> Iterator[Site]:
-    site = Site(tmp_path / "site", None, **node)
+    site = Site(tmp_path / "site", None, repository_roots=tmp_path, **node)
     try:
         site.start()
         site.enroll_and_connect()

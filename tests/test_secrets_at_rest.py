@@ -35,7 +35,7 @@ ON_PURPOSE = "initial-api-token"  # the hub's and node's first token, shown once
 def test_no_secret_in_any_file_the_hub_node_and_tunnel_write(
     tmp_path: Path, vcsim: Vcsim, si: Any, repo_dir: Path
 ) -> None:
-    site = Site(tmp_path / "site")
+    site = Site(tmp_path / "site", repository_roots=tmp_path)
     name = unique("secret")
     restored = f"{name}-restored"
     loose = os.umask(0)  # the processes inherit it

@@ -65,12 +65,8 @@ def chaos_world(tmp: Path, vcsim: Vcsim, si: Any, seed: int, postgresql: bool) -
             url = postgres.admin_url(postgres.create_database())
         site = Site(
             tmp / "site",
-            # the repository is the bind mount in `storage`, beside the site
-            hub_settings={
-                "node_timeout_s": "10",
-                "snapshot_sweep_s": "5",
-                "repository_roots": str(tmp),
-            },
+            hub_settings={"node_timeout_s": "10", "snapshot_sweep_s": "5"},
+            repository_roots=tmp,  # the repository is `storage`'s mount, beside the site
             database_url=url,
             snapshot_hunt_interval_s="10",
             **SLOW_NODE,

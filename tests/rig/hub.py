@@ -34,7 +34,7 @@ class HubProcess:
         *,
         tls: bool = True,
         host: str = "127.0.0.1",
-        repository_roots: Path | None = None,
+        repository_roots: Path | str | None = None,
     ) -> None:
         """`host`: where the API and the tunnel's sshd listen (`::1`: IPv6).
         Repositories may be anywhere under `repository_roots` (by default the data

@@ -30,10 +30,14 @@ class Site:
         *,
         database_url: str | None = None,
         hub_host: str = "127.0.0.1",
+        repository_roots: Path | str | None = None,
         **node_settings: str,
     ) -> None:
+        """Repositories may be made under `repository_roots` (default: `tmp_path`)."""
         url = database_url or f"sqlite:///{tmp_path / 'hub.db'}"  # the default: SQLite
-        self.hub = HubProcess(tmp_path / "hub", url, host=hub_host)
+        self.hub = HubProcess(
+            tmp_path / "hub", url, host=hub_host, repository_roots=repository_roots
+        )
         self.hub.env.update(
             {f"SENDENSE_HUB_{k.upper()}": v for k, v in (hub_settings or {}).items()}
         )
