@@ -77,7 +77,11 @@ def create_app(hub: Hub) -> FastAPI:
         await run_in_threadpool(hub.reconcile, "the hub was stopped during the job")
         await run_in_threadpool(hub.tunnel.stop)
 
-    app = FastAPI(title="Sendense hub", version=__version__, lifespan=lifespan)
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, and
+    # nothing here loads from another site. The schema is /openapi.json.
+    app = FastAPI(
+        title="Sendense hub", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.hub = hub
     app.state.enroll_limiter = nodes.enroll_limiter()
     app.state.login_limits = auth.login_limits(hub.settings)

@@ -195,7 +195,11 @@ def create_node_app(settings: NodeSettings) -> FastAPI:
         await node.runner.shutdown()
         await node.restores.shutdown()
 
-    app = FastAPI(title="Sendense node", version=__version__, lifespan=lifespan)
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, and
+    # nothing here loads from another site. The schema is /openapi.json.
+    app = FastAPI(
+        title="Sendense node", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.node = node
     app.add_middleware(BodyLimit)
     install_error_handlers(
