@@ -158,6 +158,23 @@ def test_finish_without_a_result_for_every_disk_fails_the_job(
     assert list(repo_dir.rglob("*.qcow2")) == []
 
 
+def test_finish_with_areas_past_the_disk_s_end_fails_the_job(
+    api: TestClient, repo_dir: Path
+) -> None:
+    api.post("/api/v1/repositories", json={"path": str(repo_dir)})
+    job = api.post("/api/v1/jobs", json={"vm_name": "past", "disks": DISKS}).json()
+    done = {
+        str(d["key"]): {"change_id": "c", "areas": [[0, 4096]], "checksum_block": 4096}
+        for d in DISKS
+    }
+    done[str(DISKS[0]["key"])]["areas"] = [[0, 4096], [2**40, 4096]]
+    answer = api.post(f"/api/v1/jobs/{job['job_id']}/finish", json={"success": True, "disks": done})
+    assert answer.status_code == 422, answer.text
+    assert "outside the disk" in answer.json()["message"]
+    assert api.get(f"/api/v1/jobs/{job['job_id']}").json()["state"] == "failed"
+    assert api.get("/api/v1/restore-points").json() == []
+
+
 def test_an_unmounted_repository_is_refused_not_filled(api: TestClient, repo_dir: Path) -> None:
     api.post("/api/v1/repositories", json={"path": str(repo_dir)})
     (repo_dir / ".sendense-repository").unlink()  # what an empty mountpoint looks like

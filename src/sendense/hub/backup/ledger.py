@@ -402,6 +402,9 @@ class BackupLedger:
                 )
             sizes[key] = self.repos.resolve(repo, relative).stat().st_blocks * 512
         with self.db.session() as s:
+            point = s.scalars(select(RestorePoint).where(RestorePoint.job_id == job_id)).one()
+            for disk in point.disks:
+                _check_areas(disk.disk_key, disk.virtual_size, results[disk.disk_key])
             # Only a job still finalizing may complete: a concurrent fail() wins.
             claimed = s.execute(
                 update(Job)
@@ -411,7 +414,6 @@ class BackupLedger:
             if getattr(claimed, "rowcount", 0) != 1:
                 raise TaskNotRunning(job_id, f"job {job_id} was failed while it was being finished")
             self.ports.release_job(s, job_id)
-            point = s.scalars(select(RestorePoint).where(RestorePoint.job_id == job_id)).one()
             for disk in point.disks:
                 result = results[disk.disk_key]
                 disk.change_id = result.change_id
@@ -519,3 +521,14 @@ def _chain_length(s: Session, layer: RestorePointDisk) -> int:
             break
         layer, length = parent, length + 1
     return length
+
+
+def _check_areas(disk_key: int, size: int, result: DiskResult) -> None:
+    """Areas the node says it read lie on the disk: a result naming bytes past
+    the disk's end describes some other disk, and its checksums would never verify."""
+    for offset, length in result.areas or []:
+        if offset < 0 or length < 0 or offset + length > size:
+            raise InvalidInput(
+                f"disk {disk_key}: the area at {offset} ({length} bytes) lies outside "
+                f"the disk ({size} bytes)"
+            )
