@@ -39,6 +39,7 @@ from sendense.common.config import load_settings
 from sendense.common.contract import BackupStartRequest, NodeJobStatus
 from sendense.hub.backup.ledger import DiskResult, DiskSpec, PreparedJob
 from sendense.hub.config import HubSettings
+from sendense.hub.repository.logins import node_login
 from sendense.hub.service import Hub
 from sendense.node.backup_tasks import BackupTasks
 from sendense.node.config import NodeSettings
@@ -130,6 +131,7 @@ def nbdcopy_both(
     started = time.perf_counter()
     procs = []
     for d in prepared.disks:
+        uri = hub.exports.uri(d.target.port, d.target.export)  # the export's socket
         if via_https:
             argv = [
                 "nbdkit",
@@ -140,10 +142,10 @@ def nbdcopy_both(
                 f"url={sources[d.key]}",
                 "sslverify=false",
                 "--run",
-                f'{" ".join(NBDCOPY)} "$uri" {d.target.uri}',
+                f"{' '.join(NBDCOPY)} \"$uri\" '{uri}'",
             ]
         else:
-            argv = [*NBDCOPY, sources[d.key], d.target.uri]
+            argv = [*NBDCOPY, sources[d.key], uri]
         procs.append(subprocess.Popen(argv))
     codes = [p.wait() for p in procs]
     elapsed = time.perf_counter() - started
@@ -161,7 +163,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         (root / "repo").mkdir()
         hub = Hub.open(load_settings(HubSettings, data_dir=root / "hub", min_free_bytes=0))
         hub.repos.add(str(root / "repo"))
-        runner = BackupTasks(load_settings(NodeSettings, data_dir=root / "node"))
+        # The node writes the hub's sockets directly, as nbdcopy does: no tunnel here.
+        exports = hub.exports.socket_dir(node_login(None))
+        node = load_settings(NodeSettings, data_dir=root / "node", hub_export_dir=exports)
+        runner = BackupTasks(node)
         try:
             with running_vcsim(root / "vcsim") as vc, vc.session() as si:
                 return asyncio.run(scenarios(args, size, pool, hub, runner, vc, si))

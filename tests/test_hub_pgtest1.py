@@ -40,7 +40,7 @@ def test_pgtest1_two_disks_end_to_end_on_the_hub(hub: Hub, repo_dir: Path, tmp_p
         2001: [(4096 * 16, pattern(4, 2 << 20)), (DISKS[2001] - 65536, pattern(5, 65536))],
     }
     for disk in job.disks:
-        write_through_nbd(disk.target.uri, writes[disk.key])
+        write_through_nbd(hub.exports.uri(disk.target.port, disk.target.export), writes[disk.key])
 
     point_id = hub.ledger.finish(job.job_id, {k: DiskResult(change_id=f"52 {k}/1") for k in DISKS})
 

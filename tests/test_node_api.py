@@ -24,6 +24,7 @@ from tests.rig.node_tasks import (
     disk_specs,
     finish_on_hub,
     node_client,
+    node_settings_for,
     snapshot_names,
     start_body,
     unique,
@@ -35,8 +36,8 @@ from tests.rig.vmware_vms import SCSI0, SCSI1, MiB, create_vm, fill, flat_file
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[TestClient]:
-    with node_client(load_settings(NodeSettings, data_dir=tmp_path / "node")) as client:
+def node(tmp_path: Path, hub: Hub) -> Iterator[TestClient]:
+    with node_client(node_settings_for(hub, tmp_path / "node")) as client:
         yield client
 
 

@@ -7,17 +7,27 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 
+from sendense.common.config import load_settings
 from sendense.hub.backup.ledger import DiskResult, DiskSpec, PreparedJob
+from sendense.hub.repository.logins import node_login
 from sendense.hub.service import Hub
 from sendense.node.api.app import create_node_app
 from sendense.node.auth import NodeTokens
 from sendense.node.config import NodeSettings
 from tests.rig.vcsim import Vcsim
 from tests.rig.vmware_vms import virtual_disks
+
+
+def node_settings_for(hub: Hub, data_dir: Path, **more: Any) -> NodeSettings:
+    """A node on the hub's machine that writes the hub's exports for jobs naming no
+    node straight to their sockets (no tunnel in in-process tests)."""
+    exports = hub.exports.socket_dir(node_login(None))
+    return load_settings(NodeSettings, data_dir=data_dir, hub_export_dir=exports, **more)
 
 
 @contextmanager

@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from sendense.common.errors import InvalidInput
 from sendense.common.files import private_dir
 from sendense.common.sshkeys import KeyPair
 from sendense.hub.auth.audit_log import AuditLog
@@ -21,12 +22,14 @@ from sendense.hub.backup.scheduler import Scheduler
 from sendense.hub.config import HubSettings
 from sendense.hub.db.database import Database
 from sendense.hub.nodes.client import NodeConnector
+from sendense.hub.nodes.nbd_relay import relay_command
 from sendense.hub.nodes.registry import NodeInfo, NodeService
 from sendense.hub.nodes.snapshot_sweep import SnapshotSweep
 from sendense.hub.nodes.tunnel_sshd import TunnelSshd, is_listening
 from sendense.hub.nodes.vcenters import VcenterService
 from sendense.hub.repository.exports import ExportManager, ExportSettings
 from sendense.hub.repository.image_reader import stop_leftovers
+from sendense.hub.repository.logins import node_login
 from sendense.hub.repository.ports import PortAllocator
 from sendense.hub.repository.repositories import RepositoryService
 from sendense.hub.restore.conversion import DiskConverter
@@ -93,7 +96,11 @@ class Hub:
         exports = ExportManager(
             db,
             ExportSettings(
-                settings.nbd_host, settings.nbd_shared, settings.qemu_nbd, settings.log_dir
+                settings.nbd_host,
+                settings.nbd_shared,
+                settings.qemu_nbd,
+                settings.log_dir,
+                settings.export_socket_dir,
             ),
         )
         ledger = BackupLedger(db, repos, ports, exports, settings.targets_host, settings.nbd_cache)
@@ -105,9 +112,14 @@ class Hub:
             settings.pairing_minutes,
         )
         vcenters = VcenterService(db, box)
-        permitted = [*range(settings.nbd_port_min, settings.nbd_port_max + 1), settings.listen_port]
+        # NBD goes through each node's relay to its sockets: the only port it opens is the API.
         tunnel = TunnelSshd(
-            settings.data_dir / "tunnel", (settings.tunnel_host, settings.tunnel_port), permitted
+            settings.data_dir / "tunnel",
+            (settings.tunnel_host, settings.tunnel_port),
+            [settings.listen_port],
+            session_command=lambda node: relay_command(
+                str(exports.socket_dir(node_login(node.name)))
+            ),
         )
         connector = NodeConnector(nodes, tunnel.owns_listener, retry_s=settings.node_timeout_s)
         access = AccessService(
@@ -186,6 +198,21 @@ class Hub:
         if info.reverse_port is not None:
             self.tunnel.disconnect(info.reverse_port)
         return info
+
+    def job_node(self, vcenter: str | None) -> str | None:
+        """The node that writes a job made with `POST /api/v1/jobs` (its exports are
+        that node's): the node of the vCenter registered as `vcenter`, else the only
+        enrolled node; None when no node is enrolled."""
+        if vcenter:
+            for registered in self.vcenters.list():
+                if registered.host == vcenter:
+                    return registered.node
+        enrolled = [n.name for n in self.nodes.list() if not n.revoked]
+        if len(enrolled) > 1:
+            raise InvalidInput(
+                "several nodes are enrolled: give the job's `vcenter`, registered with its node"
+            )
+        return enrolled[0] if enrolled else None
 
     def node_status(self) -> list[NodeInfo]:
         """Nodes, with `connected` probed now."""

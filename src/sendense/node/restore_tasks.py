@@ -219,7 +219,7 @@ class RestoreTasks(TaskTable[RestoreJob]):
         vm: Any,
     ) -> None:
         made = await asyncio.to_thread(restore.created_disks, vm, req.layout)
-        sources = {t.disk_key: t.uri for t in parse_targets(req.nbd_targets)}
+        targets = parse_targets(req.nbd_targets)
         datacenter = target.answer.datacenter
         for disk in req.layout.disks:
             if made[disk.key].key != disk.key:
@@ -233,9 +233,13 @@ class RestoreTasks(TaskTable[RestoreJob]):
                     bytes_total=disk.capacity_bytes,
                 )
             )
-        await run_all(
-            self._write_disk(vc, datacenter, sources[p.disk_key], p) for p in job.status.disks
-        )
+        sources = await self.backups.exports.open(targets)
+        try:
+            await run_all(
+                self._write_disk(vc, datacenter, sources[p.disk_key], p) for p in job.status.disks
+            )
+        finally:
+            await self.backups.exports.close(targets)
         log.info(
             "restore disks written job=%s bytes=%d",
             req.job_id,

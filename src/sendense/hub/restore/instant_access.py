@@ -29,6 +29,7 @@ from sendense.hub.db.models import (
     utcnow,
 )
 from sendense.hub.repository.exports import ExportManager
+from sendense.hub.repository.logins import node_login
 from sendense.hub.repository.ports import PortAllocator
 from sendense.hub.repository.repositories import RepositoryService
 from sendense.hub.restore.points import restorable_point
@@ -87,9 +88,11 @@ class AccessService:
         self._last_used: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def open(self, point_id: str, purpose: str = "instant") -> AccessInfo:
+    def open(self, point_id: str, purpose: str = "instant", node: str | None = None) -> AccessInfo:
         """Serve every disk of a complete restore point; refuses an unfinished or
-        invalid one."""
+        invalid one. An access for a node (not "instant") is a socket only that
+        node's tunnel reaches; an instant access listens on TCP."""
+        reader = None if purpose == "instant" else node_login(node)
         with self.db.session() as s:
             point = restorable_point(s, point_id)
             repo_id, vm_id = point.repository_id, point.vm_id
@@ -115,7 +118,7 @@ class AccessService:
                 self.repos.qemu_img.create(overlay, size, backing=str(source))
                 port = self.ports.allocate(f"access:{access_id}", access_id, key)
                 name = f"{point_id}-{key}"
-                self.exports.start(access_id, key, port, overlay, name, "writeback")
+                self.exports.start(access_id, key, port, overlay, name, "writeback", reader)
         except BaseException as exc:
             self._teardown(access_id, f"could not open the access: {exc}")
             raise
