@@ -58,7 +58,6 @@ from tests.rig.site import Site
 from tests.rig.vcsim import Vcsim, running_vcsim
 from tests.rig.vmware_vms import SCSI0, create_vm, flat_file
 
-from sendense.hub.repository.exports import node_key
 from sendense.nbd.qemu_img import QemuImg
 
 VM = "bench-tunnel"
@@ -72,8 +71,7 @@ def running_site(root: Path, vc: Vcsim) -> Iterator[Site]:
     the hub's) gone afterwards, whatever happened."""
     site = Site(root)
     # Direct mode: the node writes its exports' sockets on this machine itself.
-    exports = site.hub.data_dir / "nbd" / node_key(site.name)
-    site.node.env["SENDENSE_NODE_HUB_EXPORT_DIR"] = str(exports)
+    site.node.env["SENDENSE_NODE_HUB_EXPORT_DIR"] = str(site.hub.data_dir / "nbd")
     try:
         site.start()
         site.enroll_and_connect()

@@ -39,7 +39,6 @@ from sendense.common.config import load_settings
 from sendense.common.contract import BackupStartRequest, NodeJobStatus
 from sendense.hub.backup.ledger import DiskResult, DiskSpec, PreparedJob
 from sendense.hub.config import HubSettings
-from sendense.hub.repository.logins import node_login
 from sendense.hub.service import Hub
 from sendense.node.backup_tasks import BackupTasks
 from sendense.node.config import NodeSettings
@@ -164,7 +163,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         hub = Hub.open(load_settings(HubSettings, data_dir=root / "hub", min_free_bytes=0))
         hub.repos.add(str(root / "repo"))
         # The node writes the hub's sockets directly, as nbdcopy does: no tunnel here.
-        exports = hub.exports.socket_dir(node_login(None))
+        exports = hub.settings.export_socket_dir
         node = load_settings(NodeSettings, data_dir=root / "node", hub_export_dir=exports)
         runner = BackupTasks(node)
         try:

@@ -14,7 +14,6 @@ from fastapi.testclient import TestClient
 
 from sendense.common.config import load_settings
 from sendense.hub.backup.ledger import DiskResult, DiskSpec, PreparedJob
-from sendense.hub.repository.logins import node_login
 from sendense.hub.service import Hub
 from sendense.node.api.app import create_node_app
 from sendense.node.auth import NodeTokens
@@ -24,9 +23,9 @@ from tests.rig.vmware_vms import virtual_disks
 
 
 def node_settings_for(hub: Hub, data_dir: Path, **more: Any) -> NodeSettings:
-    """A node on the hub's machine that writes the hub's exports for jobs naming no
-    node straight to their sockets (no tunnel in in-process tests)."""
-    exports = hub.exports.socket_dir(node_login(None))
+    """A node on the hub's machine that reaches the hub's exports straight on their
+    sockets (no tunnel in in-process tests)."""
+    exports = hub.settings.export_socket_dir
     return load_settings(NodeSettings, data_dir=data_dir, hub_export_dir=exports, **more)
 
 

@@ -12,7 +12,8 @@ TCP port carries NBD on either machine (docs/decisions.md).
 
 Any other address is dialled as given (a node without a tunnel, tests), except
 that with `hub_export_dir` set (a node on the hub's own machine, as the hub's
-user) it is that directory's socket for the port: no tunnel, no encryption.
+user: the hub's `<data_dir>/nbd`) it is the export's socket there: no tunnel, no
+encryption.
 """
 
 from __future__ import annotations
@@ -102,8 +103,10 @@ class HubExports:
 
     def _open(self, config: TunnelConfig | None, target: NbdTarget) -> str:
         if config is None or target.host != config.local_address:
-            if self.hub_export_dir is not None:
-                return socket_uri(self.hub_export_dir / f"{target.port}.sock", target.export)
+            if self.hub_export_dir is not None:  # ports are unique across the nodes' dirs
+                found = sorted(self.hub_export_dir.glob(f"*/{target.port}.sock"))
+                path = found[0] if found else self.hub_export_dir / f"{target.port}.sock"
+                return socket_uri(path, target.export)
             return target.uri
         path = sockets_dir(self.data_dir) / f"{target.port}.sock"
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:
