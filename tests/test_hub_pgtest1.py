@@ -28,8 +28,9 @@ def test_pgtest1_two_disks_end_to_end_on_the_hub(hub: Hub, repo_dir: Path, tmp_p
     assert {p0, p1} <= set(range(hub.ports.first, hub.ports.last + 1))
     assert hub.ports.status().used == 2
     assert len(pids_with(str(repo_dir))) == 2
-    for port in (p0, p1):
-        assert listening_addresses(port) == [f"127.0.0.1:{port}"]
+    for port in (p0, p1):  # no TCP port: a socket only the job's node reaches
+        assert listening_addresses(port) == []
+        assert hub.exports.uri(port, "x").startswith("nbd+unix:///x?socket=")
 
     writes = {
         2000: [

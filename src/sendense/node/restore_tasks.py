@@ -36,6 +36,7 @@ from sendense.common.logging import register_secret
 from sendense.common.progress import Meter
 from sendense.common.targets import parse_targets
 from sendense.nbd.client import NbdClient
+from sendense.nbd.errors import NbdError
 from sendense.nbd.protocol import CMD_READ
 from sendense.node.backup_tasks import BackupTasks
 from sendense.node.config import NodeSettings
@@ -234,9 +235,11 @@ class RestoreTasks(TaskTable[RestoreJob]):
                 )
             )
         sources = await self.backups.exports.open(targets)
+        named = {t.disk_key: t.uri for t in targets}
         try:
             await run_all(
-                self._write_disk(vc, datacenter, sources[p.disk_key], p) for p in job.status.disks
+                self._write_disk(vc, datacenter, sources[p.disk_key], p, named[p.disk_key])
+                for p in job.status.disks
             )
         finally:
             await self.backups.exports.close(targets)
@@ -247,6 +250,22 @@ class RestoreTasks(TaskTable[RestoreJob]):
         )
 
     async def _write_disk(
+        self,
+        vc: Vcenter,
+        datacenter: str,
+        source: str,
+        progress: RestoreDiskProgress,
+        target: str,
+    ) -> None:
+        """`source`: where this node dials the hub's export `target` (its name in errors)."""
+        try:
+            await self._upload(vc, datacenter, source, progress)
+        except NbdError as exc:
+            if source == target:
+                raise
+            raise SendenseError(f"target {target}: {exc}") from None
+
+    async def _upload(
         self, vc: Vcenter, datacenter: str, source: str, progress: RestoreDiskProgress
     ) -> None:
         assert progress.datastore_path is not None
