@@ -15,6 +15,7 @@ started with `python -I -S`: it runs for every NBD connection.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import stat
@@ -22,6 +23,7 @@ import sys
 import threading
 
 CHUNK = 1 << 20
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Python 3.10+ names it; spelled out for -S)
 
 
 def _is_pipe(fd: int) -> bool:
@@ -29,18 +31,16 @@ def _is_pipe(fd: int) -> bool:
 
 
 def pump(source: int, sink: int) -> None:
-    """Copy until EOF: spliced (no copy through this process) out of a pipe (sshd's
-    stdin, the node's writes), else read and written. Data spliced into sshd's
-    stdout pipe sat there until sshd woke for something else (up to its 10 s
-    keepalive), so that direction is written."""
-    if _is_pipe(source):
-        while os.splice(source, sink, CHUNK) > 0:
-            pass
-        return
-    while data := os.read(source, CHUNK):
-        view = memoryview(data)
-        while view:
-            view = view[os.write(sink, view) :]
+    """Copy until EOF through one reused buffer. Not splice(2): out of sshd's pipe it
+    ran slower (159 MB/s against 196 through the tunnel), and into sshd's stdout
+    pipe the data sat there until sshd woke for something else (its 10 s
+    keepalive), stalling every other handshake by 10 s."""
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    while count := os.readv(source, [buffer]):
+        done = 0
+        while done < count:
+            done += os.write(sink, view[done:count])
 
 
 def port_of(command: str) -> int:
@@ -87,6 +87,10 @@ def main(argv: list[str]) -> int:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_WR)
 
+    for fd in (0, 1):  # sshd's pipes: 64 KiB by default, a wake-up every other packet
+        if _is_pipe(fd):
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, F_SETPIPE_SZ, CHUNK)
     thread = threading.Thread(target=upstream, daemon=True)
     thread.start()
     try:
