@@ -17,9 +17,11 @@ polls of the node, the hub's check of both images, and the commit. The two
 modes differ in the NBD data path only:
 
 * tunnel: the targets string names 127.0.0.2 (SENDENSE_HUB_TARGETS_HOST), the
-  node's end of the tunnel; the NBD writes cross ssh and the hub's sshd.
-* direct: the targets string names 127.0.0.1, the hub's qemu-nbd ports
-  themselves; the NBD writes go over plain loopback TCP.
+  node's end of the tunnel; each NBD connection is a session of the tunnel's
+  ssh, relayed by the hub's sshd to the export's Unix socket (node/forwards.py).
+* direct: the targets string names 127.0.0.1; the node (hub_export_dir) writes
+  the export's Unix socket itself: no ssh, no encryption. (Before the exports
+  became sockets, direct was loopback TCP to qemu-nbd's port.)
 
 In both modes the hub reaches the node's API through its reverse forward: the
 product has no other way to reach an enrolled node (NodeClient dials
@@ -56,6 +58,8 @@ from tests.rig.site import Site
 from tests.rig.vcsim import Vcsim, running_vcsim
 from tests.rig.vmware_vms import SCSI0, create_vm, flat_file
 
+from sendense.hub.nodes.tunnel_sshd import export_socket_root
+from sendense.hub.service import hub_identity
 from sendense.nbd.qemu_img import QemuImg
 
 VM = "bench-tunnel"
@@ -70,6 +74,10 @@ def running_site(root: Path, vc: Vcsim) -> Iterator[Site]:
     site = Site(root)
     try:
         site.start()
+        # Direct mode: the node writes its exports' sockets on this machine itself.
+        data_dir = site.hub.data_dir
+        exports = export_socket_root(hub_identity(data_dir), data_dir)
+        site.node.env["SENDENSE_NODE_HUB_EXPORT_DIR"] = str(exports)
         site.enroll_and_connect()
         site.add_vcenter(vc)
         repo = root / "repo"

@@ -130,6 +130,7 @@ def nbdcopy_both(
     started = time.perf_counter()
     procs = []
     for d in prepared.disks:
+        uri = hub.exports.uri(d.target.port, d.target.export)  # the export's socket
         if via_https:
             argv = [
                 "nbdkit",
@@ -140,10 +141,10 @@ def nbdcopy_both(
                 f"url={sources[d.key]}",
                 "sslverify=false",
                 "--run",
-                f'{" ".join(NBDCOPY)} "$uri" {d.target.uri}',
+                f"{' '.join(NBDCOPY)} \"$uri\" '{uri}'",
             ]
         else:
-            argv = [*NBDCOPY, sources[d.key], d.target.uri]
+            argv = [*NBDCOPY, sources[d.key], uri]
         procs.append(subprocess.Popen(argv))
     codes = [p.wait() for p in procs]
     elapsed = time.perf_counter() - started
@@ -165,7 +166,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         )
         hub.repos.add(str(root / "repo"))
-        runner = BackupTasks(load_settings(NodeSettings, data_dir=root / "node"))
+        # The node writes the hub's sockets directly, as nbdcopy does: no tunnel here.
+        exports = hub.exports.settings.socket_root
+        node = load_settings(NodeSettings, data_dir=root / "node", hub_export_dir=exports)
+        runner = BackupTasks(node)
         try:
             with running_vcsim(root / "vcsim") as vc, vc.session() as si:
                 return asyncio.run(scenarios(args, size, pool, hub, runner, vc, si))

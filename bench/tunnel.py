@@ -5,8 +5,9 @@
 A hub (its services in this process, its tunnel sshd a child), one node enrolled
 with a pairing code and its tunnel supervisor (`sendense node tunnel`) running.
 The node's NbdWriter writes the same source (half random data, half holes) into
-a fresh QCOW2 export, once at nbd://127.0.0.1:PORT (direct) and once at
-nbd://127.0.0.2:PORT (the node's end of the tunnel). Median of the runs, MB/s of
+a fresh QCOW2 export on the hub's Unix socket for the node, once on that socket
+(direct) and once through the tunnel (nbd://127.0.0.2:PORT, which the node turns
+into a session of its tunnel relayed to that socket: node/forwards.py). Median of the runs, MB/s of
 data. Writes `tunnel` and the top-level `tunnel_writer_vs_direct` in
 bench/results.json: the NBD writer alone. The top-level `tunnel_vs_direct` is a
 whole orchestrated full backup's figure, from bench/backup_tunnel.py.
@@ -34,29 +35,47 @@ from tests.rig.net import free_port, free_port_range
 
 from sendense.common.config import load_settings
 from sendense.common.sshkeys import enrollment_challenge, ensure_keypair, sign
+from sendense.common.targets import NbdTarget
 from sendense.hub.config import HubSettings
+from sendense.hub.repository.logins import NodeLogin, node_login
 from sendense.hub.service import Hub
 from sendense.nbd.qemu_img import QemuImg
 from sendense.nbd.qemu_nbd import ExportSpec, QemuNbd
 from sendense.nbd.writer import NbdWriter
+from sendense.node.forwards import HubExports, socket_uri
 from sendense.node.tunnel import TunnelConfig, save_config, tunnel_dir
 
 BENCH_GROUP = "sendense-bench-nodes"
 
 
-async def write(uri: str, source: Path) -> None:
-    async with NbdWriter(uri, max_in_flight=8, request_size=4 << 20) as writer:
-        await feed(writer, source)
+async def write(node_dir: Path | None, port: int, sock: Path, source: Path) -> None:
+    """Direct to the socket (node_dir None), or as the node through its tunnel."""
+    if node_dir is None:
+        async with NbdWriter(socket_uri(sock, "bench"), max_in_flight=8) as writer:
+            await feed(writer, source)
+        return
+    exports, targets = HubExports(node_dir), [NbdTarget(1, "127.0.0.2", port, "bench")]
+    uris = await exports.open(targets)
+    try:
+        async with NbdWriter(uris[1], max_in_flight=8, request_size=4 << 20) as writer:
+            await feed(writer, source)
+    finally:
+        await exports.close(targets)
 
 
-def one_run(host: str, port: int, source: Path, size: int, work: Path) -> float:
+def one_run(
+    node_dir: Path | None, login: NodeLogin, sock: Path, source: Path, size: int, work: Path
+) -> float:
+    port = int(sock.stem)
     target = work / "target.qcow2"
     os.sync()
     QemuImg().create(target, size)
+    spec = ExportSpec(target, port, "bench", socket=sock)
     try:
-        with QemuNbd(ExportSpec(target, port, "bench"), log_path=work / "qemu-nbd.log"):
+        with QemuNbd(spec, log_path=work / "qemu-nbd.log"):
+            os.chown(sock, login.uid, login.gid)  # as ExportManager does: the relay's user
             start = time.perf_counter()
-            asyncio.run(write(f"nbd://{host}:{port}/bench", source))
+            asyncio.run(write(node_dir, port, sock, source))
             return time.perf_counter() - start
     finally:
         target.unlink(missing_ok=True)
@@ -124,10 +143,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 stdin=subprocess.DEVNULL,
             )
             wait_connected(node_dir)
+            login = node_login(hub.nodes.get("bench-node"))
+            sock = hub.exports.socket_path(login, first)
+            sock.parent.mkdir(parents=True, mode=0o700)
+            os.chown(sock.parent, login.uid, login.gid)
             direct, tunnel = [], []
             for _ in range(args.runs):
-                direct.append(one_run("127.0.0.1", first, source, size, work))
-                tunnel.append(one_run("127.0.0.2", first, source, size, work))
+                direct.append(one_run(None, login, sock, source, size, work))
+                tunnel.append(one_run(node_dir, login, sock, source, size, work))
         finally:
             if supervisor is not None:
                 supervisor.terminate()
@@ -141,7 +164,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "size_bytes": size,
         "data_bytes": data,
         "runs": args.runs,
-        "transport": "OpenSSH (hub-managed sshd), aes128-gcm",
+        "transport": "OpenSSH (hub-managed sshd), aes128-gcm, a session per NBD "
+        "connection relayed (socat, as the node's user) to the export's Unix socket; "
+        "direct: that socket",
         "direct": {"seconds": direct, "median_s": d, "data_MBps": data / d / 1e6},
         "tunnel": {"seconds": tunnel, "median_s": t, "data_MBps": data / t / 1e6},
         "tunnel_writer_vs_direct": d / t,

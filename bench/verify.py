@@ -68,7 +68,8 @@ def backup(
     prepared = hub.ledger.prepare(vm, [DiskSpec(k, size) for k in sources], kind)
     results = {}
     for disk in prepared.disks:
-        checksum = asyncio.run(write_areas(disk.target.uri, sources[disk.key], areas[disk.key]))
+        uri = hub.exports.uri(disk.target.port, disk.target.export)
+        checksum = asyncio.run(write_areas(uri, sources[disk.key], areas[disk.key]))
         results[disk.key] = DiskResult(
             f"cid-{kind}", None, checksum, areas=areas[disk.key], checksum_block=BLOCK
         )

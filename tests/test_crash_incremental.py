@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,10 +24,12 @@ KEYS = (2000, 2001)
 DISKS = [{"key": key, "capacity_bytes": SIZE} for key in KEYS]
 
 
-def local(uri: str) -> str:
+def local(hub: HubProcess, target: dict[str, Any]) -> str:
     """The rig's hub names its NBD ports as a tunnelled node sees them (127.0.0.2);
-    this test writes on the hub's own machine, where they listen on 127.0.0.1."""
-    return uri.replace("//127.0.0.2:", "//127.0.0.1:")
+    this test writes on the hub's own machine, to the export's socket (a job that
+    names no node: the hub's `nbd/hub` directory)."""
+    path = hub.data_dir / "nbd" / "hub" / f"{target['port']}.sock"
+    return f"nbd+unix:///{target['export_name']}?socket={path}"
 
 
 def written(writes: list[tuple[int, bytes]]) -> dict[str, object]:
@@ -65,7 +68,7 @@ def test_a_hub_killed_during_an_incremental_keeps_the_full(
         full = client.post("/api/v1/jobs", json={"vm_name": "pgtest1", "disks": DISKS}).json()
         writes = {key: [(0, pattern(key, SIZE))] for key in KEYS}
         for target in full["targets"]:
-            write_through_nbd(local(target["uri"]), writes[target["disk_key"]])
+            write_through_nbd(local(hub_process, target), writes[target["disk_key"]])
         body = {"success": True, "disks": {k: written(writes[k]) for k in KEYS}}
         finished = client.post(f"/api/v1/jobs/{full['job_id']}/finish", json=body)
         assert finished.json()["state"] == "complete", finished.text
@@ -77,7 +80,7 @@ def test_a_hub_killed_during_an_incremental_keeps_the_full(
         ).json()
         assert {t["backup_type"] for t in incremental["targets"]} == {"incremental"}
         for target in incremental["targets"]:  # half of the changes are written
-            write_through_nbd(local(target["uri"]), [(4 * MiB, pattern(7, 2 * MiB))])
+            write_through_nbd(local(hub_process, target), [(4 * MiB, pattern(7, 2 * MiB))])
         servers = pids_with(str(repo_dir))
         assert len(servers) == 2
 

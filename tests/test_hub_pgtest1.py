@@ -28,8 +28,9 @@ def test_pgtest1_two_disks_end_to_end_on_the_hub(hub: Hub, repo_dir: Path, tmp_p
     assert {p0, p1} <= set(range(hub.ports.first, hub.ports.last + 1))
     assert hub.ports.status().used == 2
     assert len(pids_with(str(repo_dir))) == 2
-    for port in (p0, p1):
-        assert listening_addresses(port) == [f"127.0.0.1:{port}"]
+    for port in (p0, p1):  # no TCP port: a socket only the job's node reaches
+        assert listening_addresses(port) == []
+        assert hub.exports.uri(port, "x").startswith("nbd+unix:///x?socket=")
 
     writes = {
         2000: [
@@ -40,7 +41,7 @@ def test_pgtest1_two_disks_end_to_end_on_the_hub(hub: Hub, repo_dir: Path, tmp_p
         2001: [(4096 * 16, pattern(4, 2 << 20)), (DISKS[2001] - 65536, pattern(5, 65536))],
     }
     for disk in job.disks:
-        write_through_nbd(disk.target.uri, writes[disk.key])
+        write_through_nbd(hub.exports.uri(disk.target.port, disk.target.export), writes[disk.key])
 
     point_id = hub.ledger.finish(job.job_id, {k: DiskResult(change_id=f"52 {k}/1") for k in DISKS})
 

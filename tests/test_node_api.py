@@ -14,16 +14,15 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from sendense.common.config import load_settings
 from sendense.hub.api.queries import Queries
 from sendense.hub.service import Hub
 from sendense.nbd.qemu_img import QemuImg
-from sendense.node.config import NodeSettings
 from tests.rig.net import free_port
 from tests.rig.node_tasks import (
     disk_specs,
     finish_on_hub,
     node_client,
+    node_settings_for,
     snapshot_names,
     start_body,
     unique,
@@ -35,8 +34,8 @@ from tests.rig.vmware_vms import SCSI0, SCSI1, MiB, create_vm, fill, flat_file
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[TestClient]:
-    with node_client(load_settings(NodeSettings, data_dir=tmp_path / "node")) as client:
+def node(tmp_path: Path, hub: Hub) -> Iterator[TestClient]:
+    with node_client(node_settings_for(hub, tmp_path / "node")) as client:
         yield client
 
 
@@ -124,10 +123,8 @@ def test_the_seeds_own_start_body_gets_a_job_id_from_the_node_and_backs_up(
         "vcenter_password": vcsim.password,
         "nbd_targets": prepared.nbd_targets,
     }
-    settings = load_settings(
-        NodeSettings,
-        data_dir=tmp_path / "node",
-        vcenter_thumbprints={vcsim.host: vcsim.thumbprint},
+    settings = node_settings_for(
+        hub, tmp_path / "node", vcenter_thumbprints={vcsim.host: vcsim.thumbprint}
     )
     with node_client(settings) as node:
         started = node.post("/api/v1/backup/start", json=seed_body)

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from sendense.common.config import load_settings
 from sendense.hub.api.queries import Queries
 from sendense.hub.service import Hub
 from sendense.nbd.qemu_img import QemuImg
@@ -22,6 +21,7 @@ from tests.rig.node_tasks import (
     disk_specs,
     finish_on_hub,
     node_client,
+    node_settings_for,
     snapshot_names,
     start_body,
     unique,
@@ -35,8 +35,8 @@ BLOCK = bytes(range(256)) * 256  # 64 KiB of "guest data"
 
 
 @pytest.fixture
-def node_settings(tmp_path: Path) -> NodeSettings:
-    return load_settings(NodeSettings, data_dir=tmp_path / "node")
+def node_settings(tmp_path: Path, hub: Hub) -> NodeSettings:
+    return node_settings_for(hub, tmp_path / "node")
 
 
 @pytest.fixture

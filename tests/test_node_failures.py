@@ -11,14 +11,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from sendense.common.config import load_settings
 from sendense.hub.backup.ledger import PreparedJob
 from sendense.hub.service import Hub
-from sendense.node.config import NodeSettings
 from tests.rig.net import free_port
 from tests.rig.node_tasks import (
     disk_specs,
     node_client,
+    node_settings_for,
     snapshot_names,
     start_body,
     unique,
@@ -30,11 +29,11 @@ from tests.rig.vmware_vms import SCSI0, MiB, create_vm, fill, flat_file
 
 
 @pytest.fixture
-def slow_node(tmp_path: Path) -> Iterator[TestClient]:
+def slow_node(tmp_path: Path, hub: Hub) -> Iterator[TestClient]:
     """One 1 MiB read at a time: slow enough to interrupt."""
-    settings = load_settings(
-        NodeSettings,
-        data_dir=tmp_path / "node",
+    settings = node_settings_for(
+        hub,
+        tmp_path / "node",
         chunk_mib=1,
         readers_per_disk=1,
         writes_in_flight=1,
@@ -78,7 +77,7 @@ def test_target_closed_mid_job_fails_and_removes_the_snapshot(
 
     status, watch = wait_job(slow_node, prepared.job_id, vm, during=kill_export)
     assert status["state"] == "failed"
-    assert prepared.disks[0].target.uri.split("/")[2] in status["error"]
+    assert f"{prepared.disks[0].target.port}.sock" in status["error"]
     assert len(watch.seen) == 1
     assert snapshot_names(vm) == []
     hub.ledger.fail(prepared.job_id, status["error"])

@@ -26,6 +26,8 @@ from sendense.common.processes import listener_pid
 from sendense.common.sshkeys import enrollment_challenge, sign
 from sendense.hub.db.models import Node
 from sendense.hub.nodes.accounts import NodeAccounts, node_user_name
+from sendense.hub.nodes.tunnel_sshd import export_socket_root
+from sendense.node.forwards import session_argv
 from tests.rig.accounts import users_of
 from tests.rig.cli import sendense
 from tests.rig.node import NodeProcesses
@@ -76,9 +78,8 @@ def pids_of(uid: int) -> list[int]:
 def ssh_as(
     site: Site, user: str, key: Path, host: str = "127.0.0.1"
 ) -> subprocess.CompletedProcess[str]:
-    """Log in and hold no forward: a login that works exits 0 at once (`-O`-less
-    `-N` would wait, so ask for `true`: ForceCommand runs no command, MaxSessions 0
-    refuses the session after authentication)."""
+    """Log in and hold no forward: a login that works ends at once (`-N` would wait,
+    so ask for `true`: the key's forced command, the NBD relay, refuses it)."""
     tunnel = site.node.data_dir / "tunnel"
     return subprocess.run(
         [
@@ -121,7 +122,7 @@ def test_a_node_logs_in_as_its_own_user_and_no_other_node_can(site: Site, tmp_pa
     assert user == node_user_name(first["id"])
     entry = pwd.getpwnam(user)
     assert entry.pw_uid == uid != 0
-    assert entry.pw_shell == "/usr/sbin/nologin"
+    assert entry.pw_shell == "/bin/sh"  # sshd runs the forced relay with it
     assert entry.pw_dir == "/nonexistent"
     config = json.loads((site.node.data_dir / "tunnel" / "tunnel.json").read_text())
     assert config["tunnel_user"] == user
@@ -143,7 +144,10 @@ def test_a_node_logs_in_as_its_own_user_and_no_other_node_can(site: Site, tmp_pa
 
     own_key = site.node.data_dir / "tunnel" / "id_ed25519"
     other_key = other.data_dir / "tunnel" / "id_ed25519"
-    assert authenticated(ssh_as(site, user, own_key))
+    logged_in = ssh_as(site, user, own_key)
+    assert authenticated(logged_in)
+    assert logged_in.returncode != 0  # `true` never ran: only `nbd PORT` does
+    assert "expected `nbd PORT`" in logged_in.stderr
     assert authenticated(ssh_as(site, second["system_user"], other_key))
     for login, key in ((user, other_key), (second["system_user"], own_key), ("root", own_key)):
         refused = ssh_as(site, login, key)
@@ -303,21 +307,41 @@ def test_an_ipv6_hub_enrolls_and_carries_the_tunnel(tmp_path: Path) -> None:
         site.node.start_serve()
         site.node.start_tunnel()
         site.node.wait_tunnel("connected")
-        # Both ways through the tunnel: the node's API from the hub's end, and a
-        # port of the hub's NBD pool (on 127.0.0.1 there) from the node's end.
+        # Both ways through the tunnel: the node's API from the hub's end, and an
+        # NBD session of the node's (its relay, as its user) to a socket in its
+        # export directory on the hub.
         with site.node_api() as node_api:
             jobs = node_api.get("/api/v1/jobs")
         assert jobs.status_code == 200, jobs.text
         pool_port = json.loads((tunnel / "tunnel.json").read_text())["nbd_port_min"]
-        with (
-            socket.create_server(("127.0.0.1", pool_port)) as server,
-            socket.create_connection(("127.0.0.2", pool_port), timeout=10) as client,
-        ):
-            client.sendall(b"through the tunnel")
-            served, _ = server.accept()
-            with served:
-                served.settimeout(10)
-                assert served.recv(64) == b"through the tunnel"
+        row = node_row(site, site.name)
+        entry = pwd.getpwuid(row["system_uid"])
+        hub_id = (site.hub.data_dir / "hub-id").read_text().strip()
+        directory = export_socket_root(hub_id, site.hub.data_dir) / row["system_user"]
+        directory.mkdir(mode=0o700)
+        os.chown(directory, entry.pw_uid, entry.pw_gid)
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(directory / f"{pool_port}.sock"))
+            os.chown(directory / f"{pool_port}.sock", entry.pw_uid, entry.pw_gid)
+            server.listen(1)
+            server.settimeout(20)
+            near, far = socket.socketpair()
+            with near, far:
+                session = subprocess.Popen(
+                    session_argv(site.node.data_dir, pool_port),
+                    stdin=far.fileno(),
+                    stdout=far.fileno(),
+                )
+                far.close()
+                near.sendall(b"through the tunnel")
+                served, _ = server.accept()
+                with served:
+                    served.settimeout(10)
+                    assert served.recv(64) == b"through the tunnel"
+                    served.sendall(b"and back")
+                    near.settimeout(10)
+                    assert near.recv(64) == b"and back"
+            session.wait(20)
     finally:
         site.stop()
 

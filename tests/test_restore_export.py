@@ -91,7 +91,7 @@ def backup(hub: Hub, vm: str, writes: Writes) -> str:
     prepared = hub.ledger.prepare(vm, [DiskSpec(k, size) for k, size in SIZES.items()])
     results = {}
     for disk in prepared.disks:
-        write_through_nbd(disk.target.uri, writes[disk.key])
+        write_through_nbd(hub.exports.uri(disk.target.port, disk.target.export), writes[disk.key])
         areas = [(offset, len(data)) for offset, data in writes[disk.key]]
         results[disk.key] = DiskResult(
             change_id=f"52 {len(areas)}",

@@ -22,19 +22,18 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import update
 
-from sendense.common.config import load_settings
 from sendense.common.contract import VcenterLogin, VmInventory
 from sendense.hub.db.models import RestorePoint, RestorePointDisk
 from sendense.hub.nodes.client import NodeClient
 from sendense.hub.nodes.vcenters import VcenterService
 from sendense.hub.restore.to_vcenter import VmRestoreRunner
 from sendense.hub.service import Hub
-from sendense.node.config import NodeSettings
 from tests.rig.cli import sendense
 from tests.rig.node_tasks import (
     disk_specs,
     finish_on_hub,
     node_client,
+    node_settings_for,
     snapshot_names,
     start_body,
     unique,
@@ -259,8 +258,8 @@ class LocalRestores(VmRestoreRunner):
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[TestClient]:
-    with node_client(load_settings(NodeSettings, data_dir=tmp_path / "node")) as client:
+def node(tmp_path: Path, hub: Hub) -> Iterator[TestClient]:
+    with node_client(node_settings_for(hub, tmp_path / "node")) as client:
         yield client
 
 

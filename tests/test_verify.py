@@ -16,16 +16,15 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from sendense.common.config import load_settings
 from sendense.hub.api.queries import Queries
 from sendense.hub.service import Hub
 from sendense.nbd.errors import NbdUriError
 from sendense.nbd.protocol import parse_uri
-from sendense.node.config import NodeSettings
 from tests.rig.node_tasks import (
     disk_specs,
     finish_on_hub,
     node_client,
+    node_settings_for,
     start_body,
     unique,
     wait_job,
@@ -43,8 +42,8 @@ def hub(db_hub: Hub) -> Hub:
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[TestClient]:
-    with node_client(load_settings(NodeSettings, data_dir=tmp_path / "node")) as client:
+def node(tmp_path: Path, hub: Hub) -> Iterator[TestClient]:
+    with node_client(node_settings_for(hub, tmp_path / "node")) as client:
         yield client
 
 

@@ -50,7 +50,10 @@ def hub_backup(
 
     async def write_all() -> list[str]:
         return await asyncio.gather(
-            *(_write(d.target.uri, disks[d.key], areas[d.key]) for d in prepared.disks)
+            *(
+                _write(hub.exports.uri(d.target.port, d.target.export), disks[d.key], areas[d.key])
+                for d in prepared.disks
+            )
         )
 
     checksums = asyncio.run(write_all())

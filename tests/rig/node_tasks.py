@@ -7,10 +7,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 
+from sendense.common.config import load_settings
 from sendense.hub.backup.ledger import DiskResult, DiskSpec, PreparedJob
 from sendense.hub.service import Hub
 from sendense.node.api.app import create_node_app
@@ -18,6 +20,13 @@ from sendense.node.auth import NodeTokens
 from sendense.node.config import NodeSettings
 from tests.rig.vcsim import Vcsim
 from tests.rig.vmware_vms import virtual_disks
+
+
+def node_settings_for(hub: Hub, data_dir: Path, **more: Any) -> NodeSettings:
+    """A node on the hub's machine that reaches the hub's exports straight on their
+    sockets (no tunnel in in-process tests)."""
+    exports = hub.exports.settings.socket_root
+    return load_settings(NodeSettings, data_dir=data_dir, hub_export_dir=exports, **more)
 
 
 @contextmanager

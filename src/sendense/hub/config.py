@@ -27,8 +27,9 @@ class HubSettings(SendenseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     database_url: str = ""
-    # qemu-nbd binds here, and the targets string names it: the node reaches
-    # this address through the tunnel.
+    # Exports for people (instant access) listen here; the targets string of a
+    # node's export names it too, though that export is a Unix socket the node
+    # reaches through its tunnel (nodes/tunnel_sshd.py, export_socket_root).
     nbd_host: str = "127.0.0.1"
     # The NBD address as the node sees it, in the targets string: its end of the
     # tunnel (127.0.0.1 on its own machine; 127.0.0.2 when both share one).

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import time, timedelta
 from pathlib import Path
 
+from sendense.common.errors import InvalidInput
 from sendense.common.files import private_dir
 from sendense.common.sshkeys import KeyPair
 from sendense.common.tls import cert_file_fingerprint
@@ -27,7 +29,7 @@ from sendense.hub.nodes.accounts import NodeAccounts, node_user_name
 from sendense.hub.nodes.client import NodeConnector
 from sendense.hub.nodes.registry import NodeInfo, NodeService
 from sendense.hub.nodes.snapshot_sweep import SnapshotSweep
-from sendense.hub.nodes.tunnel_sshd import TunnelSshd, is_listening
+from sendense.hub.nodes.tunnel_sshd import TunnelSshd, export_socket_root, is_listening
 from sendense.hub.nodes.vcenters import VcenterService
 from sendense.hub.notify.notifier import Notifier, NotifierSettings, Sources
 from sendense.hub.notify.targets import NotificationService
@@ -96,6 +98,8 @@ class Hub:
     def open(cls, settings: HubSettings, migrate: bool = True) -> Hub:
         private_dir(settings.data_dir)
         db = Database(settings.database_url, owner=hub_identity(settings.data_dir))
+        hub_id = db.owner or "hub"
+        socket_root = export_socket_root(hub_id, settings.data_dir)
         if migrate:
             db.migrate()
         repos = RepositoryService(
@@ -105,7 +109,11 @@ class Hub:
         exports = ExportManager(
             db,
             ExportSettings(
-                settings.nbd_host, settings.nbd_shared, settings.qemu_nbd, settings.log_dir
+                settings.nbd_host,
+                settings.nbd_shared,
+                settings.qemu_nbd,
+                settings.log_dir,
+                socket_root,
             ),
         )
         ledger = BackupLedger(db, repos, ports, exports, settings.targets_host, settings.nbd_cache)
@@ -119,13 +127,14 @@ class Hub:
         vcenters = VcenterService(db, box)
         tokens = TokenService(db)
         users = UserService(db, box, tokens, timedelta(seconds=settings.session_lifetime_s))
-        permitted = [*range(settings.nbd_port_min, settings.nbd_port_max + 1), settings.listen_port]
+        # NBD goes through each node's relay to its sockets: the only port it opens is the API.
         tunnel = TunnelSshd(
             settings.data_dir / "tunnel",
             (settings.tunnel_host, settings.tunnel_port),
-            permitted,
+            [settings.listen_port],
             settings.tunnel_group,
-            db.owner or "hub",
+            hub_id,
+            socket_root,
         )
         connector = NodeConnector(nodes, tunnel.owns_listener, retry_s=settings.node_timeout_s)
         access = AccessService(
@@ -221,7 +230,7 @@ class Hub:
             {
                 n.system_user: (
                     uids[n.system_user],
-                    self.tunnel.key_line(keys[n.id], n.reverse_port, n.name),
+                    self.tunnel.key_line(keys[n.id], n.reverse_port, n.name, n.system_user),
                 )
                 for n in nodes
                 if n.system_user in uids and n.reverse_port is not None
@@ -232,6 +241,8 @@ class Hub:
         """Before a node user is removed: its key logs in no more, its sessions end."""
         self.tunnel.remove_keys(user)
         self.tunnel.disconnect(uid)
+        # Its export sockets' directory: a later user may get its uid.
+        shutil.rmtree(self.exports.socket_dir_of(user), ignore_errors=True)
 
     def tunnel_identity(self) -> KeyPair:
         return self.tunnel.identity
@@ -266,6 +277,21 @@ class Hub:
         self.sync_tunnel_keys()
         return info
 
+    def job_node(self, vcenter: str | None) -> NodeInfo | None:
+        """The node that writes a job made with `POST /api/v1/jobs` (its exports are
+        that node's): the node of the vCenter registered as `vcenter`, else the only
+        enrolled node; None when no node is enrolled."""
+        if vcenter:
+            for registered in self.vcenters.list():
+                if registered.host == vcenter:
+                    return self.nodes.get(registered.node)
+        enrolled = [n for n in self.nodes.list() if not n.revoked]
+        if len(enrolled) > 1:
+            raise InvalidInput(
+                "several nodes are enrolled: give the job's `vcenter`, registered with its node"
+            )
+        return enrolled[0] if enrolled else None
+
     def node_status(self) -> list[NodeInfo]:
         """Nodes, with `connected` probed now."""
         return self.nodes.refresh_connected(is_listening)
@@ -294,6 +320,6 @@ class Hub:
 
     def close(self) -> None:
         self.stop_tasks()
-        self.tunnel.stop()
         self.exports.stop_all()
+        self.tunnel.stop()  # its runtime directory goes, the exports' sockets with it
         self.db.dispose()

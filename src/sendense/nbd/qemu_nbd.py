@@ -53,11 +53,15 @@ def probe(host: str, port: int, timeout: float = 1.0) -> bool:
 
 
 def is_qemu_nbd_for(info: ProcessInfo, port: int, image: str) -> bool:
-    """Does this process look like the qemu-nbd we started for `image` on `port`?"""
+    """Does this process look like the qemu-nbd we started for `image` on `port`
+    (TCP `-p PORT`, or a Unix socket `-k .../PORT.sock`)?"""
     argv = info.argv
     if not argv or not os.path.basename(argv[0]).startswith("qemu-nbd"):
         return False
-    has_port = any(a == "-p" and b == str(port) for a, b in itertools.pairwise(argv))
+    has_port = any(
+        (a == "-p" and b == str(port)) or (a == "-k" and os.path.basename(b) == f"{port}.sock")
+        for a, b in itertools.pairwise(argv)
+    )
     return has_port and argv[-1] == image
 
 

@@ -25,6 +25,7 @@ from sendense.common.logging import register_secret
 from sendense.common.targets import NbdTarget, parse_targets
 from sendense.node.config import NodeSettings
 from sendense.node.engine import CopyTuning, DiskPlan, copy_disk
+from sendense.node.forwards import HubExports
 from sendense.node.snapshot_hunter import SnapshotHunter, SnapshotLedger, SnapshotRecord
 from sendense.node.task_table import TaskTable, start_fields
 from sendense.node.vmware import snapshots
@@ -62,6 +63,7 @@ class BackupTasks(TaskTable[NodeJob]):
             readers=settings.readers_per_disk,
             in_flight=settings.writes_in_flight,
         )
+        self.exports = HubExports(settings.data_dir, settings.hub_export_dir)
         self.snapshots = SnapshotLedger(settings.data_dir)
         self.hunter = SnapshotHunter(settings, self.snapshots, self.running_ids)
 
@@ -226,6 +228,7 @@ class BackupTasks(TaskTable[NodeJob]):
                 await reader.close()
 
         planned = sum(n for plan, _ in plans for _, n in plan.areas)
+        targets = [plan.target for plan, _ in plans]
         log.info(
             "copy planned job=%s disks=%s bytes=%d",
             req.job_id,
@@ -238,7 +241,13 @@ class BackupTasks(TaskTable[NodeJob]):
                 f"the copy needs {planned} bytes; the hub's repository has room for {budget} "
                 "(free space less its reserve): nothing was copied"
             )
-        await run_all(one(plan, disk) for plan, disk in plans)
+        uris = await self.exports.open(targets)
+        try:
+            for plan, _ in plans:
+                plan.uri = uris[plan.target.disk_key]
+            await run_all(one(plan, disk) for plan, disk in plans)
+        finally:
+            await self.exports.close(targets)
         log.info("copy done job=%s", req.job_id)
 
     def _plan(

@@ -32,5 +32,10 @@ class NodeSettings(SendenseSettings):
     # on a busy VM, so it has its own deadline (a removal that fails after a good
     # copy is a warning, and the snapshot hunter retries it).
     snapshot_remove_timeout_s: float = Field(default=6 * 3600, gt=0)
+    # A node on the hub's own machine, running as the hub's user, may reach the
+    # hub's export sockets under this directory (the hub's `<data_dir>/nbd`)
+    # directly, without the tunnel (no encryption: the benchmarks' baseline), for
+    # targets that do not name its end of the tunnel (node/forwards.py).
+    hub_export_dir: Path | None = None
     # How often the hunter removes the recorded snapshots of dead jobs.
     snapshot_hunt_interval_s: float = Field(default=300, gt=0)

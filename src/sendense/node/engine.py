@@ -19,6 +19,7 @@ from sendense.common.contract import DiskProgress
 from sendense.common.errors import SendenseError
 from sendense.common.progress import Meter
 from sendense.common.targets import NbdTarget
+from sendense.nbd.errors import NbdError
 from sendense.nbd.writer import NbdWriter
 from sendense.node.vmware.readers import DiskReader, ManyReader
 
@@ -45,6 +46,8 @@ class DiskPlan:
     # A full into an overlay (the change ID was refused) must zero what it does
     # not read, or the parent's old data would show through.
     zero_gaps: bool = False
+    # What the writer dials (node/forwards.py); empty: the target's own URI.
+    uri: str = ""
 
     @property
     def fresh_image(self) -> bool:
@@ -81,6 +84,17 @@ def gaps(areas: list[Area], capacity: int) -> Iterator[Area]:
 
 
 async def copy_disk(plan: DiskPlan, reader: DiskReader, tuning: CopyTuning) -> None:
+    """Copy one disk; an NBD failure names the hub's target, not only the local
+    socket it is reached through."""
+    try:
+        await _copy(plan, reader, tuning)
+    except NbdError as exc:
+        if not plan.uri or plan.uri == plan.target.uri:
+            raise
+        raise SendenseError(f"target {plan.target.uri}: {exc}") from None
+
+
+async def _copy(plan: DiskPlan, reader: DiskReader, tuning: CopyTuning) -> None:
     progress = plan.progress
     progress.bytes_total = sum(length for _start, length in plan.areas)
     meter = Meter(progress)
@@ -90,7 +104,7 @@ async def copy_disk(plan: DiskPlan, reader: DiskReader, tuning: CopyTuning) -> N
     most = tuning.ranges_per_read if many is not None else 1
     work = batches(chunks(plan.areas, tuning.chunk), tuning.chunk, most)
     async with NbdWriter(
-        plan.target.uri,
+        plan.uri or plan.target.uri,
         max_in_flight=tuning.in_flight,
         request_size=tuning.chunk,
         skip_zeroes=plan.fresh_image,

@@ -36,6 +36,7 @@ from sendense.common.logging import register_secret
 from sendense.common.progress import Meter
 from sendense.common.targets import parse_targets
 from sendense.nbd.client import NbdClient
+from sendense.nbd.errors import NbdError
 from sendense.nbd.protocol import CMD_READ
 from sendense.node.backup_tasks import BackupTasks
 from sendense.node.config import NodeSettings
@@ -219,7 +220,7 @@ class RestoreTasks(TaskTable[RestoreJob]):
         vm: Any,
     ) -> None:
         made = await asyncio.to_thread(restore.created_disks, vm, req.layout)
-        sources = {t.disk_key: t.uri for t in parse_targets(req.nbd_targets)}
+        targets = parse_targets(req.nbd_targets)
         datacenter = target.answer.datacenter
         for disk in req.layout.disks:
             if made[disk.key].key != disk.key:
@@ -233,9 +234,15 @@ class RestoreTasks(TaskTable[RestoreJob]):
                     bytes_total=disk.capacity_bytes,
                 )
             )
-        await run_all(
-            self._write_disk(vc, datacenter, sources[p.disk_key], p) for p in job.status.disks
-        )
+        sources = await self.backups.exports.open(targets)
+        named = {t.disk_key: t.uri for t in targets}
+        try:
+            await run_all(
+                self._write_disk(vc, datacenter, sources[p.disk_key], p, named[p.disk_key])
+                for p in job.status.disks
+            )
+        finally:
+            await self.backups.exports.close(targets)
         log.info(
             "restore disks written job=%s bytes=%d",
             req.job_id,
@@ -243,6 +250,22 @@ class RestoreTasks(TaskTable[RestoreJob]):
         )
 
     async def _write_disk(
+        self,
+        vc: Vcenter,
+        datacenter: str,
+        source: str,
+        progress: RestoreDiskProgress,
+        target: str,
+    ) -> None:
+        """`source`: where this node dials the hub's export `target` (its name in errors)."""
+        try:
+            await self._upload(vc, datacenter, source, progress)
+        except NbdError as exc:
+            if source == target:
+                raise
+            raise SendenseError(f"target {target}: {exc}") from None
+
+    async def _upload(
         self, vc: Vcenter, datacenter: str, source: str, progress: RestoreDiskProgress
     ) -> None:
         assert progress.datastore_path is not None

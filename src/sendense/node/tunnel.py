@@ -1,10 +1,11 @@
 """The node's end of the tunnel: enrollment data, and a supervisor that keeps one
 `ssh` connection to the hub up, restarting it with backoff when it dies.
 
-Through the connection the node reaches the hub's NBD pool and API on its own
-loopback address (so `nbd://127.0.0.1:10100/...` targets work unchanged), and
-the hub reaches the node's API on its reverse port. The hub's host key is
-pinned (StrictHostKeyChecking, a known_hosts file of one line).
+Through the connection the node reaches the hub's API on its own loopback
+address, and the hub reaches the node's API on its reverse port. Each NBD
+connection is a session of its own on the running connection, opened through
+its control socket (forwards.py). The hub's host key is pinned (StrictHostKeyChecking,
+a known_hosts file of one line).
 """
 
 from __future__ import annotations
@@ -65,11 +66,14 @@ def load_config(data_dir: Path) -> TunnelConfig:
         ) from None
 
 
+def control_path(data_dir: Path) -> Path:
+    """The running connection's control socket: NBD sessions are opened through it."""
+    return tunnel_dir(data_dir) / "control"
+
+
 def ssh_argv(data_dir: Path, config: TunnelConfig, ssh: str = "ssh") -> list[str]:
     directory = tunnel_dir(data_dir)
-    forwards: list[str] = []
-    for port in [*range(config.nbd_port_min, config.nbd_port_max + 1), config.api_port]:
-        forwards += ["-L", f"{config.local_address}:{port}:127.0.0.1:{port}"]
+    forwards = ["-L", f"{config.local_address}:{config.api_port}:127.0.0.1:{config.api_port}"]
     forwards += ["-R", f"127.0.0.1:{config.reverse_port}:127.0.0.1:{config.node_api_port}"]
     return [
         ssh,
@@ -107,9 +111,9 @@ def ssh_argv(data_dir: Path, config: TunnelConfig, ssh: str = "ssh") -> list[str
         "-o",
         "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com",
         "-o",
-        "ControlMaster=no",
+        "ControlMaster=yes",
         "-o",
-        "ControlPath=none",
+        f"ControlPath={control_path(data_dir)}",
         "-o",
         "LogLevel=ERROR",
         *forwards,
@@ -156,6 +160,8 @@ class Supervisor:
         backoff = 1.0
         while not self._stopping:
             started = time.monotonic()
+            # ssh refuses to be the master over a control socket a killed one left.
+            control_path(self.data_dir).unlink(missing_ok=True)
             self._child = ChildProcess(self.argv, log_path=self.stderr_path, append_log=True)
             self._child.spawn()
             self._status("connecting", ssh_pid=self._child.pid)

@@ -43,7 +43,9 @@ from sendense.hub.db.models import (
     new_id,
     utcnow,
 )
+from sendense.hub.nodes.registry import NodeInfo
 from sendense.hub.repository.exports import ExportManager
+from sendense.hub.repository.logins import NodeLogin, node_login
 from sendense.hub.repository.ports import PortAllocator
 from sendense.hub.repository.repositories import (
     RepositoryInfo,
@@ -154,6 +156,7 @@ class BackupLedger:
         max_chain: int | None = None,
         vcenter: str | None = None,
         vm_uuid: str | None = None,
+        node: NodeInfo | None = None,
     ) -> PreparedJob:
         """Open exports for a new job, or for `job_id` reserved by `reserve` (its VM
         row is the one `identify` chose); `layout` (the VM's disks and controllers)
@@ -205,7 +208,7 @@ class BackupLedger:
             self.fail(job_id, exc.message)
             raise
         try:
-            prepared = self._open(repo, job_id, vm_name, plans)
+            prepared = self._open(repo, job_id, vm_name, plans, node_login(node))
         except BaseException as exc:
             self.fail(job_id, f"could not open exports: {exc}")
             raise
@@ -338,8 +341,14 @@ class BackupLedger:
         )
 
     def _open(
-        self, repo: RepositoryInfo, job_id: str, vm_name: str, plans: list[_Plan]
+        self,
+        repo: RepositoryInfo,
+        job_id: str,
+        vm_name: str,
+        plans: list[_Plan],
+        writer: NodeLogin,
     ) -> list[PreparedDisk]:
+        """Each disk's export, a socket only `writer` (the job's node) reaches."""
         cache = self.cache
         if cache == "auto":
             cache = "none" if supports_direct_io(repo.path) else "writeback"
@@ -348,7 +357,7 @@ class BackupLedger:
             image = self.repos.create_image(repo, plan.file_path, plan.capacity, plan.parent_file)
             port = self.ports.allocate(f"job:{job_id}", job_id, plan.key)
             name = export_name(vm_name, index)
-            self.exports.start(job_id, plan.key, port, image, name, cache)
+            self.exports.start(job_id, plan.key, port, image, name, cache, writer)
             target = NbdTarget(plan.key, self.targets_host, port, name)
             prepared.append(
                 PreparedDisk(plan.key, plan.backup_type, plan.file_path, plan.parent_id, target)

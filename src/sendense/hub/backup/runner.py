@@ -129,6 +129,7 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
                 job_id=task_id,
                 layout=inventory.layout(),
                 max_chain=policy.max_chain_length if policy else None,
+                node=self.nodes.registry.get(node_name),
             )
             previous = self.ledger.parent_change_ids(prepared)
             request = BackupStartRequest(

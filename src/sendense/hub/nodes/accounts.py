@@ -1,7 +1,7 @@
 """The system users node tunnels log in as: one unprivileged user per node on the
-hub's machine (`sendense-n-<id>`, no home, no shell, primary group the hub's
-`tunnel_group`), so a node's session never runs as root and one node's key
-cannot log in as another node.
+hub's machine (`sendense-n-<id>`, no home, /bin/sh to run its NBD relay, primary
+group the hub's `tunnel_group`), so a node's session never runs as root and one
+node's key cannot log in as another node.
 
 Each user is recorded in `node_accounts` (this hub's id, the node) before
 `useradd` runs: a hub that crashed half way finds its record at the next start,
@@ -27,6 +27,10 @@ from sendense.hub.db.models import NodeAccount
 
 log = logging.getLogger(__name__)
 USER_PREFIX = "sendense-n-"
+# sshd runs a session's command, the key's forced one included, as `SHELL -c
+# COMMAND`: with nologin no NBD relay could run. The key's forced command (and
+# AllowGroups, a password of "*") leave the shell nothing else to run.
+SHELL = "/bin/sh"
 NO_SUCH_USER = 6  # userdel's exit code
 
 
@@ -96,7 +100,7 @@ class NodeAccounts:
                     "--home-dir",
                     "/nonexistent",
                     "--shell",
-                    "/usr/sbin/nologin",
+                    SHELL,
                     "--gid",
                     self.group,
                     "--no-user-group",
@@ -114,6 +118,8 @@ class NodeAccounts:
             if uid is None:
                 raise Unavailable(f"useradd made no user {user!r}")
             log.info("made the system user %s uid=%d for node %s", user, uid, node_id)
+        elif pwd.getpwuid(uid).pw_shell != SHELL:  # made with nologin, before the relay
+            run_tool(["usermod", "--shell", SHELL, user], timeout=60)
         with self.db.session() as s:
             row = s.get(NodeAccount, (self.hub_id, user))
             if row is not None:

@@ -1,19 +1,33 @@
 """qemu-nbd exports of the hub: one process per disk being written, each recorded
 in the database (row first, then the process, then its pid), so that a hub that
-crashed finds and stops its orphans at start-up, and nothing else."""
+crashed finds and stops its orphans at start-up, and nothing else.
+
+An export a node reads or writes (backup, restore to vCenter) is a Unix socket,
+`<socket_root>/<node's system user>/<port>.sock` (`hub/<port>.sock` for a job
+that names no node), 0600 in a 0700 directory of the node's login user
+(logins.py); `socket_root` is `/run/sendense/<hub id>/nbd` for a hub run as root.
+The node's tunnel relays its NBD connections there and nowhere else
+(nodes/nbd_relay.py); no other local user, no other node's user, connects, and
+no TCP port carries it. The pool port stays the
+export's identity (the targets string names it). An export for people (instant
+access) listens on TCP `host:port`.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import delete, select
 
+from sendense.common.errors import SendenseError
 from sendense.common.processes import process_info, processes, terminate_pid
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import NbdExport
+from sendense.hub.repository.logins import NodeLogin
 from sendense.nbd.qemu_nbd import ExportSpec, QemuNbd, is_qemu_nbd_for, probe
 
 log = logging.getLogger(__name__)
@@ -29,6 +43,8 @@ class ExportInfo:
     file_path: str
     pid: int | None
     alive: bool
+    # Where the hub itself reaches it: nbd+unix:///NAME?socket=PATH, or nbd://HOST:PORT/NAME.
+    uri: str
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,14 @@ class ExportSettings:
     shared: int
     binary: str
     log_dir: Path
+    # Node exports' sockets: one 0700 directory per node login user below it.
+    socket_root: Path
+
+
+# sockaddr_un.sun_path holds 108 bytes, its terminating NUL included.
+MAX_SOCKET_PATH = 107
+# The longest directory name: a node user's (useradd allows 32 characters).
+LONGEST_LOGIN = "x" * 32
 
 
 def find_qemu_nbd(port: int, image: str, pid: int | None, start_ticks: int | None) -> int | None:
@@ -55,10 +79,41 @@ def find_qemu_nbd(port: int, image: str, pid: int | None, start_ticks: int | Non
 
 class ExportManager:
     def __init__(self, db: Database, settings: ExportSettings) -> None:
+        longest = settings.socket_root / LONGEST_LOGIN / "65535.sock"
+        if len(os.fsencode(longest)) > MAX_SOCKET_PATH:
+            raise SendenseError(
+                f"export sockets such as {longest} would be longer than {MAX_SOCKET_PATH} "
+                "bytes, too long for a Unix socket: give the hub a shorter data_dir"
+            )
         self.db = db
         self.settings = settings
         self._servers: dict[str, QemuNbd] = {}
         self._lock = threading.Lock()
+
+    def socket_dir(self, login: NodeLogin) -> Path:
+        return self.socket_dir_of(login.directory)
+
+    def socket_dir_of(self, directory: str) -> Path:
+        return self.settings.socket_root / directory
+
+    def socket_path(self, login: NodeLogin, port: int) -> Path:
+        return self.socket_dir(login) / f"{port}.sock"
+
+    def _socket_for(self, login: NodeLogin, port: int) -> Path:
+        """The export's socket path, in its login user's own 0700 directory (made
+        now); the socket a previous server left is removed."""
+        path = self.socket_path(login, port)
+        root = self.settings.socket_root
+        if not root.is_dir():  # the tunnel's start makes it (nodes/tunnel_sshd.py)
+            root.mkdir(parents=True, mode=0o711)
+        directory = path.parent
+        directory.mkdir(exist_ok=True, mode=0o700)
+        if directory.is_symlink() or not directory.is_dir():
+            raise SendenseError(f"{directory} is not a directory")
+        os.chown(directory, login.uid, login.gid)
+        directory.chmod(0o700)
+        path.unlink(missing_ok=True)
+        return path
 
     def start(
         self,
@@ -68,9 +123,13 @@ class ExportManager:
         image: Path,
         name: str,
         cache: str,
+        reader: NodeLogin | None = None,
         tls_dir: Path | None = None,
     ) -> ExportInfo:
-        """`tls_dir`: serve with TLS-PSK, the key read from its keys.psk."""
+        """Serve `image` for the node that logs in as `reader` (its socket), or,
+        without one, on TCP `host:port`; `tls_dir`: with TLS-PSK, the key read from
+        its keys.psk (an instant access)."""
+        socket = self._socket_for(reader, port) if reader is not None else None
         with self.db.session() as s:
             row = NbdExport(
                 job_id=job_id, disk_key=disk_key, port=port, export_name=name, file_path=str(image)
@@ -87,10 +146,16 @@ class ExportManager:
             shared=self.settings.shared,
             cache=cache,
             tls_dir=tls_dir,
+            socket=socket,
         )
         server = QemuNbd(spec, self.settings.binary, self.settings.log_dir / f"qemu-nbd-{port}.log")
         try:
             server.start()
+            if socket is not None and reader is not None:
+                # The node's sshd session runs as its login user: the socket is that
+                # user's alone (the hub, root in production, reaches it anyway).
+                os.chown(socket, reader.uid, reader.gid)
+                socket.chmod(0o600)
         except BaseException:
             with self.db.session() as s:
                 s.execute(delete(NbdExport).where(NbdExport.id == export_id))
@@ -110,7 +175,9 @@ class ExportManager:
             server.pid,
             name,
         )
-        return ExportInfo(export_id, job_id, disk_key, port, name, str(image), server.pid, True)
+        return ExportInfo(
+            export_id, job_id, disk_key, port, name, str(image), server.pid, True, spec.uri
+        )
 
     def stop_job(self, job_id: str) -> dict[int, str]:
         """Stop the job's exports. Per disk key, why its writes cannot be trusted: the
@@ -140,6 +207,8 @@ class ExportManager:
                 log.warning(
                     "orphaned qemu-nbd stopped job=%s port=%d pid=%d", row.job_id, row.port, pid
                 )
+        for path in self._sockets(row.port):
+            path.unlink(missing_ok=True)
         with self.db.session() as s:
             s.execute(delete(NbdExport).where(NbdExport.id == row.id))
         return problem
@@ -153,22 +222,34 @@ class ExportManager:
             self._stop_row(row)
         return len(stale)
 
+    def _sockets(self, port: int) -> list[Path]:
+        """The socket files of pool port `port` (one, for whichever login made it)."""
+        root = self.settings.socket_root
+        if not root.is_dir():
+            return []
+        return list(root.glob(f"*/{port}.sock"))
+
+    def uri(self, port: int, name: str) -> str:
+        """Where the hub itself reaches the export of `port` (tests, checks)."""
+        return self._where(port, name)[0]
+
+    def _where(self, port: int, name: str) -> tuple[str, str, int]:
+        """(uri, probe host or socket path, probe port: 0 for a socket)."""
+        for path in self._sockets(port):
+            return f"nbd+unix:///{name}?socket={path}", str(path), 0
+        host = self.settings.host
+        return f"nbd://{host}:{port}/{name}", host, port
+
     def list(self) -> list[ExportInfo]:
         with self.db.session() as s:
             rows = s.scalars(select(NbdExport).order_by(NbdExport.port)).all()
-        return [
-            ExportInfo(
-                r.id,
-                r.job_id,
-                r.disk_key,
-                r.port,
-                r.export_name,
-                r.file_path,
-                r.pid,
-                probe(self.settings.host, r.port, timeout=0.2),
-            )
-            for r in rows
-        ]
+        found = []
+        for r in rows:
+            uri, host, port = self._where(r.port, r.export_name)
+            alive = probe(host, port, timeout=0.2)
+            where = (r.port, r.export_name, r.file_path, r.pid, alive, uri)
+            found.append(ExportInfo(r.id, r.job_id, r.disk_key, *where))
+        return found
 
     def stop_all(self) -> None:
         with self._lock:

@@ -41,7 +41,9 @@ from sendense.hub.db.models import (
     TaskKind,
     utcnow,
 )
+from sendense.hub.nodes.registry import NodeInfo
 from sendense.hub.repository.exports import ExportManager
+from sendense.hub.repository.logins import node_login
 from sendense.hub.repository.ports import PortAllocator
 from sendense.hub.repository.repositories import RepositoryService
 from sendense.hub.restore.points import restorable_point
@@ -117,9 +119,14 @@ class AccessService:
         self._last_used: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def open(self, point_id: str, purpose: str = INSTANT) -> AccessInfo:
+    def open(
+        self, point_id: str, purpose: str = INSTANT, node: NodeInfo | None = None
+    ) -> AccessInfo:
         """Serve every disk of a complete restore point; refuses an unfinished or
-        invalid one. An instant access's answer carries its key: the only time."""
+        invalid one. An access for a node (not an instant one) is a socket only that
+        node's tunnel reaches; an instant access listens on TCP with TLS-PSK, and
+        its answer carries its key: the only time."""
+        reader = None if purpose == INSTANT else node_login(node)
         with self.db.session() as s:
             point = restorable_point(s, point_id)
             repo_id, vm_id = point.repository_id, point.vm_id
@@ -150,7 +157,9 @@ class AccessService:
                 self.repos.qemu_img.create(overlay, size, backing=str(source))
                 port = self.ports.allocate(f"access:{access_id}", access_id, disk_key)
                 name = f"{point_id}-{disk_key}"
-                self.exports.start(access_id, disk_key, port, overlay, name, "writeback", tls_dir)
+                self.exports.start(
+                    access_id, disk_key, port, overlay, name, "writeback", reader, tls_dir
+                )
         except BaseException as exc:
             self._teardown(access_id, f"could not open the access: {exc}")
             raise

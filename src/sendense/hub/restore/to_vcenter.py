@@ -188,7 +188,9 @@ class VmRestoreRunner(TaskRunner[RestoreJobStatus]):
         access: AccessInfo | None = None
         client = self._client(node)
         try:
-            access = self.access.open(point_id, purpose="restore")
+            access = self.access.open(
+                point_id, purpose="restore", node=self.nodes.registry.get(node)
+            )
             targets = ",".join(f"{d.disk_key}:{d.uri}" for d in access.disks)
             request = RestoreStartRequest(**dict(check), job_id=task_id, nbd_targets=targets)
             client.start_restore(request)

@@ -44,6 +44,7 @@ def create_job(hub: HubDep, body: JobCreateIn) -> JobCreatedOut:
         body.repository,
         vcenter=body.vcenter,
         vm_uuid=body.vm_uuid,
+        node=hub.job_node(body.vcenter),
     )
     return JobCreatedOut(
         job_id=job.job_id,

@@ -1,0 +1,183 @@
+"""How the node reaches the hub's NBD exports a job names.
+
+A target `nbd://ADDR:PORT/NAME` whose ADDR is the node's end of the tunnel is
+the hub's export of pool port PORT. For the job's time the node listens on a
+Unix socket of its own, `<tunnel dir>/sockets/PORT.sock` (0600 in a 0700
+directory: no other local user of the node connects), and hands each connection
+to an `ssh` client of the running tunnel (its control socket) as stdin and
+stdout: the tunnel opens a session `nbd PORT`, which the hub's sshd runs as this
+node's NBD relay to its own export socket (hub/nodes/nbd_relay.py). The bytes
+go from the socket to the tunnel's ssh directly; SSH alone encrypts them; no
+TCP port carries NBD on either machine (docs/decisions.md).
+
+Any other address is dialled as given (a node without a tunnel, tests), except
+that with `hub_export_dir` set (a node on the hub's own machine, as the hub's
+user: the hub's `<data_dir>/nbd`) it is the export's socket there: no tunnel, no
+encryption.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from pathlib import Path
+
+from sendense.common.errors import NotFound, SendenseError
+from sendense.common.files import private_dir
+from sendense.common.targets import NbdTarget
+from sendense.node.tunnel import TunnelConfig, control_path, load_config, tunnel_dir
+
+log = logging.getLogger(__name__)
+MAX_SOCKET_PATH = 107  # sockaddr_un.sun_path, less its NUL
+
+
+def sockets_dir(data_dir: Path) -> Path:
+    return private_dir(tunnel_dir(data_dir) / "sockets")
+
+
+def socket_uri(path: Path | str, export: str) -> str:
+    return f"nbd+unix:///{export}?socket={path}"
+
+
+def session_argv(data_dir: Path, port: int, ssh: str = "ssh") -> list[str]:
+    """An ssh client of the running tunnel whose stdin and stdout are one NBD
+    connection to the hub's export of `port`."""
+    return [
+        ssh,
+        "-F",
+        "/dev/null",
+        "-S",
+        str(control_path(data_dir)),
+        "-o",
+        "ControlMaster=no",
+        "-o",
+        "BatchMode=yes",
+        # Without the control socket ssh would dial the host itself: a port
+        # nothing serves, so that it fails at once.
+        "-o",
+        "ConnectTimeout=5",
+        "-p",
+        "9",
+        "-T",
+        "-e",
+        "none",
+        "127.0.0.1",
+        "nbd",
+        str(port),
+    ]
+
+
+class HubExports:
+    """The URIs a job's NBD clients dial, and the listeners behind them."""
+
+    def __init__(
+        self, data_dir: Path, hub_export_dir: Path | None = None, ssh: str = "ssh"
+    ) -> None:
+        self.data_dir = data_dir
+        self.hub_export_dir = hub_export_dir
+        self.ssh = ssh
+        self._listeners: dict[int, socket.socket] = {}
+        self._sessions: dict[int, set[asyncio.subprocess.Process]] = {}
+        self._tasks: dict[int, set[asyncio.Task[None]]] = {}
+
+    def _tunnel(self) -> TunnelConfig | None:
+        try:
+            return load_config(self.data_dir)
+        except NotFound:
+            return None
+
+    async def open(self, targets: list[NbdTarget]) -> dict[int, str]:
+        """Per disk key, the URI to dial; listeners made for the tunnelled ones."""
+        config = self._tunnel()
+        uris: dict[int, str] = {}
+        try:
+            for target in targets:
+                uris[target.disk_key] = self._open(config, target)
+        except BaseException:
+            await self.close(targets)
+            raise
+        return uris
+
+    def _open(self, config: TunnelConfig | None, target: NbdTarget) -> str:
+        if config is None or target.host != config.local_address:
+            if self.hub_export_dir is not None:  # ports are unique across the nodes' dirs
+                found = sorted(self.hub_export_dir.glob(f"*/{target.port}.sock"))
+                path = found[0] if found else self.hub_export_dir / f"{target.port}.sock"
+                return socket_uri(path, target.export)
+            return target.uri
+        path = sockets_dir(self.data_dir) / f"{target.port}.sock"
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            raise SendenseError(f"{path} is too long for a Unix socket: use a shorter data_dir")
+        path.unlink(missing_ok=True)  # a listener of a job the node did not close
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(path))
+            path.chmod(0o600)
+            listener.listen(16)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listeners[target.port] = listener
+        loop = asyncio.get_running_loop()
+        loop.add_reader(listener.fileno(), self._accept, target.port, listener)
+        log.info("NBD listener opened port=%d", target.port)
+        return socket_uri(path, target.export)
+
+    def _accept(self, port: int, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        task = asyncio.get_running_loop().create_task(self._session(port, conn))
+        tasks = self._tasks.setdefault(port, set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _session(self, port: int, conn: socket.socket) -> None:
+        """One NBD connection: the ssh client holds it until either side ends it."""
+        try:
+            conn.setblocking(True)
+            proc = await asyncio.create_subprocess_exec(
+                *session_argv(self.data_dir, port, self.ssh),
+                stdin=conn.fileno(),
+                stdout=conn.fileno(),
+                stderr=asyncio.subprocess.PIPE,
+            )
+        finally:
+            conn.close()  # ssh has its own copy
+        procs = self._sessions.setdefault(port, set())
+        procs.add(proc)
+        try:
+            _, err = await proc.communicate()
+        finally:
+            procs.discard(proc)
+        if proc.returncode:
+            why = err.decode(errors="replace").strip().splitlines()
+            log.warning(
+                "NBD session port=%d ended with %d: %s",
+                port,
+                proc.returncode,
+                why[-1] if why else "no output",
+            )
+
+    async def close(self, targets: list[NbdTarget]) -> None:
+        """Stop the targets' listeners and any session still open on them."""
+        loop = asyncio.get_running_loop()
+        for target in targets:
+            listener = self._listeners.pop(target.port, None)
+            if listener is None:
+                continue
+            loop.remove_reader(listener.fileno())
+            listener.close()
+            (sockets_dir(self.data_dir) / f"{target.port}.sock").unlink(missing_ok=True)
+            for proc in self._sessions.pop(target.port, set()):
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+            tasks = self._tasks.pop(target.port, set())
+            if tasks:  # each ends with its ssh client
+                await asyncio.wait(tasks, timeout=10)
+            log.info("NBD listener closed port=%d", target.port)
