@@ -25,6 +25,7 @@ from sqlalchemy import update
 from sendense.common.contract import VcenterLogin, VmInventory
 from sendense.hub.db.models import RestorePoint, RestorePointDisk
 from sendense.hub.nodes.client import NodeClient
+from sendense.hub.nodes.registry import NodeInfo
 from sendense.hub.nodes.vcenters import VcenterService
 from sendense.hub.restore.to_vcenter import VmRestoreRunner
 from sendense.hub.service import Hub
@@ -255,6 +256,9 @@ class LocalRestores(VmRestoreRunner):
 
     def _client(self, node: str) -> NodeClient:
         return InProcessNode(self.node)
+
+    def _reader(self, node: str) -> NodeInfo | None:
+        return None  # no enrolled node: the exports are the hub's own (hub_export_dir)
 
 
 @pytest.fixture

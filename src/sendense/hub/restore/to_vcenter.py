@@ -36,6 +36,7 @@ from sendense.common.errors import (
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import Job, JobState, TaskKind, VmDisk
 from sendense.hub.nodes.client import NodeClient, NodeConnector
+from sendense.hub.nodes.registry import NodeInfo
 from sendense.hub.nodes.vcenters import VcenterService
 from sendense.hub.restore.instant_access import AccessInfo, AccessService
 from sendense.hub.restore.points import restorable_point
@@ -184,13 +185,15 @@ class VmRestoreRunner(TaskRunner[RestoreJobStatus]):
     def _client(self, node: str) -> NodeClient:
         return self.nodes.open(node)
 
+    def _reader(self, node: str) -> NodeInfo | None:
+        """The node whose tunnel alone reaches the restore's exports."""
+        return self.nodes.registry.get(node)
+
     def _restore(self, task_id: str, point_id: str, check: RestoreCheckRequest, node: str) -> None:
         access: AccessInfo | None = None
         client = self._client(node)
         try:
-            access = self.access.open(
-                point_id, purpose="restore", node=self.nodes.registry.get(node)
-            )
+            access = self.access.open(point_id, purpose="restore", node=self._reader(node))
             targets = ",".join(f"{d.disk_key}:{d.uri}" for d in access.disks)
             request = RestoreStartRequest(**dict(check), job_id=task_id, nbd_targets=targets)
             client.start_restore(request)
