@@ -165,8 +165,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "data_bytes": data,
         "runs": args.runs,
         "transport": "OpenSSH (hub-managed sshd), aes128-gcm, a session per NBD "
-        "connection relayed (socat, as the node's user) to the export's Unix socket; "
-        "direct: that socket",
+        "connection relayed (a stdlib copy loop, as the node's user) to the export's "
+        "Unix socket; direct: that socket",
         "direct": {"seconds": direct, "median_s": d, "data_MBps": data / d / 1e6},
         "tunnel": {"seconds": tunnel, "median_s": t, "data_MBps": data / t / 1e6},
         "tunnel_writer_vs_direct": d / t,

@@ -15,7 +15,6 @@ packages=(
   procps            # pgrep
   openssh-server    # the hub's private tunnel sshd
   openssh-client    # the node's tunnel
-  socat             # the hub's per-node NBD relay (a forced command of the tunnel)
 )
 
 missing=()

@@ -4,25 +4,31 @@ sshd runs the relay as the forced command of the node's key (authorized_keys
 `command="/bin/sh <relay> <the node's export directory>"`), as the node's own
 system user, for each session the node opens with `nbd PORT`
 (node/forwards.py). It accepts nothing else, and joins the session's stdin and
-stdout to `<directory>/PORT.sock` with socat: a node names a port, never a path,
+stdout to `<directory>/PORT.sock` (relay_pump.py): a node names a port, never a path,
 and reaches its own exports only; its directory is its user's alone (0700), so
 another node's user cannot enter it whatever it runs.
 
 The relay is a POSIX sh script the hub writes at each start (root's, 0755) into
-its runtime directory, beside the sockets: it runs as an unprivileged user that
-cannot enter the hub's 0700 data directory nor import this package from wherever
-it is installed. sshd's sockets forwarding (`ssh -L /local:/remote`) cannot be
-confined to a directory (docs/decisions.md), hence a relay at all.
+its runtime directory, beside the sockets, with a copy of relay_pump.py
+(standalone, run by the system's `/usr/bin/python3 -I -S`): it runs as an
+unprivileged user that cannot enter the hub's 0700 data directory nor import
+this package from wherever it is installed. socat in its place carried a full
+backup through the tunnel 7% slower (docs/decisions.md). sshd's sockets
+forwarding (`ssh -L /local:/remote`) cannot be confined to a directory
+(docs/decisions.md), hence a relay at all.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+from sendense.hub.nodes import relay_pump
+
 RELAY_NAME = "relay"  # beside the node users' directories; never a user's name
-# socat's buffer: its default 8 KiB costs a system call per 8 KiB each way.
-BUFFER = 1 << 20
+PUMP_NAME = "relay_pump.py"
+PYTHON = "/usr/bin/python3"  # the system's: no venv, no site-packages (-I -S)
 
 SCRIPT = f"""#!/bin/sh
 # Sendense: a node's NBD relay, written by the hub at each start. sshd runs it as
@@ -43,13 +49,17 @@ if [ ! -S "$dir/$port.sock" ]; then
     echo "sendense: no export of this node on port $port" >&2
     exit 1
 fi
-exec socat -b {BUFFER} -t 5 STDIO "UNIX-CONNECT:$dir/$port.sock"
+exec {PYTHON} -I -S "${{0%/*}}/{PUMP_NAME}" "$dir/$port.sock"
 """
 
 
 def write_relay(directory: Path) -> Path:
-    """The relay in `directory` (made or replaced), root's (the hub's) and 0755:
-    every node user runs it, none can change it."""
+    """The relay and its pump in `directory` (made or replaced), root's (the
+    hub's), 0755 and 0644: every node user runs them, none can change them."""
+    pump = directory / f".{PUMP_NAME}.tmp"
+    shutil.copyfile(relay_pump.__file__, pump)
+    pump.chmod(0o644)
+    os.replace(pump, directory / PUMP_NAME)
     path = directory / RELAY_NAME
     tmp = directory / f".{RELAY_NAME}.tmp"
     tmp.write_text(SCRIPT)
@@ -59,9 +69,10 @@ def write_relay(directory: Path) -> Path:
 
 
 def relay_command(relay: Path, directory: Path) -> str:
-    """The forced command of a node whose export sockets are in `directory`. Run by
-    /bin/sh: the runtime directory may be mounted noexec."""
-    parts = ["/bin/sh", str(relay), str(directory)]
+    """The forced command of a node whose export sockets are in `directory`: sshd
+    runs it with the user's shell, which execs /bin/sh (the runtime directory may
+    be mounted noexec) on the relay."""
+    parts = ["exec", "/bin/sh", str(relay), str(directory)]
     for part in parts:
         if not part or any(c in part for c in '"\\ \t\n'):
             raise ValueError(f"{part!r} cannot go in an authorized_keys command")
