@@ -13,11 +13,25 @@ from __future__ import annotations
 import os
 import pwd
 from dataclasses import dataclass
+from typing import Protocol
 
 from sendense.common.errors import Unavailable
-from sendense.hub.nodes.registry import NodeInfo
 
 HUB_DIRECTORY = "hub"  # never a node user's name: those start with sendense-n-
+
+
+class EnrolledNode(Protocol):
+    """What the exports need of a node (hub.nodes' NodeInfo; the repository
+    package does not import hub.nodes)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def system_user(self) -> str | None: ...
+
+    @property
+    def system_uid(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -33,7 +47,7 @@ class NodeLogin:
         return HUB_DIRECTORY if self.node is None else self.user
 
 
-def node_login(node: NodeInfo | None) -> NodeLogin:
+def node_login(node: EnrolledNode | None) -> NodeLogin:
     if node is None:
         entry = pwd.getpwuid(os.geteuid())
         return NodeLogin(None, entry.pw_name, entry.pw_uid, entry.pw_gid)
