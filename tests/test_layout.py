@@ -19,11 +19,12 @@ HUB_RULES: dict[str, set[str]] = {
     "auth": {"db"},
     "repository": {"db", "nbd"},
     "nodes": {"db", "auth", "nbd"},
-    "tasks": {"db", "nbd"},
+    "tasks": {"db", "nbd", "repository"},
     "verify": {"db", "repository", "tasks", "nbd"},
     "restore": {"db", "repository", "nodes", "tasks", "nbd"},
     "retention": {"db", "repository", "restore", "verify", "tasks", "nbd"},
     "backup": {"db", "repository", "nodes", "retention", "tasks"},
+    "notify": {"db", "auth", "nodes", "repository", "retention"},
 }
 
 

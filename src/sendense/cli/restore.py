@@ -23,6 +23,7 @@ from sendense.cli.hub import HubUrlOpt, TokenFileOpt
 from sendense.cli.output import console, human_bytes, one_line_errors, table
 from sendense.common.errors import Conflict, InvalidInput, SendenseError
 from sendense.nbd.psk import PSK_FILE, client_object, with_psk_file, write_psk
+from sendense.nbd.qemu_img import tls_info_command
 
 app = typer.Typer(
     help="Restore: export disks, instant NBD access, whole VMs.", no_args_is_help=True
@@ -160,7 +161,7 @@ def instant(
     typer.echo("qemu-img, qemu-io, qemu-system (one disk each):")
     qemu_object = client_object(directory, identity)
     for disk in access["disks"]:
-        command = ["qemu-img", "info", "--object", qemu_object, "--image-opts", disk["image_opts"]]
+        command = tls_info_command(qemu_object, disk["image_opts"])
         typer.echo(f"{disk['disk_key']} {shlex.join(command)}")
 
 

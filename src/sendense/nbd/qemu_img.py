@@ -174,3 +174,9 @@ class QemuImg:
             child.stop()
         if code != 0:
             raise ToolFailed(argv, code, b"\n".join(messages).decode(errors="replace"))
+
+
+def tls_info_command(qemu_object: str, image_opts: str, binary: str = "qemu-img") -> list[str]:
+    """`qemu-img info` of an NBD export over TLS: the command line shown to a user
+    who opened an access (`qemu_object` is the client's TLS credentials object)."""
+    return [binary, "info", "--object", qemu_object, "--image-opts", image_opts]

@@ -1,4 +1,6 @@
 """Tasks: every long operation of the hub (backup, restore, verify...) runs on
 the one `TaskRunner` base (a worker pool, live progress evicted after the task
 ends, guarded state changes, one error handling), and follows its node's half
-with `follow_node_task`. May import `sendense.common`, `sendense.nbd` and `hub.db`."""
+with `follow_node_task`; `metrics` reports tasks, points, repositories, the NBD
+pool and nodes to Prometheus. May import `sendense.common`, `sendense.nbd`,
+`hub.db` and `hub.repository` (a repository's free space, for metrics)."""
