@@ -132,6 +132,9 @@ def test_state_changing_calls_are_audited_refused_ones_too(hub: Hub, repo_dir: P
         page = client.get("/api/v1/audit", params={"limit": 2, "offset": 1}).json()
         assert [e["id"] for e in page] == [entries[1]["id"], entries[2]["id"]]
         assert client.get("/api/v1/audit", params={"limit": 0}).status_code == 422
+        # An offset past 64 bits is a clear 422, not the database's overflow (a 500).
+        huge = client.get("/api/v1/audit", params={"offset": 2**115})
+        assert huge.status_code == 422, huge.text
 
 
 def test_the_audit_log_is_append_only(db_hub: Hub) -> None:

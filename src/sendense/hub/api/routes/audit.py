@@ -32,6 +32,6 @@ class AuditOut(BaseModel):
 def audit(
     hub: HubDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
 ) -> list[AuditOut]:
     return [AuditOut(**vars(e)) for e in hub.audit_log.entries(limit, offset)]
