@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from sendense.common.checksum import BlockHasher, block_digest, blocks
+from sendense.hub.nodes.tunnel_sshd import export_socket_root
 from sendense.nbd.qemu_img import QemuImg
 from tests.rig.hub import HubProcess
 from tests.rig.nbd_data import expected_raw, pattern, write_through_nbd
@@ -27,8 +28,9 @@ DISKS = [{"key": key, "capacity_bytes": SIZE} for key in KEYS]
 def local(hub: HubProcess, target: dict[str, Any]) -> str:
     """The rig's hub names its NBD ports as a tunnelled node sees them (127.0.0.2);
     this test writes on the hub's own machine, to the export's socket (a job that
-    names no node: the hub's `nbd/hub` directory)."""
-    path = hub.data_dir / "nbd" / "hub" / f"{target['port']}.sock"
+    names no node: the `hub` directory of the hub's export socket root)."""
+    hub_id = (hub.data_dir / "hub-id").read_text().strip()
+    path = export_socket_root(hub_id, hub.data_dir) / "hub" / f"{target['port']}.sock"
     return f"nbd+unix:///{target['export_name']}?socket={path}"
 
 
