@@ -17,6 +17,7 @@ from sendense.common.config import load_settings
 from sendense.hub.api.app import create_app
 from sendense.hub.config import HubSettings
 from sendense.hub.service import Hub
+from tests.rig.accounts import remove_group, unique_group
 from tests.rig.net import free_port_range
 from tests.rig.postgres import PostgresServer
 from tests.rig.procs import kill_all, pids_with, wait_gone
@@ -110,6 +111,8 @@ def node_accounts_removed() -> Iterator[None]:
             hub = CREATED.pop()
             hub.stop()
             hub.remove_accounts()
+        while IN_PROCESS_GROUPS:
+            remove_group(*IN_PROCESS_GROUPS.pop())
 
 
 @pytest.fixture(autouse=True)
@@ -128,12 +131,18 @@ def repo_dir(tmp_path: Path) -> Path:
     return path
 
 
+# Groups of the in-process hubs `make_settings` configured: (group, data dir).
+IN_PROCESS_GROUPS: list[tuple[str, Path]] = []
+
+
 def make_settings(
     tmp_path: Path, database_url: str, pool: int = 8, roots: list[Path] | None = None
 ) -> HubSettings:
     """A hub in `tmp_path/data`; repositories may be anywhere under `roots` (by
     default `tmp_path`, where `repo_dir` is)."""
     first, last = free_port_range(pool)
+    group = unique_group()  # its node users and the group go when the test ends
+    IN_PROCESS_GROUPS.append((group, tmp_path / "data"))
     return load_settings(
         HubSettings,
         data_dir=tmp_path / "data",
@@ -142,6 +151,7 @@ def make_settings(
         nbd_port_max=last,
         min_free_bytes=0,
         repository_roots=roots or [tmp_path],
+        tunnel_group=group,
     )
 
 

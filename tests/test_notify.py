@@ -61,8 +61,10 @@ def enroll_away_node(hub: Hub) -> None:
     code, _ = hub.nodes.pairing_code()
     private = Ed25519PrivateKey.generate()
     public = private.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
-    signed = b64encode(private.sign(enrollment_challenge(code, "site-a", public, None))).decode()
-    hub.nodes.enroll(code, "site-a", public, signed, "node-token-0123456789", None)
+    challenge = enrollment_challenge(code, "site-a", public, hub.api_cert_sha256())
+    signed = b64encode(private.sign(challenge)).decode()
+    # The whole enrollment, its system user included: exports are opened for it.
+    hub.enroll_node(code, "site-a", public, signed, "node-token-0123456789")
     hub.vcenters.add("vc.test", "backup@vsphere.local", "vc-password-xyz", "site-a", None)
 
 
