@@ -14,13 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from sendense.common.config import load_settings
 from sendense.common.contract import NodeJobStatus
 from sendense.hub.service import Hub
 from sendense.node.api.app import Node
 from sendense.node.auth import NodeTokens
 from sendense.node.backup_tasks import NodeJob
-from sendense.node.config import NodeSettings
 from sendense.node.snapshot_hunter import SnapshotRecord
 from sendense.node.vmware import snapshots
 from sendense.node.vmware.connection import VcenterError
@@ -29,6 +27,7 @@ from tests.rig.node_tasks import (
     disk_specs,
     finish_on_hub,
     node_client,
+    node_settings_for,
     snapshot_names,
     start_body,
     unique,
@@ -72,7 +71,7 @@ def test_a_backup_leaves_a_users_and_a_running_jobs_snapshots_alone(
     busy_name, busy_vm = small_vm(si, "busy")
     other_job = unique("other")
     create_snapshot(si, busy_vm, f"sendense-{other_job}")
-    settings = load_settings(NodeSettings, data_dir=tmp_path / "node")
+    settings = node_settings_for(hub, tmp_path / "node")
     with node_client(settings) as client:
         node: Node = client.app.state.node  # type: ignore[attr-defined]
         # Another job of this node runs on another VM of the same vCenter.
@@ -114,7 +113,13 @@ def test_a_killed_nodes_snapshot_is_removed_by_the_next_job_on_that_vcenter(
     fill(flat_file(vcsim, vm, 2000), [(off, b"\xa5" * MiB) for off in range(0, size, MiB)])
     prepared = hub.ledger.prepare(name, disk_specs(vm), "full")
     # A real `node serve`, one 1 MiB read at a time, SIGKILLed mid-copy.
-    serve = NodeProcesses(data_dir, chunk_mib="1", readers_per_disk="1", writes_in_flight="1")
+    serve = NodeProcesses(
+        data_dir,
+        chunk_mib="1",
+        readers_per_disk="1",
+        writes_in_flight="1",
+        hub_export_dir=str(hub.exports.settings.socket_root),
+    )
     serve.start_serve()
     try:
         with httpx.Client(
@@ -140,7 +145,7 @@ def test_a_killed_nodes_snapshot_is_removed_by_the_next_job_on_that_vcenter(
 
     # The next job on this vCenter, of another VM, removes it within that job.
     other_name, other_vm = small_vm(si, "next")
-    settings = load_settings(NodeSettings, data_dir=data_dir)
+    settings = node_settings_for(hub, data_dir)
     with node_client(settings) as client:
         second = hub.ledger.prepare(other_name, disk_specs(other_vm), "full")
         client.post("/api/v1/backup/start", json=start_body(vcsim, second, other_name, {}))
@@ -172,7 +177,7 @@ def test_a_removal_that_fails_after_a_good_copy_is_a_warning_and_is_retried(
     monkeypatch.setattr(snapshots, "remove", remove)
     hub.repos.add(str(repo_dir))
     name, vm = small_vm(si, "stuck")
-    settings = load_settings(NodeSettings, data_dir=tmp_path / "node", snapshot_hunt_interval_s=0.2)
+    settings = node_settings_for(hub, tmp_path / "node", snapshot_hunt_interval_s=0.2)
     with node_client(settings) as client:
         prepared = hub.ledger.prepare(name, disk_specs(vm), "full")
         client.post("/api/v1/backup/start", json=start_body(vcsim, prepared, name, {}))
@@ -203,7 +208,7 @@ def test_a_removal_that_fails_after_a_failed_copy_keeps_the_copys_error(
 
     monkeypatch.setattr(snapshots, "remove", remove)
     name, vm = small_vm(si, "broken")
-    settings = load_settings(NodeSettings, data_dir=tmp_path / "node")
+    settings = node_settings_for(hub, tmp_path / "node")
     with node_client(settings) as client:
         job_id = unique("job")
         body = {  # a target nobody listens on: the copy fails

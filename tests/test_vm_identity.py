@@ -24,6 +24,7 @@ from sendense.hub.api.app import create_app
 from sendense.hub.backup.ledger import DiskResult, DiskSpec
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import Job, Node, Vcenter, Vm
+from sendense.hub.nodes.accounts import node_user_name
 from sendense.hub.service import Hub
 from sendense.nbd.qemu_img import QemuImg
 from sendense.node.config import NodeSettings
@@ -47,8 +48,12 @@ DISKS = [DiskSpec(2000, 4 * MiB)]
 
 
 def add_vcenters(hub: Hub) -> None:
+    """Node n1 with its system user (exports are opened for it) and two vCenters."""
+    node_id = uuid.uuid4().hex
+    user = node_user_name(node_id)
+    hub.accounts.ensure(node_id, user)  # as enrollment does: the user first, then the row
     with hub.db.session() as s:
-        node = Node(name="n1")
+        node = Node(id=node_id, name="n1", system_user=user)
         s.add(node)
         s.flush()
         for host in (VC1, VC2):
