@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from sendense.common.contract import ACTIVE_STATES
 from sendense.nbd.qemu_img import QemuImg
 from tests.rig.node_tasks import snapshot_names, unique
 from tests.rig.procs import pids_with, wait_gone
@@ -183,6 +185,28 @@ def test_hub_killed_mid_backup_cleans_up_at_restart(
     assert site.wait_job(again)["state"] == "complete"
 
 
+@contextlib.contextmanager
+def export_paused(node: httpx.Client, job_id: str, repo: Path) -> Iterator[None]:
+    """Hold the job's writes mid-copy: once the node has the job (the hub has sized
+    its budget, the node still takes its snapshot), stop the hub's qemu-nbd for the
+    repository; it goes on when the block ends. A copy that ended first fails here."""
+    deadline = time.monotonic() + 60
+    while node.get(f"/api/v1/jobs/{job_id}").status_code != 200:
+        assert time.monotonic() < deadline, "the node never got the job"
+        time.sleep(0.005)
+    pids = pids_with(str(repo))
+    assert pids, "no export for the job"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        status = node.get(f"/api/v1/jobs/{job_id}").json()
+        assert status["state"] in ACTIVE_STATES, status
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
 def fill_up(directory: Path) -> None:
     """Write a file until the filesystem has no byte left."""
     fd = os.open(directory / "ballast", os.O_WRONLY | os.O_CREAT, 0o600)
@@ -283,9 +307,10 @@ def test_a_repository_that_fills_up_mid_copy_fails_the_job_and_keeps_earlier_poi
         assert site.wait_job(first)["state"] == "complete"
 
         fill(source, [(o * MiB, bytes([o]) * MiB) for o in range(16, 64)])  # 48 MiB new
-        second = site.api.post("/api/v1/backups", json={"vm": name}).json()["job_id"]
-        wait_copying(site, second)
-        fill_up(small)  # something else on the repository's filesystem takes what is left
+        with site.node_api() as node:
+            second = site.api.post("/api/v1/backups", json={"vm": name}).json()["job_id"]
+            with export_paused(node, second, small):
+                fill_up(small)  # something else on the repository's filesystem takes what is left
         job = site.wait_job(second)
         assert job["state"] == "failed"
         no_space = ("ENOSPC", os.strerror(errno.ENOSPC))  # the errno's name or its text
