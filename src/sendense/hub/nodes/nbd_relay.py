@@ -12,8 +12,9 @@ The relay is a POSIX sh script the hub writes at each start (root's, 0755) into
 its runtime directory, beside the sockets, with a copy of relay_pump.py
 (standalone, run by the system's `/usr/bin/python3 -I -S`): it runs as an
 unprivileged user that cannot enter the hub's 0700 data directory nor import
-this package from wherever it is installed. socat in its place carried a full
-backup through the tunnel 7% slower (docs/decisions.md). sshd's sockets
+this package from wherever it is installed; the writes move by splice(2).
+socat in its place carried a full backup through the tunnel 7% slower
+(docs/decisions.md). sshd's sockets
 forwarding (`ssh -L /local:/remote`) cannot be confined to a directory
 (docs/decisions.md), hence a relay at all.
 """

@@ -27,16 +27,25 @@ def _is_pipe(fd: int) -> bool:
 
 
 def pump(source: int, sink: int) -> None:
-    """Copy until EOF through one reused buffer. Not splice(2): out of sshd's pipe it
-    ran slower (159 MB/s against 196 through the tunnel), and into sshd's stdout
-    pipe the data sat there until sshd woke for something else (its 10 s
-    keepalive), stalling every other handshake by 10 s."""
+    """Copy until EOF through one reused buffer: the replies, from the export to
+    sshd's stdout pipe. Not splice(2) that way: data spliced into sshd's stdout
+    pipe sat there until sshd woke for something else (its 10 s keepalive),
+    stalling every other handshake by 10 s."""
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     while count := os.readv(source, [buffer]):
         done = 0
         while done < count:
             done += os.write(sink, view[done:count])
+
+
+def splice_pump(source: int, sink: int) -> None:
+    """Move until EOF from a pipe to the socket without a copy through Python:
+    the writes, from sshd's stdin pipe to the export. A full backup's relay took
+    1.1 s of CPU per GiB written with `pump` and half that with splice; the
+    backup through the tunnel went from 5.2 s to 4.6 s (docs/decisions.md)."""
+    while os.splice(source, sink, CHUNK):
+        pass
 
 
 def main(argv: list[str]) -> int:
@@ -52,7 +61,7 @@ def main(argv: list[str]) -> int:
 
     def upstream() -> None:
         try:
-            pump(0, conn.fileno())
+            (splice_pump if _is_pipe(0) else pump)(0, conn.fileno())
         except OSError:
             pass
         finally:
