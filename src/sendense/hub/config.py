@@ -60,6 +60,8 @@ class HubSettings(SendenseSettings):
     pairing_minutes: int = Field(default=15, ge=1, le=1440)
     # Backups of different VMs at once; the rest wait in the queue.
     max_jobs: int = Field(default=4, ge=1, le=64)
+    # Finished tasks' rows and logs older than this are removed (housekeeping).
+    task_retention_days: int = Field(default=60, ge=1)
     # A node silent this long fails its job; a call to a node is repeated this long.
     node_timeout_s: float = Field(default=60.0, gt=0)
     # Instant NBD access to a restore point closes after this long without a client.
@@ -125,6 +127,11 @@ class HubSettings(SendenseSettings):
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def task_log_dir(self) -> Path:
+        """One log file per task (hub/tasks/task_log.py)."""
+        return self.data_dir / "task-logs"
 
     @property
     def api_cert(self) -> Path:

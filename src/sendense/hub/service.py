@@ -42,6 +42,7 @@ from sendense.hub.restore.instant_access import AccessService
 from sendense.hub.restore.to_vcenter import VmRestoreRunner
 from sendense.hub.retention.policies import PolicyService
 from sendense.hub.retention.prune import PruneService
+from sendense.hub.tasks.task_log import TaskLogs
 from sendense.hub.verify.audit import RepositoryAudit
 from sendense.hub.verify.runner import VerifyRunner
 from sendense.hub.verify.verifier import Verifier
@@ -93,6 +94,7 @@ class Hub:
     snapshot_sweep: SnapshotSweep
     notifications: NotificationService
     notifier: Notifier
+    task_logs: TaskLogs
 
     @classmethod
     def open(cls, settings: HubSettings, migrate: bool = True) -> Hub:
@@ -212,6 +214,7 @@ class Hub:
             ),
             notifications=notifications,
             notifier=notifier,
+            task_logs=TaskLogs(settings.task_log_dir),
         )
 
     def start_tunnel(self) -> None:

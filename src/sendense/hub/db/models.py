@@ -225,9 +225,17 @@ class Job(Base):
     purpose: Mapped[str | None] = mapped_column(String(16))
     state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), default=JobState.QUEUED)
     error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Who asked: "token:<name>", "user:<name>" or "schedule"; None for older rows.
+    started_by: Mapped[str | None] = mapped_column(String(128))
+    # A schedule run is the parent of the backups it started.
+    parent_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    # A failed task's stable code (TaskErrorCode) beside its message.
+    error_code: Mapped[str | None] = mapped_column(String(48))
+    # A finished backup's seconds by where they went: {"source", "network", "target"}.
+    time_split: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     vm: Mapped[Vm] = relationship()
 
