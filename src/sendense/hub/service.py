@@ -42,6 +42,7 @@ from sendense.hub.restore.instant_access import AccessService
 from sendense.hub.restore.to_vcenter import VmRestoreRunner
 from sendense.hub.retention.policies import PolicyService
 from sendense.hub.retention.prune import PruneService
+from sendense.hub.tasks.catalog import TaskCatalog
 from sendense.hub.tasks.task_log import TaskLogs
 from sendense.hub.verify.audit import RepositoryAudit
 from sendense.hub.verify.runner import VerifyRunner
@@ -95,6 +96,7 @@ class Hub:
     notifications: NotificationService
     notifier: Notifier
     task_logs: TaskLogs
+    tasks: TaskCatalog
 
     @classmethod
     def open(cls, settings: HubSettings, migrate: bool = True) -> Hub:
@@ -215,6 +217,7 @@ class Hub:
             notifications=notifications,
             notifier=notifier,
             task_logs=TaskLogs(settings.task_log_dir),
+            tasks=TaskCatalog(db),
         )
 
     def start_tunnel(self) -> None:

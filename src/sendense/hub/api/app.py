@@ -32,6 +32,7 @@ from sendense.hub.api.routes import (
     repositories,
     restore_points,
     schedules,
+    tasks,
     tokens,
     users,
     vcenters,
@@ -116,6 +117,7 @@ def create_app(hub: Hub) -> FastAPI:
         users,
         auth,
         notifications,
+        tasks,
     ):
         app.include_router(module.router)
     return app

@@ -72,6 +72,12 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", f"{API}/jobs/{{job_id}}/restore-progress"): Permission.READ,
     ("GET", f"{API}/jobs/{{job_id}}/verify-progress"): Permission.READ,
     ("POST", f"{API}/backups"): Permission.RUN_BACKUPS,
+    ("GET", f"{API}/tasks"): Permission.READ,
+    ("GET", f"{API}/tasks/{{task_id}}"): Permission.READ,
+    ("GET", f"{API}/tasks/{{task_id}}/log"): Permission.READ,
+    ("GET", f"{API}/tasks/{{task_id}}/events"): Permission.READ,
+    # a restore's cancel needs RESTORE as well (routes/tasks.py)
+    ("POST", f"{API}/tasks/{{task_id}}/cancel"): Permission.RUN_BACKUPS,
     ("POST", f"{API}/vcenters"): Permission.MANAGE_VCENTERS,
     ("POST", f"{API}/vcenters/{{host}}/login"): Permission.MANAGE_VCENTERS,
     ("GET", f"{API}/vcenters"): Permission.READ,

@@ -33,6 +33,11 @@ class Principal:
     def label(self) -> str:
         return f"token:{self.token_id}"
 
+    @property
+    def starter(self) -> str:
+        """Who, as a task records who started it: `user:<name>` or `token:<name>`."""
+        return f"user:{self.name}" if self.user_id else f"token:{self.name}"
+
 
 @dataclass(frozen=True)
 class TokenInfo:

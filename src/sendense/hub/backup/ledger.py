@@ -213,12 +213,25 @@ class BackupLedger:
             self.fail(job_id, f"could not open exports: {exc}")
             raise
         with self.db.session() as s:
-            s.get_one(Job, job_id).state = JobState.RUNNING
+            moved = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.PREPARING)
+                .values(state=JobState.RUNNING)
+            )
+        if moved.rowcount == 0:  # type: ignore[attr-defined]
+            self.fail(job_id, "ended while its exports opened")  # cancelled: files go
+            raise TaskNotRunning(job_id, f"job {job_id} ended while its exports opened")
         result = PreparedJob(job_id, vm_id, point_id, prepared)
         log.info("job prepared job=%s vm=%s targets=%s", job_id, vm_name, result.nbd_targets)
         return result
 
-    def reserve(self, vm_name: str, backup_type: str, vcenter: str | None = None) -> str:
+    def reserve(
+        self,
+        vm_name: str,
+        backup_type: str,
+        vcenter: str | None = None,
+        started_by: str | None = None,
+    ) -> str:
         """A queued job that holds the lock of the VM known as `vm_name` on `vcenter`
         (a new row if none): a second request gets 409 at once. `identify` moves
         the job to another row if the inventory shows another VM."""
@@ -227,7 +240,9 @@ class BackupLedger:
             raise InvalidInput(f"backup type {backup_type!r}: use one of {', '.join(BACKUP_TYPES)}")
         with self.db.session() as s:
             vm = identity.resolve(s, vm_name, identity.vcenter_id(s, vcenter), None)
-            job = Job(vm_id=vm.id, backup_type=backup_type, state=JobState.QUEUED)
+            job = Job(
+                vm_id=vm.id, backup_type=backup_type, state=JobState.QUEUED, started_by=started_by
+            )
             s.add(job)
             s.flush()
             lock_vm(s, vm, job.id)

@@ -104,7 +104,7 @@ class Scheduler:
         jobs: dict[str, str] = {}
         for vm in self.vms_of(policy):
             try:
-                jobs[vm] = self.backups.submit(vm, "auto")
+                jobs[vm] = self.backups.submit(vm, "auto", started_by="schedule")
             except SendenseError as exc:
                 log.warning(
                     "scheduled backup not started policy=%s vm=%s: %s", policy.name, vm, exc.message

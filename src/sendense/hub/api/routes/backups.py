@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from sendense.hub.api.deps import HubDep, authorize
+from sendense.hub.api.deps import HubDep, PrincipalDep, authorize
 
 router = APIRouter(prefix="/api/v1/backups", tags=["backups"], dependencies=[Depends(authorize)])
 
@@ -25,6 +25,6 @@ class BackupQueued(BaseModel):
 
 
 @router.post("", status_code=202)
-def start_backup(hub: HubDep, body: BackupIn) -> BackupQueued:
-    task_id = hub.backups.submit(body.vm, body.type, body.vcenter)
+def start_backup(hub: HubDep, principal: PrincipalDep, body: BackupIn) -> BackupQueued:
+    task_id = hub.backups.submit(body.vm, body.type, body.vcenter, principal.starter)
     return BackupQueued(job_id=task_id, state="queued")

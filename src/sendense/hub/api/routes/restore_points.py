@@ -177,6 +177,7 @@ def restore_vm(
     if body.force:
         demand(principal, FORCE)
     queued = hub.restores.submit(RestoreVmRequest(point_id, **body.model_dump()))
+    hub.tasks.attribute(queued.job_id, principal.starter)
     plan = queued.plan
     return RestoreVmQueuedOut(
         job_id=queued.job_id,

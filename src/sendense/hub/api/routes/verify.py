@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from sendense.hub.api.deps import HubDep, authorize
+from sendense.hub.api.deps import HubDep, PrincipalDep, authorize
 
 router = APIRouter(prefix="/api/v1/verify", tags=["verify"], dependencies=[Depends(authorize)])
 
@@ -22,6 +22,7 @@ class VerifyQueued(BaseModel):
 
 
 @router.post("", status_code=202)
-def start_verify(hub: HubDep, body: VerifyIn) -> VerifyQueued:
+def start_verify(hub: HubDep, principal: PrincipalDep, body: VerifyIn) -> VerifyQueued:
     task_id, points = hub.verifications.submit(body.target)
+    hub.tasks.attribute(task_id, principal.starter)
     return VerifyQueued(job_id=task_id, state="queued", restore_points=points)
