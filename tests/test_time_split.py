@@ -193,8 +193,8 @@ def test_a_backup_shows_its_phases_and_its_finished_job_where_the_time_went(
         site.add_vcenter(vcsim)
         assert site.api.post("/api/v1/repositories", json={"path": str(repo_dir)}).is_success
         name = unique("pace")
-        vm = create_vm(si, name, [(2000, 64 * MiB, SCSI0)], cbt=True)
-        fill(flat_file(vcsim, vm, 2000), [(o * MiB, bytes([o + 1]) * MiB) for o in range(64)])
+        vm = create_vm(si, name, [(2000, 128 * MiB, SCSI0)], cbt=True)
+        fill(flat_file(vcsim, vm, 2000), [(o * MiB, bytes([o + 1]) * MiB) for o in range(128)])
         job_id = site.api.post("/api/v1/backups", json={"vm": name}).json()["job_id"]
         seen: list[tuple[str, str | None, list[str]]] = []
         deadline = time.monotonic() + 120

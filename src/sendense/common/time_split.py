@@ -17,9 +17,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-# A disk, or the task while it has no disk yet (the snapshot):
-# snapshot -> planning (areas, space) -> copying -> flushing (last acknowledgements,
-# NBD flush) -> finishing (the snapshot removed; the hub checks and records).
+# What a disk's copy, or the whole task, is doing: snapshot (the task only: the
+# VM snapshot is taken, there are no disks yet) -> planning (areas from CBT, the
+# space check) -> copying -> flushing (the last acknowledgements, NBD flush; disks
+# only) -> finishing (the data is on the hub: the snapshot is removed, the hub
+# checks and records). A task that ended keeps the last phase it reached.
 Phase = Literal["snapshot", "planning", "copying", "flushing", "finishing"]
 Bottleneck = Literal["source", "target", "balanced"]
 
