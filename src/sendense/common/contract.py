@@ -18,6 +18,7 @@ from pydantic import (
 
 from sendense.common.errors import InvalidInput
 from sendense.common.targets import parse_targets
+from sendense.common.time_split import Phase, TimeSplit
 
 BackupType = Literal["full", "incremental"]
 JobStateName = Literal["queued", "running", "complete", "failed", "cancelled"]
@@ -96,6 +97,9 @@ class BackupStartResponse(BaseModel):
 class DiskProgress(BaseModel):
     disk_key: int
     backup_type: BackupType
+    # What the node does with the disk while its task runs (common/time_split.py);
+    # after, the last phase it reached.
+    phase: Phase = "planning"
     full_reason: str | None = None
     bytes_total: int = 0
     bytes_done: int = 0
@@ -111,6 +115,8 @@ class DiskProgress(BaseModel):
     # so the hub can recompute the checksum from the restore point later.
     checksum_block: int | None = None
     areas: list[tuple[int, int]] | None = None
+    # Where the copy waited so far: the source, the target (common/time_split.py).
+    time_split: TimeSplit = Field(default_factory=TimeSplit)
 
 
 class TaskStatus(BaseModel):
@@ -126,6 +132,8 @@ class TaskStatus(BaseModel):
 
 
 class NodeJobStatus(TaskStatus):
+    # The task's phase: "snapshot" until there are disks, then as they go.
+    phase: Phase | None = None
     snapshot: str | None = None
     disks: list[DiskProgress] = Field(default_factory=list)
 

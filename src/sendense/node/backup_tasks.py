@@ -106,6 +106,7 @@ class BackupTasks(TaskTable[NodeJob]):
         )
 
     async def _backup(self, job: NodeJob, req: BackupStartRequest) -> None:
+        job.status.phase = "snapshot"
         thumbprint = self._thumbprint(req)
         vc = await asyncio.to_thread(
             connect,
@@ -199,6 +200,7 @@ class BackupTasks(TaskTable[NodeJob]):
     async def _copy_all(
         self, job: NodeJob, req: BackupStartRequest, vc: Vcenter, vm: Any, snap: Any
     ) -> None:
+        job.status.phase = "planning"
         frozen = {
             d.key: d for d in virtual_disks(await asyncio.to_thread(snapshots.disks_at, snap))
         }
@@ -245,9 +247,11 @@ class BackupTasks(TaskTable[NodeJob]):
         try:
             for plan, _ in plans:
                 plan.uri = uris[plan.target.disk_key]
+            job.status.phase = "copying"
             await run_all(one(plan, disk) for plan, disk in plans)
         finally:
             await self.exports.close(targets)
+        job.status.phase = "finishing"
         log.info("copy done job=%s", req.job_id)
 
     def _plan(

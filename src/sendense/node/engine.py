@@ -1,4 +1,5 @@
-"""The per-disk copy: areas -> reader -> NBD writer, with progress and a checksum.
+"""The per-disk copy: areas -> reader -> NBD writer, with progress, a checksum and
+where the time went (`pace`).
 
 Memory per disk stays bounded: `readers` chunks being read plus the writer's
 `in_flight` chunks being written, `chunk` bytes each (4 + 8 at 4 MiB = 48 MiB).
@@ -21,6 +22,7 @@ from sendense.common.progress import Meter
 from sendense.common.targets import NbdTarget
 from sendense.nbd.errors import NbdError
 from sendense.nbd.writer import NbdWriter
+from sendense.node.pace import Pace
 from sendense.node.vmware.readers import DiskReader, ManyReader
 
 Area = tuple[int, int]
@@ -97,7 +99,9 @@ async def copy_disk(plan: DiskPlan, reader: DiskReader, tuning: CopyTuning) -> N
 async def _copy(plan: DiskPlan, reader: DiskReader, tuning: CopyTuning) -> None:
     progress = plan.progress
     progress.bytes_total = sum(length for _start, length in plan.areas)
+    progress.phase = "copying"
     meter = Meter(progress)
+    pace = Pace(progress.time_split, tuning.readers)
     hasher = BlockHasher()
     zero_block = bytes(tuning.chunk)
     many = reader if isinstance(reader, ManyReader) else None
@@ -123,23 +127,27 @@ async def _copy(plan: DiskPlan, reader: DiskReader, tuning: CopyTuning) -> None:
                 # A batch's areas come as they arrive: written while the rest is read.
                 arrivals = many.read_many(batch) if many and len(batch) > 1 else one(batch[0])
                 count = 0
-                async for index, data in arrivals:
+                async for index, data in pace.arrivals(arrivals):
                     offset, length = batch[index]
                     progress.bytes_read += length
                     hasher.add(offset, length, block_digest(data, zero_block))
-                    await writer.write(offset, data)
+                    with pace.handing_over():
+                        await writer.write(offset, data)
                     meter.advance(length)
                     count += 1
                 if count != len(batch):
                     raise SendenseError(f"the reader returned {count} of {len(batch)} areas")
 
         await run_all(pump() for _ in range(tuning.readers))
-        if plan.zero_gaps:
-            for start, length in gaps(plan.areas, plan.capacity):
-                await writer.zero(start, length)
-        await writer.flush()
+        progress.phase = "flushing"
+        with pace.draining():
+            if plan.zero_gaps:
+                for start, length in gaps(plan.areas, plan.capacity):
+                    await writer.zero(start, length)
+            await writer.flush()
         progress.bytes_written = writer.stats.data_bytes
         progress.zero_bytes = writer.stats.zero_bytes
+    progress.phase = "finishing"
     progress.checksum = hasher.hexdigest()
     progress.eta_seconds = 0.0
     progress.seconds = time.monotonic() - meter.started

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sendense.common.time_split import JobTimeSplit
+
 
 class Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -125,6 +127,8 @@ class JobOut(Out):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # A finished backup's: where the copy waited, the source or the target.
+    time_split: JobTimeSplit | None = None
 
 
 class TaskOut(Out):

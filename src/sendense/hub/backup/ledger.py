@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -379,8 +380,14 @@ class BackupLedger:
             )
         return prepared
 
-    def finish(self, job_id: str, results: dict[int, DiskResult]) -> str:
-        """Stop the exports, check every image, then mark all complete in one transaction.
+    def finish(
+        self,
+        job_id: str,
+        results: dict[int, DiskResult],
+        time_split: dict[str, Any] | None = None,
+    ) -> str:
+        """Stop the exports, check every image, then mark all complete in one transaction
+        (with `time_split`, where the copy's time went, when the caller knows it).
 
         Anything that goes wrong on the way fails the job (files removed, VM unlocked):
         a job never stays `finalizing`."""
@@ -396,14 +403,19 @@ class BackupLedger:
             repo_id = point.repository_id
             files = {d.disk_key: d.file_path for d in point.disks}
         try:
-            return self._finalize(job_id, repo_id, files, results)
+            return self._finalize(job_id, repo_id, files, results, time_split)
         except BaseException as exc:
             reason = exc.message if isinstance(exc, SendenseError) else repr(exc)
             self.fail(job_id, f"finishing failed: {reason}")
             raise
 
     def _finalize(
-        self, job_id: str, repo_id: str, files: dict[int, str], results: dict[int, DiskResult]
+        self,
+        job_id: str,
+        repo_id: str,
+        files: dict[int, str],
+        results: dict[int, DiskResult],
+        time_split: dict[str, Any] | None,
     ) -> str:
         if set(results) != set(files):
             # A disk without a result was never confirmed written: never call it complete.
@@ -433,7 +445,7 @@ class BackupLedger:
             claimed = s.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state == JobState.FINALIZING)
-                .values(state=JobState.COMPLETE, finished_at=utcnow())
+                .values(state=JobState.COMPLETE, finished_at=utcnow(), time_split=time_split)
             )
             if getattr(claimed, "rowcount", 0) != 1:
                 raise TaskNotRunning(job_id, f"job {job_id} was failed while it was being finished")

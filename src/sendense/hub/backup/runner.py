@@ -14,6 +14,7 @@ import logging
 
 from sendense.common.contract import BackupStartRequest, NodeJobStatus
 from sendense.common.errors import NodeTaskEnded, SendenseError, TaskNotRunning
+from sendense.common.time_split import JobTimeSplit
 from sendense.hub.backup.ledger import BackupLedger, DiskResult, DiskSpec
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import Job, JobState
@@ -100,7 +101,8 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
             )
             for d in status.disks
         }
-        self.ledger.finish(task_id, results)
+        split = JobTimeSplit.of({d.disk_key: d.time_split for d in status.disks})
+        self.ledger.finish(task_id, results, split.model_dump(mode="json"))
 
     def _client(self, node: str) -> NodeClient:
         return self.nodes.open(node)

@@ -234,7 +234,8 @@ class Job(Base):
     parent_id: Mapped[str | None] = mapped_column(String(32), index=True)
     # A failed task's stable code (TaskErrorCode) beside its message.
     error_code: Mapped[str | None] = mapped_column(String(48))
-    # A finished backup's seconds by where they went: {"source", "network", "target"}.
+    # A finished backup's seconds by where they went (common.time_split.JobTimeSplit):
+    # {"source_s", "target_s", "bottleneck", "disks": {key: the same}}.
     time_split: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     vm: Mapped[Vm] = relationship()
