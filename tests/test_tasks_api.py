@@ -16,6 +16,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from sendense.common.contract import ACTIVE_STATES
+from tests.rig.cli import sendense
 from tests.rig.node_tasks import snapshot_names, unique
 from tests.rig.procs import pids_with
 from tests.rig.site import Site
@@ -165,3 +166,46 @@ def test_cancel_mid_copy_ends_the_task_on_both_sides_with_no_snapshot(
     assert site.api.post(f"/api/v1/tasks/{unknown}/cancel").status_code == 404
     assert site.api.get("/api/v1/tasks", params={"kind": "nonsense"}).status_code == 422
     assert site.api.get(f"/api/v1/tasks/{task_id}/log", params={"after": -1}).status_code == 422
+
+
+def test_the_cli_watches_lists_shows_logs_and_cancels_tasks(
+    site: Site, vcsim: Vcsim, si: Any
+) -> None:
+    name, _ = data_vm(si, vcsim, 32)
+    env = site.cli_env()
+    run = sendense("backup", "run", name, "--watch", env=env)
+    assert run.returncode == 0, run.stderr
+    task_id = run.stdout.split("job ", 1)[1].split()[0]
+    assert f"job {task_id} complete" in run.stdout
+    assert "disk 2000" in run.stdout  # its progress bar, fed by the event stream
+
+    listed = sendense("tasks", "list", "--vm", name, "--since", "1h", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert task_id in listed.stdout
+    assert "complete" in listed.stdout
+    assert name in sendense("tasks", "list", "--kind", "backup", env=env).stdout
+
+    shown = sendense("tasks", "show", task_id, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "state: complete" in shown.stdout
+    assert "bottleneck" in shown.stdout  # where the backup's time went
+
+    log = sendense("tasks", "log", task_id, env=env)
+    assert log.returncode == 0, log.stderr
+    lines = site.api.get(f"/api/v1/tasks/{task_id}/log").json()["lines"]
+    assert len(log.stdout.splitlines()) == len(lines)
+    followed = sendense("tasks", "log", task_id, "--follow", env=env)
+    assert followed.returncode == 0, followed.stderr
+    assert f"task {task_id} complete" in followed.stdout
+
+    ended = sendense("tasks", "cancel", task_id, env=env)
+    assert ended.returncode == 4  # a conflict: one line, no traceback
+    assert ended.stderr.strip().startswith("error:")
+    assert "has ended" in ended.stderr
+    assert len(ended.stderr.strip().splitlines()) == 1
+    unknown = sendense("tasks", "show", "0" * 32, env=env)
+    assert unknown.returncode == 3
+    assert "does not exist" in unknown.stderr
+    bad = sendense("tasks", "list", "--since", "yesterday", env=env)
+    assert bad.returncode == 2
+    assert "--since" in bad.stderr

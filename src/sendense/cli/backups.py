@@ -98,12 +98,7 @@ def backup_run(
     job_id = queued["job_id"]
     console.print(f"job {job_id} queued")
     if watch:
-        job = watch_job(
-            client,
-            job_id,
-            f"/api/v1/jobs/{job_id}/progress",
-            lambda d: f"disk {d['disk_key']} ({d['backup_type']})",
-        )
+        job = watch_job(client, job_id, lambda d: f"disk {d['disk_key']} ({d['backup_type']})")
         if job["state"] != "complete":
             raise SendenseError(f"job {job_id} {job['state']}: {job['error']}")
         console.print(f"job {job_id} complete")

@@ -16,6 +16,7 @@ from sendense.cli import (
     policies,
     restore,
     restore_vm,
+    tasks,
     tokens,
     users,
     verify,
@@ -42,6 +43,7 @@ app.add_typer(node.app, name="node")
 app.add_typer(backups.vcenter_app, name="vcenter")
 app.add_typer(backups.backup_app, name="backup")
 app.add_typer(backups.jobs_app, name="jobs")
+app.add_typer(tasks.tasks_app, name="tasks")
 app.add_typer(backups.backups_app, name="backups")
 app.command("verify")(verify.verify)
 app.add_typer(restore.app, name="restore")

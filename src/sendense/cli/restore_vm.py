@@ -57,9 +57,7 @@ def vm(
         console.print(f"warning: {warning}")
     if not watch:
         return
-    job = watch_job(
-        client, job_id, f"/api/v1/jobs/{job_id}/restore-progress", lambda d: f"disk {d['disk_key']}"
-    )
+    job = watch_job(client, job_id, lambda d: f"disk {d['disk_key']}")
     if job["state"] != "complete":
         raise SendenseError(f"restore job {job_id} {job['state']}: {job['error']}")
     try:

@@ -1,8 +1,7 @@
-"""Per-disk progress bars for a hub job, until the job ends."""
+"""Per-disk progress bars for a hub task, from its event stream, until it ends."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,14 +16,14 @@ from rich.progress import (
 
 from sendense.cli.client import HubClient
 from sendense.cli.output import console
-from sendense.common.contract import TERMINAL_STATES
-from sendense.common.errors import SendenseError
+from sendense.cli.task_stream import follow
 
 
 def watch_job(
-    client: HubClient, job_id: str, progress_path: str, label: Callable[[dict[str, Any]], str]
+    client: HubClient, job_id: str, label: Callable[[dict[str, Any]], str]
 ) -> dict[str, Any]:
-    """Poll the job and `progress_path` (its per-disk progress); returns the ended job."""
+    """Follow the task's events (`progress` per disk, warnings from its log);
+    returns the ended task as `GET /api/v1/tasks/{id}` shows it."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -32,21 +31,19 @@ def watch_job(
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
+    ended: dict[str, Any] = {}
     with Progress(*columns, console=console, transient=False) as bars:
-        tasks: dict[int, Any] = {}
-        while True:
-            job: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}")
-            try:
-                progress = client.get(progress_path)
-            except SendenseError:
-                progress = {"disks": []}
-            for disk in progress["disks"]:
-                key = disk["disk_key"]
-                if key not in tasks:
-                    tasks[key] = bars.add_task(label(disk), total=disk["bytes_total"] or None)
-                bars.update(
-                    tasks[key], completed=disk["bytes_done"], total=disk["bytes_total"] or None
-                )
-            if job["state"] in TERMINAL_STATES:
-                return job
-            time.sleep(0.5)
+        rows: dict[int, Any] = {}
+        for event, data in follow(client, job_id):
+            if event == "progress":
+                for disk in data.get("disks", []):
+                    key = disk["disk_key"]
+                    total = disk.get("bytes_total") or None
+                    if key not in rows:
+                        rows[key] = bars.add_task(label(disk), total=total)
+                    bars.update(rows[key], completed=disk["bytes_done"], total=total)
+            elif event == "log" and data["level"] in ("WARNING", "ERROR"):
+                bars.console.print(f"{data['level'].lower()}: {data['message']}")
+            elif event == "state":
+                ended = data
+    return ended
