@@ -82,6 +82,22 @@ def test_missed_schedule_runs_once_at_start_up_then_prunes(
         points = site.api.get(f"/api/v1/restore-points?vm={name}").json()
         assert len(points) == 1  # keep-last=1: the scheduled backup's point
         assert points[0]["job_id"] == backups[0]["id"]  # newest first
+        # The run is a task of its own, the parent of the backup it started.
+        while True:  # it ends once its prunes have
+            runs = site.api.get("/api/v1/tasks", params={"kind": "schedule"}).json()["items"]
+            if runs and runs[0]["state"] != "running":
+                break
+            assert time.monotonic() < deadline, runs
+            time.sleep(0.2)
+        assert [r["state"] for r in runs] == ["complete"]
+        assert runs[0]["vm"] is None
+        assert runs[0]["started_by"] == "schedule"
+        scheduled = site.api.get(f"/api/v1/tasks/{backups[0]['id']}").json()
+        assert scheduled["parent_id"] == runs[0]["id"]
+        assert scheduled["started_by"] == "schedule"
+        by_hand = site.api.get(f"/api/v1/tasks/{backups[1]['id']}").json()
+        assert by_hand["parent_id"] is None
+        assert by_hand["started_by"].startswith("token:")
         image = repo_dir / points[0]["disks"][0]["file_path"]
         assert QemuImg().compare(flat_file(vcsim, vm, 2000), image, "raw", "qcow2")
         plan = sendense("prune", name, "--dry-run", env=site.cli_env())

@@ -147,6 +147,7 @@ def test_the_lock_moves_atomically_or_the_job_fails(vc_hub: Hub) -> None:
     assert rows[vm] == ("x", rows[vm][1], "4201", "other")
     with vc_hub.db.session() as s:
         placeholder = s.get_one(Job, job_id).vm_id
+    assert placeholder is not None
     assert placeholder != vm
     assert rows[placeholder][3] == job_id
     vc_hub.ledger.fail(job_id, "test")

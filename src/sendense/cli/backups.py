@@ -113,7 +113,14 @@ def jobs_list(hub_url: HubUrlOpt = None, token_file: TokenFileOpt = None) -> Non
         "Jobs",
         ["id", "vm", "kind", "state", "created", "error"],
         [
-            (j["id"], j["vm_id"][:8], _kind(j), j["state"], j["created_at"][:19], j["error"])
+            (
+                j["id"],
+                (j["vm_id"] or "-")[:8],
+                _kind(j),
+                j["state"],
+                j["created_at"][:19],
+                j["error"],
+            )
             for j in rows
         ],
     )

@@ -119,7 +119,7 @@ class RestorePointOut(Out):
 
 class JobOut(Out):
     id: str
-    vm_id: str
+    vm_id: str | None  # None: a task of no VM (a schedule run)
     kind: str
     backup_type: str | None
     state: str
@@ -137,8 +137,8 @@ class TaskOut(Out):
     id: str
     kind: str
     state: str
-    vm: str
-    vm_id: str
+    vm: str | None
+    vm_id: str | None
     backup_type: str | None
     started_by: str | None
     parent_id: str | None

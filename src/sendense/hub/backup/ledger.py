@@ -232,6 +232,7 @@ class BackupLedger:
         backup_type: str,
         vcenter: str | None = None,
         started_by: str | None = None,
+        parent_id: str | None = None,
     ) -> str:
         """A queued job that holds the lock of the VM known as `vm_name` on `vcenter`
         (a new row if none): a second request gets 409 at once. `identify` moves
@@ -242,7 +243,11 @@ class BackupLedger:
         with self.db.session() as s:
             vm = identity.resolve(s, vm_name, identity.vcenter_id(s, vcenter), None)
             job = Job(
-                vm_id=vm.id, backup_type=backup_type, state=JobState.QUEUED, started_by=started_by
+                vm_id=vm.id,
+                backup_type=backup_type,
+                state=JobState.QUEUED,
+                started_by=started_by,
+                parent_id=parent_id,
             )
             s.add(job)
             s.flush()

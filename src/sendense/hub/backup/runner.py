@@ -57,11 +57,14 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
         backup_type: str = "auto",
         vcenter: str | None = None,
         started_by: str | None = None,
+        parent_id: str | None = None,
     ) -> str:
         # Refuse now, not in the queue, when there is none; the VM is known by its
         # name on that vCenter until the inventory gives its instance UUID.
         login, _ = self.vcenters.login(vcenter)
-        task_id = self.ledger.reserve(vm_name, backup_type, login.vcenter_host, started_by)
+        task_id = self.ledger.reserve(
+            vm_name, backup_type, login.vcenter_host, started_by, parent_id
+        )
         self.queue(task_id, lambda: self._run_backup(task_id, vm_name, backup_type, vcenter))
         log.info("backup queued task=%s vm=%s type=%s", task_id, vm_name, backup_type)
         return task_id

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from sendense.common.errors import SendenseError
 from sendense.hub.backup.runner import BackupRunner
 from sendense.hub.db.models import ACTIVE_JOB_STATES as ACTIVE
-from sendense.hub.db.models import Job, Vm
+from sendense.hub.db.models import Job, JobState, TaskKind, Vm, utcnow
 from sendense.hub.nodes.client import NodeConnector
 from sendense.hub.nodes.registry import NodeInfo
 from sendense.hub.retention.policies import PolicyInfo, PolicyService, next_run
@@ -100,18 +100,76 @@ class Scheduler:
             thread.join(timeout)
 
     def run_policy(self, policy: PolicyInfo) -> None:
-        self._wait_for_nodes()
+        """One run: a task of its own (kind `schedule`), the parent of its backups,
+        failed when any of them did not complete or could not start."""
+        run_id = self._open_run()
+        not_started: list[str] = []
         jobs: dict[str, str] = {}
-        for vm in self.vms_of(policy):
-            try:
-                jobs[vm] = self.backups.submit(vm, "auto", started_by="schedule")
-            except SendenseError as exc:
-                log.warning(
-                    "scheduled backup not started policy=%s vm=%s: %s", policy.name, vm, exc.message
+        try:
+            self._wait_for_nodes()
+            for vm in self.vms_of(policy):
+                try:
+                    jobs[vm] = self.backups.submit(
+                        vm, "auto", started_by="schedule", parent_id=run_id
+                    )
+                except SendenseError as exc:
+                    not_started.append(vm)
+                    log.warning(
+                        "scheduled backup not started policy=%s vm=%s: %s",
+                        policy.name,
+                        vm,
+                        exc.message,
+                    )
+                except Exception:  # a bug for one VM must not cost the others their backup
+                    not_started.append(vm)
+                    log.exception("scheduled backup not started policy=%s vm=%s", policy.name, vm)
+            self._wait(set(jobs.values()))
+            self._prune(policy, jobs)
+        finally:
+            self._close_run(run_id, policy.name, jobs, not_started)
+
+    def _open_run(self) -> str:
+        with self.db.session() as s:
+            run = Job(
+                vm_id=None,
+                kind=TaskKind.SCHEDULE,
+                state=JobState.RUNNING,
+                started_by="schedule",
+                started_at=utcnow(),
+            )
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def _close_run(
+        self, run_id: str, policy: str, jobs: dict[str, str], not_started: list[str]
+    ) -> None:
+        with self.db.session() as s:
+            rows = s.execute(select(Job.id, Job.state).where(Job.id.in_(list(jobs.values()))))
+            states = {job_id: state for job_id, state in rows}
+            failed = sorted(
+                [vm for vm, job in jobs.items() if states.get(job) != JobState.COMPLETE]
+                + not_started
+            )
+            total = len(jobs) + len(not_started)
+            error = (
+                f"policy {policy}: {len(failed)} of {total} backups did not complete "
+                f"({', '.join(failed)})"
+                if failed
+                else None
+            )
+            s.execute(
+                update(Job)
+                .where(Job.id == run_id, Job.state == JobState.RUNNING)
+                .values(
+                    state=JobState.FAILED if failed else JobState.COMPLETE,
+                    error=error,
+                    error_code="backups_failed" if failed else None,
+                    finished_at=utcnow(),
                 )
-            except Exception:  # a bug for one VM must not cost the others their backup
-                log.exception("scheduled backup not started policy=%s vm=%s", policy.name, vm)
-        self._wait(set(jobs.values()))
+            )
+
+    def _prune(self, policy: PolicyInfo, jobs: dict[str, str]) -> None:
         for vm, task_id in jobs.items():
             try:
                 # The row the backup wrote to: a name may stand for several VMs.

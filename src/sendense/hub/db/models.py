@@ -80,6 +80,7 @@ class TaskKind(enum.StrEnum):
     ACCESS = "access"  # disks served over NBD (instant access, or a restore's source)
     VERIFY = "verify"
     PRUNE = "prune"
+    SCHEDULE = "schedule"  # one run of a policy's schedule: the parent of its backups
 
 
 class PointStatus(enum.StrEnum):
@@ -214,7 +215,8 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id"))
+    # None for a task of no VM (a schedule run).
+    vm_id: Mapped[str | None] = mapped_column(ForeignKey("vms.id"))
     kind: Mapped[TaskKind] = mapped_column(_enum(TaskKind, "task_kind"), default=TaskKind.BACKUP)
     # The hub that runs it (its data directory's id): start-up cleans up only its
     # own tasks when several hubs share one PostgreSQL database. None: older rows.
@@ -238,7 +240,7 @@ class Job(Base):
     # {"source_s", "target_s", "bottleneck", "disks": {key: the same}}.
     time_split: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
-    vm: Mapped[Vm] = relationship()
+    vm: Mapped[Vm | None] = relationship()
 
 
 class RestorePoint(Base):

@@ -33,8 +33,8 @@ class TaskInfo:
     id: str
     kind: str
     state: str
-    vm: str
-    vm_id: str
+    vm: str | None  # None: a task of no VM (a schedule run)
+    vm_id: str | None
     backup_type: str | None
     started_by: str | None
     parent_id: str | None
@@ -62,7 +62,7 @@ class TaskPage:
     limit: int
 
 
-def _info(job: Job, vm_name: str) -> TaskInfo:
+def _info(job: Job, vm_name: str | None) -> TaskInfo:
     return TaskInfo(
         id=job.id,
         kind=job.kind.value,
@@ -87,7 +87,7 @@ class TaskCatalog:
 
     def list(self, where: TaskFilter, offset: int = 0, limit: int = 50) -> TaskPage:
         """Newest first."""
-        query = select(Job, Vm.name).join(Vm, Vm.id == Job.vm_id)
+        query = select(Job, Vm.name).outerjoin(Vm, Vm.id == Job.vm_id)
         if where.kind is not None:
             query = query.where(Job.kind == where.kind)
         if where.state is not None:
@@ -110,7 +110,7 @@ class TaskCatalog:
     @staticmethod
     def _get(s: Session, task_id: str) -> TaskInfo:
         row = s.execute(
-            select(Job, Vm.name).join(Vm, Vm.id == Job.vm_id).where(Job.id == task_id)
+            select(Job, Vm.name).outerjoin(Vm, Vm.id == Job.vm_id).where(Job.id == task_id)
         ).first()
         if row is None:
             raise NotFound(f"task {task_id} does not exist")

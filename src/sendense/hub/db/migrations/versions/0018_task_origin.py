@@ -1,5 +1,5 @@
 """tasks: who started each (a token's or user's name, or the schedule), its parent
-(a schedule run is the parent of its backups), a stable error code beside the
+(a schedule run, a task of no VM, is the parent of its backups), a stable error code beside the
 message, and where a finished backup's time went (reading, network, writing).
 
 Revision ID: 0018
@@ -20,6 +20,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
+        batch.alter_column("vm_id", existing_type=sa.String(32), nullable=True)
         batch.add_column(sa.Column("started_by", sa.String(128), nullable=True))
         batch.add_column(sa.Column("parent_id", sa.String(32), nullable=True))
         batch.add_column(sa.Column("error_code", sa.String(48), nullable=True))
@@ -36,3 +37,6 @@ def downgrade() -> None:
         batch.drop_column("error_code")
         batch.drop_column("parent_id")
         batch.drop_column("started_by")
+    op.execute("DELETE FROM jobs WHERE vm_id IS NULL")
+    with op.batch_alter_table("jobs") as batch:
+        batch.alter_column("vm_id", existing_type=sa.String(32), nullable=False)
