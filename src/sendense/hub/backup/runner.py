@@ -22,6 +22,7 @@ from sendense.hub.nodes.vcenters import VcenterService
 from sendense.hub.retention.policies import PolicyService
 from sendense.hub.tasks.node_task import follow_node_task
 from sendense.hub.tasks.runner import TaskRunner
+from sendense.hub.tasks.task_log import TaskLogs
 
 log = logging.getLogger(__name__)
 TELL_NODE_S = 10.0  # how long a cancel for the node is retried through its tunnel
@@ -41,8 +42,9 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
         max_jobs: int = 4,
         poll: float = 0.25,
         node_timeout: float = 60.0,
+        logs: TaskLogs | None = None,
     ) -> None:
-        super().__init__(db, max_jobs)
+        super().__init__(db, max_jobs, logs=logs)
         self.ledger = ledger
         self.vcenters = vcenters
         self.policies = policies
@@ -152,7 +154,7 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
                     client.name,
                     poll=self.poll,
                     node_timeout=self.node_timeout,
-                    record=lambda status: self.board.put(task_id, status),
+                    record=lambda status: self.record_node(task_id, status, status.log),
                     check=lambda: self._still_running(task_id),
                 )
             except BaseException:

@@ -42,6 +42,7 @@ from sendense.hub.restore.instant_access import AccessInfo, AccessService
 from sendense.hub.restore.points import restorable_point
 from sendense.hub.tasks.node_task import follow_node_task
 from sendense.hub.tasks.runner import TaskRunner
+from sendense.hub.tasks.task_log import TaskLogs
 
 log = logging.getLogger(__name__)
 # vSphere's SCSI numbering: controller 1000 + bus, disk 2000 + 16 x bus + unit.
@@ -116,8 +117,9 @@ class VmRestoreRunner(TaskRunner[RestoreJobStatus]):
         workers: int = 4,
         poll: float = 0.25,
         node_timeout: float = 60.0,
+        logs: TaskLogs | None = None,
     ) -> None:
-        super().__init__(db, workers)
+        super().__init__(db, workers, logs=logs)
         self.access = access
         self.vcenters = vcenters
         self.nodes = nodes
@@ -219,7 +221,7 @@ class VmRestoreRunner(TaskRunner[RestoreJobStatus]):
             client.name,
             poll=self.poll,
             node_timeout=self.node_timeout,
-            record=lambda status: self.board.put(task_id, status),
+            record=lambda status: self.record_node(task_id, status, status.log),
             check=check,
         )
 

@@ -34,6 +34,7 @@ from sendense.common.contract import (
 )
 from sendense.common.logging import register_secret
 from sendense.nbd.errors import NbdError, NbdUriError
+from sendense.node import task_log
 from sendense.node.auth import NodeTokens
 from sendense.node.backup_tasks import BackupTasks
 from sendense.node.config import NodeSettings
@@ -179,6 +180,7 @@ async def cancel_restore_job(node: NodeDep, job_id: str) -> RestoreJobStatus:
 
 
 def create_node_app(settings: NodeSettings) -> FastAPI:
+    task_log.install()
     runner = BackupTasks(settings)
     node = Node(settings, NodeTokens(settings.data_dir), runner, RestoreTasks(settings, runner))
 

@@ -1,0 +1,94 @@
+"""What goes into a task's log (task_log.py) on the hub.
+
+`task_context(logs, task_id)` marks the code working on a task (the runner's
+worker thread): every log record emitted there, at INFO and above, becomes a
+`hub` line of that task's log. `NodeLines` copies the lines a node sends with a
+task's status, each once, as `node` lines. Messages are scrubbed of secrets,
+as in every other log. The handler is installed once per process; the context
+says which hub's logs (several hubs run in one test process).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+
+from sendense.common.contract import TaskLogLine
+from sendense.common.logging import redact
+from sendense.hub.tasks.task_log import TaskLogs
+
+_current: ContextVar[tuple[TaskLogs, str] | None] = ContextVar("hub_task_log", default=None)
+
+
+@contextmanager
+def task_context(logs: TaskLogs | None, task_id: str) -> Iterator[None]:
+    """Records logged here go to `task_id`'s log (nowhere more when `logs` is None)."""
+    if logs is None:
+        yield
+        return
+    token = _current.set((logs, task_id))
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def record_message(record: logging.LogRecord) -> str:
+    message = record.getMessage()
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        message = f"{message} ({type(exc).__name__}: {exc})"
+    return redact(message)
+
+
+class TaskLogHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        current = _current.get()
+        if current is None:
+            return
+        logs, task_id = current
+        try:
+            at = datetime.fromtimestamp(record.created, UTC)
+            logs.append(task_id, record.levelname, record_message(record), "hub", at)
+        except Exception:  # a log line never breaks the task
+            self.handleError(record)
+
+
+def install(level: int = logging.INFO) -> None:
+    """Once per process: the root logger copies task records to their logs."""
+    root = logging.getLogger()
+    if not any(isinstance(h, TaskLogHandler) for h in root.handlers):
+        root.addHandler(TaskLogHandler(level))
+
+
+class NodeLines:
+    """The node lines of the tasks being followed: each line once, in order."""
+
+    def __init__(self, logs: TaskLogs | None) -> None:
+        self.logs = logs
+        self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def copy(self, task_id: str, lines: list[TaskLogLine]) -> None:
+        if self.logs is None:
+            return
+        with self._lock:
+            seen = self._seen.get(task_id, 0)
+            new = [line for line in lines if line.seq > seen]
+            if not new:
+                return
+            if new[0].seq > seen + 1:
+                lost = new[0].seq - seen - 1
+                self.logs.append(task_id, "WARNING", f"{lost} node lines not received", "node")
+            for line in new:
+                at = datetime.fromtimestamp(line.at, UTC)
+                self.logs.append(task_id, line.level, redact(line.message), "node", at)
+            self._seen[task_id] = new[-1].seq
+
+    def forget(self, task_id: str) -> None:
+        with self._lock:
+            self._seen.pop(task_id, None)
