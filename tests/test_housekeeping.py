@@ -24,6 +24,7 @@ from sendense.hub.db.models import (
 )
 from sendense.hub.service import Hub
 from sendense.hub.tasks.runner import ProgressBoard
+from sendense.hub.verify.verifier import VerifyProgress
 
 
 def test_old_ended_tasks_and_their_logs_go_and_the_rest_stays(db_hub: Hub) -> None:
@@ -107,16 +108,17 @@ def test_old_ended_tasks_and_their_logs_go_and_the_rest_stays(db_hub: Hub) -> No
 
 def test_finished_progress_leaves_memory_without_another_put(db_hub: Hub) -> None:
     clock = [1000.0]
-    board: ProgressBoard[int] = ProgressBoard(keep_s=300, clock=lambda: clock[0])
+    board: ProgressBoard[VerifyProgress] = ProgressBoard(keep_s=300, clock=lambda: clock[0])
     db_hub.verifications.board = board
-    board.put("running", 1)
-    board.put("finished", 2)
+    running, finished = VerifyProgress(), VerifyProgress()
+    board.put("running", running)
+    board.put("finished", finished)
     board.ended("finished")
     clock[0] += 299
     db_hub.evict_progress()
-    assert board.get("finished") == 2  # a client polling late still sees it
+    assert board.get("finished") is finished  # a client polling late still sees it
     clock[0] += 2
     db_hub.evict_progress()  # nothing was put meanwhile: the loop evicts it
     assert board.get("finished") is None
-    assert board.get("running") == 1
+    assert board.get("running") is running
     assert len(board) == 1

@@ -28,7 +28,8 @@ from sendense.node import task_log as node_task_log
 from sendense.node.task_table import TaskTable
 from tests.test_task_runner import new_task, wait_ended
 
-work_log = logging.getLogger("tests.task_work")
+work_log = logging.getLogger("sendense.tests.task_work")
+library_log = logging.getLogger("some_library")
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def info_records() -> Iterator[None]:
     """The records a hub logs at INFO (its root logger's level in production)."""
     task_log_handler.install()
     node_task_log.install()
-    loggers = [work_log, logging.getLogger("sendense")]
+    loggers = [work_log, logging.getLogger("sendense"), library_log]
     before = [x.level for x in loggers]
     for x in loggers:
         x.setLevel(logging.INFO)
@@ -76,6 +77,8 @@ def test_a_task_log_holds_its_states_and_what_its_work_logged(db: Database, tmp_
     def works() -> str:
         work_log.info("reading disk %d", 2000)
         work_log.info("logging in with %s", secret)
+        library_log.info("GET /status 200")  # a library's chatter: not the task's
+        library_log.warning("retrying GET /status")
         outside.wait(5)
         return "3 disks"
 
@@ -91,7 +94,7 @@ def test_a_task_log_holds_its_states_and_what_its_work_logged(db: Database, tmp_
         outside.set()
         wait_ended(db, ok)
         wait_ended(db, bad)
-        wait_lines(logs, ok, 5)
+        wait_lines(logs, ok, 6)
         wait_lines(logs, bad, 5)
     finally:
         runner.shutdown()
@@ -101,6 +104,7 @@ def test_a_task_log_holds_its_states_and_what_its_work_logged(db: Database, tmp_
         ("INFO", "hub", "task started"),
         ("INFO", "hub", "reading disk 2000"),
         ("INFO", "hub", "logging in with ***"),
+        ("WARNING", "hub", "retrying GET /status"),
         ("INFO", "hub", "task complete: 3 disks"),
     ]
     assert messages(logs, bad) == [

@@ -48,6 +48,12 @@ def install_redaction() -> None:
     logging.setLogRecordFactory(RedactingRecord)
 
 
+def about_a_task(record: logging.LogRecord) -> bool:
+    """What a task's log keeps: Sendense's own records, and warnings and errors
+    of the libraries it uses (not httpx's line for every status poll)."""
+    return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] == "sendense"
+
+
 def setup_logging(level: str = "INFO") -> None:
     install_redaction()
     root = logging.getLogger()

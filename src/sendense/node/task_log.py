@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 from sendense.common.contract import TaskLogLine, TaskStatus
-from sendense.common.logging import redact
+from sendense.common.logging import about_a_task, redact
 
 KEEP_LINES = 500  # the hub reads a status every 0.25 s: it never falls this far behind
 
@@ -70,7 +70,7 @@ class TaskLineHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         lines = _current.get()
-        if lines is None:
+        if lines is None or not about_a_task(record):
             return
         try:
             lines.add(record.created, record.levelname, record_message(record))

@@ -1,11 +1,12 @@
 """What goes into a task's log (task_log.py) on the hub.
 
 `task_context(logs, task_id)` marks the code working on a task (the runner's
-worker thread): every log record emitted there, at INFO and above, becomes a
-`hub` line of that task's log. `NodeLines` copies the lines a node sends with a
-task's status, each once, as `node` lines. Messages are scrubbed of secrets,
-as in every other log. The handler is installed once per process; the context
-says which hub's logs (several hubs run in one test process).
+worker thread): every record of Sendense logged there at INFO and above (and
+every warning) becomes a `hub` line of that task's log. `NodeLines` copies
+the lines a node sends with a task's status, each once, as `node` lines.
+Messages are scrubbed of secrets, as in every other log. The handler is
+installed once per process; the context says which hub's logs (several hubs
+run in one test process).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from sendense.common.contract import TaskLogLine
-from sendense.common.logging import redact
+from sendense.common.logging import about_a_task, redact
 from sendense.hub.tasks.task_log import TaskLogs
 
 _current: ContextVar[tuple[TaskLogs, str] | None] = ContextVar("hub_task_log", default=None)
@@ -48,7 +49,7 @@ def record_message(record: logging.LogRecord) -> str:
 class TaskLogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         current = _current.get()
-        if current is None:
+        if current is None or not about_a_task(record):
             return
         logs, task_id = current
         try:
