@@ -62,6 +62,10 @@ def test_a_backups_log_holds_hub_and_node_lines_while_it_runs_and_after(
     with site.node_api() as node, export_paused(node, job_id, repo_dir):
         running = wait_line(logs, job_id, "node", "copy planned")
         assert site.api.get(f"/api/v1/jobs/{job_id}").json()["state"] == "running"
+        # The lines are the log's, not in the progress every watcher polls.
+        progress = site.api.get(f"/api/v1/jobs/{job_id}/progress").json()
+        assert progress["state"] == "running"
+        assert progress["log"] == []
     first = order(
         running,
         ("hub", "backup queued"),

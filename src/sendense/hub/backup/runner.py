@@ -21,7 +21,7 @@ from sendense.hub.nodes.client import NodeClient, NodeConnector
 from sendense.hub.nodes.vcenters import VcenterService
 from sendense.hub.retention.policies import PolicyService
 from sendense.hub.tasks.node_task import follow_node_task
-from sendense.hub.tasks.runner import TaskRunner
+from sendense.hub.tasks.runner import TaskRunner, split_log
 from sendense.hub.tasks.task_log import TaskLogs
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
                     client.name,
                     poll=self.poll,
                     node_timeout=self.node_timeout,
-                    record=lambda status: self.record_node(task_id, status, status.log),
+                    record=lambda status: self.record_node(task_id, *split_log(status)),
                     check=lambda: self._still_running(task_id),
                 )
             except BaseException:

@@ -41,7 +41,7 @@ from sendense.hub.nodes.vcenters import VcenterService
 from sendense.hub.restore.instant_access import AccessInfo, AccessService
 from sendense.hub.restore.points import restorable_point
 from sendense.hub.tasks.node_task import follow_node_task
-from sendense.hub.tasks.runner import TaskRunner
+from sendense.hub.tasks.runner import TaskRunner, split_log
 from sendense.hub.tasks.task_log import TaskLogs
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class VmRestoreRunner(TaskRunner[RestoreJobStatus]):
             client.name,
             poll=self.poll,
             node_timeout=self.node_timeout,
-            record=lambda status: self.record_node(task_id, status, status.log),
+            record=lambda status: self.record_node(task_id, *split_log(status)),
             check=check,
         )
 

@@ -26,7 +26,7 @@ from typing import Generic, TypeVar
 from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
 
-from sendense.common.contract import TaskLogLine
+from sendense.common.contract import TaskLogLine, TaskStatus
 from sendense.common.errors import SendenseError
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import ACTIVE_JOB_STATES, Job, JobState, utcnow
@@ -36,6 +36,13 @@ from sendense.nbd.errors import NbdError
 
 log = logging.getLogger(__name__)
 P = TypeVar("P")
+S = TypeVar("S", bound=TaskStatus)
+
+
+def split_log(status: S) -> tuple[S, list[TaskLogLine]]:
+    """A node's status as progress (its log lines go to the task's log, not to
+    every client that polls the progress) and its log lines."""
+    return status.model_copy(update={"log": []}), status.log
 
 
 def internal_error(exc: BaseException) -> str:
