@@ -20,6 +20,8 @@ from sendense.common.contract import TaskLogLine, TaskStatus
 from sendense.common.errors import Conflict
 from sendense.common.logging import install_redaction, register_secret
 from sendense.hub.db.database import Database
+from sendense.hub.db.models import Job, JobState, TaskKind, Vm
+from sendense.hub.service import Hub
 from sendense.hub.tasks import task_log_handler
 from sendense.hub.tasks.runner import TaskRunner
 from sendense.hub.tasks.task_log import TaskLogs
@@ -195,3 +197,20 @@ def test_a_node_task_sends_its_own_records_latest_first_kept() -> None:
         (4, "INFO", "job complete job=j3"),
     ]
     assert [x.message for x in other.status.log] == ["job complete job=j2"]
+
+
+def test_a_task_the_hub_restart_ended_says_so_in_its_log(db_hub: Hub) -> None:
+    with db_hub.db.session() as s:
+        vm = Vm(name="vm-restarted")
+        s.add(vm)
+        s.flush()
+        job = Job(vm_id=vm.id, kind=TaskKind.BACKUP, state=JobState.RUNNING)
+        s.add(job)
+        s.flush()
+        task_id = job.id
+    db_hub.task_logs.append(task_id, "INFO", "backup started")
+    db_hub.reconcile()
+    assert messages(db_hub.task_logs, task_id) == [
+        ("INFO", "hub", "backup started"),
+        ("ERROR", "hub", "backup failed: the hub restarted during the job"),
+    ]

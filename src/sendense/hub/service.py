@@ -43,6 +43,7 @@ from sendense.hub.restore.to_vcenter import VmRestoreRunner
 from sendense.hub.retention.policies import PolicyService
 from sendense.hub.retention.prune import PruneService
 from sendense.hub.tasks.housekeeping import HousekeepingReport, remove_old_tasks
+from sendense.hub.tasks.task_ends import active_tasks, log_end
 from sendense.hub.tasks.task_log import TaskLogs
 from sendense.hub.tasks.task_log_handler import install as install_task_log_handler
 from sendense.hub.verify.audit import RepositoryAudit
@@ -308,7 +309,10 @@ class Hub:
 
     def reconcile(self, reason: str = "the hub restarted during the job") -> ReconcileReport:
         stop_leftovers(self.settings.scratch_dir)
+        ending = active_tasks(self.db)
         report = reconcile(self.ledger, reason)
+        for task_id in ending:  # their logs say how they ended
+            log_end(self.db, self.task_logs, task_id)
         self.access.remove_stale_keys()  # reconcile closed the accesses a restart ended
         finished = self.prune.recover()  # a prune's merge steps roll forward
         if finished:

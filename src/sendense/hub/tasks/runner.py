@@ -30,6 +30,7 @@ from sendense.common.contract import TaskLogLine, TaskStatus
 from sendense.common.errors import SendenseError
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import ACTIVE_JOB_STATES, Job, JobState, utcnow
+from sendense.hub.tasks.task_ends import log_end
 from sendense.hub.tasks.task_log import TaskLogs
 from sendense.hub.tasks.task_log_handler import NodeLines, task_context
 from sendense.nbd.errors import NbdError
@@ -191,22 +192,8 @@ class TaskRunner(Generic[P]):
             self.board.ended(task_id)
 
     def _log_end(self, task_id: str) -> None:
-        """The task's end as its row records it (an operator's cancel, a hub stop,
-        the work's own outcome)."""
-        if self.logs is None:
-            return
-        try:
-            with self.db.session() as s:
-                job = s.get(Job, task_id)
-                state, error = (job.state, job.error) if job is not None else (None, None)
-        except DBAPIError as exc:
-            self.log_line(task_id, "WARNING", f"{self.name} ended; its state is unknown: {exc}")
-            return
-        if state is None or state in ACTIVE_JOB_STATES:
-            return  # not recorded: the hub's next start ends it, and says so
-        level = {JobState.COMPLETE: "INFO", JobState.CANCELLED: "WARNING"}.get(state, "ERROR")
-        ended = f"{self.name} {state.value}"
-        self.log_line(task_id, level, f"{ended}: {error}" if error else ended)
+        if self.logs is not None:
+            log_end(self.db, self.logs, task_id, self.name)
 
     def _record(self, task_id: str, action: Callable[[], None]) -> None:
         """Run `action` (the task's end), again while the database is unavailable,
