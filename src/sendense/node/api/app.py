@@ -144,7 +144,8 @@ async def backup_start(node: NodeDep, body: BackupStartRequest) -> BackupStartRe
 
 @router.get("/jobs", tags=["backup"])
 async def list_jobs(node: NodeDep) -> list[NodeJobStatus]:
-    return [j.status for j in node.runner.jobs.values()]
+    """Every job, without its log lines (a job's own status has them)."""
+    return [j.status.model_copy(update={"log": []}) for j in node.runner.jobs.values()]
 
 
 @router.get("/jobs/{job_id}", tags=["backup"])
