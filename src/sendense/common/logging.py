@@ -54,6 +54,16 @@ def about_a_task(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] == "sendense"
 
 
+def record_message(record: logging.LogRecord) -> str:
+    """A record as a task's log line: its message, its exception in short (no
+    traceback), scrubbed."""
+    message = record.getMessage()
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        message = f"{message} ({type(exc).__name__}: {exc})"
+    return redact(message)
+
+
 def setup_logging(level: str = "INFO") -> None:
     install_redaction()
     root = logging.getLogger()

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 from sendense.common.contract import TaskLogLine, TaskStatus
-from sendense.common.logging import about_a_task, redact
+from sendense.common.logging import about_a_task, record_message
 
 KEEP_LINES = 500  # the hub reads a status every 0.25 s: it never falls this far behind
 
@@ -55,14 +55,6 @@ def capture(status: TaskStatus) -> Iterator[None]:
         yield
     finally:
         _current.reset(token)
-
-
-def record_message(record: logging.LogRecord) -> str:
-    message = record.getMessage()
-    if record.exc_info and record.exc_info[1] is not None:
-        exc = record.exc_info[1]
-        message = f"{message} ({type(exc).__name__}: {exc})"
-    return redact(message)
 
 
 class TaskLineHandler(logging.Handler):

@@ -19,7 +19,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from sendense.common.contract import TaskLogLine
-from sendense.common.logging import about_a_task, redact
+from sendense.common.logging import about_a_task, record_message, redact
 from sendense.hub.tasks.task_log import TaskLogs
 
 _current: ContextVar[tuple[TaskLogs, str] | None] = ContextVar("hub_task_log", default=None)
@@ -36,14 +36,6 @@ def task_context(logs: TaskLogs | None, task_id: str) -> Iterator[None]:
         yield
     finally:
         _current.reset(token)
-
-
-def record_message(record: logging.LogRecord) -> str:
-    message = record.getMessage()
-    if record.exc_info and record.exc_info[1] is not None:
-        exc = record.exc_info[1]
-        message = f"{message} ({type(exc).__name__}: {exc})"
-    return redact(message)
 
 
 class TaskLogHandler(logging.Handler):
