@@ -120,6 +120,24 @@ def test_a_task_log_holds_its_states_and_what_its_work_logged(db: Database, tmp_
     assert all("a line of no task" not in m for t in (ok, bad) for _, _, m in messages(logs, t))
 
 
+def test_a_log_that_cannot_be_written_never_fails_the_task(db: Database, tmp_path: Path) -> None:
+    in_the_way = tmp_path / "task-logs"
+    in_the_way.write_bytes(b"")  # a file where the directory should be
+    runner: TaskRunner[int] = TaskRunner(db, workers=1, logs=TaskLogs(in_the_way))
+    try:
+
+        def works() -> str:
+            work_log.info("a line nowhere to go")
+            return "done"
+
+        task_id = new_task(db)
+        runner.queue(task_id, works)
+        job = wait_ended(db, task_id)
+    finally:
+        runner.shutdown()
+    assert (job.state, job.error) == (JobState.COMPLETE, "done")
+
+
 def _line(seq: int, message: str) -> TaskLogLine:
     return TaskLogLine(seq=seq, at=1_764_000_000.0 + seq, level="INFO", message=message)
 

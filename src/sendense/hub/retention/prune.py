@@ -60,7 +60,7 @@ from sendense.hub.repository.repositories import (
 from sendense.hub.restore.instant_access import AccessService
 from sendense.hub.retention.rules import Candidate, Decision, KeepRules, select_points
 from sendense.hub.tasks.task_log import TaskLogs
-from sendense.hub.tasks.task_log_handler import task_context
+from sendense.hub.tasks.task_log_handler import task_context, write_line
 from sendense.hub.tasks.vm_lock import lock_vm, unlock_vm
 from sendense.hub.verify.verifier import Verifier
 
@@ -186,7 +186,7 @@ class PruneService:
 
     def _line(self, job_id: str, level: str, message: str) -> None:
         if self.logs is not None:
-            self.logs.append(job_id, level, message)
+            write_line(self.logs, job_id, level, message)
 
     def _end(self, job_id: str, error: str | None) -> None:
         with self.db.session() as s:

@@ -27,12 +27,11 @@ from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
 
 from sendense.common.contract import TaskLogLine, TaskStatus
-from sendense.common.errors import SendenseError
+from sendense.common.errors import SendenseError, TaskNotRunning
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import ACTIVE_JOB_STATES, Job, JobState, utcnow
-from sendense.hub.tasks.task_ends import log_end
 from sendense.hub.tasks.task_log import TaskLogs
-from sendense.hub.tasks.task_log_handler import NodeLines, task_context
+from sendense.hub.tasks.task_log_handler import NodeLines, task_context, write_line
 from sendense.nbd.errors import NbdError
 
 log = logging.getLogger(__name__)
@@ -130,7 +129,7 @@ class TaskRunner(Generic[P]):
     def log_line(self, task_id: str, level: str, message: str) -> None:
         """An explicit line in the task's log (its state changes)."""
         if self.logs is not None:
-            self.logs.append(task_id, level, message)
+            write_line(self.logs, task_id, level, message)
 
     def record_node(self, task_id: str, progress: P, lines: list[TaskLogLine]) -> None:
         """A node's status of the task: its progress, and its new log lines."""
@@ -167,33 +166,35 @@ class TaskRunner(Generic[P]):
             try:
                 self._run_logged(task_id, work)
             finally:
-                self._log_end(task_id)
+                self.board.ended(task_id)
                 self.node_lines.forget(task_id)
 
     def _run_logged(self, task_id: str, work: Callable[[], str | None]) -> None:
+        """The end line is written once the end is recorded (no database work after
+        it: a hub closing once the row says ended finds nothing still using it)."""
+        if not self.start(task_id):
+            self.log_line(task_id, "WARNING", f"{self.name} not started: it had ended already")
+            return
+        self.log_line(task_id, "INFO", f"{self.name} started")
         try:
-            if not self.start(task_id):
-                return
-            self.log_line(task_id, "INFO", f"{self.name} started")
-            try:
-                note = work()
-            except (SendenseError, NbdError) as exc:
-                log.warning("%s failed task=%s: %s", self.name, task_id, exc.message)
-                reason = exc.message
-                self._record(task_id, lambda: self.fail(task_id, reason))
-                return
-            except Exception as exc:
-                log.exception("%s crashed task=%s", self.name, task_id)
-                message = internal_error(exc)
-                self._record(task_id, lambda: self.fail(task_id, message))
-                return
-            self._record(task_id, lambda: self.complete(task_id, note))
-        finally:
-            self.board.ended(task_id)
-
-    def _log_end(self, task_id: str) -> None:
-        if self.logs is not None:
-            log_end(self.db, self.logs, task_id, self.name)
+            note = work()
+        except (SendenseError, NbdError) as exc:
+            log.warning("%s failed task=%s: %s", self.name, task_id, exc.message)
+            reason = exc.message
+            self._record(task_id, lambda: self.fail(task_id, reason))
+            if isinstance(exc, TaskNotRunning):  # an operator's cancel, a hub stop
+                self.log_line(task_id, "WARNING", f"{self.name} ended: {reason}")
+            else:
+                self.log_line(task_id, "ERROR", f"{self.name} failed: {reason}")
+            return
+        except Exception as exc:
+            log.exception("%s crashed task=%s", self.name, task_id)
+            message = internal_error(exc)
+            self._record(task_id, lambda: self.fail(task_id, message))
+            self.log_line(task_id, "ERROR", f"{self.name} failed: {message}")
+            return
+        self._record(task_id, lambda: self.complete(task_id, note))
+        self.log_line(task_id, "INFO", f"{self.name} complete" + (f": {note}" if note else ""))
 
     def _record(self, task_id: str, action: Callable[[], None]) -> None:
         """Run `action` (the task's end), again while the database is unavailable,

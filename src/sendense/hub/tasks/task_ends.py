@@ -9,6 +9,7 @@ from sqlalchemy.exc import DBAPIError
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import ACTIVE_JOB_STATES, Job, JobState
 from sendense.hub.tasks.task_log import TaskLogs
+from sendense.hub.tasks.task_log_handler import write_line
 
 
 def active_tasks(db: Database) -> list[str]:
@@ -27,8 +28,8 @@ def log_end(db: Database, logs: TaskLogs, task_id: str, name: str | None = None)
                 return
             state, error, kind = job.state, job.error, job.kind
     except DBAPIError as exc:
-        logs.append(task_id, "WARNING", f"{name or 'task'} ended; its state is unknown: {exc}")
+        write_line(logs, task_id, "WARNING", f"{name or 'task'} ended; its state is unknown: {exc}")
         return
     level = {JobState.COMPLETE: "INFO", JobState.CANCELLED: "WARNING"}.get(state, "ERROR")
     ended = f"{name or kind.value} {state.value}"
-    logs.append(task_id, level, f"{ended}: {error}" if error else ended)
+    write_line(logs, task_id, level, f"{ended}: {error}" if error else ended)

@@ -22,7 +22,28 @@ from sendense.common.contract import TaskLogLine
 from sendense.common.logging import about_a_task, record_message, redact
 from sendense.hub.tasks.task_log import TaskLogs
 
+log = logging.getLogger(__name__)
 _current: ContextVar[tuple[TaskLogs, str] | None] = ContextVar("hub_task_log", default=None)
+
+
+def write_line(
+    logs: TaskLogs,
+    task_id: str,
+    level: str,
+    message: str,
+    source: str = "hub",
+    at: datetime | None = None,
+) -> None:
+    """A line in a task's log; a log that cannot be written (a full disk) never
+    fails the task: it is said in the hub's log instead."""
+    try:
+        logs.append(task_id, level, message, source, at)
+    except OSError as exc:
+        token = _current.set(None)  # not again into the log that failed
+        try:
+            log.warning("task log not written task=%s: %s", task_id, exc)
+        finally:
+            _current.reset(token)
 
 
 @contextmanager
@@ -46,7 +67,7 @@ class TaskLogHandler(logging.Handler):
         logs, task_id = current
         try:
             at = datetime.fromtimestamp(record.created, UTC)
-            logs.append(task_id, record.levelname, record_message(record), "hub", at)
+            write_line(logs, task_id, record.levelname, record_message(record), "hub", at)
         except Exception:  # a log line never breaks the task
             self.handleError(record)
 
@@ -76,10 +97,10 @@ class NodeLines:
                 return
             if new[0].seq > seen + 1:
                 lost = new[0].seq - seen - 1
-                self.logs.append(task_id, "WARNING", f"{lost} node lines not received", "node")
+                write_line(self.logs, task_id, "WARNING", f"{lost} node lines not received", "node")
             for line in new:
                 at = datetime.fromtimestamp(line.at, UTC)
-                self.logs.append(task_id, line.level, redact(line.message), "node", at)
+                write_line(self.logs, task_id, line.level, redact(line.message), "node", at)
             self._seen[task_id] = new[-1].seq
 
     def forget(self, task_id: str) -> None:
