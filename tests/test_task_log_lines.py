@@ -21,6 +21,7 @@ from sendense.common.errors import Conflict
 from sendense.common.logging import install_redaction, register_secret
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import Job, JobState, TaskKind, Vm
+from sendense.hub.retention.rules import KeepRules
 from sendense.hub.service import Hub
 from sendense.hub.tasks import task_log_handler
 from sendense.hub.tasks.runner import TaskRunner
@@ -28,6 +29,7 @@ from sendense.hub.tasks.task_log import TaskLogs
 from sendense.hub.tasks.task_log_handler import NodeLines
 from sendense.node import task_log as node_task_log
 from sendense.node.task_table import TaskTable
+from tests.test_merge_safety import make_points
 from tests.test_task_runner import new_task, wait_ended
 
 work_log = logging.getLogger("sendense.tests.task_work")
@@ -232,3 +234,13 @@ def test_a_task_the_hub_restart_ended_says_so_in_its_log(db_hub: Hub) -> None:
         ("INFO", "hub", "backup started"),
         ("ERROR", "hub", "backup failed: the hub restarted during the job"),
     ]
+
+
+def test_a_prunes_log_says_what_it_did(hub: Hub, tmp_path: Path) -> None:
+    make_points(hub, tmp_path / "repo", "vm1", 3)
+    result = hub.prune.run("vm1", KeepRules(last=1))
+    assert len(result.removed) == 2
+    lines = messages(hub.task_logs, result.job_id)
+    assert lines[0] == ("INFO", "hub", "prune started vm=vm1")
+    assert ("INFO", "hub", f"prune done job={result.job_id} vm=vm1 removed=2") in lines
+    assert lines[-1] == ("INFO", "hub", "prune complete")
