@@ -66,6 +66,13 @@ def test_a_backups_log_holds_hub_and_node_lines_while_it_runs_and_after(
         progress = site.api.get(f"/api/v1/jobs/{job_id}/progress").json()
         assert progress["state"] == "running"
         assert progress["log"] == []
+        # The node sends the lines after the last the hub has (all of them here).
+        full = node.get(f"/api/v1/jobs/{job_id}").json()["log"]
+        assert [x["seq"] for x in full] == list(range(1, len(full) + 1))
+        after = node.get(f"/api/v1/jobs/{job_id}", params={"log_after": 2}).json()["log"]
+        assert after == full[2:]
+        refused = node.get(f"/api/v1/jobs/{job_id}", params={"log_after": -1})
+        assert refused.status_code == 422, refused.text
     first = order(
         running,
         ("hub", "backup queued"),

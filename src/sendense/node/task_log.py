@@ -3,9 +3,9 @@
 While a task runs, `capture(status)` makes every log record of its asyncio task
 (and of the threads it starts with `asyncio.to_thread`, which copy the context)
 a numbered line on `status.log`; only the latest `keep` lines stay. The hub
-polls the status and keeps the lines numbered after the last one it has. A
-record's message is scrubbed of registered secrets and `password=` patterns,
-as in every other log.
+polls the status, asking for the lines numbered after the last one it has
+(`?log_after=N`), and keeps them. A record's message is scrubbed of
+registered secrets and `password=` patterns, as in every other log.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
             client.start_backup(request)
             try:
                 return follow_node_task(
-                    lambda: client.job(task_id),
+                    lambda: client.job(task_id, self.node_lines.seen(task_id)),
                     client.name,
                     poll=self.poll,
                     node_timeout=self.node_timeout,

@@ -217,7 +217,7 @@ class VmRestoreRunner(TaskRunner[RestoreJobStatus]):
                 raise TaskNotRunning(task_id, "the hub stopped the restore")
 
         return follow_node_task(
-            lambda: client.restore_job(task_id),
+            lambda: client.restore_job(task_id, self.node_lines.seen(task_id)),
             client.name,
             poll=self.poll,
             node_timeout=self.node_timeout,

@@ -103,6 +103,11 @@ class NodeLines:
                 write_line(self.logs, task_id, line.level, redact(line.message), "node", at)
             self._seen[task_id] = new[-1].seq
 
+    def seen(self, task_id: str) -> int:
+        """The number of the last node line kept: the node sends those after it."""
+        with self._lock:
+            return self._seen.get(task_id, 0)
+
     def forget(self, task_id: str) -> None:
         with self._lock:
             self._seen.pop(task_id, None)

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sendense import __version__
@@ -148,9 +148,21 @@ async def list_jobs(node: NodeDep) -> list[NodeJobStatus]:
     return [j.status.model_copy(update={"log": []}) for j in node.runner.jobs.values()]
 
 
+LogAfter = Annotated[
+    int, Query(ge=0, description="only the log lines numbered after this (the hub's last)")
+]
+Status = TypeVar("Status", bound=TaskStatus)
+
+
+def _lines_after(status: Status, log_after: int) -> Status:
+    if not log_after:
+        return status
+    return status.model_copy(update={"log": [x for x in status.log if x.seq > log_after]})
+
+
 @router.get("/jobs/{job_id}", tags=["backup"])
-async def get_job(node: NodeDep, job_id: str) -> NodeJobStatus:
-    return node.runner.get(job_id).status
+async def get_job(node: NodeDep, job_id: str, log_after: LogAfter = 0) -> NodeJobStatus:
+    return _lines_after(node.runner.get(job_id).status, log_after)
 
 
 @router.post("/jobs/{job_id}/cancel", tags=["backup"])
@@ -171,8 +183,8 @@ async def restore_start(node: NodeDep, body: RestoreStartRequest) -> BackupStart
 
 
 @router.get("/restore/jobs/{job_id}", tags=["restore"])
-async def get_restore_job(node: NodeDep, job_id: str) -> RestoreJobStatus:
-    return node.restores.get(job_id).status
+async def get_restore_job(node: NodeDep, job_id: str, log_after: LogAfter = 0) -> RestoreJobStatus:
+    return _lines_after(node.restores.get(job_id).status, log_after)
 
 
 @router.post("/restore/jobs/{job_id}/cancel", tags=["restore"])
