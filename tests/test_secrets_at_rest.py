@@ -8,7 +8,8 @@ were checked only in log lines captured in-process.
 
 Every process's command line (/proc/*/cmdline, readable by any local user) is
 sampled during the enrollment, the backups and a restore to a new VM, and read
-for the same secrets (issue 12, acceptance).
+for the same secrets (issue 12, acceptance). The tasks' logs, the node's
+lines in them, are among the files read.
 
 Everything runs under umask 000: what the hub and node create (data directories,
 the SQLite database, disk images, keys, logs of their children) must still be
@@ -117,6 +118,10 @@ def test_no_secret_in_any_file_the_hub_node_and_tunnel_write(
     files = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()]
     assert any(p.name == "hub.db" for p in files)
     assert any(p.suffix == ".log" for p in files)
+    # The tasks' logs (issue 14, point 3), with the node's lines: read below too.
+    task_logs = [p for p in files if p.parent == site.hub.data_dir / "task-logs"]
+    assert len(task_logs) >= 3  # two backups and a restore
+    assert any(" INFO node snapshot created " in p.read_text() for p in task_logs)
     found: list[str] = []
     seen_on_purpose: list[str] = []
     for path in files:

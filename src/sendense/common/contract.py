@@ -119,6 +119,16 @@ class DiskProgress(BaseModel):
     time_split: TimeSplit = Field(default_factory=TimeSplit)
 
 
+class TaskLogLine(BaseModel):
+    """One log record of a node's task, numbered from 1 in the task: the hub keeps
+    the lines numbered after the last it has (the node keeps only the latest)."""
+
+    seq: int
+    at: float = Field(description="epoch seconds")
+    level: str
+    message: str
+
+
 class TaskStatus(BaseModel):
     """What the node says of any of its tasks (a backup, a restore)."""
 
@@ -129,6 +139,8 @@ class TaskStatus(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     started_at: float
     finished_at: float | None = None
+    # The task's latest log lines (secrets redacted), oldest first.
+    log: list[TaskLogLine] = Field(default_factory=list)
 
 
 class NodeJobStatus(TaskStatus):

@@ -48,6 +48,22 @@ def install_redaction() -> None:
     logging.setLogRecordFactory(RedactingRecord)
 
 
+def about_a_task(record: logging.LogRecord) -> bool:
+    """What a task's log keeps: Sendense's own records, and warnings and errors
+    of the libraries it uses (not httpx's line for every status poll)."""
+    return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] == "sendense"
+
+
+def record_message(record: logging.LogRecord) -> str:
+    """A record as a task's log line: its message, its exception in short (no
+    traceback), scrubbed."""
+    message = record.getMessage()
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        message = f"{message} ({type(exc).__name__}: {exc})"
+    return redact(message)
+
+
 def setup_logging(level: str = "INFO") -> None:
     install_redaction()
     root = logging.getLogger()

@@ -43,7 +43,10 @@ from sendense.hub.restore.to_vcenter import VmRestoreRunner
 from sendense.hub.retention.policies import PolicyService
 from sendense.hub.retention.prune import PruneService
 from sendense.hub.tasks.catalog import TaskCatalog
+from sendense.hub.tasks.housekeeping import HousekeepingReport, remove_old_tasks
+from sendense.hub.tasks.task_ends import active_tasks, log_end
 from sendense.hub.tasks.task_log import TaskLogs
+from sendense.hub.tasks.task_log_handler import install as install_task_log_handler
 from sendense.hub.verify.audit import RepositoryAudit
 from sendense.hub.verify.runner import VerifyRunner
 from sendense.hub.verify.verifier import Verifier
@@ -151,7 +154,9 @@ class Hub:
             settings.access_keys_dir,
         )
         policies = PolicyService(db)
-        prune = PruneService(db, repos, access, settings.zone, settings.scratch_dir)
+        task_logs = TaskLogs(settings.task_log_dir)
+        install_task_log_handler()
+        prune = PruneService(db, repos, access, settings.zone, settings.scratch_dir, logs=task_logs)
         verifier = Verifier(db, repos, settings.scratch_dir)
         node_timeout = settings.node_timeout_s
         backups = BackupRunner(
@@ -162,6 +167,7 @@ class Hub:
             connector,
             max_jobs=settings.max_jobs,
             node_timeout=node_timeout,
+            logs=task_logs,
         )
         scheduler = Scheduler(
             backups,
@@ -208,15 +214,17 @@ class Hub:
             verifier=verifier,
             audit=RepositoryAudit(db, repos),
             backups=backups,
-            restores=VmRestoreRunner(db, access, vcenters, connector, node_timeout=node_timeout),
-            verifications=VerifyRunner(db, verifier),
+            restores=VmRestoreRunner(
+                db, access, vcenters, connector, node_timeout=node_timeout, logs=task_logs
+            ),
+            verifications=VerifyRunner(db, verifier, task_logs),
             scheduler=scheduler,
             snapshot_sweep=SnapshotSweep(
                 vcenters, connector, lambda: nodes.refresh_connected(is_listening)
             ),
             notifications=notifications,
             notifier=notifier,
-            task_logs=TaskLogs(settings.task_log_dir),
+            task_logs=task_logs,
             tasks=TaskCatalog(db),
         )
 
@@ -304,7 +312,10 @@ class Hub:
 
     def reconcile(self, reason: str = "the hub restarted during the job") -> ReconcileReport:
         stop_leftovers(self.settings.scratch_dir)
+        ending = active_tasks(self.db)
         report = reconcile(self.ledger, reason)
+        for task_id in ending:  # their logs say how they ended
+            log_end(self.db, self.task_logs, task_id)
         self.access.remove_stale_keys()  # reconcile closed the accesses a restart ended
         finished = self.prune.recover()  # a prune's merge steps roll forward
         if finished:
@@ -318,6 +329,17 @@ class Hub:
                 ", ".join(str(r) for r in self.repos.roots),
             )
         return report
+
+    def housekeeping(self) -> HousekeepingReport:
+        """Tasks and their logs older than `task_retention_days` go (at start-up,
+        then hourly), and finished tasks' progress leaves memory."""
+        self.evict_progress()
+        return remove_old_tasks(self.db, self.task_logs, self.settings.task_retention_days)
+
+    def evict_progress(self) -> None:
+        """Finished tasks' progress kept past its time goes (every minute)."""
+        for runner in (self.backups, self.restores, self.verifications):
+            runner.board.evict()
 
     def stop_tasks(self) -> None:
         """No new task starts; those running are ended by `reconcile` after this."""

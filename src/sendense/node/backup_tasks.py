@@ -27,6 +27,7 @@ from sendense.node.config import NodeSettings
 from sendense.node.engine import CopyTuning, DiskPlan, copy_disk
 from sendense.node.forwards import HubExports
 from sendense.node.snapshot_hunter import SnapshotHunter, SnapshotLedger, SnapshotRecord
+from sendense.node.task_log import capture
 from sendense.node.task_table import TaskTable, start_fields
 from sendense.node.vmware import snapshots
 from sendense.node.vmware.changes import ChangeIdInvalid, changed_areas, whole_disk
@@ -94,8 +95,9 @@ class BackupTasks(TaskTable[NodeJob]):
         return job
 
     async def _run(self, job: NodeJob, req: BackupStartRequest) -> None:
-        log.info("job started job=%s vm=%s type=%s", req.job_id, req.vm_name, req.backup_type)
-        await self.run(job, self._backup(job, req))
+        with capture(job.status):
+            log.info("job started job=%s vm=%s type=%s", req.job_id, req.vm_name, req.backup_type)
+            await self.run(job, self._backup(job, req))
 
     def _thumbprint(self, req: BackupStartRequest) -> str | None:
         pins = self.settings.vcenter_thumbprints

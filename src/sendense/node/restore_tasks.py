@@ -40,6 +40,7 @@ from sendense.nbd.errors import NbdError
 from sendense.nbd.protocol import CMD_READ
 from sendense.node.backup_tasks import BackupTasks
 from sendense.node.config import NodeSettings
+from sendense.node.task_log import capture
 from sendense.node.task_table import TaskTable, start_fields
 from sendense.node.vmware import restore
 from sendense.node.vmware.connection import Vcenter, connect
@@ -167,17 +168,18 @@ class RestoreTasks(TaskTable[RestoreJob]):
     async def _run(
         self, job: RestoreJob, req: RestoreStartRequest, vc: Vcenter, target: restore.RestoreTarget
     ) -> None:
-        log.info(
-            "restore started job=%s vm=%s datastore=%s replaces=%s",
-            req.job_id,
-            req.vm_name,
-            target.answer.datastore,
-            target.answer.replaces,
-        )
-        try:
-            await self.run(job, self._restore(job, req, vc, target))
-        finally:
-            await asyncio.to_thread(vc.close)
+        with capture(job.status):
+            log.info(
+                "restore started job=%s vm=%s datastore=%s replaces=%s",
+                req.job_id,
+                req.vm_name,
+                target.answer.datastore,
+                target.answer.replaces,
+            )
+            try:
+                await self.run(job, self._restore(job, req, vc, target))
+            finally:
+                await asyncio.to_thread(vc.close)
 
     async def _restore(
         self, job: RestoreJob, req: RestoreStartRequest, vc: Vcenter, target: restore.RestoreTarget

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from sendense.common.contract import ACTIVE_STATES, TaskStatus
 from sendense.common.errors import Conflict, NotFound, SendenseError
 from sendense.nbd.errors import NbdError
+from sendense.node.task_log import capture
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,12 @@ class TaskTable(Generic[J]):
 
     async def run(self, job: J, work: Awaitable[None]) -> None:
         """Run `work` as `job`: its status moves running -> complete, failed or
-        cancelled, with the error an operator reads."""
+        cancelled, with the error an operator reads; its log records go to its
+        status (`task_log.capture`)."""
+        with capture(job.status):
+            await self._run_captured(job, work)
+
+    async def _run_captured(self, job: J, work: Awaitable[None]) -> None:
         status = job.status
         status.state = "running"
         try:

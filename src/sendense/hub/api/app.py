@@ -43,6 +43,8 @@ from sendense.hub.service import Hub
 from sendense.nbd.errors import NbdError, NbdUriError
 
 log = logging.getLogger(__name__)
+HOUSEKEEPING_S = 3600.0  # old tasks and their logs go: at start-up, then hourly
+EVICT_S = 60.0  # finished tasks' progress leaves memory
 
 
 def create_app(hub: Hub) -> FastAPI:
@@ -66,6 +68,10 @@ def create_app(hub: Hub) -> FastAPI:
             ),
             asyncio.create_task(
                 _every(hub.settings.notify_tick_s, hub.notifier.tick, "sending notifications")
+            ),
+            asyncio.create_task(_every(HOUSEKEEPING_S, hub.housekeeping, "removing old tasks")),
+            asyncio.create_task(
+                _every(EVICT_S, hub.evict_progress, "evicting finished progress", first=False)
             ),
         ]
         yield

@@ -22,7 +22,8 @@ from sendense.hub.nodes.client import NodeClient, NodeConnector
 from sendense.hub.nodes.vcenters import VcenterService
 from sendense.hub.retention.policies import PolicyService
 from sendense.hub.tasks.node_task import follow_node_task
-from sendense.hub.tasks.runner import TaskRunner
+from sendense.hub.tasks.runner import TaskRunner, split_log
+from sendense.hub.tasks.task_log import TaskLogs
 
 log = logging.getLogger(__name__)
 TELL_NODE_S = 10.0  # how long a cancel for the node is retried through its tunnel
@@ -42,8 +43,9 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
         max_jobs: int = 4,
         poll: float = 0.25,
         node_timeout: float = 60.0,
+        logs: TaskLogs | None = None,
     ) -> None:
-        super().__init__(db, max_jobs)
+        super().__init__(db, max_jobs, logs=logs)
         self.ledger = ledger
         self.vcenters = vcenters
         self.policies = policies
@@ -159,11 +161,11 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
             client.start_backup(request)
             try:
                 return follow_node_task(
-                    lambda: client.job(task_id),
+                    lambda: client.job(task_id, self.node_lines.seen(task_id)),
                     client.name,
                     poll=self.poll,
                     node_timeout=self.node_timeout,
-                    record=lambda status: self.board.put(task_id, status),
+                    record=lambda status: self.record_node(task_id, *split_log(status)),
                     check=lambda: self._still_running(task_id),
                 )
             except BaseException:

@@ -197,8 +197,10 @@ class NodeClient:
         answer = self._call("POST", "/api/v1/snapshots/hunt", _login_body(login))
         return SnapshotHuntResponse.model_validate(answer)
 
-    def job(self, job_id: str) -> NodeJobStatus:
-        return NodeJobStatus.model_validate(self._call("GET", f"/api/v1/jobs/{job_id}"))
+    def job(self, job_id: str, log_after: int = 0) -> NodeJobStatus:
+        """The job's status, with its log lines numbered after `log_after`."""
+        path = f"/api/v1/jobs/{job_id}" + (f"?log_after={log_after}" if log_after else "")
+        return NodeJobStatus.model_validate(self._call("GET", path))
 
     def cancel(self, job_id: str) -> None:
         self._call("POST", f"/api/v1/jobs/{job_id}/cancel")
@@ -210,8 +212,9 @@ class NodeClient:
     def start_restore(self, request: RestoreStartRequest) -> None:
         self._call("POST", "/api/v1/restore/start", _with_login(request), relay=True)
 
-    def restore_job(self, job_id: str) -> RestoreJobStatus:
-        return RestoreJobStatus.model_validate(self._call("GET", f"/api/v1/restore/jobs/{job_id}"))
+    def restore_job(self, job_id: str, log_after: int = 0) -> RestoreJobStatus:
+        path = f"/api/v1/restore/jobs/{job_id}" + (f"?log_after={log_after}" if log_after else "")
+        return RestoreJobStatus.model_validate(self._call("GET", path))
 
     def cancel_restore(self, job_id: str) -> None:
         self._call("POST", f"/api/v1/restore/jobs/{job_id}/cancel")

@@ -41,7 +41,8 @@ from sendense.hub.nodes.vcenters import VcenterService
 from sendense.hub.restore.instant_access import AccessInfo, AccessService
 from sendense.hub.restore.points import restorable_point
 from sendense.hub.tasks.node_task import follow_node_task
-from sendense.hub.tasks.runner import TaskRunner
+from sendense.hub.tasks.runner import TaskRunner, split_log
+from sendense.hub.tasks.task_log import TaskLogs
 
 log = logging.getLogger(__name__)
 # vSphere's SCSI numbering: controller 1000 + bus, disk 2000 + 16 x bus + unit.
@@ -116,8 +117,9 @@ class VmRestoreRunner(TaskRunner[RestoreJobStatus]):
         workers: int = 4,
         poll: float = 0.25,
         node_timeout: float = 60.0,
+        logs: TaskLogs | None = None,
     ) -> None:
-        super().__init__(db, workers)
+        super().__init__(db, workers, logs=logs)
         self.access = access
         self.vcenters = vcenters
         self.nodes = nodes
@@ -215,11 +217,11 @@ class VmRestoreRunner(TaskRunner[RestoreJobStatus]):
                 raise TaskNotRunning(task_id, "the hub stopped the restore")
 
         return follow_node_task(
-            lambda: client.restore_job(task_id),
+            lambda: client.restore_job(task_id, self.node_lines.seen(task_id)),
             client.name,
             poll=self.poll,
             node_timeout=self.node_timeout,
-            record=lambda status: self.board.put(task_id, status),
+            record=lambda status: self.record_node(task_id, *split_log(status)),
             check=check,
         )
 

@@ -59,6 +59,8 @@ from sendense.hub.repository.repositories import (
 )
 from sendense.hub.restore.instant_access import AccessService
 from sendense.hub.retention.rules import Candidate, Decision, KeepRules, select_points
+from sendense.hub.tasks.task_log import TaskLogs
+from sendense.hub.tasks.task_log_handler import task_context, write_line
 from sendense.hub.tasks.vm_lock import lock_vm, unlock_vm
 from sendense.hub.verify.verifier import Verifier
 
@@ -85,8 +87,10 @@ class PruneService:
         access: AccessService,
         zone: tzinfo,
         scratch: Path,
+        logs: TaskLogs | None = None,
     ) -> None:
         self.db = db
+        self.logs = logs
         self.repos = repos
         self.access = access
         self.zone = zone
@@ -153,7 +157,12 @@ class PruneService:
             job_id = job.id
             # Busy: VmBusy rolls the new row back with the transaction.
             lock_vm(s, s.get_one(Vm, vm.id), job_id)
+        with task_context(self.logs, job_id):
+            return self._run(vm, vm_ref, rules, job_id)
+
+    def _run(self, vm: Vm, vm_ref: str, rules: KeepRules, job_id: str) -> PruneResult:
         removed: list[str] = []
+        self._line(job_id, "INFO", f"prune started vm={vm.name}")
         try:
             # Steps an earlier prune left (a crash, no space, a share not mounted)
             # are finished before anything is planned.
@@ -166,11 +175,18 @@ class PruneService:
                 self._remove_point(job_id, decision.id, earlier)
                 removed.append(decision.id)
         except BaseException as exc:
-            self._end(job_id, exc.message if isinstance(exc, SendenseError) else repr(exc))
+            error = exc.message if isinstance(exc, SendenseError) else repr(exc)
+            self._end(job_id, error)
+            self._line(job_id, "ERROR", f"prune failed: {error}")
             raise
         self._end(job_id, None)
         log.info("prune done job=%s vm=%s removed=%d", job_id, vm.name, len(removed))
+        self._line(job_id, "INFO", "prune complete")
         return PruneResult(job_id, decisions, removed)
+
+    def _line(self, job_id: str, level: str, message: str) -> None:
+        if self.logs is not None:
+            write_line(self.logs, job_id, level, message)
 
     def _end(self, job_id: str, error: str | None) -> None:
         with self.db.session() as s:

@@ -9,7 +9,9 @@ way: an expected `SendenseError` (or an NBD failure) fails the task with its mes
 else fails it as an internal error and is logged with its traceback. A task's end
 is recorded even across a database outage: while the database refuses, the
 record is tried again (a task left "running" would keep its VM locked, its
-exports and ports until the hub restarts).
+exports and ports until the hub restarts). Each task has a log
+(task_log.py): a line when it is queued, starts and ends (its state and
+error), every record logged while its work runs, and its node's lines.
 """
 
 from __future__ import annotations
@@ -24,13 +26,23 @@ from typing import Generic, TypeVar
 from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
 
-from sendense.common.errors import SendenseError
+from sendense.common.contract import TaskLogLine, TaskStatus
+from sendense.common.errors import SendenseError, TaskNotRunning
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import ACTIVE_JOB_STATES, Job, JobState, utcnow
+from sendense.hub.tasks.task_log import TaskLogs
+from sendense.hub.tasks.task_log_handler import NodeLines, task_context, write_line
 from sendense.nbd.errors import NbdError
 
 log = logging.getLogger(__name__)
 P = TypeVar("P")
+S = TypeVar("S", bound=TaskStatus)
+
+
+def split_log(status: S) -> tuple[S, list[TaskLogLine]]:
+    """A node's status as progress (its log lines go to the task's log, not to
+    every client that polls the progress) and its log lines."""
+    return status.model_copy(update={"log": []}), status.log
 
 
 def internal_error(exc: BaseException) -> str:
@@ -66,6 +78,12 @@ class ProgressBoard(Generic[P]):
         with self._lock:
             return len(self._live)
 
+    def evict(self) -> None:
+        """Drop what has been kept long enough now (the hub calls it periodically:
+        a board nobody writes to any more forgets its finished tasks too)."""
+        with self._lock:
+            self._evict()
+
     def _evict(self) -> None:
         now = self.clock()
         for task_id, at in list(self._ended.items()):
@@ -87,8 +105,11 @@ class TaskRunner(Generic[P]):
         workers: int,
         keep_finished_s: float = 300.0,
         record_retry_s: float = 600.0,
+        logs: TaskLogs | None = None,
     ) -> None:
         self.db = db
+        self.logs = logs
+        self.node_lines = NodeLines(logs)
         self.board: ProgressBoard[P] = ProgressBoard(keep_finished_s)
         self.record_retry_s = record_retry_s
         self._stopping = threading.Event()
@@ -102,7 +123,18 @@ class TaskRunner(Generic[P]):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def queue(self, task_id: str, work: Callable[[], str | None]) -> None:
+        self.log_line(task_id, "INFO", f"{self.name} queued")
         self._pool.submit(self._run, task_id, work)
+
+    def log_line(self, task_id: str, level: str, message: str) -> None:
+        """An explicit line in the task's log (its state changes)."""
+        if self.logs is not None:
+            write_line(self.logs, task_id, level, message)
+
+    def record_node(self, task_id: str, progress: P, lines: list[TaskLogLine]) -> None:
+        """A node's status of the task: its progress, and its new log lines."""
+        self.board.put(task_id, progress)
+        self.node_lines.copy(task_id, lines)
 
     def set_state(self, task_id: str, state: JobState, error: str | None = None) -> bool:
         """Move an active task on; False when it has ended already (a hub stop, a
@@ -130,24 +162,39 @@ class TaskRunner(Generic[P]):
         self.set_state(task_id, JobState.COMPLETE, note)
 
     def _run(self, task_id: str, work: Callable[[], str | None]) -> None:
-        try:
-            if not self.start(task_id):
-                return
+        with task_context(self.logs, task_id):
             try:
-                note = work()
-            except (SendenseError, NbdError) as exc:
-                log.warning("%s failed task=%s: %s", self.name, task_id, exc.message)
-                reason = exc.message
-                self._record(task_id, lambda: self.fail(task_id, reason))
-                return
-            except Exception as exc:
-                log.exception("%s crashed task=%s", self.name, task_id)
-                message = internal_error(exc)
-                self._record(task_id, lambda: self.fail(task_id, message))
-                return
-            self._record(task_id, lambda: self.complete(task_id, note))
-        finally:
-            self.board.ended(task_id)
+                self._run_logged(task_id, work)
+            finally:
+                self.board.ended(task_id)
+                self.node_lines.forget(task_id)
+
+    def _run_logged(self, task_id: str, work: Callable[[], str | None]) -> None:
+        """The end line is written once the end is recorded (no database work after
+        it: a hub closing once the row says ended finds nothing still using it)."""
+        if not self.start(task_id):
+            self.log_line(task_id, "WARNING", f"{self.name} not started: it had ended already")
+            return
+        self.log_line(task_id, "INFO", f"{self.name} started")
+        try:
+            note = work()
+        except (SendenseError, NbdError) as exc:
+            log.warning("%s failed task=%s: %s", self.name, task_id, exc.message)
+            reason = exc.message
+            self._record(task_id, lambda: self.fail(task_id, reason))
+            if isinstance(exc, TaskNotRunning):  # an operator's cancel, a hub stop
+                self.log_line(task_id, "WARNING", f"{self.name} ended: {reason}")
+            else:
+                self.log_line(task_id, "ERROR", f"{self.name} failed: {reason}")
+            return
+        except Exception as exc:
+            log.exception("%s crashed task=%s", self.name, task_id)
+            message = internal_error(exc)
+            self._record(task_id, lambda: self.fail(task_id, message))
+            self.log_line(task_id, "ERROR", f"{self.name} failed: {message}")
+            return
+        self._record(task_id, lambda: self.complete(task_id, note))
+        self.log_line(task_id, "INFO", f"{self.name} complete" + (f": {note}" if note else ""))
 
     def _record(self, task_id: str, action: Callable[[], None]) -> None:
         """Run `action` (the task's end), again while the database is unavailable,

@@ -8,6 +8,7 @@ import logging
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import Job, RestorePoint, TaskKind, Vm
 from sendense.hub.tasks.runner import TaskRunner
+from sendense.hub.tasks.task_log import TaskLogs
 from sendense.hub.tasks.vm_lock import lock_vm, unlock_vm
 from sendense.hub.verify.verifier import Verifier, VerifyProgress
 
@@ -17,8 +18,8 @@ log = logging.getLogger(__name__)
 class VerifyRunner(TaskRunner[VerifyProgress]):
     name = "verify"
 
-    def __init__(self, db: Database, verifier: Verifier) -> None:
-        super().__init__(db, workers=1)
+    def __init__(self, db: Database, verifier: Verifier, logs: TaskLogs | None = None) -> None:
+        super().__init__(db, workers=1, logs=logs)
         self.verifier = verifier
 
     def submit(self, ref: str) -> tuple[str, list[str]]:

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sendense import __version__
@@ -34,6 +34,7 @@ from sendense.common.contract import (
 )
 from sendense.common.logging import register_secret
 from sendense.nbd.errors import NbdError, NbdUriError
+from sendense.node import task_log
 from sendense.node.auth import NodeTokens
 from sendense.node.backup_tasks import BackupTasks
 from sendense.node.config import NodeSettings
@@ -143,12 +144,25 @@ async def backup_start(node: NodeDep, body: BackupStartRequest) -> BackupStartRe
 
 @router.get("/jobs", tags=["backup"])
 async def list_jobs(node: NodeDep) -> list[NodeJobStatus]:
-    return [j.status for j in node.runner.jobs.values()]
+    """Every job, without its log lines (a job's own status has them)."""
+    return [j.status.model_copy(update={"log": []}) for j in node.runner.jobs.values()]
+
+
+LogAfter = Annotated[
+    int, Query(ge=0, description="only the log lines numbered after this (the hub's last)")
+]
+Status = TypeVar("Status", bound=TaskStatus)
+
+
+def _lines_after(status: Status, log_after: int) -> Status:
+    if not log_after:
+        return status
+    return status.model_copy(update={"log": [x for x in status.log if x.seq > log_after]})
 
 
 @router.get("/jobs/{job_id}", tags=["backup"])
-async def get_job(node: NodeDep, job_id: str) -> NodeJobStatus:
-    return node.runner.get(job_id).status
+async def get_job(node: NodeDep, job_id: str, log_after: LogAfter = 0) -> NodeJobStatus:
+    return _lines_after(node.runner.get(job_id).status, log_after)
 
 
 @router.post("/jobs/{job_id}/cancel", tags=["backup"])
@@ -169,8 +183,8 @@ async def restore_start(node: NodeDep, body: RestoreStartRequest) -> BackupStart
 
 
 @router.get("/restore/jobs/{job_id}", tags=["restore"])
-async def get_restore_job(node: NodeDep, job_id: str) -> RestoreJobStatus:
-    return node.restores.get(job_id).status
+async def get_restore_job(node: NodeDep, job_id: str, log_after: LogAfter = 0) -> RestoreJobStatus:
+    return _lines_after(node.restores.get(job_id).status, log_after)
 
 
 @router.post("/restore/jobs/{job_id}/cancel", tags=["restore"])
@@ -179,6 +193,7 @@ async def cancel_restore_job(node: NodeDep, job_id: str) -> RestoreJobStatus:
 
 
 def create_node_app(settings: NodeSettings) -> FastAPI:
+    task_log.install()
     runner = BackupTasks(settings)
     node = Node(settings, NodeTokens(settings.data_dir), runner, RestoreTasks(settings, runner))
 
