@@ -193,7 +193,9 @@ def test_the_cli_watches_lists_shows_logs_and_cancels_tasks(
     log = sendense("tasks", "log", task_id, env=env)
     assert log.returncode == 0, log.stderr
     lines = site.api.get(f"/api/v1/tasks/{task_id}/log").json()["lines"]
-    assert len(log.stdout.splitlines()) == len(lines)
+    assert len(log.stdout.splitlines()) == len(lines)  # one line each, no wrapping
+    assert all(x["message"] in log.stdout for x in lines)
+    assert any(x["source"] == "node" for x in lines)
     followed = sendense("tasks", "log", task_id, "--follow", env=env)
     assert followed.returncode == 0, followed.stderr
     assert f"task {task_id} complete" in followed.stdout

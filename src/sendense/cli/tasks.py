@@ -92,7 +92,7 @@ def tasks_log(
     if follow_it:
         for event, data in follow(client, task_id):
             if event == "log":
-                console.print(_line(data), markup=False, highlight=False)
+                console.print(_line(data), markup=False, highlight=False, soft_wrap=True)
             elif event == "progress":
                 _progress_line(data)
             elif event == "state" and data["state"] not in ("queued", "preparing", "running"):
@@ -106,7 +106,7 @@ def tasks_log(
             "GET", f"/api/v1/tasks/{task_id}/log", params={"after": after, "limit": PAGE}
         )
         for entry in page["lines"]:
-            console.print(_line(entry), markup=False, highlight=False)
+            console.print(_line(entry), markup=False, highlight=False, soft_wrap=True)
         if len(page["lines"]) < PAGE:
             return
         after = page["next"]
