@@ -252,10 +252,19 @@ def test_an_smtp_server_that_refuses_the_login_is_a_warning_not_a_crash(
         assert tries >= 1
         assert set(box.logins) == {"notifier"}
         with caplog.at_level(logging.DEBUG):
-            fail_backups(napi, ["web-09"])
+            (failed,) = fail_backups(napi, ["web-09"])
             nhub.notifier.tick(utcnow() + timedelta(minutes=6))
+            nhub.notifier.tick(utcnow() + timedelta(minutes=12))  # tried again
         assert len(box.logins) > tries  # the notifier tried too
         assert box.mails == []
+        # The failed task says its notification did not go, once however often tried.
+        log = napi.get(f"/api/v1/tasks/{failed['id']}/log").json()["lines"]
+        warned = [x for x in log if "notification to target ops not delivered" in x["message"]]
+        assert len(warned) == 1, log
+        assert warned[0]["level"] == "WARNING"
+        assert "refused the login" in warned[0]["message"]
+        task = napi.get(f"/api/v1/tasks/{failed['id']}").json()
+        assert task["error_code"] == "unavailable", task  # stable, beside the message
         shown = target(napi, "ops")
         assert "refused the login" in shown["last_error"]
         assert shown["last_error_at"] is not None

@@ -189,6 +189,7 @@ class Hub:
                 settings.notify_storm_window_s,
                 time.fromisoformat(settings.daily_report_time),
             ),
+            warn_task=lambda task_id, text: task_logs.append(task_id, "WARNING", text),
         )
         return cls(
             settings=settings,

@@ -78,8 +78,13 @@ class Notifier:
         sources: Sources,
         zone: tzinfo,
         settings: NotifierSettings | None = None,
+        warn_task: Callable[[str, str], None] | None = None,
     ) -> None:
+        """`warn_task(task_id, text)` puts a warning in a task's log when a
+        notification about it cannot be delivered (once per notification)."""
         self.db = db
+        self.warn_task = warn_task
+        self._warned: set[int] = set()  # outbox rows whose tasks were told
         self.service = service
         self.sources = sources
         self.zone = zone
@@ -184,7 +189,8 @@ class Notifier:
             for message, ids, singles in self._plan(target_id, now):
                 try:
                     self.service.deliver(target_id, message)
-                except DeliveryFailed:
+                except DeliveryFailed as exc:
+                    self._tell_tasks(ids, exc.message)
                     return  # logged and recorded on the target; tried again after RETRY_S
                 except Exception:
                     log.exception("notification not delivered to target %s", target_id)
@@ -196,6 +202,27 @@ class Notifier:
                         target.window_count = (target.window_count or 0) + singles
         finally:
             self._lease(target_id, now, None)
+
+    def _tell_tasks(self, outbox_ids: list[int], why: str) -> None:
+        new = [i for i in outbox_ids if i not in self._warned]
+        if self.warn_task is None or not new:
+            return
+        with self.db.session() as s:
+            rows = s.execute(
+                select(NotifyOutbox.event, NotifyTarget.name)
+                .join(NotifyTarget, NotifyTarget.id == NotifyOutbox.target_id)
+                .where(NotifyOutbox.id.in_(new))
+            ).all()
+        self._warned.update(new)
+        if len(self._warned) > 100_000:  # a day of storms: forget, at worst warn twice
+            self._warned = set(new)
+        for event, target in rows:
+            task_id = event.get("task")
+            if isinstance(task_id, str):
+                try:
+                    self.warn_task(task_id, f"notification to target {target} not delivered: {why}")
+                except (OSError, ValueError):
+                    log.warning("task %s: its log did not take the notification warning", task_id)
 
     def _lease(self, target_id: str, now: datetime, length: timedelta | None) -> bool:
         """Take the target's lease for `length` (None: give it back) by a

@@ -181,7 +181,8 @@ class TaskRunner(Generic[P]):
         except (SendenseError, NbdError) as exc:
             log.warning("%s failed task=%s: %s", self.name, task_id, exc.message)
             reason = exc.message
-            self._record(task_id, lambda: self.fail(task_id, reason))
+            code = exc.code if isinstance(exc, SendenseError) else "nbd_error"
+            self._record(task_id, lambda: self._failed(task_id, reason, code))
             if isinstance(exc, TaskNotRunning):  # an operator's cancel, a hub stop
                 self.log_line(task_id, "WARNING", f"{self.name} ended: {reason}")
             else:
@@ -190,11 +191,22 @@ class TaskRunner(Generic[P]):
         except Exception as exc:
             log.exception("%s crashed task=%s", self.name, task_id)
             message = internal_error(exc)
-            self._record(task_id, lambda: self.fail(task_id, message))
+            self._record(task_id, lambda: self._failed(task_id, message, "internal_error"))
             self.log_line(task_id, "ERROR", f"{self.name} failed: {message}")
             return
         self._record(task_id, lambda: self.complete(task_id, note))
         self.log_line(task_id, "INFO", f"{self.name} complete" + (f": {note}" if note else ""))
+
+    def _failed(self, task_id: str, reason: str, code: str) -> None:
+        """`fail`, then the error's stable code on the row if it ended failed (a
+        cancel has set its own)."""
+        self.fail(task_id, reason)
+        with self.db.session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == task_id, Job.state == JobState.FAILED, Job.error_code.is_(None))
+                .values(error_code=code)
+            )
 
     def _record(self, task_id: str, action: Callable[[], None]) -> None:
         """Run `action` (the task's end), again while the database is unavailable,
