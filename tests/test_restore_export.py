@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +182,25 @@ def test_exports_read_as_the_point_and_the_download_is_the_raw_export(
         assert got.status_code == 200, got.text
         (tmp_path / f"download.{fmt}").write_bytes(got.content)
         assert same(tmp_path / f"download.{fmt}", top), fmt
+
+    # Each download is a task of kind export, complete once every byte went.
+    exports = api.get("/api/v1/tasks", params={"kind": "export"}).json()
+    assert exports["total"] == 4
+    assert {t["state"] for t in exports["items"]} == {"complete"}
+    assert all(t["started_by"].startswith("token:") for t in exports["items"])
+    # A client that goes before the end leaves a failed task and nothing behind.
+    with api.stream("GET", f"/api/v1/restore-points/{chain.top}/disks/2000/download") as cut:
+        assert cut.status_code == 200
+        next(cut.iter_bytes())
+    deadline = time.monotonic() + 30
+    while True:
+        newest = api.get("/api/v1/tasks", params={"kind": "export", "limit": 1}).json()
+        if newest["total"] == 5 and newest["items"][0]["state"] != "running":
+            break
+        assert time.monotonic() < deadline, newest
+        time.sleep(0.1)
+    assert newest["items"][0]["state"] == "failed"
+    assert newest["items"][0]["error_code"] == "download_incomplete"
 
     assert repository_state(repo_dir) == before
     assert list(hub.settings.scratch_dir.iterdir()) == []

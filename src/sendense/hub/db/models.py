@@ -80,6 +80,7 @@ class TaskKind(enum.StrEnum):
     ACCESS = "access"  # disks served over NBD (instant access, or a restore's source)
     VERIFY = "verify"
     PRUNE = "prune"
+    EXPORT = "export"  # a disk of a restore point downloaded (raw, QCOW2, VMDK)
     SCHEDULE = "schedule"  # one run of a policy's schedule: the parent of its backups
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from sendense.common.errors import Conflict, NotFound
 from sendense.hub.db.database import Database
-from sendense.hub.db.models import Job, JobState, TaskKind, Vm, utcnow
+from sendense.hub.db.models import Job, JobState, RestorePoint, TaskKind, Vm, utcnow
 
 CANCELLABLE_KINDS = (TaskKind.BACKUP, TaskKind.RESTORE)
 CANCELLABLE_STATES = (JobState.QUEUED, JobState.PREPARING, JobState.RUNNING)
@@ -115,6 +115,37 @@ class TaskCatalog:
         if row is None:
             raise NotFound(f"task {task_id} does not exist")
         return _info(row[0], row[1])
+
+    def open_for_point(self, kind: TaskKind, point_id: str, started_by: str) -> str:
+        """A running task about a restore point's VM (a download): its id."""
+        with self.db.session() as s:
+            vm_id = s.scalar(select(RestorePoint.vm_id).where(RestorePoint.id == point_id))
+            if vm_id is None:
+                raise NotFound(f"restore point {point_id} does not exist")
+            task = Job(
+                vm_id=vm_id,
+                kind=kind,
+                state=JobState.RUNNING,
+                started_by=started_by[:128],
+                started_at=utcnow(),
+            )
+            s.add(task)
+            s.flush()
+            return task.id
+
+    def close(self, task_id: str, error: str | None = None, code: str | None = None) -> None:
+        """End a task this catalog opened: complete, or failed with `error`."""
+        with self.db.session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == task_id, Job.state == JobState.RUNNING)
+                .values(
+                    state=JobState.FAILED if error else JobState.COMPLETE,
+                    error=error,
+                    error_code=code if error else None,
+                    finished_at=utcnow(),
+                )
+            )
 
     def attribute(self, task_id: str, started_by: str, parent_id: str | None = None) -> None:
         """Record who started the task (and the task that started it)."""

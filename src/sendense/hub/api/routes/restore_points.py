@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Annotated, Literal
 
+import anyio
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import update
@@ -16,16 +17,18 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from sendense.common.contract import new_vm_name
-from sendense.common.errors import NotFound
+from sendense.common.errors import NotFound, SendenseError
 from sendense.hub.api.deps import HubDep, PrincipalDep, QueriesDep, authorize, demand
 from sendense.hub.api.routes.access import opened_out
 from sendense.hub.api.schemas import AccessOpenedOut, RestorePointOut
 from sendense.hub.auth.roles import FORCE
-from sendense.hub.db.models import RestorePoint
-from sendense.hub.restore.conversion import EXTENSIONS
+from sendense.hub.db.models import RestorePoint, TaskKind
+from sendense.hub.restore.conversion import EXTENSIONS, DiskSource
 from sendense.hub.restore.instant_access import INSTANT
 from sendense.hub.restore.raw_stream import raw_stream
 from sendense.hub.restore.to_vcenter import RestoreVmRequest
+from sendense.hub.service import Hub
+from sendense.hub.tasks.runner import internal_error
 
 router = APIRouter(
     prefix="/api/v1/restore-points", tags=["restore"], dependencies=[Depends(authorize)]
@@ -101,23 +104,39 @@ class _OwnedStream(StreamingResponse):
         size: int,
         filename: str,
         release: Callable[[], Awaitable[None]],
+        ended: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
+        """`ended(bytes sent)` is told last, however the response ended."""
         headers = {
             "Content-Length": str(size),
             "Content-Disposition": f'attachment; filename="{filename}"',
         }
-        super().__init__(content, headers=headers, media_type="application/octet-stream")
+        self.sent = 0
+        counted = self._counted(content)
+        super().__init__(counted, headers=headers, media_type="application/octet-stream")
         self._content = content
         self._release = release
+        self._ended = ended
+
+    async def _counted(self, content: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
+        async for chunk in content:
+            yield chunk
+            self.sent += len(chunk)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            try:
-                await self._content.aclose()
-            finally:
-                await self._release()
+            # Shielded: a client that goes cancels the response, never its clean-up.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._content.aclose()
+                finally:
+                    try:
+                        await self._release()
+                    finally:
+                        if self._ended is not None:
+                            await self._ended(self.sent)
 
 
 async def _file_chunks(path: Path) -> AsyncGenerator[bytes]:
@@ -129,15 +148,43 @@ async def _file_chunks(path: Path) -> AsyncGenerator[bytes]:
 @router.get("/{point_id}/disks/{disk_key}/download")
 async def download_disk(
     hub: HubDep,
+    principal: PrincipalDep,
     point_id: str,
     disk_key: int,
     fmt: Annotated[Literal["raw", "qcow2", "vmdk"], Query(alias="format")] = "raw",
 ) -> StreamingResponse:
     """The disk as of this restore point. Raw streams straight from the chain;
-    QCOW2 and VMDK are converted on the hub first, then sent."""
+    QCOW2 and VMDK are converted on the hub first, then sent. The download is a
+    task (kind `export`): complete once every byte is sent, failed otherwise."""
     converter = hub.converter
     source = await run_in_threadpool(converter.source, point_id, disk_key)
     filename = f"{point_id}-{disk_key}.{EXTENSIONS[fmt]}"
+    task_id = await run_in_threadpool(
+        hub.tasks.open_for_point, TaskKind.EXPORT, point_id, principal.starter
+    )
+    hub.task_logs.append(task_id, "INFO", f"disk {disk_key} of point {point_id} as {fmt}")
+    try:
+        opened = await _open_download(hub, point_id, disk_key, fmt, source)
+    except SendenseError as exc:
+        await run_in_threadpool(hub.tasks.close, task_id, exc.message, exc.code)
+        raise
+    except BaseException as exc:
+        await run_in_threadpool(hub.tasks.close, task_id, internal_error(exc), "internal_error")
+        raise
+    content, size, release = opened
+
+    async def ended(sent: int) -> None:
+        error = None if sent == size else f"the download ended after {sent} of {size} bytes"
+        hub.task_logs.append(task_id, "ERROR" if error else "INFO", error or f"{sent} bytes sent")
+        await run_in_threadpool(hub.tasks.close, task_id, error, "download_incomplete")
+
+    return _OwnedStream(content, size, filename, release, ended)
+
+
+async def _open_download(
+    hub: Hub, point_id: str, disk_key: int, fmt: str, source: DiskSource
+) -> tuple[AsyncGenerator[bytes], int, Callable[[], Awaitable[None]]]:
+    """The bytes to send, their count, and what releases them."""
     if fmt == "raw":
         stack = AsyncExitStack()
         try:
@@ -147,17 +194,14 @@ async def download_disk(
         except BaseException:
             await stack.aclose()
             raise
-        return _OwnedStream(stream.chunks, stream.size, filename, stack.aclose)
+        return stream.chunks, stream.size, stack.aclose
+    converter = hub.converter
     result = await run_in_threadpool(converter.to_scratch, point_id, disk_key, fmt)
 
     async def discard() -> None:
         await run_in_threadpool(converter.discard, result)
 
-    try:
-        return _OwnedStream(_file_chunks(result.path), result.file_size, filename, discard)
-    except BaseException:
-        await discard()
-        raise
+    return _file_chunks(result.path), result.file_size, discard
 
 
 @router.post("/{point_id}/access", status_code=201)
