@@ -47,6 +47,7 @@ from sendense.hub.tasks.housekeeping import HousekeepingReport, remove_old_tasks
 from sendense.hub.tasks.task_ends import active_tasks, log_end
 from sendense.hub.tasks.task_log import TaskLogs
 from sendense.hub.tasks.task_log_handler import install as install_task_log_handler
+from sendense.hub.tasks.task_log_handler import write_line
 from sendense.hub.verify.audit import RepositoryAudit
 from sendense.hub.verify.runner import VerifyRunner
 from sendense.hub.verify.verifier import Verifier
@@ -189,7 +190,7 @@ class Hub:
                 settings.notify_storm_window_s,
                 time.fromisoformat(settings.daily_report_time),
             ),
-            warn_task=lambda task_id, text: task_logs.append(task_id, "WARNING", text),
+            warn_task=lambda task_id, text: write_line(task_logs, task_id, "WARNING", text),
         )
         return cls(
             settings=settings,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -129,25 +129,6 @@ class JobOut(Out):
     finished_at: datetime | None
     # A finished backup's: where the copy waited, the source or the target.
     time_split: JobTimeSplit | None = None
-
-
-class TaskOut(Out):
-    """A task as /api/v1/tasks shows it (a `jobs` row with its VM's name)."""
-
-    id: str
-    kind: str
-    state: str
-    vm: str | None
-    vm_id: str | None
-    backup_type: str | None
-    started_by: str | None
-    parent_id: str | None
-    error: str | None
-    error_code: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    time_split: dict[str, Any] | None
 
 
 MAX_DISK_BYTES = 64 << 40

@@ -18,12 +18,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from sse_starlette import ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from sendense.common.contract import TERMINAL_STATES
-from sendense.hub.api.schemas import TaskOut
 from sendense.hub.db.models import TaskKind
 from sendense.hub.service import Hub
 from sendense.hub.tasks.catalog import TaskInfo
@@ -50,8 +49,11 @@ def progress_of(hub: Hub, task: TaskInfo) -> dict[str, Any] | None:
     return None
 
 
+_TASK = TypeAdapter(TaskInfo)
+
+
 def _task_json(task: TaskInfo) -> str:
-    return TaskOut.model_validate(task).model_dump_json()
+    return _TASK.dump_json(task).decode()
 
 
 async def task_events(

@@ -29,6 +29,7 @@ from sendense.hub.restore.raw_stream import raw_stream
 from sendense.hub.restore.to_vcenter import RestoreVmRequest
 from sendense.hub.service import Hub
 from sendense.hub.tasks.runner import internal_error
+from sendense.hub.tasks.task_log_handler import write_line
 
 router = APIRouter(
     prefix="/api/v1/restore-points", tags=["restore"], dependencies=[Depends(authorize)]
@@ -162,7 +163,7 @@ async def download_disk(
     task_id = await run_in_threadpool(
         hub.tasks.open_for_point, TaskKind.EXPORT, point_id, principal.starter
     )
-    hub.task_logs.append(task_id, "INFO", f"disk {disk_key} of point {point_id} as {fmt}")
+    write_line(hub.task_logs, task_id, "INFO", f"disk {disk_key} of point {point_id} as {fmt}")
     try:
         opened = await _open_download(hub, point_id, disk_key, fmt, source)
     except SendenseError as exc:
@@ -175,7 +176,7 @@ async def download_disk(
 
     async def ended(sent: int) -> None:
         error = None if sent == size else f"the download ended after {sent} of {size} bytes"
-        hub.task_logs.append(task_id, "ERROR" if error else "INFO", error or f"{sent} bytes sent")
+        write_line(hub.task_logs, task_id, "ERROR" if error else "INFO", error or f"{sent} bytes")
         await run_in_threadpool(hub.tasks.close, task_id, error, "download_incomplete")
 
     return _OwnedStream(content, size, filename, release, ended)

@@ -13,11 +13,11 @@ from pydantic import BaseModel, ConfigDict
 from sse_starlette import EventSourceResponse
 
 from sendense.hub.api.deps import HubDep, PrincipalDep, authorize, demand
-from sendense.hub.api.schemas import TaskOut
 from sendense.hub.api.task_events import task_events
 from sendense.hub.auth.roles import Permission
 from sendense.hub.db.models import JobState, TaskKind
 from sendense.hub.tasks.catalog import TaskFilter, TaskInfo
+from sendense.hub.tasks.task_log_handler import write_line
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], dependencies=[Depends(authorize)])
 
@@ -25,7 +25,7 @@ MAX_LINE = 1 << 62
 
 
 class TaskPageOut(BaseModel):
-    items: list[TaskOut]
+    items: list[TaskInfo]
     total: int
     offset: int
     limit: int
@@ -45,10 +45,6 @@ class TaskLogOut(BaseModel):
     next: int  # ask for `after=next` to get what comes later
 
 
-def _out(task: TaskInfo) -> TaskOut:
-    return TaskOut.model_validate(task)
-
-
 @router.get("")
 def list_tasks(
     hub: HubDep,
@@ -61,14 +57,12 @@ def list_tasks(
 ) -> TaskPageOut:
     """Newest first; `since` is a creation time (ISO 8601)."""
     page = hub.tasks.list(TaskFilter(kind, state, vm, since), offset, limit)
-    return TaskPageOut(
-        items=[_out(t) for t in page.items], total=page.total, offset=offset, limit=limit
-    )
+    return TaskPageOut(items=page.items, total=page.total, offset=offset, limit=limit)
 
 
 @router.get("/{task_id}")
-def get_task(hub: HubDep, task_id: str) -> TaskOut:
-    return _out(hub.tasks.get(task_id))
+def get_task(hub: HubDep, task_id: str) -> TaskInfo:
+    return hub.tasks.get(task_id)
 
 
 @router.get("/{task_id}/log")
@@ -106,11 +100,11 @@ async def task_event_stream(
 
 
 @router.post("/{task_id}/cancel")
-def cancel_task(hub: HubDep, principal: PrincipalDep, task_id: str) -> TaskOut:
+def cancel_task(hub: HubDep, principal: PrincipalDep, task_id: str) -> TaskInfo:
     """Cancel a queued or running backup or restore: it reads `cancelled` at once;
     the node stops and removes its snapshot, the hub its unfinished files."""
     if hub.tasks.get(task_id).kind == TaskKind.RESTORE.value:
         demand(principal, Permission.RESTORE)
     task = hub.tasks.cancel(task_id, principal.starter)
-    hub.task_logs.append(task_id, "WARNING", f"cancelled by {principal.starter}")
-    return _out(task)
+    write_line(hub.task_logs, task_id, "WARNING", f"cancelled by {principal.starter}")
+    return task
