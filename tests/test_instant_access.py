@@ -112,6 +112,9 @@ def test_instant_access_reads_as_the_point_takes_writes_elsewhere_and_expires(
     assert opened.status_code == 201, opened.text
     access = opened.json()
     assert access["restore_point_id"] == chain.top
+    task = idle_api.get(f"/api/v1/tasks/{access['id']}").json()
+    assert task["kind"] == "access"
+    assert task["started_by"].startswith("token:")
     identity = f"access-{access['id']}"
     assert access["psk_identity"] == identity
     assert re.fullmatch(r"[0-9a-f]{64}", access["psk"])

@@ -95,6 +95,9 @@ def test_dry_run_then_prune_keeps_protected_newest_and_accessed_points(
         done = api.post("/api/v1/prune", json={"vm": "vm1"})
         assert done.status_code == 200, done.text
         assert done.json()["removed"] == [points[4]]
+        task = api.get(f"/api/v1/tasks/{done.json()['job_id']}").json()
+        assert task["kind"] == "prune"
+        assert task["started_by"].startswith("token:")
     finally:
         hub.access.close(access.id)
     done = api.post("/api/v1/prune", json={"vm": "vm1"})

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from sendense.common.errors import Conflict
-from sendense.hub.api.deps import HubDep, QueriesDep, authorize
+from sendense.hub.api.deps import HubDep, PrincipalDep, QueriesDep, authorize
 
 router = APIRouter(prefix="/api/v1/prune", tags=["policies"], dependencies=[Depends(authorize)])
 
@@ -37,7 +37,7 @@ class PruneOut(BaseModel):
 
 
 @router.post("")
-def prune(hub: HubDep, queries: QueriesDep, body: PruneIn) -> PruneOut:
+def prune(hub: HubDep, principal: PrincipalDep, queries: QueriesDep, body: PruneIn) -> PruneOut:
     """Show (dry run) or carry out what the VM's policy, or the one named, keeps."""
     vm = queries.vm(body.vm)
     policy = hub.policies.get(body.policy) if body.policy else hub.policies.policy_for(vm.name)
@@ -48,6 +48,8 @@ def prune(hub: HubDep, queries: QueriesDep, body: PruneIn) -> PruneOut:
     else:
         result = hub.prune.run(vm.id, policy.rules)
         decisions, removed, task_id = result.decisions, result.removed, result.job_id
+        if task_id is not None:
+            hub.tasks.attribute(task_id, principal.starter)
     return PruneOut(
         vm=vm.name,
         policy=policy.name,

@@ -206,10 +206,12 @@ async def _open_download(
 
 
 @router.post("/{point_id}/access", status_code=201)
-def open_access(hub: HubDep, point_id: str) -> AccessOpenedOut:
+def open_access(hub: HubDep, principal: PrincipalDep, point_id: str) -> AccessOpenedOut:
     """Serve the point's disks over NBD with TLS; writes go to a throwaway overlay.
     The answer carries the pre-shared key, the only time the hub gives it."""
-    return opened_out(hub.access.open(point_id, purpose=INSTANT))
+    opened = hub.access.open(point_id, purpose=INSTANT)
+    hub.tasks.attribute(opened.id, principal.starter)
+    return opened_out(opened)
 
 
 @router.post("/{point_id}/restore-vm", status_code=202)
