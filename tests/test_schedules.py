@@ -95,6 +95,8 @@ def test_missed_schedule_runs_once_at_start_up_then_prunes(
         scheduled = site.api.get(f"/api/v1/tasks/{backups[0]['id']}").json()
         assert scheduled["parent_id"] == runs[0]["id"]
         assert scheduled["started_by"] == "schedule"
+        pruned = site.api.get("/api/v1/tasks", params={"kind": "prune"}).json()["items"]
+        assert [p["parent_id"] for p in pruned] == [runs[0]["id"]]
         by_hand = site.api.get(f"/api/v1/tasks/{backups[1]['id']}").json()
         assert by_hand["parent_id"] is None
         assert by_hand["started_by"].startswith("token:")

@@ -124,7 +124,7 @@ class Scheduler:
                     not_started.append(vm)
                     log.exception("scheduled backup not started policy=%s vm=%s", policy.name, vm)
             self._wait(set(jobs.values()))
-            self._prune(policy, jobs)
+            self._prune(policy, jobs, run_id)
         finally:
             self._close_run(run_id, policy.name, jobs, not_started)
 
@@ -169,11 +169,18 @@ class Scheduler:
                 )
             )
 
-    def _prune(self, policy: PolicyInfo, jobs: dict[str, str]) -> None:
+    def _prune(self, policy: PolicyInfo, jobs: dict[str, str], run_id: str) -> None:
         for vm, task_id in jobs.items():
             try:
                 # The row the backup wrote to: a name may stand for several VMs.
-                self.prune.run(self._vm_of(task_id) or vm, policy.rules)
+                pruned = self.prune.run(self._vm_of(task_id) or vm, policy.rules)
+                if pruned.job_id is not None:
+                    with self.db.session() as s:
+                        s.execute(
+                            update(Job)
+                            .where(Job.id == pruned.job_id)
+                            .values(started_by="schedule", parent_id=run_id)
+                        )
             except SendenseError as exc:
                 log.warning(
                     "scheduled prune failed policy=%s vm=%s: %s", policy.name, vm, exc.message
