@@ -142,6 +142,9 @@ def test_instant_access_reads_as_the_point_takes_writes_elsewhere_and_expires(
         assert access["psk"].encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
 
     key = client_key(tmp_path / "key", access)
+    # Held until the idle part below: between two tools no client is connected,
+    # and a loaded machine can take longer than IDLE_S to start the next one.
+    keeper = connect(key.uri(uris[2001]))
     for disk, uri in uris.items():
         expected = chain.expected[chain.top][disk]
         assert same_as(key, opts[disk], expected)
@@ -192,6 +195,7 @@ def test_instant_access_reads_as_the_point_takes_writes_elsewhere_and_expires(
 
     # A connected client keeps it open past the idle time...
     client = connect(key.uri(uris[2000]))
+    keeper.shutdown()
     time.sleep(IDLE_S * 2.5)
     assert client.pread(4, 0) == b"\xab" * 4
     assert len(idle_api.get("/api/v1/access").json()) == 1

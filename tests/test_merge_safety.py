@@ -352,7 +352,7 @@ def test_a_policy_run_prunes_every_vm_when_one_prune_meets_a_bug(
             for name in ("vm1", "vm2")
         }
         vm1 = s.scalars(select(Vm.id).where(Vm.name == "vm1")).one()
-    monkeypatch.setattr(hub.backups, "submit", lambda vm, kind: ended[vm])
+    monkeypatch.setattr(hub.backups, "submit", lambda vm, kind, **_: ended[vm])
     real_run = hub.prune.run
 
     def buggy_for_vm1(vm: str, rules: KeepRules) -> object:
