@@ -77,6 +77,10 @@ def create_app(hub: Hub) -> FastAPI:
         yield
         for loop in loops:
             loop.cancel()
+        # A loop's work already in a thread runs to its end (a thread cannot be
+        # cancelled): wait for it, or it would still hold a database connection
+        # when the hub closes the database.
+        await asyncio.gather(*loops, return_exceptions=True)
         hub.stop_tasks()
         # A graceful stop leaves nothing running: exports stopped, tasks failed,
         # the tunnel's sshd gone. (uvicorn re-raises SIGTERM once the app has shut
