@@ -15,16 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from sendense.common.errors import SendenseError
 from sendense.hub.backup.runner import BackupRunner
 from sendense.hub.db.models import ACTIVE_JOB_STATES as ACTIVE
-from sendense.hub.db.models import Job, JobState, TaskKind, Vm, utcnow
+from sendense.hub.db.models import Job, JobState, TaskKind, Vm
 from sendense.hub.nodes.client import NodeConnector
 from sendense.hub.nodes.registry import NodeInfo
 from sendense.hub.retention.policies import PolicyInfo, PolicyService, next_run
 from sendense.hub.retention.prune import PruneService
+from sendense.hub.tasks.catalog import TaskCatalog
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Scheduler:
     ) -> None:
         self.backups = backups
         self.db = backups.db
+        self.tasks = TaskCatalog(self.db)
         self.policies = policies
         self.prune = prune
         self.nodes = nodes
@@ -102,7 +104,7 @@ class Scheduler:
     def run_policy(self, policy: PolicyInfo) -> None:
         """One run: a task of its own (kind `schedule`), the parent of its backups,
         failed when any of them did not complete or could not start."""
-        run_id = self._open_run()
+        run_id = self.tasks.open(TaskKind.SCHEDULE, None, "schedule")
         not_started: list[str] = []
         jobs: dict[str, str] = {}
         try:
@@ -128,46 +130,21 @@ class Scheduler:
         finally:
             self._close_run(run_id, policy.name, jobs, not_started)
 
-    def _open_run(self) -> str:
-        with self.db.session() as s:
-            run = Job(
-                vm_id=None,
-                kind=TaskKind.SCHEDULE,
-                state=JobState.RUNNING,
-                started_by="schedule",
-                started_at=utcnow(),
-            )
-            s.add(run)
-            s.flush()
-            return run.id
-
     def _close_run(
         self, run_id: str, policy: str, jobs: dict[str, str], not_started: list[str]
     ) -> None:
         with self.db.session() as s:
             rows = s.execute(select(Job.id, Job.state).where(Job.id.in_(list(jobs.values()))))
             states = {job_id: state for job_id, state in rows}
-            failed = sorted(
-                [vm for vm, job in jobs.items() if states.get(job) != JobState.COMPLETE]
-                + not_started
-            )
-            total = len(jobs) + len(not_started)
-            error = (
-                f"policy {policy}: {len(failed)} of {total} backups did not complete "
-                f"({', '.join(failed)})"
-                if failed
-                else None
-            )
-            s.execute(
-                update(Job)
-                .where(Job.id == run_id, Job.state == JobState.RUNNING)
-                .values(
-                    state=JobState.FAILED if failed else JobState.COMPLETE,
-                    error=error,
-                    error_code="backups_failed" if failed else None,
-                    finished_at=utcnow(),
-                )
-            )
+        failed = sorted(
+            [vm for vm, job in jobs.items() if states.get(job) != JobState.COMPLETE] + not_started
+        )
+        total = len(jobs) + len(not_started)
+        error = f"policy {policy}: {len(failed)} of {total} backups did not complete"
+        if failed:
+            self.tasks.close(run_id, f"{error} ({', '.join(failed)})", "backups_failed")
+        else:
+            self.tasks.close(run_id)
 
     def _prune(self, policy: PolicyInfo, jobs: dict[str, str], run_id: str) -> None:
         for vm, task_id in jobs.items():
@@ -175,12 +152,7 @@ class Scheduler:
                 # The row the backup wrote to: a name may stand for several VMs.
                 pruned = self.prune.run(self._vm_of(task_id) or vm, policy.rules)
                 if pruned.job_id is not None:
-                    with self.db.session() as s:
-                        s.execute(
-                            update(Job)
-                            .where(Job.id == pruned.job_id)
-                            .values(started_by="schedule", parent_id=run_id)
-                        )
+                    self.tasks.attribute(pruned.job_id, "schedule", run_id)
             except SendenseError as exc:
                 log.warning(
                     "scheduled prune failed policy=%s vm=%s: %s", policy.name, vm, exc.message

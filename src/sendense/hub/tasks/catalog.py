@@ -120,8 +120,13 @@ class TaskCatalog:
         """A running task about a restore point's VM (a download): its id."""
         with self.db.session() as s:
             vm_id = s.scalar(select(RestorePoint.vm_id).where(RestorePoint.id == point_id))
-            if vm_id is None:
-                raise NotFound(f"restore point {point_id} does not exist")
+        if vm_id is None:
+            raise NotFound(f"restore point {point_id} does not exist")
+        return self.open(kind, vm_id, started_by)
+
+    def open(self, kind: TaskKind, vm_id: str | None, started_by: str) -> str:
+        """A running task no runner runs (a download, a schedule's run): its id."""
+        with self.db.session() as s:
             task = Job(
                 vm_id=vm_id,
                 kind=kind,
@@ -134,7 +139,7 @@ class TaskCatalog:
             return task.id
 
     def close(self, task_id: str, error: str | None = None, code: str | None = None) -> None:
-        """End a task this catalog opened: complete, or failed with `error`."""
+        """End a task `open` made: complete, or failed with `error` and `code`."""
         with self.db.session() as s:
             s.execute(
                 update(Job)

@@ -198,15 +198,16 @@ class TaskRunner(Generic[P]):
         self.log_line(task_id, "INFO", f"{self.name} complete" + (f": {note}" if note else ""))
 
     def _failed(self, task_id: str, reason: str, code: str) -> None:
-        """`fail`, then the error's stable code on the row if it ended failed (a
-        cancel has set its own)."""
-        self.fail(task_id, reason)
+        """`fail` with the error's stable code. The code goes on the row first:
+        once `fail` has ended the task, a caller that saw it end may close the
+        database, and no work of this task may still hold a connection."""
         with self.db.session() as s:
             s.execute(
                 update(Job)
-                .where(Job.id == task_id, Job.state == JobState.FAILED, Job.error_code.is_(None))
+                .where(Job.id == task_id, Job.state.in_(ACTIVE_JOB_STATES))
                 .values(error_code=code)
             )
+        self.fail(task_id, reason)
 
     def _record(self, task_id: str, action: Callable[[], None]) -> None:
         """Run `action` (the task's end), again while the database is unavailable,
