@@ -11,7 +11,7 @@ SENDENSE_CHAOS_SEED ?=
 SENDENSE_CHAOS_DATABASE ?= postgresql
 SENDENSE_CHAOS_FAULTS ?=
 
-.PHONY: test demo bench chaos deps system-deps lint typecheck pytest clean
+.PHONY: test demo bench chaos deps system-deps test-assets lint typecheck pytest clean
 
 test: deps lint typecheck pytest
 
@@ -36,7 +36,11 @@ chaos: deps
 	SENDENSE_CHAOS_DATABASE=$(SENDENSE_CHAOS_DATABASE) SENDENSE_CHAOS_FAULTS=$(SENDENSE_CHAOS_FAULTS) \
 	$(VENV)/bin/pytest -s -p no:cacheprovider tests/test_chaos.py
 
-deps: system-deps $(STAMP)
+deps: system-deps $(STAMP) test-assets
+
+# axe-core for the browser tests, from the npm registry (checked digest).
+test-assets: $(STAMP)
+	@$(PY) scripts/test_assets.py
 
 system-deps:
 	@scripts/system-deps.sh

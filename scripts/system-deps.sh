@@ -15,6 +15,8 @@ packages=(
   procps            # pgrep
   openssh-server    # the hub's private tunnel sshd
   openssh-client    # the node's tunnel
+  chromium          # the console's browser tests (driven by Playwright)
+  fonts-dejavu-core # a font for its pages and screenshots
 )
 
 missing=()

@@ -75,6 +75,8 @@ class HubSettings(SendenseSettings):
     snapshot_sweep_s: float = Field(default=30.0, gt=0)
     # A login's session (its token) lasts this long.
     session_lifetime_s: float = Field(default=12 * 3600.0, ge=60, le=30 * 86400)
+    # ...and ends sooner when unused this long (the console's idle logout).
+    session_idle_s: float = Field(default=1800.0, ge=120, le=30 * 86400)
     # Failed logins tolerated per user name and per client address within
     # login_window_s; more are answered 429 until the oldest leaves the window.
     login_failures_per_user: int = Field(default=5, ge=1)

@@ -133,7 +133,7 @@ class Hub:
             settings.pairing_minutes,
         )
         vcenters = VcenterService(db, box)
-        tokens = TokenService(db)
+        tokens = TokenService(db, timedelta(seconds=settings.session_idle_s))
         users = UserService(db, box, tokens, timedelta(seconds=settings.session_lifetime_s))
         # NBD goes through each node's relay to its sockets: the only port it opens is the API.
         tunnel = TunnelSshd(

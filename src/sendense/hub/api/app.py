@@ -39,6 +39,7 @@ from sendense.hub.api.routes import (
     verify,
     vms,
 )
+from sendense.hub.console import site as console
 from sendense.hub.service import Hub
 from sendense.nbd.errors import NbdError, NbdUriError
 
@@ -130,6 +131,7 @@ def create_app(hub: Hub) -> FastAPI:
         tasks,
     ):
         app.include_router(module.router)
+    console.install(app)
     return app
 
 

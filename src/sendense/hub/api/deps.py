@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sendense.common.errors import Forbidden
 from sendense.hub.api.queries import Queries
+from sendense.hub.auth.cookies import COOKIE, CSRF_HEADER, check_csrf, csrf_token
 from sendense.hub.auth.roles import ROLE_PERMISSIONS, Permission, allows, route_permission
 from sendense.hub.auth.tokens import Principal
 from sendense.hub.service import Hub
@@ -40,8 +41,10 @@ def authorize(
 ) -> Principal:
     """Who calls (401 without a valid token), and whether the route's permission in
     `sendense.hub.auth.roles.ROUTES` is in their role (403 otherwise; a route with
-    no permission declared is refused to everyone)."""
-    principal = hub.tokens.verify(credentials.credentials if credentials else None)
+    no permission declared is refused to everyone). A browser of the console sends
+    its session in a cookie instead of the header, and the CSRF token with every
+    request that changes something."""
+    principal = hub.tokens.verify(caller_secret(request, credentials))
     request.state.principal = principal  # for the audit log, refused calls too
     route = request.scope.get("route")
     path = route.path if isinstance(route, APIRoute) else request.url.path
@@ -50,6 +53,16 @@ def authorize(
         raise Forbidden(f"{request.method} {path} declares no permission: refused to every role")
     demand(principal, permission)
     return principal
+
+
+def caller_secret(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    """The bearer token, else the console's session cookie (CSRF-checked)."""
+    if credentials:
+        return credentials.credentials
+    cookie = request.cookies.get(COOKIE)
+    if cookie:
+        check_csrf(request.method, csrf_token(cookie), request.headers.get(CSRF_HEADER))
+    return cookie
 
 
 def demand(principal: Principal, permission: Permission) -> None:

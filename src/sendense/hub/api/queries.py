@@ -51,6 +51,14 @@ class Queries:
             rows = s.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)).all()
             return [JobOut.model_validate(r) for r in rows]
 
+    def jobs_of(self, vm_id: str, limit: int = 1000) -> list[JobOut]:
+        """A VM's tasks, newest first."""
+        with self.db.session() as s:
+            rows = s.scalars(
+                select(Job).where(Job.vm_id == vm_id).order_by(Job.created_at.desc()).limit(limit)
+            ).all()
+            return [JobOut.model_validate(r) for r in rows]
+
     def job(self, job_id: str) -> JobOut:
         with self.db.session() as s:
             row = s.get(Job, job_id)

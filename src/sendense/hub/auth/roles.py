@@ -88,6 +88,7 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("POST", f"{API}/verify"): Permission.VERIFY,
     ("POST", f"{API}/policies"): Permission.MANAGE_POLICIES,
     ("GET", f"{API}/policies"): Permission.READ,
+    ("PUT", f"{API}/policies/{{name}}"): Permission.MANAGE_POLICIES,
     ("DELETE", f"{API}/policies/{{name}}"): Permission.MANAGE_POLICIES,
     ("POST", f"{API}/policies/{{name}}/assignments"): Permission.MANAGE_POLICIES,
     ("POST", f"{API}/prune"): Permission.MANAGE_POLICIES,

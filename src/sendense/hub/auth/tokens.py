@@ -16,6 +16,9 @@ from sendense.hub.db.database import Database
 from sendense.hub.db.models import ApiToken
 
 PREFIX = "sdh_"
+# `created_by` of a session's token (a user's login): what tells a session from
+# other tokens.
+SESSION = "login"
 # last_used_at is written at most this often per token, not on every request.
 LAST_USED_EVERY = timedelta(minutes=1)
 
@@ -74,8 +77,10 @@ def _now() -> datetime:
 
 
 class TokenService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, session_idle: timedelta | None = None) -> None:
+        """`session_idle`: a login's session unused this long ends (None: never)."""
         self.db = db
+        self.session_idle = session_idle
 
     def issue(
         self,
@@ -145,9 +150,18 @@ class TokenService:
                 raise Unauthorized(f"API token {row.name!r} was revoked at {row.revoked_at:%c} UTC")
             if row.expires_at is not None and row.expires_at <= now:
                 raise Unauthorized(f"API token {row.name!r} expired at {row.expires_at:%c} UTC")
+            if self._idle(row, now):
+                raise Unauthorized(f"session {row.name!r} ended: unused for too long, log in again")
             if row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY:
                 row.last_used_at = now
             return Principal(row.id, row.name, Role(row.role), row.user_id)
+
+    def _idle(self, row: ApiToken, now: datetime) -> bool:
+        """A session unused for `session_idle` (its last use is known to within
+        LAST_USED_EVERY, which is why the idle time is at least twice that)."""
+        if self.session_idle is None or row.created_by != SESSION:
+            return False
+        return now - (row.last_used_at or row.created_at) > self.session_idle
 
     def revoke(self, token_id: str, by: Principal | None = None) -> TokenInfo:
         """Revoke a token. Refused (409) when it would leave no active admin token:

@@ -26,13 +26,11 @@ from sendense.hub.auth.passwords import (
 )
 from sendense.hub.auth.roles import Role
 from sendense.hub.auth.secrets import SecretBox
-from sendense.hub.auth.tokens import TokenInfo, TokenService
+from sendense.hub.auth.tokens import SESSION, TokenInfo, TokenService
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import ApiToken, User
 
 NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
-# `created_by` of a session's token: what tells a session from other tokens.
-SESSION = "login"
 # One message whatever was wrong (name, password, code, code missing): a caller
 # learns nothing about which users exist or which of them use TOTP.
 LOGIN_FAILED = "login failed: wrong name, password or one-time code"

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, tzinfo
 
-from cronsim import CronSim
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from sendense.hub.db.models import Job, JobState, PointStatus, RestorePoint, RestorePointDisk, Vm
 from sendense.hub.notify.delivery import Message
 from sendense.hub.notify.targets import RuleInfo
-from sendense.hub.retention.policies import PolicyInfo
+from sendense.hub.retention.policies import PolicyInfo, on_schedule
 
 
 def daily_report(
@@ -88,12 +87,10 @@ def _vm_line(
 def _schedule(policy: PolicyInfo | None, done: datetime | None, now: datetime, zone: tzinfo) -> str:
     """`, policy P (cron): on schedule` or `overdue`: overdue when the backup is
     older than the run before the schedule's latest one (a whole run missed)."""
-    if policy is None or not policy.schedule:
+    kept_up = on_schedule(policy, done, now, zone)
+    if policy is None or kept_up is None:
         return ""
-    runs = CronSim(policy.schedule, now.astimezone(zone), reverse=True)
-    next(runs)  # the latest run
-    before = next(runs)
-    state = "on schedule" if done is not None and done >= before else "overdue"
+    state = "on schedule" if kept_up else "overdue"
     return f", policy {policy.name} ({policy.schedule}): {state}"
 
 

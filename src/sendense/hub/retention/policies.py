@@ -84,6 +84,22 @@ class PolicyService:
             raise Conflict(f"a policy named {name!r} exists") from None
         return self.get(name)
 
+    def update(
+        self, name: str, rules: KeepRules, max_chain_length: int | None, schedule: str | None
+    ) -> PolicyInfo:
+        """New rules, chain length and schedule for an existing policy (its VMs stay)."""
+        if schedule is not None:
+            check_schedule(schedule)
+        with self.db.session() as s:
+            row = s.scalars(select(Policy).where(Policy.name == name)).first()
+            if row is None:
+                raise NotFound(f"no policy named {name!r}")
+            row.max_chain_length = max_chain_length
+            row.schedule = schedule
+            for r in RULES:
+                setattr(row, f"keep_{r}", getattr(rules, r))
+        return self.get(name)
+
     def get(self, name: str) -> PolicyInfo:
         with self.db.session() as s:
             row = s.scalars(
@@ -128,25 +144,45 @@ class PolicyService:
         return self.get(name)
 
     def policy_for(self, vm_name: str, folder: str | None = None) -> PolicyInfo | None:
-        best: tuple[int, str] | None = None  # (rank, policy name)
-        for policy in self.list():
-            for kind, value in policy.assignments:
-                if kind == "vm" and value == vm_name:
-                    rank = 1_000_000
-                elif (
-                    kind == "folder" and folder and f"{folder}/".startswith(f"{value.rstrip('/')}/")
-                ):
-                    rank = 1_000 + len(value)
-                elif kind == "pattern" and fnmatch.fnmatchcase(vm_name, value):
-                    rank = 1
-                else:
-                    continue
-                if best is None or rank > best[0]:
-                    best = (rank, policy.name)
-        return self.get(best[1]) if best else None
+        return matching_policy(self.list(), vm_name, folder)
 
     def mark_run(self, name: str, when: datetime) -> None:
         with self.db.session() as s:
             row = s.scalars(select(Policy).where(Policy.name == name)).first()
             if row is not None:
                 row.last_run_at = when
+
+
+def matching_policy(
+    policies: list[PolicyInfo], vm_name: str, folder: str | None = None
+) -> PolicyInfo | None:
+    """The policy of a VM among `policies`: one naming the VM, else the deepest
+    folder holding it, else a name pattern."""
+    best: tuple[int, PolicyInfo] | None = None
+    for policy in policies:
+        for kind, value in policy.assignments:
+            if kind == "vm" and value == vm_name:
+                rank = 1_000_000
+            elif kind == "folder" and folder and f"{folder}/".startswith(f"{value.rstrip('/')}/"):
+                rank = 1_000 + len(value)
+            elif kind == "pattern" and fnmatch.fnmatchcase(vm_name, value):
+                rank = 1
+            else:
+                continue
+            if best is None or rank > best[0]:
+                best = (rank, policy)
+    return best[1] if best else None
+
+
+def on_schedule(
+    policy: PolicyInfo | None, done: datetime | None, now: datetime, zone: tzinfo
+) -> bool | None:
+    """Whether the last good backup (`done`) keeps up with the policy's schedule:
+    not when it is older than the run before the schedule's latest one (a whole
+    run missed). None for a VM with no scheduled policy."""
+    if policy is None or not policy.schedule:
+        return None
+    runs = CronSim(policy.schedule, now.astimezone(zone), reverse=True)
+    next(runs)  # the latest run, which may still be going
+    before = next(runs)
+    return done is not None and done >= before

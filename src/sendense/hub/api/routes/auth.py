@@ -16,9 +16,10 @@ from sendense.common.rate_limit import AttemptLimiter
 from sendense.hub.api.deps import HubDep, PrincipalDep, authorize
 from sendense.hub.auth.passwords import MAX_LENGTH
 from sendense.hub.auth.roles import Role
-from sendense.hub.auth.tokens import Principal
-from sendense.hub.auth.users import LoginFailed
+from sendense.hub.auth.tokens import Principal, TokenInfo
+from sendense.hub.auth.users import LoginFailed, UserInfo
 from sendense.hub.config import HubSettings
+from sendense.hub.service import Hub
 
 public = APIRouter(prefix="/api/v1/auth", tags=["security"])
 router = APIRouter(prefix="/api/v1/auth", tags=["security"], dependencies=[Depends(authorize)])
@@ -64,29 +65,38 @@ class LogoutOut(BaseModel):
 def login(hub: HubDep, request: Request, body: LoginIn) -> SessionOut:
     """The same 401 for an unknown name, a wrong password and a missing or wrong
     code: nothing tells which users exist."""
-    limits: LoginLimits = request.app.state.login_limits
-    address = request.client.host if request.client else "unknown"
-    by_address = limits.per_address.attempt(address)
-    try:
-        by_user = limits.per_user.attempt(body.name, shown="for this user")
-    except TooManyAttempts:
-        limits.per_address.forgive(address, by_address)  # refused unchecked: no failure
-        raise
     code = body.totp.get_secret_value() if body.totp else None
-    try:
-        user, token, secret = hub.users.login(body.name, body.password.get_secret_value(), code)
-    except LoginFailed as exc:
-        if exc.user_known:  # a mistyped password in the name field stays out of the log
-            request.state.audit_target = {"user": body.name}
-        raise
-    limits.per_address.forgive(address, by_address)  # only failures count
-    limits.per_user.forgive(body.name, by_user)
-    request.state.principal = Principal(token.id, token.name, token.role, token.user_id)
-    request.state.audit_target = {"user": user.name}
+    user, token, secret = sign_in(hub, request, body.name, body.password.get_secret_value(), code)
     assert token.expires_at is not None
     return SessionOut(
         token=secret, token_id=token.id, expires_at=token.expires_at, user=user.name, role=user.role
     )
+
+
+def sign_in(
+    hub: Hub, request: Request, name: str, password: str, code: str | None
+) -> tuple[UserInfo, TokenInfo, str]:
+    """A login's session, within the limits on failures per name and per address
+    (the API's login and the console's share them)."""
+    limits: LoginLimits = request.app.state.login_limits
+    address = request.client.host if request.client else "unknown"
+    by_address = limits.per_address.attempt(address)
+    try:
+        by_user = limits.per_user.attempt(name, shown="for this user")
+    except TooManyAttempts:
+        limits.per_address.forgive(address, by_address)  # refused unchecked: no failure
+        raise
+    try:
+        user, token, secret = hub.users.login(name, password, code)
+    except LoginFailed as exc:
+        if exc.user_known:  # a mistyped password in the name field stays out of the log
+            request.state.audit_target = {"user": name}
+        raise
+    limits.per_address.forgive(address, by_address)  # only failures count
+    limits.per_user.forgive(name, by_user)
+    request.state.principal = Principal(token.id, token.name, token.role, token.user_id)
+    request.state.audit_target = {"user": user.name}
+    return user, token, secret
 
 
 @router.post("/logout")

@@ -20,9 +20,8 @@ router = APIRouter(prefix="/api/v1/policies", tags=["policies"], dependencies=[D
 KeepCount = Annotated[int, Field(ge=0, le=1_000_000)]
 
 
-class PolicyIn(BaseModel):
+class PolicyRulesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     keep_last: KeepCount = 0
     keep_hourly: KeepCount = 0
     keep_daily: KeepCount = 0
@@ -31,6 +30,10 @@ class PolicyIn(BaseModel):
     keep_yearly: KeepCount = 0
     max_chain_length: int | None = Field(default=None, ge=1, le=10_000)
     schedule: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class PolicyIn(PolicyRulesIn):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
 
 
 class PolicyOut(BaseModel):
@@ -63,8 +66,17 @@ def _out(p: PolicyInfo) -> PolicyOut:
 
 @router.post("", status_code=201)
 def add_policy(hub: HubDep, body: PolicyIn) -> PolicyOut:
-    rules = KeepRules(**{r: getattr(body, f"keep_{r}") for r in RULES})
-    return _out(hub.policies.create(body.name, rules, body.max_chain_length, body.schedule))
+    return _out(hub.policies.create(body.name, _rules(body), body.max_chain_length, body.schedule))
+
+
+@router.put("/{name}")
+def change_policy(hub: HubDep, name: str, body: PolicyRulesIn) -> PolicyOut:
+    """New keep rules, chain length and schedule; the policy's VMs stay assigned."""
+    return _out(hub.policies.update(name, _rules(body), body.max_chain_length, body.schedule))
+
+
+def _rules(body: PolicyRulesIn) -> KeepRules:
+    return KeepRules(**{r: getattr(body, f"keep_{r}") for r in RULES})
 
 
 @router.get("")
