@@ -106,24 +106,47 @@ def token(
 
 @app.command()
 @one_line_errors
-def pair(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
-    """Print a single-use pairing code for `sendense node enroll` (expires in 15 minutes)."""
+def pair(
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT the node reaches the API at (default: the listen address; "
+            "this machine's name when the API listens on every address)"
+        ),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print a single-use pairing code for `sendense node enroll` (expires in 15
+    minutes), and the enroll command to run on the node."""
     from sendense.hub.service import Hub
 
     settings = _settings(config, data_dir, None)
-    cert_sha256 = hub_certificate(settings)
+    cert_sha256 = hub_certificate(settings)  # made at first start
     hub = Hub.open(settings)
     try:
-        code, expires = hub.nodes.pairing_code()
+        pairing = hub.pair(address or _api_address(settings))
     finally:
         hub.db.dispose()
-    print(code)
-    pins = f"--hub-fingerprint {hub.tunnel_identity().fingerprint}"
-    if cert_sha256 is not None:
-        pins += f" --hub-cert-sha256 {display_fingerprint(cert_sha256)}"
-    print(f"expires {expires:%Y-%m-%d %H:%M} UTC; give the node {pins}", file=sys.stderr)
+    print(pairing.code)
+    print(
+        f"expires {pairing.expires_at:%Y-%m-%d %H:%M} UTC; on the node run (it asks for "
+        f"the code):\n  {pairing.enroll_command}",
+        file=sys.stderr,
+    )
     if cert_sha256 is None:
         print("the API is plain HTTP (tls = false): nodes enroll over TLS only", file=sys.stderr)
+
+
+def _api_address(settings: HubSettings) -> str:
+    """HOST:PORT of the API as a node reaches it: the listen address, or this
+    machine's name when the API listens on every address."""
+    import socket
+
+    host = settings.listen_host
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    return f"[{host}]:{settings.listen_port}" if ":" in host else f"{host}:{settings.listen_port}"
 
 
 @app.command()

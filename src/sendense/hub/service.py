@@ -7,8 +7,8 @@ import logging
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
-from datetime import time, timedelta
+from dataclasses import dataclass, replace
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
 from sendense.common.errors import InvalidInput
@@ -27,7 +27,7 @@ from sendense.hub.config import HubSettings
 from sendense.hub.db.database import Database
 from sendense.hub.nodes.accounts import NodeAccounts, node_user_name
 from sendense.hub.nodes.client import NodeConnector
-from sendense.hub.nodes.registry import NodeInfo, NodeService
+from sendense.hub.nodes.registry import NodeInfo, NodeService, Pairing, enroll_command
 from sendense.hub.nodes.snapshot_sweep import SnapshotSweep
 from sendense.hub.nodes.tunnel_sshd import TunnelSshd, export_socket_root, is_listening
 from sendense.hub.nodes.vcenters import VcenterService
@@ -37,6 +37,7 @@ from sendense.hub.repository.exports import ExportManager, ExportSettings
 from sendense.hub.repository.image_reader import stop_leftovers
 from sendense.hub.repository.ports import PortAllocator
 from sendense.hub.repository.repositories import RepositoryService
+from sendense.hub.repository.usage_history import KEEP_DAYS, UsageHistory
 from sendense.hub.restore.conversion import DiskConverter
 from sendense.hub.restore.instant_access import AccessService
 from sendense.hub.restore.to_vcenter import VmRestoreRunner
@@ -101,6 +102,7 @@ class Hub:
     notifier: Notifier
     task_logs: TaskLogs
     tasks: TaskCatalog
+    usage_history: UsageHistory
 
     @classmethod
     def open(cls, settings: HubSettings, migrate: bool = True) -> Hub:
@@ -228,6 +230,7 @@ class Hub:
             notifier=notifier,
             task_logs=task_logs,
             tasks=TaskCatalog(db),
+            usage_history=UsageHistory(db),
         )
 
     def start_tunnel(self) -> None:
@@ -280,6 +283,16 @@ class Hub:
             raise
         self.sync_tunnel_keys()
         return self.nodes.get(info.id)
+
+    def pair(self, api_address: str) -> Pairing:
+        """A single-use pairing code, and the `sendense node enroll` line the operator
+        runs on the node with it (`api_address`: the hub's API, HOST:PORT, as the
+        node reaches it): what `sendense hub pair` prints and the API answers."""
+        code, expires = self.nodes.pairing_code()
+        command = enroll_command(
+            api_address, self.tunnel_identity().fingerprint, self.api_cert_sha256()
+        )
+        return Pairing(code, expires, command)
 
     def api_cert_sha256(self) -> str | None:
         """The SHA-256 of the certificate the API serves (what a node pinned)."""
@@ -334,9 +347,24 @@ class Hub:
 
     def housekeeping(self) -> HousekeepingReport:
         """Tasks and their logs older than `task_retention_days` go (at start-up,
-        then hourly), and finished tasks' progress leaves memory."""
+        then hourly), finished tasks' progress leaves memory, and each mounted
+        repository's usage is sampled (once a day)."""
         self.evict_progress()
-        return remove_old_tasks(self.db, self.task_logs, self.settings.task_retention_days)
+        sampled = self.sample_usage()
+        report = remove_old_tasks(self.db, self.task_logs, self.settings.task_retention_days)
+        return replace(report, usage_samples=sampled)
+
+    def today(self) -> date:
+        """Today in the hub's time zone (`time_zone`)."""
+        return datetime.now(self.settings.zone).date()
+
+    def sample_usage(self) -> int:
+        """Today's usage sample of each mounted repository (one that is not, or
+        whose directory is gone, is skipped); samples past two years go."""
+        today = self.today()
+        written = self.usage_history.sample(self.repos.mounted(), today)
+        self.usage_history.forget_before(today - timedelta(days=KEEP_DAYS))
+        return written
 
     def evict_progress(self) -> None:
         """Finished tasks' progress kept past its time goes (every minute)."""

@@ -44,7 +44,7 @@ from sendense.hub.service import Hub
 from sendense.nbd.errors import NbdError, NbdUriError
 
 log = logging.getLogger(__name__)
-HOUSEKEEPING_S = 3600.0  # old tasks and their logs go: at start-up, then hourly
+HOUSEKEEPING_S = 3600.0  # old tasks go, repositories' usage is sampled: at start-up, hourly
 EVICT_S = 60.0  # finished tasks' progress leaves memory
 
 
@@ -70,7 +70,7 @@ def create_app(hub: Hub) -> FastAPI:
             asyncio.create_task(
                 _every(hub.settings.notify_tick_s, hub.notifier.tick, "sending notifications")
             ),
-            asyncio.create_task(_every(HOUSEKEEPING_S, hub.housekeeping, "removing old tasks")),
+            asyncio.create_task(_every(HOUSEKEEPING_S, hub.housekeeping, "housekeeping")),
             asyncio.create_task(
                 _every(EVICT_S, hub.evict_progress, "evicting finished progress", first=False)
             ),

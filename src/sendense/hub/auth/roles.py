@@ -25,7 +25,7 @@ class Permission(StrEnum):
     VERIFY = "verify"  # verify restore points
     RESTORE = "restore"  # restore to a new VM, download disks, instant access
     RESTORE_OVER = "restore_over"  # restore over an existing VM (`force`)
-    MANAGE_NODES = "manage_nodes"  # revoke nodes
+    MANAGE_NODES = "manage_nodes"  # pair and revoke nodes
     MANAGE_VCENTERS = "manage_vcenters"  # register vCenters (settings)
     MANAGE_REPOSITORIES = "manage_repositories"  # add, check and repair repositories
     MANAGE_POLICIES = "manage_policies"  # policies, assignments, prune, protection
@@ -54,6 +54,7 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", f"{API}/repositories"): Permission.READ,
     ("POST", f"{API}/repositories"): Permission.MANAGE_REPOSITORIES,
     ("GET", f"{API}/repositories/{{ref}}/capacity"): Permission.READ,
+    ("GET", f"{API}/repositories/{{ref}}/usage-history"): Permission.READ,
     ("POST", f"{API}/repositories/{{ref}}/check"): Permission.MANAGE_REPOSITORIES,
     ("GET", f"{API}/vms"): Permission.READ,
     ("GET", f"{API}/vms/{{ref}}"): Permission.READ,
@@ -83,6 +84,7 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", f"{API}/vcenters"): Permission.READ,
     ("GET", f"{API}/vcenters/vms"): Permission.READ,
     ("GET", f"{API}/nodes"): Permission.READ,
+    ("POST", f"{API}/nodes/pairing-codes"): Permission.MANAGE_NODES,
     ("POST", f"{API}/nodes/{{name}}/revoke"): Permission.MANAGE_NODES,
     ("POST", f"{API}/nodes/{{name}}/vms"): Permission.RUN_BACKUPS,
     ("POST", f"{API}/verify"): Permission.VERIFY,

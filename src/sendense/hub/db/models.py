@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Date,
     DateTime,
     Enum,
     Float,
@@ -105,6 +106,26 @@ class Repository(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     path: Mapped[str] = mapped_column(Text, unique=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class RepositoryUsageSample(Base):
+    """A repository's space on one day (in the hub's time zone), written by
+    housekeeping: at most one row per repository and day, the day's first sample
+    kept. `backup_bytes`: what its restore points' files took (None: not known)."""
+
+    __tablename__ = "repository_usage_samples"
+    __table_args__ = (
+        UniqueConstraint("repository_id", "day", name="uq_repository_usage_samples_repo_day"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    repository_id: Mapped[str] = mapped_column(ForeignKey("repositories.id", ondelete="CASCADE"))
+    day: Mapped[date] = mapped_column(Date, index=True)
+    used_bytes: Mapped[int] = mapped_column(BigInteger)
+    free_bytes: Mapped[int] = mapped_column(BigInteger)
+    total_bytes: Mapped[int] = mapped_column(BigInteger)
+    backup_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sampled_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class Node(Base):

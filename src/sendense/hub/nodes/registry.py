@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import logging
 import secrets
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,6 +26,7 @@ from sendense.common.names import safe_label
 from sendense.common.sshkeys import enrollment_challenge, pairing_digest
 from sendense.common.sshkeys import fingerprint as key_fingerprint
 from sendense.common.sshkeys import verify as verify_signature
+from sendense.common.tls import display_fingerprint
 from sendense.hub.auth.secrets import SecretBox
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import Node, NodeAccount, PairingCode, new_id, utcnow
@@ -47,6 +49,27 @@ class NodeInfo:
     # machine (None until this hub made it, and once the node is revoked).
     system_user: str | None = None
     system_uid: int | None = None
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """A pairing code (shown once) and the command that enrolls a node with it."""
+
+    code: str
+    expires_at: datetime
+    enroll_command: str
+
+
+def enroll_command(api_address: str, host_key_fingerprint: str, cert_sha256: str | None) -> str:
+    """The `sendense node enroll` line an operator runs on the node: the hub's API
+    address and both pins (the tunnel's host key, the API certificate's SHA-256;
+    None: plain HTTP, which enrollment refuses). Never the code: it is asked for
+    (any local user can read a process's arguments)."""
+    argv = ["sendense", "node", "enroll", "--hub", api_address]
+    argv += ["--hub-fingerprint", host_key_fingerprint]
+    if cert_sha256 is not None:
+        argv += ["--hub-cert-sha256", display_fingerprint(cert_sha256)]
+    return shlex.join(argv)
 
 
 def _info(row: Node, uid: int | None = None) -> NodeInfo:

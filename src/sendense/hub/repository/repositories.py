@@ -123,6 +123,15 @@ def _check_directory(raw: str, roots: Sequence[Path]) -> Path:
     return path
 
 
+def _has_marker(path: Path, repo_id: str) -> bool:
+    """Whether the directory holds the marker written when repository `repo_id` was
+    added (not there: a share not mounted, or the directory gone)."""
+    try:
+        return (path / MARKER).read_text().strip() == repo_id
+    except OSError:
+        return False
+
+
 class RepositoryService:
     def __init__(
         self, db: Database, qemu_img: QemuImg, min_free_bytes: int, roots: Sequence[Path]
@@ -174,17 +183,17 @@ class RepositoryService:
             if ref:
                 raise NotFound(f"repository {ref!r} does not exist")
             raise NotFound("no repository is registered: add one with `sendense repo add PATH`")
-        if check_mounted:
-            try:
-                marker = (Path(row.path) / MARKER).read_text().strip()
-            except OSError:
-                marker = ""
-            if marker != row.id:
-                raise Unavailable(
-                    f"repository {row.name} at {row.path} is not available (not mounted?): "
-                    f"its {MARKER} is missing"
-                )
+        if check_mounted and not _has_marker(Path(row.path), row.id):
+            raise Unavailable(
+                f"repository {row.name} at {row.path} is not available (not mounted?): "
+                f"its {MARKER} is missing"
+            )
         return self._info(row)
+
+    def mounted(self) -> tuple[RepositoryInfo, ...]:
+        """The repositories whose marker is in place (a share not mounted, or a
+        directory gone, is left out)."""
+        return tuple(r for r in self.list() if _has_marker(r.path, r.id))
 
     @staticmethod
     def _info(row: Repository) -> RepositoryInfo:

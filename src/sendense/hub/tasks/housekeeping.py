@@ -40,6 +40,7 @@ ORPHAN_LOG_GRACE_S = 3600.0
 class HousekeepingReport:
     removed_tasks: int
     removed_logs: int
+    usage_samples: int = 0  # repositories' usage sampled (hub.service)
 
 
 def removable_tasks(db: Database, cutoff: datetime, limit: int = BATCH) -> list[str]:

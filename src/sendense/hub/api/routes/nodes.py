@@ -1,5 +1,5 @@
-"""/api/v1/nodes: enrollment (authenticated by a pairing code, not a token), list,
-revoke, and a node's view of its vCenter's VMs."""
+"""/api/v1/nodes: pairing codes, enrollment (authenticated by a pairing code, not a
+token), list, revoke, and a node's view of its vCenter's VMs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sendense.common.contract import (
 )
 from sendense.common.rate_limit import AttemptLimiter
 from sendense.hub.api.deps import HubDep, authorize
-from sendense.hub.nodes.registry import NodeInfo
+from sendense.hub.nodes.registry import NodeInfo, Pairing
 
 public = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
 router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"], dependencies=[Depends(authorize)])
@@ -55,6 +55,14 @@ def enroll(hub: HubDep, request: Request, body: EnrollRequest) -> EnrollResponse
         nbd_port_max=s.nbd_port_max,
         api_port=s.listen_port,
     )
+
+
+@router.post("/pairing-codes", status_code=201)
+def pairing_code(hub: HubDep, request: Request) -> Pairing:
+    """A single-use pairing code (shown in this answer only) and the `sendense node
+    enroll` line to run on the node, as `sendense hub pair` prints them; the hub's
+    address in it is the one this request was sent to."""
+    return hub.pair(request.url.netloc)
 
 
 @router.get("")

@@ -1,15 +1,17 @@
-"""/api/v1/repositories: list, add, capacity."""
+"""/api/v1/repositories: list, add, capacity, usage history, check."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict
 
 from sendense.hub.api.deps import HubDep, authorize
 from sendense.hub.api.schemas import CapacityOut, RepositoryIn, RepositoryOut
 from sendense.hub.repository.repositories import RepositoryInfo
+from sendense.hub.repository.usage_history import KEEP_DAYS, UsagePoint
 from sendense.hub.retention.space import RepositoryUsage, repository_usage
 
 router = APIRouter(
@@ -45,6 +47,17 @@ def add_repository(hub: HubDep, body: RepositoryIn) -> RepositoryOut:
 @router.get("/{ref}/capacity")
 def capacity(hub: HubDep, ref: str) -> CapacityOut:
     return CapacityOut.model_validate(hub.repos.get(ref).capacity)
+
+
+@router.get("/{ref}/usage-history")
+def usage_history(
+    hub: HubDep, ref: str, days: Annotated[int, Query(ge=1, le=KEEP_DAYS)] = 365
+) -> list[UsagePoint]:
+    """The repository's daily usage samples of the last `days` days (in the hub's
+    time zone), oldest first: a day the hub did not run, or the repository was not
+    mounted, has none."""
+    repo = hub.repos.get(ref, check_mounted=False)
+    return hub.usage_history.series(repo.id, days, today=hub.today())
 
 
 class CheckIn(BaseModel):
