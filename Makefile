@@ -28,6 +28,7 @@ bench: deps
 	$(PY) bench/backup_tunnel.py
 	$(PY) bench/verify.py
 	$(PY) bench/restore.py
+	$(PY) bench/console.py
 
 # Fault injection (issue 13): backups and prunes with processes killed at random,
 # the repository full or unmounted, PostgreSQL stopped; invariants after each.

@@ -167,10 +167,12 @@ def test_back_up_now_shows_the_bar_reach_100_live_and_the_point_on_the_timeline(
     screenshots(page, Path(SHOTS or console.root / "shots"), "task")
     page.get_by_role("link", name=console.vm).click()
     expect(page.locator(".timeline .point")).to_have_count(1)
+    screenshots(page, Path(SHOTS or console.root / "shots"), "timeline")
     expect(page.locator(".timeline .point").first).to_contain_text("full")
     expect(page.locator(".timeline .point").first).to_contain_text("complete")
     page.goto(f"{console.url}/")
-    expect(page.locator("table", has_text=console.vm)).to_be_visible()
+    expect(page.locator(".tiles li", has_text=console.vm)).to_be_visible()
+    screenshots(page, Path(SHOTS or console.root / "shots"), "dashboard-after-backup")
     assert refused == []
 
 

@@ -169,3 +169,32 @@ def test_every_page_renders_for_every_role_with_a_strict_policy(
             assert not src.startswith(("http:", "https:", "//")), (path, src)
         assert "<script>" not in answer.text
         assert " style=" not in answer.text
+
+
+def test_a_user_changes_their_own_password_and_second_factor(hub: Hub, console: TestClient) -> None:
+    hub.users.create("vic", Role.VIEWER, PASSWORD)
+    assert sign_in(console, "vic") == 303
+    csrf = {CSRF_HEADER: page_csrf(console)}
+    wrong = console.post(
+        "/api/v1/auth/me", json={"current_password": "nope", "totp": True}, headers=csrf
+    )
+    assert wrong.status_code == 401
+    assert not hub.users.get("vic").totp
+    made = console.post(
+        "/api/v1/auth/me", json={"current_password": PASSWORD, "totp": True}, headers=csrf
+    )
+    assert made.status_code == 200, made.text
+    uri = made.json()["totp_uri"]
+    assert uri.startswith("otpauth://")
+    assert hub.users.get("vic").totp
+    new = "a new and long password"
+    changed = console.post(
+        "/api/v1/auth/me",
+        json={"current_password": PASSWORD, "new_password": new},
+        headers=csrf,
+    )
+    assert changed.json()["sessions_ended"] is True
+    assert console.get("/").status_code == 303  # this session ended with the change
+    console.cookies.clear()
+    assert sign_in(console, "vic", new) == 401  # the second factor is now required
+    assert sign_in(console, "vic", new, totp_now(uri)) == 303

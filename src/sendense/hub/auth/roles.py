@@ -116,6 +116,8 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("DELETE", f"{API}/notifications/rules/{{name}}"): Permission.MANAGE_NOTIFICATIONS,
     # Ending one's own session: every role may.
     ("POST", f"{API}/auth/logout"): Permission.READ,
+    # ...and changing one's own password or second factor.
+    ("POST", f"{API}/auth/me"): Permission.READ,
 }
 # What a whole-VM restore with `force: true` needs on top of its route's permission.
 FORCE = Permission.RESTORE_OVER

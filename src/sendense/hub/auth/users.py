@@ -130,6 +130,34 @@ class UserService:
             s.flush()
             return _info(row)
 
+    def change_own(
+        self, user_id: str, current: str, *, password: str | None = None, totp: bool | None = None
+    ) -> tuple[UserInfo, str | None]:
+        """A user's own change, their current password first: a new password (their
+        sessions end, this one too), and/or a second factor set up anew (its URI,
+        shown once) or removed."""
+        with self.db.session() as s:
+            row = s.get(User, user_id)
+            stored = row.password_hash if row else None
+        if row is None or not password_matches(stored, current):
+            raise Unauthorized("the current password is not right")
+        hashed = hash_password(password) if password is not None else None
+        secret = new_totp_secret() if totp else None
+        with self.db.session() as s:
+            row = s.get(User, user_id)
+            if row is None or row.password_hash != stored:
+                raise Conflict("the user changed meanwhile: try again")
+            if hashed is not None:
+                row.password_hash = hashed
+                row.password_changed_at = _now()
+                self._revoke(s, row.id, sessions_only=True)
+            if totp is not None:
+                row.totp_sealed = self.box.seal(secret) if secret else None
+                row.totp_last_step = None
+            s.flush()
+            info = _info(row)
+        return info, provisioning_uri(secret, info.name) if secret else None
+
     def remove(self, name: str) -> UserInfo:
         """Remove a user and revoke every token of theirs; refused (409) for the
         last admin."""

@@ -20,7 +20,7 @@ from sendense.hub.db.models import (
     TaskKind,
     Vm,
 )
-from sendense.hub.retention.policies import PolicyInfo, matching_policy, on_schedule
+from sendense.hub.retention.policies import PolicyInfo, matching_policy, run_before_latest
 from sendense.hub.service import Hub
 
 
@@ -59,8 +59,7 @@ def _state(
     policy: PolicyInfo | None,
     last_good: datetime | None,
     last_task: str | None,
-    now: datetime,
-    zone: ZoneInfo,
+    previous_run: datetime | None,
 ) -> str:
     if last_task in {s.value for s in ACTIVE_JOB_STATES}:
         return "running"
@@ -68,10 +67,9 @@ def _state(
         return "unprotected"
     if last_task == JobState.FAILED.value:
         return "failed"
-    kept_up = on_schedule(policy, last_good, now, zone)
-    if kept_up is None:
+    if previous_run is None:
         return "no schedule"
-    return "on time" if kept_up else "late"
+    return "on time" if last_good is not None and last_good >= previous_run else "late"
 
 
 def overview(hub: Hub, now: datetime | None = None) -> Overview:
@@ -98,7 +96,12 @@ def overview(hub: Hub, now: datetime | None = None) -> Overview:
             vm_id: state.value
             for vm_id, state in s.execute(
                 select(Job.vm_id, Job.state).join(
-                    newest, and_(Job.vm_id == newest.c.vm_id, Job.created_at == newest.c.at)
+                    newest,
+                    and_(
+                        Job.vm_id == newest.c.vm_id,
+                        Job.kind == TaskKind.BACKUP,
+                        Job.created_at == newest.c.at,
+                    ),
                 )
             )
         }
@@ -115,6 +118,7 @@ def overview(hub: Hub, now: datetime | None = None) -> Overview:
             .order_by(Job.created_at)
             .limit(50)
         ).all()
+    before = {p.name: run_before_latest(p, now, zone) for p in policies}
     states = []
     for vm_id, name in vms:
         policy = matching_policy(policies, name)
@@ -128,7 +132,7 @@ def overview(hub: Hub, now: datetime | None = None) -> Overview:
                 count,
                 last_good,
                 task,
-                _state(policy, last_good, task, now, zone),
+                _state(policy, last_good, task, before[policy.name] if policy else None),
             )
         )
     return Overview(

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -235,6 +236,12 @@ class VmDisk(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    # A VM's newest task of a kind (the dashboard, the last backup's state);
+    # failures of the last day, what runs now (the dashboard).
+    __table_args__ = (
+        Index("ix_jobs_vm_kind_created", "vm_id", "kind", "created_at"),
+        Index("ix_jobs_state_finished", "state", "finished_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     # None for a task of no VM (a schedule run).
@@ -267,6 +274,10 @@ class Job(Base):
 
 class RestorePoint(Base):
     __tablename__ = "restore_points"
+    # A VM's points by status and time (the dashboard, the timeline, prune).
+    __table_args__ = (
+        Index("ix_restore_points_vm_status_created", "vm_id", "status", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id"))

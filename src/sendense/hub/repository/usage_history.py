@@ -16,11 +16,11 @@ from datetime import date, timedelta
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from sendense.common.errors import InvalidInput
 from sendense.hub.db.database import Database
-from sendense.hub.db.models import RepositoryUsageSample, RestorePoint, RestorePointDisk
+from sendense.hub.db.models import RepositoryUsageSample
+from sendense.hub.db.space import backup_bytes
 from sendense.hub.repository.repositories import RepositoryInfo
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class UsageHistory:
                 )
             )
             missing = [r for r in repos if r.id not in have]
-            backups = self._backup_bytes(s, [r.id for r in missing]) if missing else {}
+            backups = backup_bytes(s, [r.id for r in missing]) if missing else {}
         written = 0
         for repo in missing:
             try:
@@ -76,20 +76,6 @@ class UsageHistory:
                 continue
             written += 1
         return written
-
-    @staticmethod
-    def _backup_bytes(s: Session, repository_ids: list[str]) -> dict[str, int]:
-        """What each repository's restore points' files take (as `GET
-        /repositories` counts it)."""
-        rows = s.execute(
-            select(
-                RestorePoint.repository_id, func.coalesce(func.sum(RestorePointDisk.file_size), 0)
-            )
-            .join(RestorePointDisk, RestorePointDisk.restore_point_id == RestorePoint.id)
-            .where(RestorePoint.repository_id.in_(repository_ids))
-            .group_by(RestorePoint.repository_id)
-        )
-        return {repo_id: int(total or 0) for repo_id, total in rows}
 
     def series(
         self, repository_id: str, days: int = 365, today: date | None = None

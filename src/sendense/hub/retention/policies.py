@@ -180,9 +180,17 @@ def on_schedule(
     """Whether the last good backup (`done`) keeps up with the policy's schedule:
     not when it is older than the run before the schedule's latest one (a whole
     run missed). None for a VM with no scheduled policy."""
+    before = run_before_latest(policy, now, zone)
+    if before is None:
+        return None
+    return done is not None and done >= before
+
+
+def run_before_latest(policy: PolicyInfo | None, now: datetime, zone: tzinfo) -> datetime | None:
+    """The scheduled run before the latest one (which may still be going); None
+    without a schedule."""
     if policy is None or not policy.schedule:
         return None
     runs = CronSim(policy.schedule, now.astimezone(zone), reverse=True)
-    next(runs)  # the latest run, which may still be going
-    before = next(runs)
-    return done is not None and done >= before
+    next(runs)
+    return next(runs)

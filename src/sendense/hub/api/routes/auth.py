@@ -11,7 +11,7 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from sendense.common.errors import TooManyAttempts
+from sendense.common.errors import Conflict, TooManyAttempts
 from sendense.common.rate_limit import AttemptLimiter
 from sendense.hub.api.deps import HubDep, PrincipalDep, authorize
 from sendense.hub.auth.passwords import MAX_LENGTH
@@ -97,6 +97,37 @@ def sign_in(
     request.state.principal = Principal(token.id, token.name, token.role, token.user_id)
     request.state.audit_target = {"user": user.name}
     return user, token, secret
+
+
+class OwnChangeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    current_password: SecretStr = Field(min_length=1, max_length=MAX_LENGTH)
+    new_password: SecretStr | None = Field(default=None, max_length=MAX_LENGTH)
+    totp: bool | None = Field(
+        default=None, description="true: a new second factor (its URI in the answer); false: none"
+    )
+
+
+class OwnChangeOut(BaseModel):
+    user: str
+    totp: bool
+    totp_uri: str | None = Field(description="for the authenticator app: shown only here")
+    sessions_ended: bool
+
+
+@router.post("/me")
+def change_own(hub: HubDep, principal: PrincipalDep, body: OwnChangeIn) -> OwnChangeOut:
+    """A user changes their own password or second factor (their current password
+    first). A new password ends all their sessions, this one too."""
+    if principal.user_id is None:
+        raise Conflict("an API token has no user: `sendense user password` is for admins")
+    new = body.new_password.get_secret_value() if body.new_password else None
+    user, uri = hub.users.change_own(
+        principal.user_id, body.current_password.get_secret_value(), password=new, totp=body.totp
+    )
+    return OwnChangeOut(
+        user=user.name, totp=user.totp, totp_uri=uri, sessions_ended=new is not None
+    )
 
 
 @router.post("/logout")

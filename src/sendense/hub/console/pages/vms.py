@@ -4,6 +4,8 @@ be done with each (verify, protect, restore, download, instant access)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
@@ -24,7 +26,9 @@ def vms(request: Request, hub: HubDep, browser: BrowserDep) -> HTMLResponse:
 
 
 @router.get("/vms/inventory")
-def inventory(request: Request, hub: HubDep, browser: BrowserDep) -> HTMLResponse:
+def inventory(
+    request: Request, hub: HubDep, browser: BrowserDep, only: Literal["unprotected"] | None = None
+) -> HTMLResponse:
     """The fragment of VMs each vCenter shows now, asked of its node (slow: loaded
     after the page)."""
     known = {v.name for v in overview(hub).vms}
@@ -39,6 +43,8 @@ def inventory(request: Request, hub: HubDep, browser: BrowserDep) -> HTMLRespons
             continue
         for vm in answer.vms:
             policy = matching_policy(policies, vm.name)
+            if only and policy:
+                continue
             found.append((vcenter.host, vm, policy.name if policy else None))
     return page(request, "inventory.html", browser, found=found, errors=errors, known=known)
 

@@ -284,7 +284,7 @@
           continue;
         }
         const xs = points.map((p) => new Date(p.day + "T00:00:00Z").getTime() / 1000);
-        const used = points.map((p) => p.used_bytes / 2 ** 30);
+        const used = points.map((p) => p.used / 2 ** 30);
         chart(el, ["used GiB"], [xs, used]);
       } catch (e) {
         el.textContent = "Usage history unavailable.";
