@@ -60,8 +60,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy src tests bench demo
 
+# Two workers (pytest-xdist), a whole test file at a time on each: a module's
+# fixtures stay in one process. The base directory is short (Unix socket paths
+# under it stay below 108 bytes) and the run's own (two runs at once do not wipe
+# each other's), removed after.
 pytest: $(STAMP)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	@base=$$(mktemp -d /tmp/sdt.XXXXXX); \
+	$(VENV)/bin/pytest -n 2 --dist loadfile --basetemp=$$base $(PYTEST_ARGS); rc=$$?; \
+	rm -rf $$base; exit $$rc
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build src/*.egg-info

@@ -17,10 +17,11 @@ from sendense.common.config import load_settings
 from sendense.hub.api.app import create_app
 from sendense.hub.config import HubSettings
 from sendense.hub.service import Hub
-from tests.rig.accounts import remove_group, unique_group
+from tests.rig.accounts import remove_group, unique_group, users_of
 from tests.rig.net import free_port_range
 from tests.rig.postgres import PostgresServer
 from tests.rig.procs import kill_all, pids_with, wait_gone
+from tests.rig.site import Site
 from tests.rig.vcsim import Disconnect, Vcsim, running_vcsim
 
 
@@ -122,6 +123,20 @@ def no_leftover_qemu_nbd(tmp_path: Path) -> Iterator[None]:
     left = wait_gone(pids_with(str(tmp_path)), timeout=5)
     kill_all(left)
     assert not left, f"qemu-nbd processes left behind: {left}"
+
+
+@pytest.fixture
+def bare_site(tmp_path: Path) -> Iterator[Site]:
+    """A hub process and a node not enrolled yet; the node users the hub made and
+    every ssh process of the test are gone after."""
+    site = Site(tmp_path)
+    try:
+        site.start()
+        yield site
+    finally:
+        site.stop()
+    assert users_of(site.hub.tunnel_group) == []
+    assert pids_with(str(tmp_path), name="ssh") == []
 
 
 @pytest.fixture

@@ -38,6 +38,8 @@ PAGES = ["/", "/vms", "/tasks", "/policies", "/repositories", "/nodes", "/vcente
 # `SENDENSE_SCREENSHOTS=docs/console pytest tests/test_console_browser.py` refreshes
 # the README's pictures; by default they go to the test's temporary directory.
 SHOTS = os.environ.get("SENDENSE_SCREENSHOTS")
+# A copy slow enough to be seen running (and screenshotted) for a few seconds.
+SLOW = {"chunk_mib": "1", "readers_per_disk": "1", "writes_in_flight": "1"}
 
 
 class Console:
@@ -65,7 +67,7 @@ class Console:
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory, vcsim: Vcsim) -> Iterator[Console]:
     root = tmp_path_factory.mktemp("console")
-    site = Site(root)
+    site = Site(root, None, **SLOW)
     try:
         site.start()
         CREATED.remove(site.hub)  # stopped here at the module's end, not after each test
@@ -77,8 +79,8 @@ def console(tmp_path_factory: pytest.TempPathFactory, vcsim: Vcsim) -> Iterator[
         si = vcsim.connect()
         try:
             name = unique("console")
-            vm = create_vm(si, name, [(2000, 8 * MiB, SCSI0), (2001, 4 * MiB, SCSI0)], cbt=True)
-            data = {2000: bytes(range(256)) * (8 * MiB // 256), 2001: b"\x5a" * (4 * MiB)}
+            vm = create_vm(si, name, [(2000, 32 * MiB, SCSI0), (2001, 4 * MiB, SCSI0)], cbt=True)
+            data = {2000: bytes(range(256)) * (32 * MiB // 256), 2001: b"\x5a" * (4 * MiB)}
             for key, content in data.items():
                 fill(flat_file(vcsim, vm, key), [(0, content)])
         finally:
@@ -159,6 +161,8 @@ def test_back_up_now_shows_the_bar_reach_100_live_and_the_point_on_the_timeline(
     page.wait_for_url(re.compile(r"/tasks/[0-9a-f]+$"))
     page.evaluate("window.sendenseNoReload = true")  # gone if the page reloads
     bar = page.locator("#task-total")
+    expect(bar).not_to_have_attribute("value", "0", timeout=60_000)
+    screenshots(page, Path(SHOTS or console.root / "shots"), "task-running")
     expect(bar).to_have_attribute("value", "100", timeout=120_000)
     expect(page.locator("#task-state")).to_have_text("complete", timeout=60_000)
     assert page.evaluate("window.sendenseNoReload === true")
@@ -188,6 +192,15 @@ def test_a_disk_download_from_the_page_equals_the_point(
         saved = console.root / f"download-{key}.raw"
         started.value.save_as(saved)
         assert saved.read_bytes() == data
+    point = page.locator(".timeline .point").first
+    point.get_by_role("button", name="Instant access").click()
+    uris = point.locator(".result code")
+    expect(uris.first).to_be_visible()
+    shown = uris.all_inner_texts()
+    assert any(u.startswith("nbds://") for u in shown), shown
+    opened = console.site.api.get("/api/v1/access").json()
+    assert len(opened) == 1
+    assert console.site.api.delete(f"/api/v1/access/{opened[0]['id']}").status_code == 200
 
 
 def test_a_restore_as_a_new_vm_completes_from_the_page(
@@ -291,7 +304,9 @@ def test_every_page_has_no_serious_accessibility_violation_at_both_widths(
     refused = blocked_by_policy(page)
     folder = Path(SHOTS or console.root / "shots")
     found = {}
-    for path in [*PAGES, "/audit", f"/vms/{console.vm}", "/login?next=/"]:
+    tasks = console.site.api.get("/api/v1/tasks", params={"kind": "backup"}).json()["items"]
+    task_pages = [f"/tasks/{tasks[0]['id']}"] if tasks else []
+    for path in [*PAGES, "/audit", f"/vms/{console.vm}", *task_pages, "/login?next=/"]:
         page.goto(f"{console.url}{path}")
         page.wait_for_load_state("networkidle")
         name = path.strip("/").split("?")[0].replace("/", "-") or "dashboard"

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +30,15 @@ from sendense.node.forwards import session_argv
 from tests.rig.accounts import users_of
 from tests.rig.cli import sendense
 from tests.rig.node import NodeProcesses
-from tests.rig.procs import pids_with, wait_gone
+from tests.rig.procs import wait_gone
 from tests.rig.site import Site
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making system users needs root")
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    site = Site(tmp_path)
-    try:
-        site.start()
-        yield site
-    finally:
-        site.stop()
-    assert users_of(site.hub.tunnel_group) == []
-    assert pids_with(str(tmp_path), name="ssh") == []
+def site(bare_site: Site) -> Site:
+    return bare_site
 
 
 def node_row(site: Site, name: str) -> dict[str, Any]:

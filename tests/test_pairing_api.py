@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
-from tests.rig.accounts import users_of
 from tests.rig.cli import sendense
 from tests.rig.site import Site
 
@@ -21,14 +18,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making system users n
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    site = Site(tmp_path)
-    try:
-        site.start()
-        yield site
-    finally:
-        site.stop()
-    assert users_of(site.hub.tunnel_group) == []
+def site(bare_site: Site) -> Site:
+    return bare_site
 
 
 def test_an_admin_pairs_a_node_through_the_api(site: Site) -> None:

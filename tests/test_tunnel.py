@@ -223,10 +223,16 @@ def test_unknown_key_and_forbidden_forwards_are_refused(site: Site, tmp_path: Pa
     # A forward to a port outside the NBD pool and API (the hub's tunnel sshd itself):
     # the connection is opened by ssh locally, then closed without a byte.
     local = free_port()
-    with subprocess.Popen(
-        [*base, *key, "-L", f"127.0.0.2:{local}:127.0.0.1:{site.hub.tunnel_port}", user],
-        stderr=subprocess.PIPE,
-    ) as forward:
+    # ssh's messages go to a file: a pipe's end can outlive ssh on a loaded machine,
+    # and reading it to its end then waits for nothing.
+    errors = tmp_path / "forward.err"
+    with (
+        errors.open("wb") as err_file,
+        subprocess.Popen(
+            [*base, *key, "-L", f"127.0.0.2:{local}:127.0.0.1:{site.hub.tunnel_port}", user],
+            stderr=err_file,
+        ) as forward,
+    ):
         try:
             time.sleep(1.5)
             import socket
@@ -236,7 +242,8 @@ def test_unknown_key_and_forbidden_forwards_are_refused(site: Site, tmp_path: Pa
                 assert sock.recv(64) == b""  # no SSH banner: sshd refused the open
         finally:
             forward.terminate()
-            _, err = forward.communicate(timeout=10)
+            forward.wait(timeout=10)
+    err = errors.read_bytes()
     assert b"administratively prohibited" in err or b"open failed" in err
 
     remote_port = free_port()

@@ -41,7 +41,9 @@ def list_repositories(hub: HubDep) -> list[RepositoryOut]:
 
 @router.post("", status_code=201)
 def add_repository(hub: HubDep, body: RepositoryIn) -> RepositoryOut:
-    return _out(hub.repos.add(body.path, body.name))
+    added = hub.repos.add(body.path, body.name)
+    hub.usage_history.sample([added], hub.today())  # its first day's sample, not in an hour
+    return _out(added)
 
 
 @router.get("/{ref}/capacity")

@@ -18,6 +18,8 @@
       if (isNaN(when)) return;
       if (el.textContent.trim().endsWith("UTC")) {
         el.textContent = when.toLocaleString();
+      } else if (el.closest(".log")) {
+        el.textContent = when.toLocaleTimeString();
       }
       el.title = when.toLocaleString();
     });
