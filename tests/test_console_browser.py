@@ -262,6 +262,31 @@ def test_a_node_is_paired_from_the_page(console: Console, context: BrowserContex
     expect(page.locator("table", has_text=name)).to_be_visible()
 
 
+def test_notifications_are_set_up_from_the_settings_page(
+    console: Console, context: BrowserContext
+) -> None:
+    page = admin_page(context, console)
+    page.goto(f"{console.url}/settings")
+    webhook = page.locator("form", has=page.get_by_label("URL (https)"))
+    webhook.get_by_label("Name", exact=True).fill("ops-hook")
+    webhook.get_by_label("URL (https)").fill("https://hooks.example.invalid/sendense")
+    webhook.get_by_role("button", name="Add").click()
+    expect(webhook.locator(".result")).to_contain_text("signing key")
+    page.reload()
+    rule = page.locator("form", has=page.get_by_label(re.compile("^Events")))
+    rule.get_by_label("Name", exact=True).fill("failures")
+    rule.get_by_label(re.compile("^Events")).fill("failed, warning")
+    rule.get_by_role("button", name="Add").click()
+    expect(page.get_by_text("failures → ops-hook: failed, warning for *")).to_be_visible()
+    bad = page.locator("form", has=page.get_by_label(re.compile("^Events")))
+    bad.get_by_label("Name", exact=True).fill("nonsense")
+    bad.get_by_label(re.compile("^Events")).fill("sometimes")
+    bad.get_by_role("button", name="Add").click()
+    expect(bad.get_by_role("alert")).to_contain_text("unknown event")
+    rules = console.site.api.get("/api/v1/notifications/rules").json()
+    assert [(r["name"], r["events"]) for r in rules] == [("failures", ["failed", "warning"])]
+
+
 def test_the_server_refuses_a_viewer_s_forged_post_and_any_post_without_csrf(
     console: Console, context: BrowserContext
 ) -> None:

@@ -198,3 +198,18 @@ def test_a_user_changes_their_own_password_and_second_factor(hub: Hub, console: 
     console.cookies.clear()
     assert sign_in(console, "vic", new) == 401  # the second factor is now required
     assert sign_in(console, "vic", new, totp_now(uri)) == 303
+
+
+def test_guessing_the_current_password_is_limited_like_a_login(
+    hub: Hub, console: TestClient
+) -> None:
+    hub.users.create("vic", Role.VIEWER, PASSWORD)
+    assert sign_in(console, "vic") == 303
+    csrf = {CSRF_HEADER: page_csrf(console)}
+    body = {"current_password": "a guess", "totp": True}
+    answers = [
+        console.post("/api/v1/auth/me", json=body, headers=csrf).status_code
+        for _ in range(hub.settings.login_failures_per_user + 1)
+    ]
+    assert answers == [401] * hub.settings.login_failures_per_user + [429]
+    assert not hub.users.get("vic").totp

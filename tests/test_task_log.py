@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sendense.hub.tasks.task_log import TaskLogs
+from sendense.hub.tasks.task_log import LogCursor, TaskLogs
 
 
 def test_lines_read_back_after_a_number_and_nothing_past_the_end(tmp_path: Path) -> None:
@@ -49,3 +49,30 @@ def test_a_task_id_is_never_a_path(tmp_path: Path) -> None:
     logs = TaskLogs(tmp_path)
     with pytest.raises(ValueError, match="not a task id"):
         logs.append("../../etc/passwd", "INFO", "x")
+
+
+def test_a_follower_reads_on_from_where_it_stopped_and_never_half_a_line(
+    tmp_path: Path,
+) -> None:
+    logs = TaskLogs(tmp_path / "logs")
+    task = uuid.uuid4().hex
+    for n in range(1, 6):
+        logs.append(task, "INFO", f"line {n}")
+    first, cursor = logs.follow(task, LogCursor(), limit=3)
+    assert [x.message for x in first] == ["line 1", "line 2", "line 3"]
+    assert cursor.line == 3
+    # A line being written (no newline yet) is not read, and the cursor waits before it.
+    with logs.path(task).open("ab") as f:
+        f.write(b"2026-12-01T00:00:00+00:00 INFO hub half")
+    rest, cursor = logs.follow(task, cursor)
+    assert [x.n for x in rest] == [4, 5]
+    assert logs.follow(task, cursor)[0] == []
+    with logs.path(task).open("ab") as f:
+        f.write(b" a line\n")
+    logs.append(task, "WARNING", "line 7")
+    last, cursor = logs.follow(task, cursor)
+    assert [(x.n, x.message) for x in last] == [(6, "half a line"), (7, "line 7")]
+    # From a line number alone (a reconnect's Last-Event-ID), the same lines.
+    again, _ = logs.follow(task, LogCursor(5))
+    assert [x.n for x in again] == [6, 7]
+    assert logs.follow(task, LogCursor(99)) == ([], LogCursor(7, cursor.offset))

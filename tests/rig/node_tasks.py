@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -47,6 +48,20 @@ class Watch:
 
 
 def snapshot_names(vm: Any) -> list[str]:
+    """The names of the VM's snapshots, read from the simulator. A read the
+    simulator drops (it closes a connection whose request it could not serve while
+    another client changes the VM) is asked again, twice at most."""
+    for attempt in range(3):
+        try:
+            return _snapshot_names(vm)
+        except (http.client.RemoteDisconnected, ConnectionResetError):
+            if attempt == 2:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+def _snapshot_names(vm: Any) -> list[str]:
     vm_snapshot = vm.snapshot
     if vm_snapshot is None:
         return []

@@ -26,6 +26,7 @@ from sendense.common.contract import TERMINAL_STATES
 from sendense.hub.db.models import TaskKind
 from sendense.hub.service import Hub
 from sendense.hub.tasks.catalog import TaskInfo
+from sendense.hub.tasks.task_log import LogCursor
 
 POLL_S = 0.25
 LINES_PER_LOOK = 500
@@ -60,12 +61,15 @@ async def task_events(
     hub: Hub, task_id: str, after: int, disconnected: Callable[[], Awaitable[bool]]
 ) -> AsyncIterator[ServerSentEvent]:
     line = after
+    cursor = LogCursor(after)
     state: str | None = None
     progress: dict[str, Any] | None = None
     ending = False
     while not await disconnected():
         task = await run_in_threadpool(hub.tasks.get, task_id)
-        lines = await run_in_threadpool(hub.task_logs.read, task_id, line, LINES_PER_LOOK)
+        lines, cursor = await run_in_threadpool(
+            hub.task_logs.follow, task_id, cursor, LINES_PER_LOOK
+        )
         for entry in lines:
             line = entry.n
             data = {

@@ -51,6 +51,15 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
+@dataclass(frozen=True)
+class LogCursor:
+    """Where a reader of a log is: lines read, and the byte offset after them (None:
+    not known yet, found by counting lines)."""
+
+    line: int = 0
+    offset: int | None = None
+
+
 class TaskLogs:
     """The task log files of one hub."""
 
@@ -89,20 +98,35 @@ class TaskLogs:
     def read(self, task_id: str, after: int = 0, limit: int = 1000) -> list[LogLine]:
         """Lines after the `after`-th, at most `limit`; none (no error) when the
         log has no such line or does not exist."""
+        return self.follow(task_id, LogCursor(after), limit)[0]
+
+    def follow(
+        self, task_id: str, cursor: LogCursor, limit: int = 1000
+    ) -> tuple[list[LogLine], LogCursor]:
+        """The lines after `cursor`, at most `limit`, and the cursor after them: a
+        reader that comes back with it reads on from its byte offset, not from the
+        first line again (a live stream looks every quarter of a second)."""
         lines: list[LogLine] = []
+        n, offset = cursor.line, cursor.offset
         try:
             with self.path(task_id).open("rb") as f:
-                for n, raw in enumerate(f, start=1):
-                    if n <= after:
-                        continue
+                if offset is None:  # only a line number: count up to it once
+                    offset, skipped = 0, 0
+                    while skipped < n:
+                        raw = f.readline()
+                        if not raw.endswith(b"\n"):
+                            return [], LogCursor(skipped, offset)
+                        offset, skipped = offset + len(raw), skipped + 1
+                f.seek(offset)
+                while len(lines) < limit:
+                    raw = f.readline()
                     if not raw.endswith(b"\n"):
-                        break  # a line still being written
+                        break  # the end, or a line still being written
+                    n, offset = n + 1, offset + len(raw)
                     lines.append(_parse(n, raw.decode(errors="replace").rstrip("\n")))
-                    if len(lines) >= limit:
-                        break
         except FileNotFoundError:
             pass
-        return lines
+        return lines, LogCursor(n, offset)
 
     def remove(self, task_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):

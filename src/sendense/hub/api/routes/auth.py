@@ -116,15 +116,21 @@ class OwnChangeOut(BaseModel):
 
 
 @router.post("/me")
-def change_own(hub: HubDep, principal: PrincipalDep, body: OwnChangeIn) -> OwnChangeOut:
+def change_own(
+    hub: HubDep, request: Request, principal: PrincipalDep, body: OwnChangeIn
+) -> OwnChangeOut:
     """A user changes their own password or second factor (their current password
-    first). A new password ends all their sessions, this one too."""
+    first, its failures counted like a login's). A new password ends all their
+    sessions, this one too."""
     if principal.user_id is None:
         raise Conflict("an API token has no user: `sendense user password` is for admins")
+    limits: LoginLimits = request.app.state.login_limits
+    attempt = limits.per_user.attempt(principal.name, shown="for this user")
     new = body.new_password.get_secret_value() if body.new_password else None
     user, uri = hub.users.change_own(
         principal.user_id, body.current_password.get_secret_value(), password=new, totp=body.totp
     )
+    limits.per_user.forgive(principal.name, attempt)
     return OwnChangeOut(
         user=user.name, totp=user.totp, totp_uri=uri, sessions_ended=new is not None
     )

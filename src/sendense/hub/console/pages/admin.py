@@ -19,6 +19,7 @@ from sendense.hub.api.routes.users import list_users
 from sendense.hub.auth.roles import Permission
 from sendense.hub.console.session import BrowserDep
 from sendense.hub.console.views import PageRoute, page
+from sendense.hub.notify.targets import EVENTS
 
 router = APIRouter(include_in_schema=False, route_class=PageRoute)
 
@@ -50,6 +51,7 @@ def settings(request: Request, hub: HubDep, browser: BrowserDep) -> HTMLResponse
         rules=list_rules(hub) if browser.may("manage_notifications") else None,
         users=list_users(hub) if browser.may("manage_users") else None,
         tokens=list_tokens(hub) if browser.may("manage_tokens") else None,
+        events=EVENTS,
     )
 
 

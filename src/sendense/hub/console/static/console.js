@@ -26,20 +26,34 @@
   }
 
   // --- forms that call the API -------------------------------------------------
+  // A field's name may be a path ("webhook.url": {webhook: {url: ...}}); data-type
+  // says how its text becomes JSON: int, float, bool, or list (comma-separated).
+  function put(body, name, value) {
+    const path = name.split(".");
+    let at = body;
+    path.slice(0, -1).forEach((key) => {
+      at[key] = at[key] || {};
+      at = at[key];
+    });
+    at[path[path.length - 1]] = value;
+  }
+
   function formBody(form) {
     const body = {};
     form.querySelectorAll("input[name], select[name], textarea[name]").forEach((el) => {
       if (el.dataset.skip === "yes" || el.disabled) return;
       const type = el.dataset.type;
       if (el.type === "checkbox") {
-        body[el.name] = el.checked;
+        put(body, el.name, el.checked);
         return;
       }
       const value = el.value.trim();
       if (value === "") return; // unset: the API's default
-      if (type === "int") body[el.name] = parseInt(value, 10);
-      else if (type === "bool") body[el.name] = value === "true";
-      else body[el.name] = value;
+      if (type === "int") put(body, el.name, parseInt(value, 10));
+      else if (type === "float") put(body, el.name, parseFloat(value));
+      else if (type === "bool") put(body, el.name, value === "true");
+      else if (type === "list") put(body, el.name, value.split(",").map((v) => v.trim()).filter((v) => v));
+      else put(body, el.name, value);
     });
     return body;
   }
@@ -84,6 +98,8 @@
       if (d.image_opts) add("Disk " + d.disk_key + " qemu --image-opts", d.image_opts);
     });
     if (data.token) add("Token (shown once)", data.token);
+    if (data.secret) add("Webhook signing key (shown once)", data.secret);
+    if (data.target && data.target.name) add("Target", data.target.name + " (" + data.target.kind + ")");
     if (data.totp_uri) add("Authenticator URI (shown once)", data.totp_uri);
     box.append(list);
     box.hidden = false;
