@@ -9,7 +9,6 @@ from __future__ import annotations
 import ssl
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,13 +30,8 @@ WRONG = display_fingerprint("ab" * 32)
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    site = Site(tmp_path)
-    try:
-        site.start()
-        yield site
-    finally:
-        site.stop()
+def site(bare_site: Site) -> Site:
+    return bare_site
 
 
 def served_sha256(hub: HubProcess) -> str:

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +31,8 @@ from tests.rig.vmware_vms import SCSI0, MiB, create_vm, fill, flat_file, virtual
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    site = Site(tmp_path)
-    try:
-        site.start()
-        yield site
-    finally:
-        site.stop()
-    assert pids_with(str(tmp_path), name="ssh") == []
+def site(bare_site: Site) -> Site:
+    return bare_site
 
 
 def tunnel_user(site: Site, nodes: NodeProcesses | None = None) -> str:
