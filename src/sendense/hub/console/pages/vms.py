@@ -8,6 +8,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
+from sqlalchemy import select
 
 from sendense.common.errors import SendenseError
 from sendense.hub.api.deps import HubDep, QueriesDep
@@ -15,6 +16,7 @@ from sendense.hub.api.routes.vcenters import vcenter_vms
 from sendense.hub.console.overview import overview
 from sendense.hub.console.session import BrowserDep
 from sendense.hub.console.views import PageRoute, page
+from sendense.hub.db.models import Vm
 from sendense.hub.retention.policies import matching_policy
 
 router = APIRouter(include_in_schema=False, route_class=PageRoute)
@@ -31,7 +33,8 @@ def inventory(
 ) -> HTMLResponse:
     """The fragment of VMs each vCenter shows now, asked of its node (slow: loaded
     after the page)."""
-    known = {v.name for v in overview(hub).vms}
+    with hub.db.session() as s:
+        known = set(s.scalars(select(Vm.name)))
     policies = hub.policies.list()
     found: list[tuple[str, object, str | None]] = []
     errors: list[str] = []
