@@ -17,6 +17,9 @@ packages=(
   openssh-client    # the node's tunnel
   chromium          # the console's browser tests (driven by Playwright)
   fonts-dejavu-core # a font for its pages and screenshots
+  python3-guestfs   # file-level restore: libguestfs' appliance reads guest filesystems
+  libguestfs-xfs    # ...XFS in the appliance (only recommended by libguestfs)
+  linux-image-amd64 # ...the appliance's kernel: supermin builds it from the host's
 )
 
 missing=()

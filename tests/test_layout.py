@@ -24,6 +24,7 @@ HUB_RULES: dict[str, set[str]] = {
     "restore": {"db", "repository", "nodes", "tasks", "nbd"},
     "retention": {"db", "repository", "restore", "verify", "tasks", "nbd"},
     "backup": {"db", "repository", "nodes", "retention", "tasks"},
+    "files": {"db", "repository", "restore", "tasks"},
     "notify": {"db", "auth", "nodes", "repository", "retention"},
 }
 

@@ -15,6 +15,7 @@ from sendense.cli import (
     notify,
     policies,
     restore,
+    restore_files,
     restore_vm,
     tasks,
     tokens,
@@ -53,6 +54,7 @@ app.add_typer(notify.notify_app, name="notify")
 app.command("prune")(policies.prune)
 backups.backups_app.command("protect")(policies.protect)
 restore.app.command("vm")(restore_vm.vm)
+restore.app.add_typer(restore_files.app, name="files")
 repo_app = typer.Typer(help="Backup repositories of the hub.", no_args_is_help=True)
 app.add_typer(repo_app, name="repo")
 

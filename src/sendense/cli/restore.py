@@ -37,7 +37,7 @@ def _client(hub_url: str | None, token_file: Path | None) -> HubClient:
     return HubClient(hub_url, read_token(token_file))
 
 
-def _target(output: Path, force: bool, repositories: list[dict[str, Any]]) -> Path:
+def export_target(output: Path, force: bool, repositories: list[dict[str, Any]]) -> Path:
     target = output.expanduser().absolute()
     if not target.parent.is_dir():
         raise InvalidInput(f"directory {target.parent} does not exist")
@@ -68,7 +68,7 @@ def export(
     if fmt not in FORMATS:
         raise InvalidInput(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
     client = _client(hub_url, token_file)
-    target = _target(output, force, client.get("/api/v1/repositories"))
+    target = export_target(output, force, client.get("/api/v1/repositories"))
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     partial = Path(name)
     try:

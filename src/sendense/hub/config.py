@@ -66,6 +66,16 @@ class HubSettings(SendenseSettings):
     node_timeout_s: float = Field(default=60.0, gt=0)
     # Instant NBD access to a restore point closes after this long without a client.
     access_idle_s: float = Field(default=1800.0, gt=0)
+    # File-level restore: restore points browsed at once (one appliance, a small
+    # VM, each), closed after this long unused; a call to an appliance that makes
+    # no progress this long stops it (a damaged filesystem never hangs the hub).
+    file_restore_appliances: int = Field(default=2, ge=1, le=32)
+    file_restore_idle_s: float = Field(default=600.0, gt=0)
+    file_restore_call_timeout_s: float = Field(default=120.0, gt=0)
+    file_restore_memory_mb: int = Field(default=768, ge=256, le=65536)
+    # Emulate the appliance's CPU (TCG): for machines where /dev/kvm is missing or
+    # unusable. Off where KVM works: launches take a few seconds instead of 10-30.
+    file_restore_force_tcg: bool = True
     # Retention periods (a day, a week...) and schedules are in this time zone.
     time_zone: str = "UTC"
     # How often the hub looks for due schedules.
@@ -147,6 +157,11 @@ class HubSettings(SendenseSettings):
     def scratch_dir(self) -> Path:
         """Sockets of the hub's own read-only qemu-nbd servers (verification, exports)."""
         return self.data_dir / "scratch"
+
+    @property
+    def file_restore_dir(self) -> Path:
+        """File-restore appliances' working directories (their throwaway overlays)."""
+        return self.scratch_dir / "browse"
 
     @property
     def access_keys_dir(self) -> Path:

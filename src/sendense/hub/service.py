@@ -25,6 +25,8 @@ from sendense.hub.backup.runner import BackupRunner
 from sendense.hub.backup.scheduler import Scheduler
 from sendense.hub.config import HubSettings
 from sendense.hub.db.database import Database
+from sendense.hub.files.appliance import ApplianceSettings
+from sendense.hub.files.sessions import BrowseSettings, FileRestoreService
 from sendense.hub.nodes.accounts import NodeAccounts, node_user_name
 from sendense.hub.nodes.client import NodeConnector
 from sendense.hub.nodes.registry import NodeInfo, NodeService, Pairing, enroll_command
@@ -103,6 +105,7 @@ class Hub:
     task_logs: TaskLogs
     tasks: TaskCatalog
     usage_history: UsageHistory
+    files: FileRestoreService
 
     @classmethod
     def open(cls, settings: HubSettings, migrate: bool = True) -> Hub:
@@ -194,6 +197,23 @@ class Hub:
             ),
             warn_task=lambda task_id, text: write_line(task_logs, task_id, "WARNING", text),
         )
+        tasks = TaskCatalog(db)
+        files = FileRestoreService(
+            db,
+            repos,
+            tasks,
+            task_logs,
+            BrowseSettings(
+                settings.file_restore_dir,
+                settings.file_restore_appliances,
+                settings.file_restore_idle_s,
+                ApplianceSettings(
+                    force_tcg=settings.file_restore_force_tcg,
+                    memory_mb=settings.file_restore_memory_mb,
+                    call_timeout=settings.file_restore_call_timeout_s,
+                ),
+            ),
+        )
         return cls(
             settings=settings,
             db=db,
@@ -229,8 +249,9 @@ class Hub:
             notifications=notifications,
             notifier=notifier,
             task_logs=task_logs,
-            tasks=TaskCatalog(db),
+            tasks=tasks,
             usage_history=UsageHistory(db),
+            files=files,
         )
 
     def start_tunnel(self) -> None:
@@ -326,6 +347,7 @@ class Hub:
         return self.nodes.refresh_connected(is_listening)
 
     def reconcile(self, reason: str = "the hub restarted during the job") -> ReconcileReport:
+        self.files.stop_leftovers()  # before the scratch space, their overlays' home, is emptied
         stop_leftovers(self.settings.scratch_dir)
         ending = active_tasks(self.db)
         report = reconcile(self.ledger, reason)
@@ -378,6 +400,7 @@ class Hub:
 
     def close(self) -> None:
         self.stop_tasks()
+        self.files.close_all()
         self.exports.stop_all()
         self.tunnel.stop()  # its runtime directory goes, the exports' sockets with it
         self.db.dispose()

@@ -21,6 +21,7 @@ from sendense.hub.api.routes import (
     auth,
     backups,
     exports,
+    file_restore,
     health,
     jobs,
     metrics,
@@ -55,6 +56,14 @@ def create_app(hub: Hub) -> FastAPI:
         loops = [
             asyncio.create_task(
                 _every(interval, _close_idle_access(hub), "closing idle accesses", first=False)
+            ),
+            asyncio.create_task(
+                _every(
+                    min(5.0, hub.settings.file_restore_idle_s / 4),
+                    hub.files.expire_idle,
+                    "closing idle file-restore sessions",
+                    first=False,
+                )
             ),
             asyncio.create_task(
                 _every(hub.settings.schedule_tick_s, hub.scheduler.tick, "checking schedules")
@@ -113,6 +122,7 @@ def create_app(hub: Hub) -> FastAPI:
         repositories,
         vms,
         restore_points,
+        file_restore,
         jobs,
         backups,
         vcenters,

@@ -1,4 +1,5 @@
-"""Every state-changing request (any method but GET, HEAD and OPTIONS) leaves a
+"""Every state-changing request (any method but GET, HEAD and OPTIONS), and every
+download of a guest's data (AUDITED_READS), leaves a
 row in the audit log once it is answered: refused ones (401, 403, 4xx) too, with
 the caller unknown when the token was not valid. A route names a target its path
 does not hold (the user a login or a creation is for) in
@@ -18,6 +19,13 @@ from sendense.hub.auth.tokens import Principal
 
 log = logging.getLogger(__name__)
 READ_ONLY = frozenset({"GET", "HEAD", "OPTIONS"})
+# Reads that take a guest's data out of the hub: who downloaded what is kept.
+AUDITED_READS = frozenset(
+    {
+        "/api/v1/restore-points/{point_id}/browse/download",
+        "/api/v1/restore-points/{point_id}/disks/{disk_key}/download",
+    }
+)
 
 
 class AuditTrail:
@@ -26,7 +34,7 @@ class AuditTrail:
         self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in READ_ONLY:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         status = 500  # unless the app answers
@@ -40,7 +48,10 @@ class AuditTrail:
         try:
             await self.app(scope, receive, noted)
         finally:
-            await self._record(scope, status)
+            route = scope.get("route")
+            audited = isinstance(route, APIRoute) and route.path in AUDITED_READS
+            if scope["method"] not in READ_ONLY or audited:
+                await self._record(scope, status)
 
     async def _record(self, scope: Scope, status: int) -> None:
         state: dict[str, Any] = scope.get("state") or {}

@@ -63,6 +63,15 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("POST", f"{API}/restore-points/{{point_id}}/protect"): Permission.MANAGE_POLICIES,
     ("GET", f"{API}/restore-points/{{point_id}}/disks/{{disk_key}}/download"): Permission.RESTORE,
     ("POST", f"{API}/restore-points/{{point_id}}/access"): Permission.RESTORE,
+    # File-level restore: a guest's files are as sensitive as its disks.
+    ("POST", f"{API}/restore-points/{{point_id}}/browse"): Permission.RESTORE,
+    ("GET", f"{API}/restore-points/{{point_id}}/browse"): Permission.RESTORE,
+    ("DELETE", f"{API}/restore-points/{{point_id}}/browse"): Permission.RESTORE,
+    ("GET", f"{API}/restore-points/{{point_id}}/browse/filesystems"): Permission.RESTORE,
+    ("GET", f"{API}/restore-points/{{point_id}}/browse/ls"): Permission.RESTORE,
+    ("GET", f"{API}/restore-points/{{point_id}}/browse/stat"): Permission.RESTORE,
+    ("GET", f"{API}/restore-points/{{point_id}}/browse/find"): Permission.RESTORE,
+    ("GET", f"{API}/restore-points/{{point_id}}/browse/download"): Permission.RESTORE,
     # `force` (replace an existing VM) needs RESTORE_OVER as well: see FORCE below.
     ("POST", f"{API}/restore-points/{{point_id}}/restore-vm"): Permission.RESTORE,
     ("GET", f"{API}/jobs"): Permission.READ,

@@ -84,6 +84,7 @@ class TaskKind(enum.StrEnum):
     PRUNE = "prune"
     EXPORT = "export"  # a disk of a restore point downloaded (raw, QCOW2, VMDK)
     SCHEDULE = "schedule"  # one run of a policy's schedule: the parent of its backups
+    BROWSE = "browse"  # a restore point's files browsed in an appliance (file-level restore)
 
 
 class PointStatus(enum.StrEnum):
@@ -268,6 +269,9 @@ class Job(Base):
     # A finished backup's seconds by where they went (common.time_split.JobTimeSplit):
     # {"source_s", "target_s", "bottleneck", "disks": {key: the same}}.
     time_split: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The restore point a task reads (a download, a browsing session): prune keeps
+    # the points of running ones. None for other tasks and older rows.
+    restore_point_id: Mapped[str | None] = mapped_column(String(32))
 
     vm: Mapped[Vm | None] = relationship()
 

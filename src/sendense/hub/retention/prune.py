@@ -120,7 +120,13 @@ class PruneService:
             candidates = [
                 Candidate(p.id, p.completed_at or p.created_at, p.protected) for p in points
             ]
-            pinned = self._in_use(s, vm.id, accessed)
+            # Points running tasks read (a download, a file-browsing session).
+            reading = s.scalars(
+                select(Job.restore_point_id).where(
+                    Job.state == JobState.RUNNING, Job.restore_point_id.is_not(None)
+                )
+            )
+            pinned = self._in_use(s, vm.id, accessed | {p for p in reading if p})
             complete = [p for p in points if p.status == PointStatus.COMPLETE]
             if complete:
                 newest = max(complete, key=lambda p: p.completed_at or p.created_at)
@@ -129,7 +135,7 @@ class PruneService:
 
     @staticmethod
     def _in_use(s: Session, vm_id: str, used_points: set[str]) -> dict[str, str]:
-        """Points an access (instant export, restore) reads, and every point whose
+        """Points an access (instant export, restore) or a running task reads, and every point whose
         layers those are built on: their files must not change."""
         pinned: dict[str, str] = {}
         todo = list(

@@ -122,10 +122,13 @@ class TaskCatalog:
             vm_id = s.scalar(select(RestorePoint.vm_id).where(RestorePoint.id == point_id))
         if vm_id is None:
             raise NotFound(f"restore point {point_id} does not exist")
-        return self.open(kind, vm_id, started_by)
+        return self.open(kind, vm_id, started_by, point_id)
 
-    def open(self, kind: TaskKind, vm_id: str | None, started_by: str) -> str:
-        """A running task no runner runs (a download, a schedule's run): its id."""
+    def open(
+        self, kind: TaskKind, vm_id: str | None, started_by: str, point_id: str | None = None
+    ) -> str:
+        """A running task no runner runs (a download, a schedule's run): its id.
+        `point_id`: the restore point it reads, which prune keeps while it runs."""
         with self.db.session() as s:
             task = Job(
                 vm_id=vm_id,
@@ -133,6 +136,7 @@ class TaskCatalog:
                 state=JobState.RUNNING,
                 started_by=started_by[:128],
                 started_at=utcnow(),
+                restore_point_id=point_id,
             )
             s.add(task)
             s.flush()

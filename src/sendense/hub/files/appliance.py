@@ -1,0 +1,189 @@
+"""One libguestfs appliance: the restore point's disks attached read-only (the
+appliance writes to its own throwaway overlays in `workdir`, never to the
+backup), every call under a watchdog, and nothing left when it closes.
+
+The watchdog is what keeps a damaged filesystem from hanging the hub: a call
+(or a stream) that makes no progress for `call_timeout` seconds has its
+appliance killed, the call fails with a clear error, and the session is over.
+The appliance's processes are found by `workdir` in their command line, which is
+also how start-up stops those of a killed hub (libguestfs' own recovery process
+normally does it first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sendense.common.errors import SendenseError, Unavailable
+from sendense.common.processes import processes, terminate_pid
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ApplianceFailed(SendenseError):
+    """The appliance refused a call or died (a damaged filesystem, a timeout)."""
+
+    http_status = 502
+    exit_code = 8
+    code = "appliance_failed"
+
+
+@dataclass(frozen=True)
+class ApplianceSettings:
+    # Force software emulation: where /dev/kvm is missing or unusable (these
+    # machines), qemu's fallback to TCG is not always taken by itself.
+    force_tcg: bool = True
+    memory_mb: int = 768
+    launch_timeout: float = 600.0
+    call_timeout: float = 120.0
+
+
+def _guestfs() -> Any:
+    """The libguestfs bindings (Debian's python3-guestfs: system site packages)."""
+    try:
+        import guestfs  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise Unavailable(
+            "file-level restore needs libguestfs: install the Debian packages "
+            "python3-guestfs, libguestfs-xfs and linux-image-amd64 (make deps does)"
+        ) from exc
+    return guestfs
+
+
+def appliance_pids(workdir: Path) -> list[int]:
+    """The processes of the appliance working in `workdir` (its qemu)."""
+    marker = f"{workdir.resolve()}{os.sep}"
+    return [
+        p.pid
+        for p in processes()
+        if p.pid != os.getpid() and any(marker in arg for arg in p.argv[1:])
+    ]
+
+
+def stop_leftover_appliances(root: Path) -> int:
+    """Stop appliances a killed hub left working under `root`; returns how many."""
+    pids = appliance_pids(root)
+    for pid in pids:
+        log.warning("stopping a leftover file-restore appliance pid=%d", pid)
+        terminate_pid(pid)
+    return len(pids)
+
+
+class Appliance:
+    """A launched appliance. Calls are serialised (one handle); `call` and
+    `stream_to` run under the watchdog."""
+
+    def __init__(self, workdir: Path, settings: ApplianceSettings) -> None:
+        self.workdir = workdir
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._busy_since: float | None = None
+        self._progress_at = 0.0
+        self._deadline = settings.call_timeout
+        self._killed: str | None = None
+        self._closed = False
+        self._watch = threading.Event()
+        self._g: Any = None
+
+    def launch(self, drives: Sequence[tuple[Path, str]]) -> None:
+        """Start the appliance with `drives` ((file, format), in order: sda, sdb...)."""
+        guestfs = _guestfs()
+        self.workdir.mkdir(parents=True, mode=0o700, exist_ok=True)
+        g = guestfs.GuestFS(python_return_dict=True, close_on_exit=False)
+        g.set_backend("direct")
+        if self.settings.force_tcg:
+            g.set_backend_settings(["force_tcg"])
+        g.set_tmpdir(str(self.workdir))
+        g.set_memsize(self.settings.memory_mb)
+        g.set_recovery_proc(True)  # the appliance dies with the hub
+        g.set_autosync(False)  # nothing is written
+        for path, fmt in drives:
+            g.add_drive_opts(str(path), format=fmt, readonly=True)
+        self._g = g
+        threading.Thread(target=self._watchdog, name="appliance-watchdog", daemon=True).start()
+        self.call(g.launch, timeout=self.settings.launch_timeout)
+
+    def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """`fn(*args)` on the handle; ApplianceFailed when it fails or times out."""
+        with self._lock:
+            if self._killed or self._closed:
+                raise ApplianceFailed(self._killed or "the appliance is closed")
+            self._busy(timeout)
+            try:
+                return fn(*args)
+            except RuntimeError as exc:
+                raise ApplianceFailed(self._killed or _message(exc)) from None
+            finally:
+                self._busy_since = None
+
+    def stream_to(self, fn: Callable[[str], object], fd: int) -> None:
+        """`fn("/dev/fd/N")`: a download into a pipe whose reader calls `progress`;
+        the watchdog fires when no bytes flow for `call_timeout`."""
+        self.call(fn, f"/dev/fd/{fd}")
+
+    def progress(self) -> None:
+        self._progress_at = time.monotonic()
+
+    def handle(self) -> Any:
+        return self._g
+
+    @property
+    def failed(self) -> str | None:
+        return self._killed
+
+    def _busy(self, timeout: float | None) -> None:
+        self._deadline = timeout or self.settings.call_timeout
+        self._progress_at = time.monotonic()
+        self._busy_since = self._progress_at
+
+    def _watchdog(self) -> None:
+        while not self._watch.wait(1.0):
+            since = self._busy_since
+            if since is None:
+                continue
+            stalled = time.monotonic() - self._progress_at
+            if stalled >= self._deadline:
+                self._killed = (
+                    f"the appliance made no progress for {stalled:.0f} s and was stopped "
+                    "(a damaged filesystem?): open the restore point again"
+                )
+                log.error("file-restore appliance stalled, killing it workdir=%s", self.workdir)
+                self._kill()
+                return
+
+    def _kill(self) -> None:
+        for pid in appliance_pids(self.workdir):
+            terminate_pid(pid, timeout=2.0)
+
+    def close(self) -> None:
+        """Shut the appliance down (or kill it), close the handle; no process stays."""
+        self._watch.set()
+        self._closed = True
+        g, self._g = self._g, None
+        if g is not None:
+            if self._lock.acquire(timeout=5.0):
+                try:
+                    g.shutdown()
+                except RuntimeError:
+                    pass
+                finally:
+                    self._lock.release()
+            else:  # a call in flight: stop the appliance under it
+                self._kill()
+            with contextlib.suppress(RuntimeError):
+                g.close()
+        self._kill()  # whatever did not stop with the shutdown
+
+
+def _message(exc: RuntimeError) -> str:
+    text = str(exc).strip()
+    return text.split(": ", 1)[1] if text.count(": ") and len(text) < 600 else text[:600]
