@@ -550,3 +550,23 @@ def test_an_idle_session_closes_by_itself_and_nothing_is_left(browsed: Browsed) 
     assert appliance_pids(browsed.root) == []
     # Browsing never wrote to the backup.
     assert {p: sha(p.read_bytes()) for p in repo.rglob("*.qcow2")} == before
+
+
+def test_a_killed_hub_leaves_no_appliance_and_its_restart_ends_the_session(
+    browsed: Browsed,
+) -> None:
+    first = browsed.points[0]
+    task = browsed.open(first)["task_id"]
+    assert appliance_pids(browsed.root) != []
+    browsed.site.hub.kill9()
+    # libguestfs' recovery process stops the appliance when the hub dies.
+    deadline = time.monotonic() + 30
+    while appliance_pids(browsed.root) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert appliance_pids(browsed.root) == []
+    browsed.site.hub.start()
+    ended = browsed.api.get(f"/api/v1/tasks/{task}").json()
+    assert (ended["kind"], ended["state"]) == ("browse", "failed")
+    assert "restarted" in ended["error"]
+    assert browsed.api.get(f"/api/v1/restore-points/{first.id}/browse").status_code == 404
+    assert not (browsed.root / "hub" / "scratch" / "browse" / task).exists()
