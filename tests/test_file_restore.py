@@ -392,6 +392,10 @@ def test_paths_never_leave_the_filesystem(browsed: Browsed) -> None:
     assert appliance.status_code == 404, appliance.text
     missing = browsed.get(first, "ls", fs="/dev/sda1", path="/no/such/folder")
     assert missing.status_code == 404
+    for what in ("ls", "find"):
+        not_folder = browsed.get(first, what, fs="/dev/sda1", path="/old.txt", name="*")
+        assert not_folder.status_code == 422, (what, not_folder.text)
+        assert "not a folder" in not_folder.json()["message"]
     unknown = browsed.get(first, "ls", fs="/dev/sdz9", path="/")
     assert unknown.status_code == 404
     several = browsed.get(first, "ls", path="/")

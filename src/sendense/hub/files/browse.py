@@ -224,6 +224,9 @@ class BrowseSession:
         most `limit`; and whether there were more."""
         fs = self.filesystem(fs_id)
         folder = self._resolve(fs, path)
+        st = self._lstat(fs, folder)
+        if st is None or not mode_bits.S_ISDIR(int(st["st_mode"])):
+            raise InvalidInput(f"{path} is not a folder")
         listing = self.appliance.workdir / f"find-{os.getpid()}-{threading.get_ident()}"
         try:
             self.appliance.call(
