@@ -241,6 +241,8 @@ def browsed(tmp_path_factory: pytest.TempPathFactory, vcsim: Vcsim) -> Iterator[
         root_2 |= {"/données/résumé-ü.txt": NOTE_2, "/nouveau.txt": b"new at the second point\n"}
         _change(flats, root / "build", root_2, big_2)
         made.points.append(Point(_backup(site, name), big_2, root_2, NTFS_1))
+        second = site.api.get(f"/api/v1/restore-points/{made.points[1].id}").json()
+        assert {d["backup_type"] for d in second["disks"]} == {"incremental"}
         made.spare_point = _backup(site, name)  # nothing changed: a third point
         yield made
     finally:
@@ -314,11 +316,11 @@ def test_each_point_shows_its_disks_filesystems_and_trees(browsed: Browsed) -> N
 
 def test_downloads_are_the_bytes_of_their_point(browsed: Browsed, tmp_path: Path) -> None:
     first, second = browsed.points
-    big = browsed.get(second, "download", fs="/dev/sda1", path="/big.bin")
-    assert big.status_code == 200
-    assert int(big.headers["content-length"]) == BIG
-    assert sha(big.content) == sha(second.big)
     for point in browsed.points:
+        big = browsed.get(point, "download", fs="/dev/sda1", path="/big.bin")
+        assert big.status_code == 200
+        assert int(big.headers["content-length"]) == BIG
+        assert sha(big.content) == sha(point.big)
         note = browsed.get(point, "download", fs="/dev/sda1", path="/données/résumé-ü.txt")
         assert note.content == point.root["/données/résumé-ü.txt"]
         assert "r%C3%A9sum%C3%A9-%C3%BC.txt" in note.headers["content-disposition"]
