@@ -32,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from results import record
+from tests.rig.guest_disks import data_extents
 from tests.rig.hub import HubProcess
 from verify import backup, drop_caches
 
@@ -57,21 +58,6 @@ def make_disk(root: Path, file_mib: int) -> tuple[Path, bytes]:
     )
     (tree / "big.bin").unlink()
     return disk, data
-
-
-def data_areas(path: Path) -> list[tuple[int, int]]:
-    """(offset, length) of the file's data, its holes left out."""
-    areas, position, size = [], 0, path.stat().st_size
-    with path.open("rb") as handle:
-        while position < size:
-            try:
-                start = os.lseek(handle.fileno(), position, os.SEEK_DATA)
-            except OSError:
-                break
-            end = os.lseek(handle.fileno(), start, os.SEEK_HOLE)
-            areas.append((start, end - start))
-            position = end
-    return areas
 
 
 def curl(server: HubProcess, header: Path, path: str, out: Path, method: str = "GET") -> int:
@@ -101,7 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         hub = Hub.open(settings)
         try:
             hub.repos.add(str(root / "repo"))
-            point = backup(hub, "bench-files", {KEY: disk}, {KEY: data_areas(disk)}, "full")
+            point = backup(hub, "bench-files", {KEY: disk}, {KEY: data_extents(disk)}, "full")
         finally:
             hub.close()
         disk_size = disk.stat().st_size

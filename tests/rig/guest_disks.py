@@ -101,25 +101,31 @@ def btrfs_image(tree_dir: Path, image: Path) -> None:
     )
 
 
+def data_extents(path: Path) -> list[tuple[int, int]]:
+    """(offset, length) of each run of data in `path`, its holes left out."""
+    extents, position, size = [], 0, path.stat().st_size
+    with path.open("rb") as handle:
+        while position < size:
+            try:
+                start = os.lseek(handle.fileno(), position, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            end = os.lseek(handle.fileno(), start, os.SEEK_HOLE)
+            extents.append((start, end - start))
+            position = end
+    return extents
+
+
 def copy_into(image: Path, disk: Path, offset: int) -> None:
     """`image` written into `disk` at `offset`, its holes left holes."""
     with image.open("rb") as src, disk.open("r+b") as dst:
-        position = 0
-        size = image.stat().st_size
-        while position < size:
-            try:
-                data_at = os.lseek(src.fileno(), position, os.SEEK_DATA)
-            except OSError:
-                break
-            hole_at = os.lseek(src.fileno(), data_at, os.SEEK_HOLE)
-            src.seek(data_at)
-            dst.seek(offset + data_at)
-            left = hole_at - data_at
-            while left:
-                chunk = src.read(min(left, 8 * MiB))
+        for start, length in data_extents(image):
+            src.seek(start)
+            dst.seek(offset + start)
+            while length:
+                chunk = src.read(min(length, 8 * MiB))
                 dst.write(chunk)
-                left -= len(chunk)
-            position = hole_at
+                length -= len(chunk)
 
 
 def materialise(tree: Tree, folder: Path) -> None:

@@ -69,24 +69,34 @@ def export(
         raise InvalidInput(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
     client = _client(hub_url, token_file)
     target = export_target(output, force, client.get("/api/v1/repositories"))
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    partial = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            size = _download(
-                client, f"/api/v1/restore-points/{point}/disks/{disk}/download", fmt, out
-            )
-            os.fsync(out.fileno())
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    waiting = "the hub prepares the file" if fmt != "raw" else "downloading"
+    path = f"/api/v1/restore-points/{point}/disks/{disk}/download"
+    size = download_into(client, target, path, {"format": fmt}, waiting)
     console.print(
         f"disk {disk} of restore point {point}: {human_bytes(size)} {fmt} written to {target}"
     )
 
 
-def _download(client: HubClient, path: str, fmt: str, out: Any) -> int:
+def download_into(
+    client: HubClient, target: Path, path: str, params: dict[str, str], waiting: str
+) -> int:
+    """The body of GET `path` written to `target` through a temporary file in its
+    folder, renamed once complete (a failed download leaves nothing); its size.
+    `waiting`: what the bar says until the first byte comes."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    partial = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            size = _download(client, path, params, out, waiting)
+            os.fsync(out.fileno())
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return size
+
+
+def _download(client: HubClient, path: str, params: dict[str, str], out: Any, waiting: str) -> int:
     """Stream the body into `out`, leaving holes where it is all zeroes (a raw disk
     is mostly holes); returns its size."""
     columns = (
@@ -96,10 +106,10 @@ def _download(client: HubClient, path: str, fmt: str, out: Any) -> int:
         TransferSpeedColumn(),
     )
     with Progress(*columns, console=console, transient=True) as bars:
-        task = bars.add_task("the hub prepares the file" if fmt != "raw" else "downloading")
+        task = bars.add_task(waiting)
         # QCOW2 and VMDK are converted on the hub before the first byte comes.
         timeout = httpx.Timeout(30.0, read=None)
-        with client.stream("GET", path, params={"format": fmt}, timeout=timeout) as response:
+        with client.stream("GET", path, params=params, timeout=timeout) as response:
             total = int(response.headers.get("content-length", 0)) or None
             bars.update(task, description="downloading", total=total)
             written = 0

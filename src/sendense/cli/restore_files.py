@@ -6,20 +6,17 @@ user, into a temporary file renamed once complete."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from sendense.cli.client import HubClient, read_token
 from sendense.cli.hub import HubUrlOpt, TokenFileOpt
 from sendense.cli.output import console, human_bytes, one_line_errors, table
-from sendense.cli.restore import export_target
-from sendense.common.errors import InvalidInput, SendenseError
+from sendense.cli.restore import download_into, export_target
+from sendense.common.errors import InvalidInput
 
 app = typer.Typer(
     help="Browse a restore point's filesystems and take files out: "
@@ -160,39 +157,8 @@ def get(
     client, base = _open(ctx, hub_url, token_file)
     target = export_target(output, force, client.get("/api/v1/repositories"))
     params = {"path": path, "format": archive} | ({"fs": fs} if fs else {})
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    partial = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            written = _download(client, f"{base}/download", params, out)
-            os.fsync(out.fileno())
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    written = download_into(client, target, f"{base}/download", params, "downloading")
     console.print(f"{path}: {human_bytes(written)} written to {target}", markup=False)
-
-
-def _download(client: HubClient, url: str, params: dict[str, str], out: Any) -> int:
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as bars:
-        task = bars.add_task("downloading")
-        with client.stream("GET", url, params=params, timeout=OPEN_TIMEOUT) as response:
-            total = int(response.headers.get("content-length", 0)) or None
-            bars.update(task, total=total)
-            written = 0
-            for chunk in response.iter_bytes(CHUNK):
-                out.write(chunk)
-                written += len(chunk)
-                bars.update(task, completed=written)
-    if total is not None and written != total:
-        raise SendenseError(f"the download ended after {written} of {total} bytes")
-    return written
 
 
 @app.command("close")
