@@ -22,10 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from sendense.hub.auth.roles import Role
 from sendense.hub.files.appliance import ApplianceFailed, ApplianceSettings
 from sendense.hub.files.sessions import BrowseSettings, FileRestoreService
+from tests.rig.browser import axe_violations, chromium, log_in, new_context
 from tests.rig.cli import sendense
 from tests.rig.guest_disks import (
     LUKS_KEY,
@@ -511,6 +513,73 @@ def test_roles_audit_limits_and_prune_while_browsing(browsed: Browsed) -> None:
     )
     assert again.status_code == 404
     assert "POST" in again.json()["message"]
+
+
+def test_the_console_browses_a_point_and_downloads_a_file_and_a_folder(
+    browsed: Browsed, tmp_path: Path
+) -> None:
+    """The VM page's file browser in Chromium, as an operator: the second point's
+    filesystems, a folder entered, a file and the folder (zip) downloaded."""
+    second = browsed.points[1]
+    browsed.open(second)  # open already: the page joins the session
+    name, password = unique("files-op"), "file browser test password 1"
+    hub = browsed.site.hub_service()
+    try:
+        hub.users.create(name, Role.OPERATOR, password)
+    finally:
+        hub.db.dispose()
+    with chromium() as browser:
+        context = new_context(browser)
+        try:
+            page = context.new_page()
+            refused: list[str] = []  # what the Content-Security-Policy blocked: nothing
+            page.on(
+                "console", lambda m: refused.append(m.text) if "Security Policy" in m.text else None
+            )
+            log_in(page, browsed.site.hub.url, name, password)
+            expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+            page.goto(f"{browsed.site.hub.url}/vms/{browsed.vm}")
+            point = page.locator(f"#point-{second.id}")
+            point.get_by_role("button", name="Browse files").click()
+            panel = point.get_by_role("region", name=f"Files of point {second.id}")
+            filesystems = panel.get_by_role("table", name="Filesystems")
+            expect(filesystems).to_contain_text("crypto_LUKS", timeout=120_000)
+            luks = filesystems.locator("tr", has_text="crypto_LUKS")
+            expect(luks).to_contain_text("encrypted")
+            expect(luks.get_by_role("button")).to_have_count(0)
+            expect(filesystems.locator("tr", has_text="/dev/sda1")).to_contain_text("rootfs")
+            filesystems.get_by_role("button", name="/dev/sda1", exact=True).click()
+            panel.get_by_role("button", name="données", exact=True).click()
+            expect(panel.get_by_role("navigation")).to_contain_text("données")
+            note_link = page.get_by_role("link", name="Download résumé-ü.txt", exact=True)
+            expect(panel.locator("tr", has=note_link)).to_contain_text(f"{len(NOTE_2)} B")
+            expect(panel.locator("tr", has_text="lien")).to_contain_text("→ résumé-ü.txt")
+            with page.expect_download() as started:
+                panel.get_by_role("link", name="Download résumé-ü.txt", exact=True).click()
+            note = tmp_path / "note.txt"
+            started.value.save_as(note)
+            assert started.value.suggested_filename == "résumé-ü.txt"
+            assert note.read_bytes() == NOTE_2
+            with page.expect_download() as started:
+                panel.get_by_role("link", name="Download as zip", exact=True).click()
+            folder = tmp_path / "folder.zip"
+            started.value.save_as(folder)
+            with zipfile.ZipFile(folder) as archive:
+                assert {"résumé-ü.txt", "sous-dossier/a.txt"} <= set(archive.namelist())
+                assert archive.read("sous-dossier/a.txt") == b"a" * 5000
+            # 100,000 names: shown a page at a time.
+            filesystems.get_by_role("button", name="/dev/sde", exact=True).click()
+            panel.get_by_role("button", name="many", exact=True).click()
+            entries = panel.locator(".entries tbody tr")
+            expect(entries).to_have_count(200, timeout=60_000)
+            panel.get_by_role("button", name="Load more").click()
+            expect(entries).to_have_count(400, timeout=60_000)
+            expect(entries.nth(399)).to_contain_text("f000399")
+            expect(panel.get_by_role("status")).to_contain_text(f"400 of {MANY}")
+            assert axe_violations(page) == []
+            assert refused == []
+        finally:
+            context.close()
 
 
 def test_a_stalled_appliance_is_stopped_and_its_session_ends(

@@ -310,10 +310,191 @@
     }
   }
 
+  // --- file-level restore: a restore point's filesystems and folders ------------
+  // Names and link targets are the guest's data: set as text only, never as HTML.
+  const OPENING =
+    "Opening the restore point: its filesystems are read in an isolated appliance, this takes up to a minute.";
+  const PAGE = 200; // entries per request; "Load more" asks for the next ones
+
+  function size(n) {
+    if (n === null || n === undefined) return "-";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (Math.abs(n) >= 1024 && i < units.length - 1) {
+      n /= 1024;
+      i += 1;
+    }
+    return (i === 0 ? n.toFixed(0) : n.toFixed(1)) + " " + units[i];
+  }
+
+  async function callApi(url, method) {
+    const answer = await fetch(url, {
+      method: method || "GET",
+      credentials: "same-origin",
+      headers: { "X-CSRF-Token": csrf() },
+    });
+    const data = await answer.json().catch(() => ({}));
+    if (!answer.ok) {
+      const error = new Error(data.message || answer.status + " " + answer.statusText);
+      error.status = answer.status;
+      throw error;
+    }
+    return data;
+  }
+
+  function make(tag, text, onClick) {
+    const el = document.createElement(tag);
+    el.textContent = text;
+    if (onClick) {
+      el.type = "button";
+      el.addEventListener("click", onClick);
+    }
+    return el;
+  }
+
+  function addRow(tbody, cells) {
+    const tr = document.createElement("tr");
+    cells.forEach((content) => {
+      const td = document.createElement("td");
+      td.append(...[].concat(content));
+      tr.append(td);
+    });
+    tbody.append(tr);
+  }
+
+  function fileUrl(panel, fs, path, format) {
+    return panel.dataset.browse + "/download?" + new URLSearchParams(format ? { fs, path, format } : { fs, path });
+  }
+
+  function fileLink(href, text, label) {
+    const link = make("a", text);
+    link.href = href;
+    link.setAttribute("download", "");
+    link.setAttribute("aria-label", label);
+    return link;
+  }
+
+  function say(panel, text, failed) {
+    const status = panel.querySelector(".status");
+    status.textContent = text;
+    status.classList.toggle("error", Boolean(failed));
+  }
+
+  function crumbs(panel, fs, path) {
+    const parts = path.split("/").filter((p) => p);
+    const items = [fs].concat(parts).map((name, i) => {
+      const item = document.createElement("li");
+      const up = "/" + parts.slice(0, i).join("/");
+      const last = i === parts.length;
+      item.append(last ? make("span", name) : make("button", name, () => listFolder(panel, fs, up, false)));
+      if (last) item.firstChild.setAttribute("aria-current", "location");
+      return item;
+    });
+    panel.querySelector(".crumbs").replaceChildren(...items);
+  }
+
+  function entryRow(panel, fs, body, e) {
+    let name = e.name;
+    let get = "";
+    if (e.type === "directory") {
+      name = make("button", e.name, () => listFolder(panel, fs, e.path, false));
+      const as = (f) => fileLink(fileUrl(panel, fs, e.path, f), f, "Download " + e.name + " as " + f);
+      get = [as("tar"), " ", as("zip")];
+    } else if (e.type === "symlink") {
+      name = [e.name, " → ", make("code", e.target || "")];
+    } else if (e.type === "file") {
+      get = fileLink(fileUrl(panel, fs, e.path), "Download", "Download " + e.name);
+    }
+    const when = make("time", new Date(e.mtime).toLocaleString());
+    when.dateTime = e.mtime;
+    addRow(body, [name, e.type, e.type === "directory" ? "-" : size(e.size), when, get]);
+  }
+
+  async function listFolder(panel, fs, path, more) {
+    const body = panel.querySelector(".entries tbody");
+    const seq = (panel.seq = (panel.seq || 0) + 1); // only the last folder asked for is shown
+    say(panel, "Reading " + path + " …");
+    try {
+      const query = new URLSearchParams({ fs, path, offset: more ? body.rows.length : 0, limit: PAGE });
+      const data = await callApi(panel.dataset.browse + "/ls?" + query);
+      if (seq !== panel.seq) return;
+      if (!more) body.replaceChildren();
+      crumbs(panel, fs, data.path);
+      panel.querySelector(".as-tar").href = fileUrl(panel, fs, data.path, "tar");
+      panel.querySelector(".as-zip").href = fileUrl(panel, fs, data.path, "zip");
+      data.entries.forEach((e) => entryRow(panel, fs, body, e));
+      const pager = panel.querySelector(".more");
+      pager.hidden = body.rows.length >= data.total;
+      pager.onclick = () => listFolder(panel, fs, data.path, true);
+      panel.querySelector(".folder").hidden = false;
+      say(panel, fs + " " + data.path + ": " + body.rows.length + " of " + data.total + " entries shown.");
+    } catch (e) {
+      if (seq === panel.seq) say(panel, e.message, true);
+    }
+  }
+
+  function showFilesystems(panel, data) {
+    const table = panel.querySelector(".filesystems");
+    table.tBodies[0].replaceChildren();
+    data.filesystems.forEach((f) => {
+      let name = f.id;
+      let state = "readable";
+      if (f.readable) {
+        name = make("button", f.id, () => listFolder(panel, f.id, "/", false));
+      } else {
+        state = make("span", f.error || (f.encrypted ? "encrypted (" + f.encrypted + ")" : "unreadable"));
+        state.className = "error";
+      }
+      addRow(table.tBodies[0], [name, f.type, f.label || "-", size(f.size), size(f.used), state]);
+    });
+    table.hidden = false;
+    say(panel, data.filesystems.length + " filesystems: choose a readable one to browse.");
+  }
+
+  async function openFiles(button) {
+    const panel = document.getElementById(button.getAttribute("aria-controls"));
+    panel.hidden = false;
+    panel.querySelector(".filesystems").hidden = panel.querySelector(".folder").hidden = true;
+    button.setAttribute("aria-expanded", "true");
+    button.disabled = true;
+    say(panel, OPENING);
+    try {
+      showFilesystems(panel, await callApi(panel.dataset.browse, "POST"));
+    } catch (e) {
+      say(panel, e.message, true);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function closeFiles(panel) {
+    try {
+      await callApi(panel.dataset.browse, "DELETE");
+    } catch (e) {
+      // 404: nothing open any more (closed when idle): the panel closes all the same.
+      if (e.status !== 404) {
+        say(panel, e.message, true);
+        return;
+      }
+    }
+    panel.hidden = true;
+    const button = document.querySelector('[aria-controls="' + panel.id + '"]');
+    button.setAttribute("aria-expanded", "false");
+    button.focus();
+  }
+
+  function fileBrowsers() {
+    document.querySelectorAll("button[data-files]").forEach((b) => b.addEventListener("click", () => openFiles(b)));
+    document.querySelectorAll("section.files .close-files").forEach((b) =>
+      b.addEventListener("click", () => closeFiles(b.closest("section.files"))),
+    );
+  }
+
   function start() {
     localTimes(document);
     liveTasks();
     usageCharts();
+    fileBrowsers();
     document.body.addEventListener("htmx:afterSwap", (event) => localTimes(event.target));
   }
 
