@@ -65,7 +65,7 @@ MANY = 100_000
 BIG = 200 * MiB
 PATCH_AT = 100 * MiB
 SPARSE = 64 * MiB
-IDLE_S = 60
+IDLE_S = 3  # after the hub's restart in the last test; before it, the default
 NOTE_1 = "première version\n".encode()
 NOTE_2 = "deuxième version, plus longue\n".encode()
 
@@ -104,7 +104,7 @@ class Browsed:
     vm: str
     points: list[Point] = field(default_factory=list)
     spare_point: str = ""
-    last_task: str = ""  # the browsing task left open for the idle test
+    backup_files: dict[Path, str] = field(default_factory=dict)  # before any browsing
 
     @property
     def api(self) -> httpx.Client:
@@ -217,7 +217,7 @@ def appliance_pids(root: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def browsed(tmp_path_factory: pytest.TempPathFactory, vcsim: Vcsim) -> Iterator[Browsed]:
     root = tmp_path_factory.mktemp("files")
-    site = Site(root, {"file_restore_idle_s": str(IDLE_S), "file_restore_appliances": "2"})
+    site = Site(root, {"file_restore_appliances": "2"})
     try:
         site.start()
         CREATED.remove(site.hub)  # stopped here at the module's end, not after each test
@@ -246,6 +246,7 @@ def browsed(tmp_path_factory: pytest.TempPathFactory, vcsim: Vcsim) -> Iterator[
         second = site.api.get(f"/api/v1/restore-points/{made.points[1].id}").json()
         assert {d["backup_type"] for d in second["disks"]} == {"incremental"}
         made.spare_point = _backup(site, name)  # nothing changed: a third point
+        made.backup_files = {p: sha(p.read_bytes()) for p in repo.rglob("*.qcow2")}
         yield made
     finally:
         site.stop()
@@ -489,7 +490,7 @@ def test_roles_audit_limits_and_prune_while_browsing(browsed: Browsed) -> None:
     ), downloads[:3]
 
     # Two appliances run (both points): a third point waits for one.
-    browsed.last_task = browsed.open(second)["task_id"]
+    browsed.open(second)
     third = api.post(f"/api/v1/restore-points/{browsed.spare_point}/browse")
     assert third.status_code == 503
     assert "file_restore_appliances" in third.json()["message"]
@@ -607,31 +608,11 @@ def test_a_stalled_appliance_is_stopped_and_its_session_ends(
         hub.db.dispose()
 
 
-def test_an_idle_session_closes_by_itself_and_nothing_is_left(browsed: Browsed) -> None:
-    second = browsed.points[1]
-    repo = browsed.root / "repo"
-    before = {p: sha(p.read_bytes()) for p in repo.rglob("*.qcow2")}
-    task = f"/api/v1/tasks/{browsed.last_task}"
-    deadline = time.monotonic() + IDLE_S + 30
-    while browsed.api.get(task).json()["state"] == "running":
-        assert time.monotonic() < deadline, "an idle session stayed open"
-        time.sleep(1)
-    assert browsed.api.get(task).json()["state"] == "complete"
-    gone = browsed.api.get(f"/api/v1/restore-points/{second.id}/browse")
-    assert gone.status_code == 404
-    deadline = time.monotonic() + 15
-    while appliance_pids(browsed.root) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert appliance_pids(browsed.root) == []
-    # Browsing never wrote to the backup.
-    assert {p: sha(p.read_bytes()) for p in repo.rglob("*.qcow2")} == before
-
-
-def test_a_killed_hub_leaves_no_appliance_and_its_restart_ends_the_session(
+def test_a_killed_hub_leaves_no_appliance_and_an_idle_session_closes_by_itself(
     browsed: Browsed,
 ) -> None:
-    first = browsed.points[0]
-    task = browsed.open(first)["task_id"]
+    first, second = browsed.points
+    task = browsed.open(second)["task_id"]
     assert appliance_pids(browsed.root) != []
     browsed.site.hub.kill9()
     # libguestfs' recovery process stops the appliance when the hub dies.
@@ -639,9 +620,25 @@ def test_a_killed_hub_leaves_no_appliance_and_its_restart_ends_the_session(
     while appliance_pids(browsed.root) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert appliance_pids(browsed.root) == []
+    browsed.site.hub.env["SENDENSE_HUB_FILE_RESTORE_IDLE_S"] = str(IDLE_S)
     browsed.site.hub.start()
     ended = browsed.api.get(f"/api/v1/tasks/{task}").json()
     assert (ended["kind"], ended["state"]) == ("browse", "failed")
     assert "restarted" in ended["error"]
-    assert browsed.api.get(f"/api/v1/restore-points/{first.id}/browse").status_code == 404
+    assert browsed.api.get(f"/api/v1/restore-points/{second.id}/browse").status_code == 404
     assert not (browsed.root / "hub" / "scratch" / "browse" / task).exists()
+
+    # Unused for IDLE_S, a session closes by itself, leaving nothing.
+    idle = f"/api/v1/tasks/{browsed.open(first)['task_id']}"
+    deadline = time.monotonic() + IDLE_S + 30
+    while browsed.api.get(idle).json()["state"] == "running":
+        assert time.monotonic() < deadline, "an idle session stayed open"
+        time.sleep(0.5)
+    assert browsed.api.get(idle).json()["state"] == "complete"
+    deadline = time.monotonic() + 15
+    while appliance_pids(browsed.root) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert appliance_pids(browsed.root) == []
+    # Browsing never wrote to the backup.
+    repo = browsed.root / "repo"
+    assert {p: sha(p.read_bytes()) for p in repo.rglob("*.qcow2")} == browsed.backup_files

@@ -1,13 +1,16 @@
 """Debian's Chromium driven by Playwright, headless, for the console's tests: started
 per test module, closed in every outcome, and no Chromium process of its own left
-behind. Helpers to log in, run axe-core on a page, and screenshot it at a
-desktop's and a phone's width."""
+behind (its own only: two modules may run browsers at once on the two workers).
+Helpers to log in, run axe-core on a page, and screenshot it at a desktop's and a
+phone's width."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,27 +34,49 @@ AXE = Path(__file__).resolve().parents[1] / ".assets" / "axe-core-4.14.1" / "axe
 WIDTHS = {"desktop": (1280, 800), "phone": (390, 844)}
 
 
-def chromium_pids() -> set[int]:
-    found = set()
+TAG = "SENDENSE_BROWSER_TAG"
+
+
+def chromium_pids(tag: str) -> set[int]:
+    """Chromium processes of the `chromium()` that set `tag` in the browser's
+    environment: those that kept it (the browser, its crash handlers) and their
+    descendants (zygotes and renderers start with an environment of their own).
+    Another module's browser, on the other pytest worker, is never counted."""
+    marker = f"{TAG}={tag}".encode()
+    parents: dict[int, int] = {}
+    ours: set[int] = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         with contextlib.suppress(OSError):
-            if (proc / "exe").resolve().as_posix().startswith("/usr/lib/chromium/"):
-                found.add(int(proc.name))
-    return found
+            if not (proc / "exe").resolve().as_posix().startswith("/usr/lib/chromium/"):
+                continue
+            stat = (proc / "stat").read_text()
+            parents[int(proc.name)] = int(stat[stat.rfind(")") + 2 :].split()[1])
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                ours.add(int(proc.name))
+    grown = True
+    while grown:
+        more = {pid for pid, parent in parents.items() if parent in ours} - ours
+        ours |= more
+        grown = bool(more)
+    return ours
 
 
 @contextlib.contextmanager
 def chromium() -> Iterator[Browser]:
-    before = chromium_pids()
+    tag = uuid.uuid4().hex
+    mine: set[int] = set()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=ARGS, env={**os.environ, TAG: tag}
+        )
         try:
             yield browser
         finally:
+            mine = chromium_pids(tag)  # before closing: its children lose their parent
             browser.close()
-    left = wait_gone(sorted(chromium_pids() - before), timeout=10)
+    left = wait_gone(sorted(mine | chromium_pids(tag)), timeout=10)
     kill_all(left)
     assert not left, f"chromium processes left behind: {left}"
 
