@@ -1,6 +1,7 @@
 """Every state-changing request (any method but GET, HEAD and OPTIONS), and every
 download of a guest's data (AUDITED_READS), leaves a
-row in the audit log once it is answered: refused ones (401, 403, 4xx) too, with
+row in the audit log, written before the answer goes out (a caller that has its
+answer finds the row): refused ones (401, 403, 4xx) too, with
 the caller unknown when the token was not valid. A route names a target its path
 does not hold (the user a login or a creation is for) in
 `request.state.audit_target`."""
@@ -37,21 +38,25 @@ class AuditTrail:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500  # unless the app answers
+        recorded = False
+
+        async def record(status: int) -> None:
+            nonlocal recorded
+            route = scope.get("route")
+            audited = isinstance(route, APIRoute) and route.path in AUDITED_READS
+            if not recorded and (scope["method"] not in READ_ONLY or audited):
+                recorded = True
+                await self._record(scope, status)
 
         async def noted(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                await record(int(message["status"]))
             await send(message)
 
         try:
             await self.app(scope, receive, noted)
         finally:
-            route = scope.get("route")
-            audited = isinstance(route, APIRoute) and route.path in AUDITED_READS
-            if scope["method"] not in READ_ONLY or audited:
-                await self._record(scope, status)
+            await record(500)  # the app raised before it answered
 
     async def _record(self, scope: Scope, status: int) -> None:
         state: dict[str, Any] = scope.get("state") or {}
