@@ -10,6 +10,7 @@ import typer
 
 from sendense.cli import (
     backups,
+    copies,
     hub,
     node,
     notify,
@@ -51,6 +52,7 @@ app.add_typer(restore.app, name="restore")
 app.add_typer(policies.policy_app, name="policy")
 app.add_typer(policies.schedules_app, name="schedules")
 app.add_typer(notify.notify_app, name="notify")
+app.add_typer(copies.app, name="copy")
 app.command("prune")(policies.prune)
 backups.backups_app.command("protect")(policies.protect)
 restore.app.command("vm")(restore_vm.vm)

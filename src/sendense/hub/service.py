@@ -24,6 +24,8 @@ from sendense.hub.backup.reconcile import ReconcileReport, reconcile
 from sendense.hub.backup.runner import BackupRunner
 from sendense.hub.backup.scheduler import Scheduler
 from sendense.hub.config import HubSettings
+from sendense.hub.copy.runner import CopyRunner
+from sendense.hub.copy.targets import CopyTargetService
 from sendense.hub.db.database import Database
 from sendense.hub.files.appliance import ApplianceSettings
 from sendense.hub.files.sessions import BrowseSettings, FileRestoreService
@@ -106,6 +108,8 @@ class Hub:
     tasks: TaskCatalog
     usage_history: UsageHistory
     files: FileRestoreService
+    copy_targets: CopyTargetService
+    copies: CopyRunner
 
     @classmethod
     def open(cls, settings: HubSettings, migrate: bool = True) -> Hub:
@@ -214,6 +218,7 @@ class Hub:
                 ),
             ),
         )
+        copy_targets = CopyTargetService(db, box)
         return cls(
             settings=settings,
             db=db,
@@ -252,6 +257,15 @@ class Hub:
             tasks=tasks,
             usage_history=UsageHistory(db),
             files=files,
+            copy_targets=copy_targets,
+            copies=CopyRunner(
+                db,
+                copy_targets,
+                repos,
+                QemuImg(settings.qemu_img),
+                settings.scratch_dir,
+                task_logs,
+            ),
         )
 
     def start_tunnel(self) -> None:
@@ -390,12 +404,12 @@ class Hub:
 
     def evict_progress(self) -> None:
         """Finished tasks' progress kept past its time goes (every minute)."""
-        for runner in (self.backups, self.restores, self.verifications):
+        for runner in (self.backups, self.restores, self.verifications, self.copies):
             runner.board.evict()
 
     def stop_tasks(self) -> None:
         """No new task starts; those running are ended by `reconcile` after this."""
-        for runner in (self.backups, self.restores, self.verifications):
+        for runner in (self.backups, self.restores, self.verifications, self.copies):
             runner.shutdown()
 
     def close(self) -> None:

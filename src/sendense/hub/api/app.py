@@ -20,6 +20,7 @@ from sendense.hub.api.routes import (
     audit,
     auth,
     backups,
+    copies,
     exports,
     file_restore,
     health,
@@ -139,6 +140,7 @@ def create_app(hub: Hub) -> FastAPI:
         auth,
         notifications,
         tasks,
+        copies,
     ):
         app.include_router(module.router)
     console.install(app)

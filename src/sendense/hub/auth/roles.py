@@ -33,6 +33,7 @@ class Permission(StrEnum):
     MANAGE_USERS = "manage_users"  # list, add and remove users, set their passwords
     READ_AUDIT = "read_audit"  # the audit log
     MANAGE_NOTIFICATIONS = "manage_notifications"  # notification targets and rules
+    MANAGE_COPIES = "manage_copies"  # offsite copy targets, their keys, importing a bucket
 
 
 _OPERATOR = frozenset(
@@ -123,6 +124,15 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", f"{API}/notifications/rules"): Permission.MANAGE_NOTIFICATIONS,
     ("POST", f"{API}/notifications/rules"): Permission.MANAGE_NOTIFICATIONS,
     ("DELETE", f"{API}/notifications/rules/{{name}}"): Permission.MANAGE_NOTIFICATIONS,
+    ("GET", f"{API}/copy-targets"): Permission.READ,
+    ("POST", f"{API}/copy-targets"): Permission.MANAGE_COPIES,
+    ("DELETE", f"{API}/copy-targets/{{name}}"): Permission.MANAGE_COPIES,
+    ("POST", f"{API}/copy-targets/{{name}}/key"): Permission.MANAGE_COPIES,
+    ("POST", f"{API}/copy-targets/{{name}}/import"): Permission.MANAGE_COPIES,
+    ("POST", f"{API}/copy-targets/{{name}}/copies"): Permission.RUN_BACKUPS,
+    ("GET", f"{API}/copy-targets/{{name}}/points"): Permission.READ,
+    ("POST", f"{API}/copy-targets/{{name}}/points/{{point_id}}/fetch"): Permission.RESTORE,
+    ("POST", f"{API}/copy-targets/{{name}}/verify"): Permission.VERIFY,
     # Ending one's own session: every role may.
     ("POST", f"{API}/auth/logout"): Permission.READ,
     # ...and changing one's own password or second factor.

@@ -85,6 +85,8 @@ class TaskKind(enum.StrEnum):
     EXPORT = "export"  # a disk of a restore point downloaded (raw, QCOW2, VMDK)
     SCHEDULE = "schedule"  # one run of a policy's schedule: the parent of its backups
     BROWSE = "browse"  # a restore point's files browsed in an appliance (file-level restore)
+    COPY = "copy"  # a restore point uploaded to an offsite copy target
+    FETCH = "fetch"  # a copied restore point brought back into a repository
 
 
 class PointStatus(enum.StrEnum):
