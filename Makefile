@@ -30,6 +30,7 @@ bench: deps
 	$(PY) bench/restore.py
 	$(PY) bench/console.py
 	$(PY) bench/file_restore.py
+	$(PY) bench/offsite_copy.py
 
 # Fault injection (issue 13): backups and prunes with processes killed at random,
 # the repository full or unmounted, PostgreSQL stopped; invariants after each.

@@ -24,11 +24,20 @@ LOCK_MODES = ("none", "governance", "compliance")
 
 
 class CopyTargetError(SendenseError):
-    """The bucket refused, or could not be reached: the message says which."""
+    """The bucket could not be reached, or failed: the message says how."""
 
-    http_status = 502
+    http_status = 503
     exit_code = 9
-    code = "copy_target"
+    code = "copy_target_unavailable"
+
+
+class CopyTargetRefused(CopyTargetError):
+    """The bucket refused what the target's settings ask (credentials, a bucket
+    that does not exist, no object lock): the settings are to be fixed."""
+
+    http_status = 422
+    exit_code = 2
+    code = "copy_target_refused"
 
 
 @dataclass(frozen=True)
@@ -77,9 +86,9 @@ def describe(exc: Exception, what: str, cfg: BucketConfig) -> CopyTargetError:
         error = exc.response.get("Error", {})
         code = error.get("Code", "")
         if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "403"):
-            return CopyTargetError(f"{what}: {where} refused the credentials ({code})")
+            return CopyTargetRefused(f"{what}: {where} refused the credentials ({code})")
         if code in ("NoSuchBucket", "404") and "Key" not in error:
-            return CopyTargetError(f"{what}: {where} does not exist")
+            return CopyTargetRefused(f"{what}: {where} does not exist")
         return CopyTargetError(f"{what}: {where} answered {code}: {error.get('Message', '')}")
     return CopyTargetError(f"{what}: {where}: {type(exc).__name__}: {exc}")
 
@@ -125,7 +134,7 @@ class Bucket:
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if "ObjectLock" in code or code == "404":
-                raise CopyTargetError(
+                raise CopyTargetRefused(
                     f"bucket {self.cfg.bucket} has no object lock, and the target asks for "
                     f"{self.cfg.lock_mode} mode: create the bucket with object lock enabled, "
                     "or add the target with --lock none"
@@ -134,7 +143,7 @@ class Bucket:
         except BotoCoreError as exc:
             raise describe(exc, "reading the bucket's object lock", self.cfg) from None
         if lock.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
-            raise CopyTargetError(f"bucket {self.cfg.bucket} has object lock switched off")
+            raise CopyTargetRefused(f"bucket {self.cfg.bucket} has object lock switched off")
 
     def retain_until(self, days: int | None = None) -> datetime | None:
         if self.cfg.lock_mode == "none":

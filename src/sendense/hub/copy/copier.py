@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, undefer
 
 from sendense.common.errors import Conflict, InvalidInput
+from sendense.hub.copy.bucket import CopyTargetError
 from sendense.hub.copy.manifest import (
     DATA,
     DiskManifest,
@@ -32,13 +33,14 @@ from sendense.hub.copy.manifest import (
 )
 from sendense.hub.copy.targets import OpenTarget
 from sendense.hub.copy.uploads import ObjectUpload, UploadCount, Uploaded, remove_file
-from sendense.hub.db.copy_models import CopyObject, CopyPoint
+from sendense.hub.db.copy_models import CopyObject, CopyPoint, CopyUpload
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import PointStatus, RestorePoint, RestorePointDisk, Vm, utcnow
 from sendense.hub.repository.repositories import RepositoryService
 from sendense.nbd.qemu_img import QemuImg
 
 log = logging.getLogger(__name__)
+STALE_UPLOAD = timedelta(days=1)
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Copier:
                 )
             ).first():
                 return f"restore point {point_id} is on {target.info.name} already"
+        self._abort_stale(target)
         plans = self._plan(target, point_id)
         progress.disks_total = len(plans)
         until = target.bucket.retain_until()
@@ -143,6 +146,22 @@ class Copier:
             f"{progress.fulls} full and {progress.incrementals} incremental disk layers; "
             f"{progress.sent_parts} parts sent, {progress.kept_parts} already in the bucket"
         )
+
+    def _abort_stale(self, target: OpenTarget) -> None:
+        """Multipart uploads a day old that no copy will resume (their parts cost
+        storage and are invisible): aborted."""
+        with self.db.session() as s:
+            query = select(CopyUpload.upload_id).where(CopyUpload.target_id == target.info.id)
+            ours = set(s.scalars(query))
+        try:
+            stale = target.bucket.stale_uploads(STALE_UPLOAD)
+        except CopyTargetError as exc:
+            log.warning("could not list the unfinished uploads of %s: %s", target.info.name, exc)
+            return
+        for name, upload_id in stale:
+            if upload_id not in ours:
+                log.info("aborting a stale upload of %s on %s", name, target.info.name)
+                target.bucket.abort_upload(name, upload_id)
 
     def _plan(self, target: OpenTarget, point_id: str) -> list[LayerPlan]:
         # One session reads (a session holds SQLite's write lock: nothing else is

@@ -112,7 +112,9 @@ class ObjectUpload:
             self.count.kept_parts = len(done)
             log.info("resuming upload of %s: %d parts in the bucket already", name, len(done))
         etags = dict(done)
-        sealed_total = 0
+        # Parts made in order from the start hash the plaintext as they go; a
+        # resumed upload reads the file once more for it.
+        digest = hashlib.sha256() if not ranges else None
         part_bytes = _part_size(total)
         with (
             path.open("rb") as f,
@@ -123,17 +125,15 @@ class ObjectUpload:
             for number in sorted(int(n) for n in ranges if int(n) not in done):
                 start, end = ranges[str(number)]
                 body, _ = self._part(f, start, end, total)
-                sealed_total += len(body)
                 pending.append((number, pool.submit(self._send, name, upload_id, number, body)))
                 pending = self._drain(pending, etags, PARALLEL)
             number = max((int(n) for n in ranges), default=0) + 1
             offset = max((ranges[n][1] for n in ranges), default=0)
             while offset < total or number == 1:
                 end = min(total, offset + part_bytes)
-                body, end = self._part(f, offset, end, total, grow_to=part_bytes)
+                body, end = self._part(f, offset, end, total, grow_to=part_bytes, digest=digest)
                 ranges[str(number)] = [offset, end]
                 self._record(name, upload_id, source, ranges)
-                sealed_total += len(body)
                 pending.append((number, pool.submit(self._send, name, upload_id, number, body)))
                 pending = self._drain(pending, etags, PARALLEL)
                 number, offset = number + 1, end
@@ -143,10 +143,17 @@ class ObjectUpload:
             s.execute(delete(CopyUpload).where(*self._owner_filter()))
         # The sealed size of parts kept from before is not known here: it is taken
         # from the bucket once the object is whole.
-        return Uploaded(name, version, total, sha256_of(path), self.bucket.size(name, version))
+        plain_sha256 = digest.hexdigest() if digest is not None else sha256_of(path)
+        return Uploaded(name, version, total, plain_sha256, self.bucket.size(name, version))
 
     def _part(
-        self, f: BinaryIO, start: int, end: int, total: int, grow_to: int = 0
+        self,
+        f: BinaryIO,
+        start: int,
+        end: int,
+        total: int,
+        grow_to: int = 0,
+        digest: hashlib._Hash | None = None,
     ) -> tuple[bytes, int]:
         """The sealed frames of plaintext [start, end); with `grow_to`, more frames
         are added while the sealed part is under it (data that compresses well)."""
@@ -158,6 +165,8 @@ class ObjectUpload:
         while position < end or (grow_to and size < grow_to and position < total):
             plain = f.read(min(FRAME, total - position))
             position += len(plain)
+            if digest is not None:
+                digest.update(plain)
             sealed = sealer.seal(plain, last=position >= total)
             pieces.append(sealed)
             size += len(sealed)
