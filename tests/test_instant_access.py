@@ -354,3 +354,26 @@ def test_cli_then_kill_9_leaves_nothing_after_restart(
     assert list(scratch.iterdir()) == []
     assert list(hub.settings.access_keys_dir.iterdir()) == []  # a closed access's key
     assert repository_state(repo_dir) == before
+
+
+def test_an_access_still_opening_is_not_closed_as_idle(
+    hub: Hub, repo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle sweep (every few seconds in the app) runs while an access opens
+    (its qemu-nbd can take seconds to listen on a loaded host): it must not stop
+    that qemu-nbd, nor close the access before its idle time has even begun."""
+    chain = make_chain(hub, repo_dir, tmp_path)
+    start = hub.exports.start
+    swept: list[list[str]] = []
+
+    def sweep_then_start(*args: Any, **kwargs: Any) -> Any:
+        swept.append(hub.access.expire_idle(0))
+        return start(*args, **kwargs)
+
+    monkeypatch.setattr(hub.exports, "start", sweep_then_start)
+    access = hub.access.open(chain.top)
+    assert swept
+    assert all(not closed for closed in swept)
+    assert hub.access.get(access.id).disks
+    monkeypatch.setattr(hub.exports, "start", start)
+    assert hub.access.expire_idle(0) == [access.id]  # open, it does go idle

@@ -158,14 +158,16 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         backoff = 1.0
+        failure: dict[str, str] = {}  # why the last try ended: shown until one connects
         while not self._stopping:
             started = time.monotonic()
             # ssh refuses to be the master over a control socket a killed one left.
             control_path(self.data_dir).unlink(missing_ok=True)
             self._child = ChildProcess(self.argv, log_path=self.stderr_path, append_log=True)
             self._child.spawn()
-            self._status("connecting", ssh_pid=self._child.pid)
+            self._status("connecting", ssh_pid=self._child.pid, **failure)
             if self._wait_forwards(self._child):
+                failure = {}
                 self._status("connected", ssh_pid=self._child.pid, since=time.time())
                 log.info(
                     "tunnel up hub=%s:%d ssh_pid=%d",
@@ -180,7 +182,8 @@ class Supervisor:
             if time.monotonic() - started > 60:
                 backoff = 1.0
             self.restarts += 1
-            self._status("reconnecting", last_error=reason, retry_in=backoff)
+            failure = {"last_error": reason}
+            self._status("reconnecting", retry_in=backoff, **failure)
             log.warning("tunnel down: %s; reconnecting in %.0fs", reason, backoff)
             deadline = time.monotonic() + backoff
             while not self._stopping and time.monotonic() < deadline:

@@ -118,6 +118,7 @@ class AccessService:
         self.keys_dir = keys_dir
         self._last_used: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._opening: set[str] = set()
 
     def open(
         self, point_id: str, purpose: str = INSTANT, node: NodeInfo | None = None
@@ -143,6 +144,10 @@ class AccessService:
             s.add(job)
             s.flush()
             access_id = job.id
+        with self._lock:
+            # Not idle while it opens (its qemu-nbd may take a while to listen):
+            # the idle clock starts once it is open.
+            self._opening.add(access_id)
         directory = self.scratch / f"access-{access_id}"
         key = new_key() if purpose == INSTANT else None
         tls_dir = self.keys_dir / access_id if key else None
@@ -163,6 +168,9 @@ class AccessService:
         except BaseException as exc:
             self._teardown(access_id, f"could not open the access: {exc}")
             raise
+        finally:
+            with self._lock:
+                self._opening.discard(access_id)
         with self._lock:
             self._last_used[access_id] = time.monotonic()
         log.info(
@@ -271,6 +279,8 @@ class AccessService:
             if access.purpose != purpose:
                 continue
             with self._lock:
+                if access.id in self._opening:
+                    continue
                 if any(d.port in busy for d in access.disks):
                     self._last_used[access.id] = now
                 last = self._last_used.setdefault(access.id, now)
