@@ -7,11 +7,11 @@ boto3's plain download, against SeaweedFS's S3 server on this machine, same run.
 The disk is half random data, half zeros; the hub stores no zero clusters, so
 the QCOW2 layer holds the random half and compression finds little left to do
 (`copy_compression_ratio`, layer bytes over bucket bytes; `disk_vs_bucket_ratio`
-in the section counts the disk's bytes). MB = 10^6 bytes of the layer file. Writes "copy" with the top-level
-`copy_upload_mb_s`, `copy_restore_mb_s` (absolute: SeaweedFS on the same 2 cores
-is their only peer, given beside them), `copy_vs_plain_upload` (target >= 0.7),
-`copy_restore_vs_plain_download` and `copy_compression_ratio` (layer bytes over
-bytes in the bucket) to bench/results.json.
+in the section counts the disk's bytes). MB = 10^6 bytes of the layer file.
+Writes "copy" with the top-level `copy_upload_mb_s`, `copy_restore_mb_s`
+(absolute: SeaweedFS on the same 2 cores is their only peer, given beside them),
+`copy_vs_plain_upload` (target >= 0.7), `copy_restore_vs_plain_download` and
+`copy_compression_ratio` to bench/results.json.
 """
 
 from __future__ import annotations

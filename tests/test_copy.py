@@ -25,7 +25,15 @@ from sendense.hub.copy.bucket import Bucket, CopyTargetError
 from sendense.hub.copy.sealing import CopyKey
 from sendense.hub.copy.targets import TargetSpec
 from sendense.hub.db.copy_models import CopyObject, CopyPoint
-from sendense.hub.db.models import JobState, RestorePoint, RestorePointDisk
+from sendense.hub.db.models import (
+    ACTIVE_JOB_STATES,
+    Job,
+    JobState,
+    RestorePoint,
+    RestorePointDisk,
+    TaskKind,
+)
+from sendense.hub.retention.rules import KeepRules
 from sendense.hub.service import Hub
 from sendense.nbd.qemu_img import QemuImg
 from tests.conftest import make_settings
@@ -173,7 +181,7 @@ def test_points_copied_full_incremental_and_synthetic_restore_on_a_new_hub_from_
     try:
         key = CopyKey.from_recovery_text(recovery)
         new.copy_targets.add(spec(s3, bucket, lock_mode="governance", lock_days=1), key)
-        assert new.copies.import_points("offsite") == 3
+        assert new.copies.import_points("offsite")[0] == 3
         for point, by_disk in sources.items():
             state, error = finished(new, new.copies.submit_fetch("offsite", point, None))
             assert state == JobState.COMPLETE, error
@@ -358,3 +366,98 @@ def test_the_api_adds_copies_lists_and_guards_targets_and_never_shows_the_s3_sec
         assert "does not exist" in missing.json()["message"]
         audit = client.get("/api/v1/audit", headers=as_(admin)).json()
         assert any(a["action"] == "/api/v1/copy-targets/{name}/key" for a in audit)
+
+
+def test_a_target_copies_new_points_by_itself_prunes_whole_chains_and_carries_the_configuration(
+    hub: Hub, s3: SeaweedS3, tmp_path: Path
+) -> None:
+    plain = s3.make_bucket("auto", lock=False)
+    locked = s3.make_bucket("auto-locked", lock=True)
+    _, recovery = hub.copy_targets.add(spec(s3, plain, full_every=2))
+    hub.copy_targets.add(
+        spec(s3, locked, name="locked", lock_mode="governance", lock_days=1, full_every=2)
+    )
+    for name in ("offsite", "locked"):
+        hub.copy_targets.set_policy(name, "copy-*", None)
+    hub.policies.create("gold", KeepRules(daily=7), None, None)
+    rng = random.Random(22)
+    disks = disks_of(rng)
+    points: list[str] = []
+    for day in range(4):
+        points.append(back_up(hub, disks, rng, 40 + day))  # after the targets were added
+        while hub.copies.sweep():  # the hub sweeps every minute
+            for task in active_copies(hub):
+                assert finished(hub, task)[0] == JobState.COMPLETE
+    assert held(hub, "offsite") == set(points)
+    assert held(hub, "locked") == set(points)
+    assert hub.copies.sweep() == 0  # nothing new
+    first, second, third, fourth = points
+    assert kinds(hub, third) == {"full"}  # the copy's chain reached full_every
+
+    # Keep the last two: the chain of the first two points goes, whole; on the
+    # locked target it waits for its locks to run out.
+    hub.copy_targets.set_policy("offsite", "copy-*", KeepRules(last=2))
+    hub.copy_targets.set_policy("locked", "copy-*", KeepRules(last=2))
+    pruned = hub.copies.prune("offsite")
+    assert (pruned.kept, pruned.removed, pruned.waiting) == (2, 2, 0)
+    assert held(hub, "offsite") == {third, fourth}
+    versions = s3.client().list_object_versions(Bucket=plain).get("Versions", [])
+    with hub.db.session() as s:
+        gone = {o.name for o in s.scalars(select(CopyObject)) if o.point_id in (first, second)}
+    assert not {v["Key"].removeprefix("site-a/") for v in versions} & gone
+    # Locked: nothing goes; a kept object whose lock nears its end is extended.
+    with hub.db.session() as s:
+        soon = datetime.now(UTC) + timedelta(hours=1)
+        target_id = hub.copy_targets.open("locked").info.id
+        for o in s.scalars(select(CopyObject).where(CopyObject.target_id == target_id)):
+            o.retain_until = soon if o.point_id == fourth else o.retain_until
+    waited = hub.copies.prune("locked")
+    assert (waited.removed, waited.waiting) == (0, 1)
+    assert waited.extended >= 2  # the fourth point's layers (one per disk)
+    assert held(hub, "locked") == set(points)
+    with hub.db.session() as s:
+        fourth_object = s.scalars(
+            select(CopyObject).where(
+                CopyObject.target_id == target_id, CopyObject.point_id == fourth
+            )
+        ).first()
+        assert fourth_object is not None
+        name, version = fourth_object.name, fourth_object.version_id
+    lock = s3.client().get_object_retention(Bucket=locked, Key=f"site-a/{name}", VersionId=version)
+    assert lock["Retention"]["RetainUntilDate"] > datetime.now(UTC) + timedelta(hours=20)
+
+    # The configuration went along: a new hub finds the policy and the users.
+    hub.users.create("ops-anna", Role.OPERATOR, "correct horse battery staple")
+    hub.copies.sweep()
+    assert recovery is not None
+    new = open_hub(tmp_path / "rebuilt")
+    try:
+        new.copy_targets.add(spec(s3, plain), CopyKey.from_recovery_text(recovery))
+        added, config = new.copies.import_points("offsite")
+        assert added == 2
+        assert config["policies"] == 1
+        assert config["users"] >= 1
+        assert new.policies.get("gold").rules.daily == 7
+        assert (
+            new.users.login("ops-anna", "correct horse battery staple", None)[0].role == "operator"
+        )
+    finally:
+        new.reconcile("test ended")
+        new.close()
+
+
+def active_copies(hub: Hub) -> list[str]:
+    with hub.db.session() as s:
+        return list(
+            s.scalars(
+                select(Job.id).where(Job.kind == TaskKind.COPY, Job.state.in_(ACTIVE_JOB_STATES))
+            )
+        )
+
+
+def held(hub: Hub, target: str) -> set[str]:
+    target_id = hub.copy_targets.open(target).info.id
+    with hub.db.session() as s:
+        return set(
+            s.scalars(select(CopyPoint.restore_point_id).where(CopyPoint.target_id == target_id))
+        )

@@ -25,7 +25,7 @@ HUB_RULES: dict[str, set[str]] = {
     "retention": {"db", "repository", "restore", "verify", "tasks", "nbd"},
     "backup": {"db", "repository", "nodes", "retention", "tasks"},
     "files": {"db", "repository", "restore", "tasks"},
-    "copy": {"db", "auth", "repository", "tasks", "nbd"},
+    "copy": {"db", "auth", "repository", "retention", "tasks", "nbd"},
     "notify": {"db", "auth", "nodes", "repository", "retention"},
 }
 

@@ -199,7 +199,56 @@ def copy_import(
     """Read every manifest of a target's bucket into this hub's catalogue (a new hub
     rebuilt from its copies); then `sendense copy fetch` brings points back."""
     answer = _client(hub_url, token_file).post(f"/api/v1/copy-targets/{_name(name)}/import", {})
-    console.print(f"{answer['added']} restore points imported from {name}")
+    config = answer["configuration"]
+    console.print(
+        f"{answer['added']} restore points imported from {name}; from its configuration: "
+        f"{config['policies']} policies, {config['vcenters']} vCenters, {config['users']} users"
+    )
+
+
+@app.command("policy")
+@one_line_errors
+def copy_policy(
+    name: Annotated[str, typer.Argument(help="The copy target")],
+    vms: Annotated[
+        str | None,
+        typer.Option(help="VMs (a name pattern) whose new verified points go by themselves"),
+    ] = None,
+    keep_last: Annotated[int, typer.Option()] = 0,
+    keep_daily: Annotated[int, typer.Option()] = 0,
+    keep_weekly: Annotated[int, typer.Option()] = 0,
+    keep_monthly: Annotated[int, typer.Option()] = 0,
+    keep_yearly: Annotated[int, typer.Option()] = 0,
+    hub_url: HubUrlOpt = None,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Set which VMs a target copies by itself and its own keep-* rules (none: keep all)."""
+    body = {
+        "vm_pattern": vms,
+        "keep_last": keep_last,
+        "keep_daily": keep_daily,
+        "keep_weekly": keep_weekly,
+        "keep_monthly": keep_monthly,
+        "keep_yearly": keep_yearly,
+    }
+    target = _client(hub_url, token_file).post(f"/api/v1/copy-targets/{_name(name)}/policy", body)
+    vms_shown = target["vm_pattern"] or "(none)"
+    console.print(f"copy target {name}: VMs {vms_shown}, keep {target['keep'] or 'all'}")
+
+
+@app.command("prune")
+@one_line_errors
+def copy_prune(
+    name: Annotated[str, typer.Argument(help="The copy target")],
+    hub_url: HubUrlOpt = None,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Run a target's retention now: expired, unlocked chains go; kept ones stay locked."""
+    done = _client(hub_url, token_file).post(f"/api/v1/copy-targets/{_name(name)}/prune", {})
+    console.print(
+        f"{done['kept']} points kept, {done['removed']} removed, {done['waiting']} chains "
+        f"waiting for their locks to run out, {done['extended']} locks extended"
+    )
 
 
 @app.command("fetch")

@@ -80,6 +80,10 @@ class HubSettings(SendenseSettings):
     time_zone: str = "UTC"
     # How often the hub looks for due schedules.
     schedule_tick_s: float = Field(default=30.0, gt=0)
+    # Offsite copies: how often targets with a VM pattern take new verified points
+    # and the hub's configuration; their retention runs at most hourly.
+    copy_tick_s: float = Field(default=60.0, gt=0)
+    copy_prune_every_s: float = Field(default=3600.0, gt=0)
     # How often connected nodes are handed their vCenters' logins to remove the
     # snapshots of backups that died with them (a restarted node has none).
     snapshot_sweep_s: float = Field(default=30.0, gt=0)

@@ -24,7 +24,7 @@ from sendense.hub.backup.reconcile import ReconcileReport, reconcile
 from sendense.hub.backup.runner import BackupRunner
 from sendense.hub.backup.scheduler import Scheduler
 from sendense.hub.config import HubSettings
-from sendense.hub.copy.runner import CopyRunner
+from sendense.hub.copy.runner import CopyRunner, CopySettings
 from sendense.hub.copy.targets import CopyTargetService
 from sendense.hub.db.database import Database
 from sendense.hub.files.appliance import ApplianceSettings
@@ -263,7 +263,7 @@ class Hub:
                 copy_targets,
                 repos,
                 QemuImg(settings.qemu_img),
-                settings.scratch_dir,
+                CopySettings(settings.scratch_dir, settings.zone, settings.copy_prune_every_s),
                 task_logs,
             ),
         )

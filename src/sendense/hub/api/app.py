@@ -82,6 +82,9 @@ def create_app(hub: Hub) -> FastAPI:
             ),
             asyncio.create_task(_every(HOUSEKEEPING_S, hub.housekeeping, "housekeeping")),
             asyncio.create_task(
+                _every(hub.settings.copy_tick_s, hub.copies.sweep, "offsite copies", first=False)
+            ),
+            asyncio.create_task(
                 _every(EVICT_S, hub.evict_progress, "evicting finished progress", first=False)
             ),
         ]

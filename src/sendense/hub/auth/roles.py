@@ -129,6 +129,8 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("DELETE", f"{API}/copy-targets/{{name}}"): Permission.MANAGE_COPIES,
     ("POST", f"{API}/copy-targets/{{name}}/key"): Permission.MANAGE_COPIES,
     ("POST", f"{API}/copy-targets/{{name}}/import"): Permission.MANAGE_COPIES,
+    ("POST", f"{API}/copy-targets/{{name}}/policy"): Permission.MANAGE_COPIES,
+    ("POST", f"{API}/copy-targets/{{name}}/prune"): Permission.MANAGE_COPIES,
     ("POST", f"{API}/copy-targets/{{name}}/copies"): Permission.RUN_BACKUPS,
     ("GET", f"{API}/copy-targets/{{name}}/points"): Permission.READ,
     ("POST", f"{API}/copy-targets/{{name}}/points/{{point_id}}/fetch"): Permission.RESTORE,

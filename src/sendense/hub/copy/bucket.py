@@ -10,11 +10,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 from mypy_boto3_s3.client import S3Client
+from mypy_boto3_s3.type_defs import ObjectLockRetentionTypeDef
 
 from sendense.common.errors import SendenseError
 from sendense.hub.db.models import utcnow
@@ -217,6 +219,38 @@ class Bucket:
         except (ClientError, BotoCoreError) as exc:
             raise describe(exc, f"listing {under}", self.cfg) from None
         return found
+
+    def delete_version(self, name: str, version_id: str) -> None:
+        """One version for good (only called once its lock has run out)."""
+        key = self.cfg.key(name)
+
+        def remove() -> object:
+            if version_id:
+                return self.s3.delete_object(Bucket=self.cfg.bucket, Key=key, VersionId=version_id)
+            return self.s3.delete_object(Bucket=self.cfg.bucket, Key=key)
+
+        self._call(f"removing {name}", remove)
+
+    def extend_lock(self, name: str, version_id: str, until: datetime) -> None:
+        key = self.cfg.key(name)
+        mode: Literal["GOVERNANCE", "COMPLIANCE"] = (
+            "COMPLIANCE" if self.cfg.lock_mode == "compliance" else "GOVERNANCE"
+        )
+        retention: ObjectLockRetentionTypeDef = {"Mode": mode, "RetainUntilDate": until}
+
+        def extend() -> object:
+            if version_id:
+                return self.s3.put_object_retention(
+                    Bucket=self.cfg.bucket, Key=key, VersionId=version_id,
+                    Retention=retention,
+                )  # fmt: skip
+            return self.s3.put_object_retention(
+                Bucket=self.cfg.bucket,
+                Key=key,
+                Retention=retention,
+            )
+
+        self._call(f"extending the lock of {name}", extend)
 
     # Multipart uploads
 

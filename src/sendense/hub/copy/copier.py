@@ -135,6 +135,7 @@ class Copier:
                     point_created_at=manifest.created_at,
                     manifest_name=name,
                     manifest_version=version,
+                    retain_until=until,
                 )
             )
         log.info(

@@ -5,25 +5,74 @@ or prune changes the layers it reads."""
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+import time
+from dataclasses import dataclass
+from datetime import tzinfo
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from sendense.common.errors import Conflict, SendenseError, VmBusy
+from sendense.hub.copy.configuration import restore as restore_config
+from sendense.hub.copy.configuration import upload_if_changed
 from sendense.hub.copy.copier import Copier, CopyProgress, copyable
 from sendense.hub.copy.fetch import CopyCatalogue, FetchProgress
-from sendense.hub.copy.targets import CopyTargetService
+from sendense.hub.copy.retention import CopyPruneResult, CopyRetention
+from sendense.hub.copy.targets import CopyTargetService, TargetInfo
 from sendense.hub.db.copy_models import CopyPoint
 from sendense.hub.db.database import Database
-from sendense.hub.db.models import Job, RestorePoint, TaskKind, Vm
+from sendense.hub.db.models import (
+    ACTIVE_JOB_STATES,
+    Job,
+    PointStatus,
+    RestorePoint,
+    TaskKind,
+    Vm,
+)
 from sendense.hub.repository.repositories import RepositoryService
+from sendense.hub.retention.rules import KeepRules
 from sendense.hub.tasks.runner import TaskRunner
 from sendense.hub.tasks.task_log import TaskLogs
 from sendense.hub.tasks.vm_lock import lock_vm, unlock_vm
 from sendense.nbd.qemu_img import QemuImg
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CopySettings:
+    scratch: Path
+    zone: tzinfo
+    prune_every_s: float = 3600.0
+
+
+def new_points(db: Database, info: TargetInfo) -> list[str]:
+    """Complete, verified points made since the target was added, of VMs its
+    pattern matches, that it does not hold and no copy task is taking, oldest first."""
+    pattern = info.vm_pattern or ""
+    with db.session() as s:
+        held = select(CopyPoint.restore_point_id).where(CopyPoint.target_id == info.id)
+        taking = select(Job.restore_point_id).where(
+            Job.kind == TaskKind.COPY,
+            Job.state.in_(ACTIVE_JOB_STATES),
+            Job.restore_point_id.is_not(None),
+        )
+        rows = s.execute(
+            select(RestorePoint.id, Vm.name)
+            .join(Vm, Vm.id == RestorePoint.vm_id)
+            .where(
+                RestorePoint.status == PointStatus.COMPLETE,
+                RestorePoint.verified_at.is_not(None),
+                RestorePoint.created_at >= info.created_at,
+                RestorePoint.id.not_in(held),
+                RestorePoint.id.not_in(taking),
+            )
+            .order_by(RestorePoint.created_at)
+        ).all()
+    return [point_id for point_id, vm in rows if fnmatch.fnmatchcase(vm, pattern)]
 
 
 class CopyRunner(TaskRunner[CopyProgress | FetchProgress]):
@@ -35,13 +84,56 @@ class CopyRunner(TaskRunner[CopyProgress | FetchProgress]):
         targets: CopyTargetService,
         repos: RepositoryService,
         qemu_img: QemuImg,
-        scratch: Path,
+        settings: CopySettings,
         logs: TaskLogs | None = None,
     ) -> None:
         super().__init__(db, workers=2, logs=logs)
         self.targets = targets
-        self.copier = Copier(db, repos, qemu_img, scratch)
-        self.catalogue = CopyCatalogue(db, repos, qemu_img, scratch)
+        self.settings = settings
+        self.copier = Copier(db, repos, qemu_img, settings.scratch)
+        self.catalogue = CopyCatalogue(db, repos, qemu_img, settings.scratch)
+        self.retention = CopyRetention(db, settings.zone)
+        self._pruned: dict[str, float] = {}
+        self._turn = 0
+
+    def sweep(self) -> int:
+        """Every target: its configuration written if it changed, new verified points
+        of its VMs queued (oldest first; one task per VM at a time, so chains go up
+        in order), its retention run when due. Returns the copies queued."""
+        queued = 0
+        targets = self.targets.list()
+        # One task per VM at a time: the target that goes first takes turns, so a
+        # VM copied to several targets starves none of them.
+        self._turn = (self._turn + 1) % max(1, len(targets))
+        for info in targets[self._turn :] + targets[: self._turn]:
+            try:
+                target = self.targets.open(info.name)
+                upload_if_changed(self.db, self.targets.box, target)
+                if info.vm_pattern:
+                    queued += self._queue_new(info)
+                due = self._pruned.get(info.id, 0.0) + self.settings.prune_every_s
+                if info.keep and time.monotonic() >= due:
+                    self.prune(info.name)
+            except SendenseError as exc:
+                log.warning("copy target %s: %s", info.name, exc.message)
+        return queued
+
+    def _queue_new(self, info: TargetInfo) -> int:
+        queued = 0
+        for point_id in new_points(self.db, info):
+            try:
+                self.submit_copy(info.name, point_id)
+                queued += 1
+            except (VmBusy, Conflict):
+                continue  # its VM is busy (a backup, an earlier copy): next sweep
+        return queued
+
+    def prune(self, name: str) -> CopyPruneResult:
+        target = self.targets.open(name)
+        keep = KeepRules(**target.info.keep) if target.info.keep else None
+        result = self.retention.run(target, keep)
+        self._pruned[target.info.id] = time.monotonic()
+        return result
 
     def submit_copy(self, target_name: str, point_id: str) -> str:
         target = self.targets.open(target_name)
@@ -89,8 +181,12 @@ class CopyRunner(TaskRunner[CopyProgress | FetchProgress]):
         self.queue(task_id, verify)
         return task_id
 
-    def import_points(self, target_name: str) -> int:
-        return self.catalogue.import_points(self.targets.open(target_name))
+    def import_points(self, target_name: str) -> tuple[int, dict[str, int]]:
+        """The bucket's points into the catalogue, and the hub configuration it
+        holds (what this hub lacks of it)."""
+        target = self.targets.open(target_name)
+        added = self.catalogue.import_points(target)
+        return added, restore_config(self.db, self.targets.box, target)
 
     @staticmethod
     def _task(s: Session, kind: TaskKind, vm_id: str | None, point_id: str | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from sqlalchemy import select
@@ -17,6 +17,7 @@ from sendense.hub.copy.bucket import LOCK_MODES, Bucket, BucketConfig, CopyTarge
 from sendense.hub.copy.sealing import CopyKey, SealBroken, open_bytes, seal_bytes
 from sendense.hub.db.copy_models import CopyTarget
 from sendense.hub.db.database import Database
+from sendense.hub.retention.rules import KeepRules
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -41,6 +42,8 @@ class TargetSpec:
     lock_days: int = 0
     limit_mb_s: float | None = None
     full_every: int = 7
+    vm_pattern: str | None = None
+    keep: KeepRules | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class TargetInfo:
     full_every: int
     key_fingerprint: str
     created_at: datetime
+    vm_pattern: str | None
+    keep: dict[str, int] | None
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,8 @@ class CopyTargetService:
                     lock_days=spec.lock_days,
                     limit_mb_s=spec.limit_mb_s,
                     full_every=spec.full_every,
+                    vm_pattern=spec.vm_pattern,
+                    keep=asdict(spec.keep) if spec.keep else None,
                 )
                 s.add(row)
                 s.flush()
@@ -167,6 +174,17 @@ class CopyTargetService:
             key = CopyKey.from_recovery_text(self.box.open(row.copy_key_sealed))
         return OpenTarget(info, Bucket(self._config(spec)), key)
 
+    def set_policy(self, name: str, vm_pattern: str | None, keep: KeepRules | None) -> TargetInfo:
+        """Which VMs' new verified points the target takes by itself (None: only
+        those asked for), and its own keep-* rules (None: it keeps everything)."""
+        with self.db.session() as s:
+            row = s.scalars(select(CopyTarget).where(CopyTarget.name == name)).first()
+            if row is None:
+                raise NotFound(f"copy target {name!r} does not exist")
+            row.vm_pattern = vm_pattern
+            row.keep = asdict(keep) if keep and not keep.empty else None
+            return self._info(row)
+
     def recovery_text(self, name: str) -> str:
         return self.open(name).key.recovery_text()
 
@@ -211,6 +229,8 @@ class CopyTargetService:
             full_every=row.full_every,
             key_fingerprint=row.key_fingerprint,
             created_at=row.created_at,
+            vm_pattern=row.vm_pattern,
+            keep=dict(row.keep) if row.keep else None,
         )
 
 

@@ -36,6 +36,13 @@ class CopyTarget(Base):
     limit_mb_s: Mapped[float | None] = mapped_column(Float)
     # A synthetic full every N points of a disk's copy chain.
     full_every: Mapped[int] = mapped_column(Integer, default=7)
+    # Which VMs' new verified points are copied by themselves (fnmatch on the
+    # VM's name); None: only what is asked for.
+    vm_pattern: Mapped[str | None] = mapped_column(String(255))
+    # The copy's own keep-* rules (retention.rules.KeepRules fields); None: keep all.
+    keep: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # SHA-256 of the hub's configuration last written to the bucket.
+    config_digest: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
@@ -83,6 +90,8 @@ class CopyPoint(Base):
     manifest_version: Mapped[str] = mapped_column(String(255), default="")
     copied_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     status: Mapped[str] = mapped_column(String(16), default="copied")
+    # The manifest's lock (None: not locked).
+    retain_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
     verified_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     verify_error: Mapped[str | None] = mapped_column(Text)
 

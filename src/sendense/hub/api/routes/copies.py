@@ -15,6 +15,7 @@ from sendense.hub.api.deps import HubDep, PrincipalDep, authorize
 from sendense.hub.copy.sealing import CopyKey
 from sendense.hub.copy.targets import TargetInfo, TargetSpec
 from sendense.hub.db.copy_models import CopyPoint
+from sendense.hub.retention.rules import KeepRules
 
 router = APIRouter(
     prefix="/api/v1/copy-targets", tags=["copies"], dependencies=[Depends(authorize)]
@@ -70,7 +71,33 @@ class RecoveryKey(BaseModel):
 
 
 class Imported(BaseModel):
-    added: int
+    added: int = Field(description="restore points new to this hub's list of the target's")
+    configuration: dict[str, int] = Field(
+        description="policies, vCenters and users of the bucket's configuration added"
+    )
+
+
+class PolicyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vm_pattern: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="VMs (a name pattern, * and ?) whose new verified points go by themselves",
+    )
+    keep_last: int = Field(default=0, ge=0, le=100000)
+    keep_hourly: int = Field(default=0, ge=0, le=100000)
+    keep_daily: int = Field(default=0, ge=0, le=100000)
+    keep_weekly: int = Field(default=0, ge=0, le=100000)
+    keep_monthly: int = Field(default=0, ge=0, le=100000)
+    keep_yearly: int = Field(default=0, ge=0, le=100000)
+
+
+class Pruned(BaseModel):
+    kept: int
+    removed: int
+    waiting: int
+    extended: int
 
 
 class CopiedPoint(BaseModel):
@@ -160,7 +187,29 @@ def list_points(hub: HubDep, name: str) -> list[CopiedPoint]:
 
 @router.post("/{name}/import")
 def import_points(hub: HubDep, name: str) -> Imported:
-    return Imported(added=hub.copies.import_points(name))
+    added, configuration = hub.copies.import_points(name)
+    return Imported(added=added, configuration=configuration)
+
+
+@router.post("/{name}/policy")
+def set_policy(hub: HubDep, name: str, body: PolicyIn) -> TargetInfo:
+    """Which VMs' new verified points the target takes by itself, and its own
+    keep-* rules (all zero: it keeps everything)."""
+    keep = KeepRules(
+        last=body.keep_last,
+        hourly=body.keep_hourly,
+        daily=body.keep_daily,
+        weekly=body.keep_weekly,
+        monthly=body.keep_monthly,
+        yearly=body.keep_yearly,
+    )
+    return hub.copy_targets.set_policy(name, body.vm_pattern, keep)
+
+
+@router.post("/{name}/prune")
+def prune(hub: HubDep, name: str) -> Pruned:
+    """The target's retention now (it also runs hourly by itself)."""
+    return Pruned(**vars(hub.copies.prune(name)))
 
 
 @router.post("/{name}/points/{point_id}/fetch", status_code=202)
