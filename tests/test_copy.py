@@ -7,6 +7,7 @@ found, and each wrong setting refused with a clear error."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import time
@@ -391,6 +392,16 @@ def test_a_target_copies_new_points_by_itself_prunes_whole_chains_and_carries_th
     assert held(hub, "offsite") == set(points)
     assert held(hub, "locked") == set(points)
     assert hub.copies.sweep() == 0  # nothing new
+    # Verification comes by itself once its time has come.
+    hub.copies.settings = dataclasses.replace(hub.copies.settings, verify_every_s=0.0)
+    hub.copies.sweep()
+    for task in active_tasks_of(hub, TaskKind.VERIFY):
+        assert finished(hub, task)[0] == JobState.COMPLETE
+    with hub.db.session() as s:
+        checked = s.scalars(select(CopyPoint.verified_at)).all()
+    assert len(checked) == 8
+    assert all(checked)
+    hub.copies.settings = dataclasses.replace(hub.copies.settings, verify_every_s=86400.0)
     first, second, third, fourth = points
     assert kinds(hub, third) == {"full"}  # the copy's chain reached full_every
 
@@ -428,7 +439,8 @@ def test_a_target_copies_new_points_by_itself_prunes_whole_chains_and_carries_th
 
     # The configuration went along: a new hub finds the policy and the users.
     hub.users.create("ops-anna", Role.OPERATOR, "correct horse battery staple")
-    hub.copies.sweep()
+    assert hub.copies.sweep() == 0  # what retention removed is not copied again
+    assert held(hub, "offsite") == {third, fourth}
     assert recovery is not None
     new = open_hub(tmp_path / "rebuilt")
     try:
@@ -447,11 +459,13 @@ def test_a_target_copies_new_points_by_itself_prunes_whole_chains_and_carries_th
 
 
 def active_copies(hub: Hub) -> list[str]:
+    return active_tasks_of(hub, TaskKind.COPY)
+
+
+def active_tasks_of(hub: Hub, kind: TaskKind) -> list[str]:
     with hub.db.session() as s:
         return list(
-            s.scalars(
-                select(Job.id).where(Job.kind == TaskKind.COPY, Job.state.in_(ACTIVE_JOB_STATES))
-            )
+            s.scalars(select(Job.id).where(Job.kind == kind, Job.state.in_(ACTIVE_JOB_STATES)))
         )
 
 

@@ -84,6 +84,8 @@ class HubSettings(SendenseSettings):
     # and the hub's configuration; their retention runs at most hourly.
     copy_tick_s: float = Field(default=60.0, gt=0)
     copy_prune_every_s: float = Field(default=3600.0, gt=0)
+    # Every object of a target is read back and checked this often (a task).
+    copy_verify_every_s: float = Field(default=7 * 86400.0, gt=0)
     # How often connected nodes are handed their vCenters' logins to remove the
     # snapshots of backups that died with them (a restarted node has none).
     snapshot_sweep_s: float = Field(default=30.0, gt=0)

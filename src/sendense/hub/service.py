@@ -263,7 +263,12 @@ class Hub:
                 copy_targets,
                 repos,
                 QemuImg(settings.qemu_img),
-                CopySettings(settings.scratch_dir, settings.zone, settings.copy_prune_every_s),
+                CopySettings(
+                    settings.scratch_dir,
+                    settings.zone,
+                    settings.copy_prune_every_s,
+                    settings.copy_verify_every_s,
+                ),
                 task_logs,
             ),
         )

@@ -9,10 +9,10 @@ import fnmatch
 import logging
 import time
 from dataclasses import dataclass
-from datetime import tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from sendense.common.errors import Conflict, SendenseError, VmBusy
@@ -31,6 +31,7 @@ from sendense.hub.db.models import (
     RestorePoint,
     TaskKind,
     Vm,
+    utcnow,
 )
 from sendense.hub.repository.repositories import RepositoryService
 from sendense.hub.retention.rules import KeepRules
@@ -47,32 +48,53 @@ class CopySettings:
     scratch: Path
     zone: tzinfo
     prune_every_s: float = 3600.0
+    verify_every_s: float = 7 * 86400.0
 
 
 def new_points(db: Database, info: TargetInfo) -> list[str]:
-    """Complete, verified points made since the target was added, of VMs its
-    pattern matches, that it does not hold and no copy task is taking, oldest first."""
+    """Complete, verified points of VMs the target's pattern matches, made since
+    the target was added and after the newest point it holds of their VM (a point
+    its retention removed is not copied again), that no copy task is taking,
+    oldest first."""
     pattern = info.vm_pattern or ""
     with db.session() as s:
-        held = select(CopyPoint.restore_point_id).where(CopyPoint.target_id == info.id)
+        newest = dict(
+            s.execute(
+                select(CopyPoint.vm_id, func.max(CopyPoint.point_created_at))
+                .where(CopyPoint.target_id == info.id)
+                .group_by(CopyPoint.vm_id)
+            ).all()
+        )
         taking = select(Job.restore_point_id).where(
             Job.kind == TaskKind.COPY,
             Job.state.in_(ACTIVE_JOB_STATES),
             Job.restore_point_id.is_not(None),
         )
         rows = s.execute(
-            select(RestorePoint.id, Vm.name)
+            select(RestorePoint.id, RestorePoint.vm_id, RestorePoint.created_at, Vm.name)
             .join(Vm, Vm.id == RestorePoint.vm_id)
             .where(
                 RestorePoint.status == PointStatus.COMPLETE,
                 RestorePoint.verified_at.is_not(None),
                 RestorePoint.created_at >= info.created_at,
-                RestorePoint.id.not_in(held),
                 RestorePoint.id.not_in(taking),
             )
             .order_by(RestorePoint.created_at)
         ).all()
-    return [point_id for point_id, vm in rows if fnmatch.fnmatchcase(vm, pattern)]
+    found = []
+    for point_id, vm_id, created_at, vm in rows:
+        after = _as_utc(newest.get(vm_id))
+        if fnmatch.fnmatchcase(vm, pattern) and (after is None or created_at > after):
+            found.append(point_id)
+    return found
+
+
+def _as_utc(value: datetime | str | None) -> datetime | None:
+    """An aggregate of a stored time (SQLite gives its text back)."""
+    if value is None:
+        return None
+    when = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 class CopyRunner(TaskRunner[CopyProgress | FetchProgress]):
@@ -95,6 +117,7 @@ class CopyRunner(TaskRunner[CopyProgress | FetchProgress]):
         self.retention = CopyRetention(db, settings.zone)
         self._pruned: dict[str, float] = {}
         self._turn = 0
+        self._verifying: dict[str, str] = {}  # target id -> its verification task
 
     def sweep(self) -> int:
         """Every target: its configuration written if it changed, new verified points
@@ -114,9 +137,30 @@ class CopyRunner(TaskRunner[CopyProgress | FetchProgress]):
                 due = self._pruned.get(info.id, 0.0) + self.settings.prune_every_s
                 if info.keep and time.monotonic() >= due:
                     self.prune(info.name)
+                if self._verify_due(info):
+                    self._verifying[info.id] = self.submit_verify(info.name)
             except SendenseError as exc:
                 log.warning("copy target %s: %s", info.name, exc.message)
         return queued
+
+    def _verify_due(self, info: TargetInfo) -> bool:
+        """A target whose least recently checked point was checked (or copied) more
+        than `verify_every_s` ago, and that no verification is reading now."""
+        running = self._verifying.get(info.id)
+        with self.db.session() as s:
+            if running is not None:
+                job = s.get(Job, running)
+                if job is not None and job.state in ACTIVE_JOB_STATES:
+                    return False
+            oldest = s.scalar(
+                select(func.min(func.coalesce(CopyPoint.verified_at, CopyPoint.copied_at))).where(
+                    CopyPoint.target_id == info.id
+                )
+            )
+        when = _as_utc(oldest)
+        if when is None:
+            return False
+        return (utcnow() - when).total_seconds() >= self.settings.verify_every_s
 
     def _queue_new(self, info: TargetInfo) -> int:
         queued = 0
