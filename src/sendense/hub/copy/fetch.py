@@ -146,14 +146,18 @@ class CopyCatalogue:
         made: list[tuple[int, str, Path]] = []
         try:
             for disk in manifest.disks:
-                top = self._download_chain(target, disk.layers, work / str(disk.disk_key), progress)
                 disk_id = new_id()
                 relative = RepositoryService.disk_file(manifest.vm.id, disk.disk_key, disk_id)
                 path = self.repos.resolve(repo, relative)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self.qemu_img.convert(top, path, ["-O", "qcow2"])
-                sync_file(path)
                 made.append((disk.disk_key, disk_id, path))
+                if len(disk.layers) == 1:  # a full: it goes straight into the repository
+                    self._download_chain(target, disk.layers, path.parent, progress, path)
+                else:
+                    folder = work / str(disk.disk_key)
+                    top = self._download_chain(target, disk.layers, folder, progress)
+                    self.qemu_img.convert(top, path, ["-O", "qcow2"])
+                sync_file(path)
             self._record(manifest, repo.id, task_id, made)
         except BaseException:
             for _, _, path in made:
@@ -164,12 +168,19 @@ class CopyCatalogue:
         return f"restore point {point_id} fetched from {target.info.name} into {repo.name}"
 
     def _download_chain(
-        self, target: OpenTarget, layers: list[Layer], folder: Path, progress: FetchProgress
+        self,
+        target: OpenTarget,
+        layers: list[Layer],
+        folder: Path,
+        progress: FetchProgress,
+        last: Path | None = None,
     ) -> Path:
+        """The layers as files in `folder` (the last one at `last` if given), each
+        an overlay on the one before."""
         folder.mkdir(parents=True, exist_ok=True)
         below: Path | None = None
         for n, layer in enumerate(layers):
-            path = folder / f"{n}.qcow2"
+            path = last if last is not None and n == len(layers) - 1 else folder / f"{n}.qcow2"
             download_layer(target, layer, path, progress)
             if layer.kind == "incremental":
                 if below is None:
