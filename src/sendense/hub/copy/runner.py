@@ -187,10 +187,7 @@ class CopyRunner(TaskRunner[CopyProgress | FetchProgress]):
             lock_vm(s, s.get_one(Vm, point.vm_id), task_id)
         progress = CopyProgress()
         self.board.put(task_id, progress)
-        self.queue(
-            task_id,
-            lambda: self.copier.copy(self.targets.open(target.info.name), point_id, progress),
-        )
+        self.queue(task_id, lambda: self.copier.copy(target, point_id, progress))
         return task_id
 
     def submit_fetch(self, target_name: str, point_id: str, repository: str | None) -> str:

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import os
 import struct
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -77,22 +78,30 @@ class CopyKey:
 
 
 class Sealer:
-    """Seals frames of one object from frame number `first` on."""
+    """Seals frames of one object from frame number `first` on: in order with
+    `seal`, or each at its own index with `seal_at` (from several threads)."""
 
     def __init__(self, key: CopyKey, object_id: str, first: int = 0) -> None:
         self._aead = AESGCM(key.secret)
         self._object = object_id.encode()
         self._prefix = os.urandom(8)
-        self._compress = zstandard.ZstdCompressor(level=_LEVEL)
+        self._local = threading.local()  # a zstd context is one thread's
         self.index = first
 
     def seal(self, plain: bytes, last: bool) -> bytes:
-        if self.index >= 1 << 32:
-            raise SendenseError("an object of more than 2^32 frames cannot be sealed")
-        nonce = self._prefix + struct.pack(">I", self.index)
-        aad = self._object + _AAD.pack(self.index, int(last))
-        sealed = nonce + self._aead.encrypt(nonce, self._compress.compress(plain), aad)
+        sealed = self.seal_at(self.index, plain, last)
         self.index += 1
+        return sealed
+
+    def seal_at(self, index: int, plain: bytes, last: bool) -> bytes:
+        if index >= 1 << 32:
+            raise SendenseError("an object of more than 2^32 frames cannot be sealed")
+        compress = getattr(self._local, "compress", None)
+        if compress is None:
+            compress = self._local.compress = zstandard.ZstdCompressor(level=_LEVEL)
+        nonce = self._prefix + struct.pack(">I", index)
+        aad = self._object + _AAD.pack(index, int(last))
+        sealed = nonce + self._aead.encrypt(nonce, compress.compress(plain), aad)
         return _HEADER.pack(len(sealed)) + sealed
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -91,6 +92,8 @@ class CopyTargetService:
     def __init__(self, db: Database, box: SecretBox) -> None:
         self.db = db
         self.box = box
+        self._buckets: dict[str, Bucket] = {}
+        self._lock = threading.Lock()
 
     def add(self, spec: TargetSpec, key: CopyKey | None = None) -> tuple[TargetInfo, str | None]:
         """Adds a target once its bucket answers and, when it holds copies already,
@@ -172,7 +175,17 @@ class CopyTargetService:
                 limit_mb_s=row.limit_mb_s,
             )
             key = CopyKey.from_recovery_text(self.box.open(row.copy_key_sealed))
-        return OpenTarget(info, Bucket(self._config(spec)), key)
+        return OpenTarget(info, self._bucket(info.id, self._config(spec)), key)
+
+    def _bucket(self, target_id: str, config: BucketConfig) -> Bucket:
+        """One client per target while its settings hold: making a boto3 client
+        takes a good part of a second, and the target's bandwidth limit is shared
+        by all its tasks."""
+        with self._lock:
+            known = self._buckets.get(target_id)
+            if known is None or known.cfg != config:
+                known = self._buckets[target_id] = Bucket(config)
+            return known
 
     def set_policy(self, name: str, vm_pattern: str | None, keep: KeepRules | None) -> TargetInfo:
         """Which VMs' new verified points the target takes by itself (None: only

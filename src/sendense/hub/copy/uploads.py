@@ -27,6 +27,7 @@ from sendense.hub.db.database import Database
 log = logging.getLogger(__name__)
 PART_BYTES = 16 << 20
 PARALLEL = 4
+SEALERS = 2  # threads compressing and encrypting frames (zstd releases the GIL)
 MAX_PARTS = 10_000
 
 
@@ -92,8 +93,15 @@ class ObjectUpload:
         self.target_id, self.point_id, self.disk_key = owner
         self.retain_until = retain_until
         self.count = UploadCount()
+        self._sealing = ThreadPoolExecutor(SEALERS, thread_name_prefix="copy-seal")
 
     def run(self, path: Path, new_name: str) -> Uploaded:
+        try:
+            return self._run(path, new_name)
+        finally:
+            self._sealing.shutdown(wait=True)
+
+    def _run(self, path: Path, new_name: str) -> Uploaded:
         source = fingerprint(path)
         total = path.stat().st_size
         row = self._resumable(source)
@@ -156,24 +164,30 @@ class ObjectUpload:
         digest: hashlib._Hash | None = None,
     ) -> tuple[bytes, int]:
         """The sealed frames of plaintext [start, end); with `grow_to`, more frames
-        are added while the sealed part is under it (data that compresses well)."""
+        are added while the sealed part is under it (data that compresses well).
+        Frames are read in order here and sealed by the sealing threads."""
         sealer = Sealer(self.key, self._object_tag(), first=start // FRAME)
         f.seek(start)
         pieces: list[bytes] = []
         size = 0
         position = start
-        while position < end or (grow_to and size < grow_to and position < total):
-            plain = f.read(min(FRAME, total - position))
-            position += len(plain)
-            if digest is not None:
-                digest.update(plain)
-            sealed = sealer.seal(plain, last=position >= total)
-            pieces.append(sealed)
-            size += len(sealed)
-            if not plain:
+        while not pieces or position < end or (grow_to and size < grow_to and position < total):
+            batch: list[tuple[int, bytes, bool]] = []
+            stop = max(end, position + SEALERS * FRAME)
+            while position < min(stop, total) or not (batch or pieces):
+                plain = f.read(min(FRAME, total - position))
+                index = position // FRAME
+                position += len(plain)
+                if digest is not None:
+                    digest.update(plain)
+                batch.append((index, plain, position >= total))
+                if not plain:
+                    break
+            sealed = list(self._sealing.map(lambda frame: sealer.seal_at(*frame), batch))
+            pieces += sealed
+            size += sum(len(p) for p in sealed)
+            if position >= total:
                 break
-        if not pieces:  # an empty file: one empty last frame
-            pieces.append(sealer.seal(b"", last=True))
         return b"".join(pieces), position
 
     def _object_tag(self) -> str:
