@@ -1,5 +1,6 @@
 """What a copy target's objects hold: the plaintext cut into frames of FRAME bytes,
-each compressed with zstd, then sealed with AES-256-GCM under the target's key.
+each compressed with zstd (unless a sample of it does not compress), then sealed
+with AES-256-GCM under the target's key.
 
 A sealed object is a sequence of `length (4 bytes, big endian) | nonce (12) |
 ciphertext and tag`. A frame's nonce is a random 8-byte prefix drawn for each
@@ -31,6 +32,7 @@ _HEADER = struct.Struct(">I")
 _AAD = struct.Struct(">QB")
 _RECOVERY_PREFIX = "sendense-copy-key-1"
 _LEVEL = 3
+_PROBE = 64 << 10
 
 
 class SealBroken(SendenseError):
@@ -77,6 +79,28 @@ class CopyKey:
         return cls(secret)
 
 
+def _pack(compress: zstandard.ZstdCompressor, plain: bytes) -> bytes:
+    """A frame's body before encryption: `Z` and zstd, or `R` and the bytes as they
+    are when a sample of them does not compress (random data, compressed files):
+    zstd's time is spent where it pays."""
+    sample = plain[:_PROBE]
+    if len(sample) == _PROBE and len(compress.compress(sample)) > _PROBE * 0.95:
+        return b"R" + plain
+    return b"Z" + compress.compress(plain)
+
+
+def _unpack(
+    decompress: zstandard.ZstdDecompressor, body: bytes, object_id: str, index: int
+) -> bytes:
+    kind, data = body[:1], body[1:]
+    if kind == b"R":
+        return data
+    if kind == b"Z":
+        plain: bytes = decompress.decompress(data, max_output_size=FRAME)
+        return plain
+    raise SealBroken(f"object {object_id}: frame {index} is of no known kind")
+
+
 class Sealer:
     """Seals frames of one object from frame number `first` on: in order with
     `seal`, or each at its own index with `seal_at` (from several threads)."""
@@ -101,7 +125,7 @@ class Sealer:
             compress = self._local.compress = zstandard.ZstdCompressor(level=_LEVEL)
         nonce = self._prefix + struct.pack(">I", index)
         aad = self._object + _AAD.pack(index, int(last))
-        sealed = nonce + self._aead.encrypt(nonce, compress.compress(plain), aad)
+        sealed = nonce + self._aead.encrypt(nonce, _pack(compress, plain), aad)
         return _HEADER.pack(len(sealed)) + sealed
 
 
@@ -146,7 +170,7 @@ def open_frames(key: CopyKey, object_id: str, chunks: Iterable[bytes]) -> Iterat
                     f"object {object_id}: frame {index} does not open with this key "
                     "(a wrong key, or the object was changed)"
                 )
-            yield decompress.decompress(compressed, max_output_size=FRAME)
+            yield _unpack(decompress, compressed, object_id, index)
             index += 1
     if pending or not ended:
         raise SealBroken(f"object {object_id}: it ends before its last frame (cut short?)")
