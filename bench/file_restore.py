@@ -34,11 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from results import record
 from tests.rig.guest_disks import data_extents
 from tests.rig.hub import HubProcess
-from verify import backup, drop_caches
-
-from sendense.common.config import load_settings
-from sendense.hub.config import HubSettings
-from sendense.hub.service import Hub
+from verify import backup, bench_hub, drop_caches
 
 MiB = 1 << 20
 KEY = 2000
@@ -76,17 +72,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sendense-bench-files-", dir=args.tmp) as tmp:
         root = Path(tmp)
         disk, data = make_disk(root, args.file_mib)
-        (root / "repo").mkdir()
-        settings = load_settings(
-            HubSettings,
-            data_dir=root / "hub",
-            min_free_bytes=0,
-            database_url=f"sqlite:///{root / 'hub.db'}",
-            repository_roots=[root],
-        )
-        hub = Hub.open(settings)
+        hub = bench_hub(root)
         try:
-            hub.repos.add(str(root / "repo"))
             point = backup(hub, "bench-files", {KEY: disk}, {KEY: data_extents(disk)}, "full")
         finally:
             hub.close()

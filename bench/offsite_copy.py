@@ -31,10 +31,8 @@ from boto3.s3.transfer import TransferConfig
 from results import record
 from sqlalchemy import select
 from tests.rig.s3 import SeaweedS3
-from verify import backup
+from verify import backup, bench_hub
 
-from sendense.common.config import load_settings
-from sendense.hub.config import HubSettings
 from sendense.hub.copy.sealing import CopyKey
 from sendense.hub.copy.targets import TargetSpec
 from sendense.hub.db.copy_models import CopyObject
@@ -43,21 +41,6 @@ from sendense.hub.service import Hub
 
 MiB = 1 << 20
 KEY = 2000
-
-
-def open_hub(root: Path) -> Hub:
-    (root / "repo").mkdir(parents=True)
-    hub = Hub.open(
-        load_settings(
-            HubSettings,
-            data_dir=root / "hub",
-            min_free_bytes=0,
-            database_url=f"sqlite:///{root / 'hub.db'}",
-            repository_roots=[root],
-        )
-    )
-    hub.repos.add(str(root / "repo"))
-    return hub
 
 
 def wait(hub: Hub, task_id: str) -> float:
@@ -96,7 +79,7 @@ def run(
         name="bench", endpoint=s3.endpoint, bucket="bench",
         access_key=s3.access_key, secret_key=s3.secret_key, prefix="copies",
     )  # fmt: skip
-    hub = open_hub(root / "first")
+    hub = bench_hub(root / "first")
     try:
         point = backup(hub, "bench-copy", {KEY: disk}, {KEY: [(0, size)]}, "full")
         hub.verifier.verify([point])
@@ -121,7 +104,7 @@ def run(
     started = time.monotonic()
     client.download_file("bench", "plain/layer", str(root / "plain.qcow2"), Config=transfer)
     plain_download_s = time.monotonic() - started
-    second = open_hub(root / "second")
+    second = bench_hub(root / "second")
     try:
         second.copy_targets.add(target, CopyKey.from_recovery_text(recovery))
         second.copies.import_points("bench")

@@ -33,13 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nbd_writer import make_source
 from results import record
 from tests.rig.hub import HubProcess
-from verify import backup, change_one_percent, drop_caches
+from verify import backup, bench_hub, change_one_percent, drop_caches
 
-from sendense.common.config import load_settings
 from sendense.hub.api.queries import Queries
-from sendense.hub.config import HubSettings
 from sendense.hub.restore.conversion import DiskConverter
-from sendense.hub.service import Hub
 
 MiB = 1 << 20
 EXTENT = 16 * MiB
@@ -58,17 +55,8 @@ def timed(runs: int, step: Callable[[int], None]) -> list[float]:
 
 def make_point(root: Path, size: int) -> tuple[str, Path, int]:
     """The chain on a hub in `root`; returns the top point, its file, the data bytes."""
-    (root / "repo").mkdir()
-    settings = load_settings(
-        HubSettings,
-        data_dir=root / "hub",
-        min_free_bytes=0,
-        database_url=f"sqlite:///{root / 'hub.db'}",
-        repository_roots=[root],
-    )
-    hub = Hub.open(settings)
+    hub = bench_hub(root)
     try:
-        hub.repos.add(str(root / "repo"))
         sources = {KEY: root / "source.raw"}
         data = make_source(sources[KEY], size)
         full = {KEY: [(o, EXTENT) for o in range(0, size, 2 * EXTENT)]}
@@ -89,14 +77,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         point, top, data = make_point(root, size)
         out = root / "out"
         out.mkdir()
-        hub = Hub.open(
-            load_settings(
-                HubSettings,
-                data_dir=root / "hub",
-                min_free_bytes=0,
-                database_url=f"sqlite:///{root / 'hub.db'}",
-            )
-        )
+        hub = bench_hub(root, new=False)
         try:
             exporter = DiskConverter(hub.db, hub.repos, hub.settings.scratch_dir)
             seconds: dict[str, list[float]] = {}

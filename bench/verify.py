@@ -61,6 +61,24 @@ async def write_areas(uri: str, source: Path, areas: list[tuple[int, int]]) -> s
     return hasher.hexdigest()
 
 
+def bench_hub(root: Path, new: bool = True) -> Hub:
+    """A hub whose data directory, SQLite database and one repository (`root/repo`)
+    are under `root`: made and added when `new`, else the ones made before."""
+    (root / "repo").mkdir(parents=True, exist_ok=True)
+    hub = Hub.open(
+        load_settings(
+            HubSettings,
+            data_dir=root / "hub",
+            min_free_bytes=0,
+            database_url=f"sqlite:///{root / 'hub.db'}",
+            repository_roots=[root],
+        )
+    )
+    if new:
+        hub.repos.add(str(root / "repo"))
+    return hub
+
+
 def backup(
     hub: Hub, vm: str, sources: dict[int, Path], areas: dict[int, list[tuple[int, int]]], kind: str
 ) -> str:

@@ -71,11 +71,7 @@ def console(tmp_path_factory: pytest.TempPathFactory, vcsim: Vcsim) -> Iterator[
     try:
         site.start()
         CREATED.remove(site.hub)  # stopped here at the module's end, not after each test
-        site.enroll_and_connect()
-        site.add_vcenter(vcsim)
-        repo = root / "repo"
-        repo.mkdir()
-        assert site.api.post("/api/v1/repositories", json={"path": str(repo)}).status_code == 201
+        site.prepare(vcsim, root / "repo")
         si = vcsim.connect()
         try:
             name = unique("console")

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from sendense.common.config import load_settings
@@ -60,6 +61,7 @@ def test_an_upload_killed_with_the_hub_resumes_from_the_parts_in_the_bucket(
     tmp_path: Path, s3: SeaweedS3
 ) -> None:
     bucket = s3.make_bucket("resume", lock=False)
+    opened: list[httpx.Client] = []
     hub = HubProcess(tmp_path / "hub", f"sqlite:///{tmp_path / 'hub.db'}")
     hub.start()  # its data directory, database and token
     hub.stop()
@@ -79,8 +81,8 @@ def test_an_upload_killed_with_the_hub_resumes_from_the_parts_in_the_bucket(
         service.close()
     try:
         hub.start()
-        api = hub.client(hub.initial_token())
-        queued = api.post("/api/v1/copy-targets/offsite/copies", json={"point_id": point})
+        with hub.client(hub.initial_token()) as api:
+            queued = api.post("/api/v1/copy-targets/offsite/copies", json={"point_id": point})
         assert queued.status_code == 202, queued.text
         client = s3.client()
         deadline = time.monotonic() + 60
@@ -97,6 +99,7 @@ def test_an_upload_killed_with_the_hub_resumes_from_the_parts_in_the_bucket(
         hub.kill9()
         hub.start()
         api = hub.client(hub.initial_token())
+        opened.append(api)
         killed = wait_task(api, queued.json()["job_id"])
         assert killed["state"] == "failed"
         again = api.post("/api/v1/copy-targets/offsite/copies", json={"point_id": point})
@@ -110,6 +113,8 @@ def test_an_upload_killed_with_the_hub_resumes_from_the_parts_in_the_bucket(
         assert [p["restore_point_id"] for p in points] == [point]
         assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
     finally:
+        for http in opened:
+            http.close()
         hub.stop()
         hub.remove_accounts()
 
@@ -138,15 +143,7 @@ def test_a_lost_hub_is_rebuilt_from_the_bucket_and_restores_the_vm_to_vcenter(
     ]  # fmt: skip
     try:
         first.start()
-        first.enroll_and_connect()
-        first.add_vcenter(vcsim)
-        (tmp_path / "a" / "repo").mkdir()
-        assert (
-            first.api.post(
-                "/api/v1/repositories", json={"path": str(tmp_path / "a" / "repo")}
-            ).status_code
-            == 201
-        )
+        first.prepare(vcsim, tmp_path / "a" / "repo")
         env = first.cli_env()
         for round_ in range(2):
             if round_:
@@ -180,14 +177,7 @@ def test_a_lost_hub_is_rebuilt_from_the_bucket_and_restores_the_vm_to_vcenter(
     restored = f"{name}-dr"
     try:
         second.start()
-        second.enroll_and_connect()
-        (tmp_path / "b" / "repo").mkdir()
-        assert (
-            second.api.post(
-                "/api/v1/repositories", json={"path": str(tmp_path / "b" / "repo")}
-            ).status_code
-            == 201
-        )
+        second.prepare(None, tmp_path / "b" / "repo")
         env = second.cli_env()
         wrong = tmp_path / "wrong.key"
         wrong.write_text(CopyKey.generate().recovery_text())

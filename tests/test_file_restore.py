@@ -221,11 +221,7 @@ def browsed(tmp_path_factory: pytest.TempPathFactory, vcsim: Vcsim) -> Iterator[
     try:
         site.start()
         CREATED.remove(site.hub)  # stopped here at the module's end, not after each test
-        site.enroll_and_connect()
-        site.add_vcenter(vcsim)
-        repo = root / "repo"
-        repo.mkdir()
-        assert site.api.post("/api/v1/repositories", json={"path": str(repo)}).status_code == 201
+        site.prepare(vcsim, root / "repo")
         si = vcsim.connect()
         try:
             name = unique("files")
@@ -246,7 +242,7 @@ def browsed(tmp_path_factory: pytest.TempPathFactory, vcsim: Vcsim) -> Iterator[
         second = site.api.get(f"/api/v1/restore-points/{made.points[1].id}").json()
         assert {d["backup_type"] for d in second["disks"]} == {"incremental"}
         made.spare_point = _backup(site, name)  # nothing changed: a third point
-        made.backup_files = {p: sha(p.read_bytes()) for p in repo.rglob("*.qcow2")}
+        made.backup_files = {p: sha(p.read_bytes()) for p in (root / "repo").rglob("*.qcow2")}
         yield made
     finally:
         site.stop()

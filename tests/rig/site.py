@@ -98,6 +98,16 @@ class Site:
         self.node.wait_tunnel("connected")
         return code
 
+    def prepare(self, vcsim: Vcsim | None, repo: Path) -> None:
+        """After `start`: the node enrolled and connected, the simulator's vCenter
+        registered (when given), `repo` made and added as a repository."""
+        self.enroll_and_connect()
+        if vcsim is not None:
+            self.add_vcenter(vcsim)
+        repo.mkdir(parents=True, exist_ok=True)
+        added = self.api.post("/api/v1/repositories", json={"path": str(repo)})
+        assert added.status_code == 201, added.text
+
     def hub_service(self) -> Hub:
         """The hub's services in this process (same database and data directory)."""
         settings = load_settings(

@@ -78,14 +78,12 @@ def copyable(point: RestorePoint | None, point_id: str) -> RestorePoint:
     return point
 
 
+@dataclass
 class Copier:
-    def __init__(
-        self, db: Database, repos: RepositoryService, qemu_img: QemuImg, scratch: Path
-    ) -> None:
-        self.db = db
-        self.repos = repos
-        self.qemu_img = qemu_img
-        self.scratch = scratch
+    db: Database
+    repos: RepositoryService
+    qemu_img: QemuImg
+    scratch: Path
 
     def copy(
         self,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from sendense.common.errors import Conflict, NotFound, SendenseError
 from sendense.hub.copy.manifest import POINTS, Layer, Manifest, read_manifest
@@ -63,14 +64,19 @@ def download_layer(
         )
 
 
+def _ensure_vm(s: Session, manifest: Manifest) -> None:
+    """The manifest's VM in this hub's catalogue (by its id), if it is not there."""
+    if s.get(Vm, manifest.vm.id) is None:
+        s.add(Vm(id=manifest.vm.id, name=manifest.vm.name, vmware_uuid=manifest.vm.vmware_uuid))
+        s.flush()
+
+
+@dataclass
 class CopyCatalogue:
-    def __init__(
-        self, db: Database, repos: RepositoryService, qemu_img: QemuImg, scratch: Path
-    ) -> None:
-        self.db = db
-        self.repos = repos
-        self.qemu_img = qemu_img
-        self.scratch = scratch
+    db: Database
+    repos: RepositoryService
+    qemu_img: QemuImg
+    scratch: Path
 
     def manifest(self, target: OpenTarget, point_id: str) -> Manifest:
         with self.db.session() as s:
@@ -99,15 +105,7 @@ class CopyCatalogue:
                 ).first()
                 if known is not None:
                     continue
-                if s.get(Vm, manifest.vm.id) is None:
-                    s.add(
-                        Vm(
-                            id=manifest.vm.id,
-                            name=manifest.vm.name,
-                            vmware_uuid=manifest.vm.vmware_uuid,
-                        )
-                    )
-                    s.flush()
+                _ensure_vm(s, manifest)
                 s.add(
                     CopyPoint(
                         target_id=target.info.id,
@@ -198,15 +196,7 @@ class CopyCatalogue:
     ) -> None:
         by_key = {d.disk_key: d for d in manifest.disks}
         with self.db.session() as s:
-            if s.get(Vm, manifest.vm.id) is None:
-                s.add(
-                    Vm(
-                        id=manifest.vm.id,
-                        name=manifest.vm.name,
-                        vmware_uuid=manifest.vm.vmware_uuid,
-                    )
-                )
-                s.flush()
+            _ensure_vm(s, manifest)
             s.add(
                 RestorePoint(
                     id=manifest.restore_point_id,

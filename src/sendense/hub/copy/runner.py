@@ -35,9 +35,9 @@ from sendense.hub.db.models import (
 )
 from sendense.hub.repository.repositories import RepositoryService
 from sendense.hub.retention.rules import KeepRules
-from sendense.hub.tasks.runner import TaskRunner
+from sendense.hub.tasks.runner import VmTaskRunner
 from sendense.hub.tasks.task_log import TaskLogs
-from sendense.hub.tasks.vm_lock import lock_vm, unlock_vm
+from sendense.hub.tasks.vm_lock import lock_vm
 from sendense.nbd.qemu_img import QemuImg
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def _as_utc(value: datetime | str | None) -> datetime | None:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
-class CopyRunner(TaskRunner[CopyProgress | FetchProgress]):
+class CopyRunner(VmTaskRunner[CopyProgress | FetchProgress]):
     name = "copy"
 
     def __init__(
@@ -237,15 +237,3 @@ class CopyRunner(TaskRunner[CopyProgress | FetchProgress]):
         s.add(job)
         s.flush()
         return job.id
-
-    def complete(self, task_id: str, note: str | None) -> None:
-        super().complete(task_id, note)
-        self._release(task_id)
-
-    def fail(self, task_id: str, message: str) -> None:
-        super().fail(task_id, message)
-        self._release(task_id)
-
-    def _release(self, task_id: str) -> None:
-        with self.db.session() as s:
-            unlock_vm(s, task_id)

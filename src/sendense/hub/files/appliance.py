@@ -80,7 +80,7 @@ def stop_leftover_appliances(root: Path) -> int:
 
 class Appliance:
     """A launched appliance. Calls are serialised (one handle); `call` and
-    `stream_to` run under the watchdog."""
+    downloads into a pipe (whose reader calls `progress`) run under the watchdog."""
 
     def __init__(self, workdir: Path, settings: ApplianceSettings) -> None:
         self.workdir = workdir
@@ -124,11 +124,6 @@ class Appliance:
                 raise ApplianceFailed(self._killed or _message(exc)) from None
             finally:
                 self._busy_since = None
-
-    def stream_to(self, fn: Callable[[str], object], fd: int) -> None:
-        """`fn("/dev/fd/N")`: a download into a pipe whose reader calls `progress`;
-        the watchdog fires when no bytes flow for `call_timeout`."""
-        self.call(fn, f"/dev/fd/{fd}")
 
     def progress(self) -> None:
         self._progress_at = time.monotonic()

@@ -57,10 +57,28 @@ class Entry:
 
 @dataclass(frozen=True)
 class Listing:
+    fs: str
     path: str
     total: int
     offset: int
     entries: list[Entry]
+
+
+@dataclass(frozen=True)
+class Found:
+    """A path resolved in a filesystem: where it is, its attributes, its entry."""
+
+    fs: Filesystem
+    path: str
+    st: dict[str, Any]
+    entry: Entry
+
+
+@dataclass(frozen=True)
+class Matches:
+    fs: str
+    paths: list[str]
+    truncated: bool  # there were more than the limit
 
 
 @dataclass(frozen=True)
@@ -98,6 +116,7 @@ class BrowseSession:
         self.last_used = time.monotonic()
         self._folders: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
         self._streams = 0
+        self._streams_lock = threading.Lock()
 
     def start(self, drives: list[tuple[Path, str]], disk_keys: list[int]) -> None:
         self.appliance.launch(drives)
@@ -148,33 +167,27 @@ class BrowseSession:
         return resolve(path, is_link, readlink, follow_last=follow_last)
 
     # -- reads -------------------------------------------------------------
-    def stat(self, fs_id: str | None, path: str) -> Entry:
+    def _find_path(self, fs_id: str | None, path: str, follow_last: bool) -> Found:
         fs = self.filesystem(fs_id)
-        real = self._resolve(fs, path, follow_last=False)
+        real = self._resolve(fs, path, follow_last=follow_last)
         st = self._lstat(fs, real)
         if st is None:
             raise NotFound(f"{path} does not exist")
         target = None
-        if mode_bits.S_ISLNK(int(st["st_mode"])):
+        if not follow_last and mode_bits.S_ISLNK(int(st["st_mode"])):
             target = str(
                 self.appliance.call(self.appliance.handle().readlink, inside(fs.mount, real))
             )
-        name = real.rsplit("/", 1)[1]
-        return (
-            _entry(real.rsplit("/", 1)[0] or "/", name, st, target)
-            if name
-            else _entry("/", "", st, None)
-        )
-
-    def entry(self, fs_id: str | None, path: str) -> Entry:
-        """What `path` leads to, its symbolic links followed."""
-        fs = self.filesystem(fs_id)
-        real = self._resolve(fs, path)
-        st = self._lstat(fs, real)
-        if st is None:
-            raise NotFound(f"{path} does not exist")
         folder, name = real.rsplit("/", 1)
-        return _entry(folder or "/", name, st, None)
+        return Found(fs, real, st, _entry(folder or "/", name, st, target))
+
+    def stat(self, fs_id: str | None, path: str) -> Entry:
+        """`path` itself (a symbolic link as a link, with its target)."""
+        return self._find_path(fs_id, path, follow_last=False).entry
+
+    def locate(self, fs_id: str | None, path: str) -> Found:
+        """What `path` leads to, its symbolic links followed."""
+        return self._find_path(fs_id, path, follow_last=True)
 
     def _names(self, fs: Filesystem, folder: str) -> list[str]:
         key = (fs.id, folder)
@@ -215,13 +228,11 @@ class BrowseSession:
             entries += [
                 _entry(folder, n, s, targets.get(n)) for n, s in zip(batch, stats, strict=True)
             ]
-        return Listing(folder, len(names), offset, entries)
+        return Listing(fs.id, folder, len(names), offset, entries)
 
-    def find(
-        self, fs_id: str | None, path: str, pattern: str, limit: int = FIND_LIMIT
-    ) -> tuple[list[str], bool]:
+    def find(self, fs_id: str | None, path: str, pattern: str, limit: int = FIND_LIMIT) -> Matches:
         """Paths under `path` whose name matches `pattern` (shell wildcards), at
-        most `limit`; and whether there were more."""
+        most `limit`, and whether there were more."""
         fs = self.filesystem(fs_id)
         folder = self._resolve(fs, path)
         st = self._lstat(fs, folder)
@@ -238,38 +249,32 @@ class BrowseSession:
                     relative = raw.decode(errors="replace").lstrip("/")
                     if relative and fnmatch.fnmatchcase(relative.rsplit("/", 1)[-1], pattern):
                         if len(found) == limit:
-                            return found, True
+                            return Matches(fs.id, found, True)
                         found.append(folder.rstrip("/") + "/" + relative)
-            return found, False
+            return Matches(fs.id, found, False)
         finally:
             listing.unlink(missing_ok=True)
 
     # -- downloads -----------------------------------------------------------
     def download(
         self,
-        fs_id: str | None,
-        path: str,
+        found: Found,
         archive: str = "tar",
         byte_range: tuple[int, int] | None = None,
     ) -> Download:
-        """A file's bytes (all, or `byte_range` [first, last]), or a folder as a tar
-        or zip; anything else (a device, a fifo) is refused."""
-        fs = self.filesystem(fs_id)
-        real = self._resolve(fs, path)
-        st = self._lstat(fs, real)
-        if st is None:
-            raise NotFound(f"{path} does not exist")
-        mode = int(st["st_mode"])
-        where = inside(fs.mount, real)
+        """A located file's bytes (all, or `byte_range` [first, last]), or a folder
+        as a tar or zip; anything else (a device, a fifo) is refused."""
+        mode = int(found.st["st_mode"])
+        where = inside(found.fs.mount, found.path)
         g = self.appliance.handle()
-        name = real.rsplit("/", 1)[1] or (fs.label or "filesystem")
+        name = found.path.rsplit("/", 1)[1] or (found.fs.label or "filesystem")
         if mode_bits.S_ISREG(mode):
-            size = int(st["st_size"])
+            size = int(found.st["st_size"])
             first, last = byte_range or (0, size - 1)
             count = max(0, last - first + 1)
             return Download(name, count, self._read(where, first, count))
         if not mode_bits.S_ISDIR(mode):
-            raise InvalidInput(f"{path} is not a file or a folder")
+            raise InvalidInput(f"{found.path} is not a file or a folder")
         tar = self._stream(lambda f: g.tar_out(where, f, numericowner=True))
         if archive == "zip":
             return Download(f"{name}.zip", None, tar_to_zip(tar))
@@ -280,7 +285,7 @@ class BrowseSession:
         takes (each one call under the watchdog; three times the rate of
         libguestfs' streamed download, which moves 8 KiB messages)."""
         g = self.appliance.handle()
-        self._streams += 1
+        self._count_stream(+1)
         try:
             done = 0
             while done < count:
@@ -293,8 +298,14 @@ class BrowseSession:
                 self.touch()
                 yield chunk
         finally:
-            self._streams -= 1
+            self._count_stream(-1)
             self.touch()
+
+    def _count_stream(self, step: int) -> None:
+        """Downloads run in the server's threads: the count of those under way
+        (a busy session is not idle) changes under a lock."""
+        with self._streams_lock:
+            self._streams += step
 
     def _stream(self, producer: Callable[[str], object]) -> Iterator[bytes]:
         """What `producer` writes to a pipe, as it comes (a thread runs the call)."""
@@ -303,13 +314,15 @@ class BrowseSession:
 
         def run() -> None:
             try:
-                self.appliance.stream_to(producer, write_end)
+                # The reader calls `progress` as bytes flow: the watchdog fires when
+                # none come for the call timeout.
+                self.appliance.call(producer, f"/dev/fd/{write_end}")
             except SendenseError as exc:
                 failure.append(exc)
             finally:
                 os.close(write_end)
 
-        self._streams += 1
+        self._count_stream(+1)
         writer = threading.Thread(target=run, name="appliance-download", daemon=True)
         writer.start()
         try:
@@ -320,7 +333,7 @@ class BrowseSession:
                     yield chunk
         finally:
             writer.join()
-            self._streams -= 1
+            self._count_stream(-1)
             self.touch()
         if failure:
             raise failure[0]

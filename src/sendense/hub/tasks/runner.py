@@ -32,6 +32,7 @@ from sendense.hub.db.database import Database
 from sendense.hub.db.models import ACTIVE_JOB_STATES, Job, JobState, utcnow
 from sendense.hub.tasks.task_log import TaskLogs
 from sendense.hub.tasks.task_log_handler import NodeLines, task_context, write_line
+from sendense.hub.tasks.vm_lock import unlock_vm
 from sendense.nbd.errors import NbdError
 
 log = logging.getLogger(__name__)
@@ -231,3 +232,20 @@ class TaskRunner(Generic[P]):
                 )
             self._stopping.wait(delay)
             delay = min(delay * 2, 10.0)
+
+
+class VmTaskRunner(TaskRunner[P]):
+    """A runner whose tasks hold their VM (`vm_lock.lock_vm` at submission): the
+    lock goes however the task ends."""
+
+    def complete(self, task_id: str, note: str | None) -> None:
+        super().complete(task_id, note)
+        self._release(task_id)
+
+    def fail(self, task_id: str, message: str) -> None:
+        super().fail(task_id, message)
+        self._release(task_id)
+
+    def _release(self, task_id: str) -> None:
+        with self.db.session() as s:
+            unlock_vm(s, task_id)

@@ -7,15 +7,15 @@ import logging
 
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import Job, RestorePoint, TaskKind, Vm
-from sendense.hub.tasks.runner import TaskRunner
+from sendense.hub.tasks.runner import VmTaskRunner
 from sendense.hub.tasks.task_log import TaskLogs
-from sendense.hub.tasks.vm_lock import lock_vm, unlock_vm
+from sendense.hub.tasks.vm_lock import lock_vm
 from sendense.hub.verify.verifier import Verifier, VerifyProgress
 
 log = logging.getLogger(__name__)
 
 
-class VerifyRunner(TaskRunner[VerifyProgress]):
+class VerifyRunner(VmTaskRunner[VerifyProgress]):
     name = "verify"
 
     def __init__(self, db: Database, verifier: Verifier, logs: TaskLogs | None = None) -> None:
@@ -38,18 +38,6 @@ class VerifyRunner(TaskRunner[VerifyProgress]):
         self.queue(task_id, lambda: self._verify(task_id, point_ids))
         log.info("verification queued task=%s points=%d", task_id, len(point_ids))
         return task_id, point_ids
-
-    def complete(self, task_id: str, note: str | None) -> None:
-        super().complete(task_id, note)
-        self._release(task_id)
-
-    def fail(self, task_id: str, message: str) -> None:
-        super().fail(task_id, message)
-        self._release(task_id)
-
-    def _release(self, task_id: str) -> None:
-        with self.db.session() as s:
-            unlock_vm(s, task_id)
 
     def _verify(self, task_id: str, point_ids: list[str]) -> str | None:
         progress = self.board.get(task_id) or VerifyProgress()

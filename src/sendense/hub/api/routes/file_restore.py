@@ -158,10 +158,9 @@ def ls(
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> ListingOut:
     """A folder's entries, by name, `limit` from `offset` (of `total`)."""
-    session = hub.files.get(point_id)
-    listing = session.ls(fs, path, offset, limit)
+    listing = hub.files.get(point_id).ls(fs, path, offset, limit)
     return ListingOut(
-        fs=session.filesystem(fs).id,
+        fs=listing.fs,
         path=listing.path,
         total=listing.total,
         offset=listing.offset,
@@ -183,9 +182,8 @@ def find(
     path: PathQuery = "/",
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> FindOut:
-    session = hub.files.get(point_id)
-    paths, truncated = session.find(fs, path, name, limit)
-    return FindOut(fs=session.filesystem(fs).id, paths=paths, truncated=truncated)
+    found = hub.files.get(point_id).find(fs, path, name, limit)
+    return FindOut(fs=found.fs, paths=found.paths, truncated=found.truncated)
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -233,7 +231,8 @@ def download(
     session = hub.files.get(point_id)
     filesystem = session.filesystem(fs)
     request.state.audit_target = {"fs": filesystem.id, "path": path, "format": archive}
-    entry = session.entry(filesystem.id, path)
+    found = session.locate(filesystem.id, path)
+    entry = found.entry
     headers = {"Accept-Ranges": "bytes"}
     status = 200
     byte_range = None
@@ -242,7 +241,7 @@ def download(
         if byte_range is not None:
             status = 206
             headers["Content-Range"] = f"bytes {byte_range[0]}-{byte_range[1]}/{entry.size}"
-    got = session.download(filesystem.id, path, archive, byte_range)
+    got = session.download(found, archive, byte_range)
     if got.size is not None:
         headers["Content-Length"] = str(got.size)
     headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(got.name)}"
