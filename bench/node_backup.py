@@ -9,9 +9,11 @@ the datastore's HTTPS /folder access with Range requests. The baseline is
 `nbdcopy` reading the same datastore URLs over HTTPS (nbdkit's curl plugin) into
 the same kind of export, both disks at once as the node does; nbdcopy from the
 local -flat.vmdk files (no TLS, a path no real node has) is reported beside it.
-Then: incrementals, each after another 1% of the data changed, and a 90%-holes
-disk. Median of the runs; MB = 10^6 B of virtual size. Figures go to
-bench/results.json under "node_backup", ratios at top level.
+The node's reader alone, fetching the same areas to nowhere (bench/read_only.py),
+is timed after each full: `full_vs_read_only`. Then: incrementals, each after
+another 1% of the data changed, and a 90%-holes disk. Median of the runs; MB =
+10^6 B of virtual size. Figures go to bench/results.json under "node_backup",
+ratios at top level.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pydantic import SecretStr
+from read_only import read_only
 from results import record
 from tests.rig.vcsim import Vcsim, running_vcsim
 from tests.rig.vmware_vms import SCSI0, create_vm, fill, flat_file
@@ -193,7 +196,7 @@ async def scenarios(
     data = sum(fill_half(p, size, pool) for p in sources.values())
     virtual = size * len(disks)
 
-    full_times, baseline_times, local_times = [], [], []
+    full_times, baseline_times, local_times, read_times = [], [], [], []
     previous: dict[int, str] = {}
     urls = {k: datastore_url(vc, p) for k, p in sources.items()}
     files = {k: str(p) for k, p in sources.items()}
@@ -208,7 +211,11 @@ async def scenarios(
         elapsed, status = await node_backup(runner, vc, "bench", prepared, {})
         previous = finish(hub, prepared, status)
         full_times.append(elapsed)
+        areas = {d.disk_key: list(d.areas or []) for d in status.disks}
+        read_s, read_bytes = await read_only(vc, vm, areas, runner.tuning)
+        read_times.append(read_s)
     full_s, base_s = statistics.median(full_times), statistics.median(baseline_times)
+    read_s = statistics.median(read_times)
     local_s = statistics.median(local_times)
 
     # As many incrementals as fulls, each after another 1% changed: one sample
@@ -258,6 +265,13 @@ async def scenarios(
             "median_s": local_s,
             "virtual_MBps": virtual / local_s / 1e6,
         },
+        "read_only": {
+            "source": "the node's reader, same tuning and areas, to nowhere (bench/read_only.py)",
+            "seconds": read_times,
+            "median_s": read_s,
+            "bytes_read": read_bytes,
+        },
+        "full_vs_read_only": read_s / full_s,
         "full_vs_nbdcopy": base_s / full_s,
         "full_vs_nbdcopy_local_file": local_s / full_s,
         "incremental_1pct_time_vs_full": inc_s / full_s,
@@ -288,6 +302,7 @@ def main() -> None:
     )
     print(f"{'node incremental (1%)':<28}{figures['incremental_1pct']['median_s']:>10.2f}")
     for key in (
+        "full_vs_read_only",
         "full_vs_nbdcopy",
         "full_vs_nbdcopy_local_file",
         "incremental_1pct_time_vs_full",
@@ -295,6 +310,7 @@ def main() -> None:
     ):
         print(f"{key:<40}{figures[key]:.3f}")
     keys = (
+        "full_vs_read_only",
         "full_vs_nbdcopy",
         "full_vs_nbdcopy_local_file",
         "incremental_1pct_time_vs_full",

@@ -58,8 +58,12 @@ class HubSettings(SendenseSettings):
     reverse_port_min: int = Field(default=9081, ge=1, le=65535)
     reverse_port_max: int = Field(default=9180, ge=1, le=65535)
     pairing_minutes: int = Field(default=15, ge=1, le=1440)
-    # Backups of different VMs at once; the rest wait in the queue.
-    max_jobs: int = Field(default=4, ge=1, le=64)
+    # Backups of different VMs at once; the rest wait in the queue, in the order
+    # they came. Of those, at most so many on one node (keep it at most the
+    # node's own max_jobs, which refuses more) and into one repository.
+    max_jobs: int = Field(default=4, ge=1, le=128)
+    max_jobs_per_node: int = Field(default=4, ge=1, le=128)
+    max_jobs_per_repository: int = Field(default=8, ge=1, le=128)
     # Finished tasks' rows and logs older than this are removed (housekeeping).
     task_retention_days: int = Field(default=60, ge=1)
     # A node silent this long fails its job; a call to a node is repeated this long.

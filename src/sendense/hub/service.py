@@ -176,6 +176,8 @@ class Hub:
             policies,
             connector,
             max_jobs=settings.max_jobs,
+            per_node=settings.max_jobs_per_node,
+            per_repository=settings.max_jobs_per_repository,
             node_timeout=node_timeout,
             logs=task_logs,
         )

@@ -10,6 +10,7 @@ and the requests it had not acknowledged are sent again (writes are idempotent).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -60,7 +61,10 @@ class NbdWriter:
         backoff: float = 0.5,
         skip_zeroes: bool = False,
         connect_timeout: float = 10.0,
+        pace: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
+        """`pace`, when given, is awaited with each data request's length before
+        it is sent (a bandwidth limit); zeroes do not pass through it."""
         parse_uri(uri)  # a bad URI fails here, before any connection attempt
         if max_in_flight < 1 or request_size < 1:
             raise ValueError("max_in_flight and request_size must be positive")
@@ -76,6 +80,7 @@ class NbdWriter:
         self.backoff = backoff
         self.skip_zeroes = skip_zeroes
         self.connect_timeout = connect_timeout
+        self.pace = pace
         self.size = 0
         self.stats = WriteStats()
         self._client: NbdClient | None = None  # None while reconnecting
@@ -145,6 +150,8 @@ class NbdWriter:
                 # A slice copy lets the caller's (possibly larger) buffer go, so
                 # the memory bound holds whatever the caller hands in.
                 chunk = data if n == size else data[pos : pos + n]
+                if self.pace is not None:
+                    await self.pace(n)
                 await self._submit(_Op(CMD_WRITE, offset + pos, n, chunk))
             pos += n
 

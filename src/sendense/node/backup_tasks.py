@@ -24,8 +24,9 @@ from sendense.common.errors import (
 from sendense.common.logging import register_secret
 from sendense.common.targets import NbdTarget, parse_targets
 from sendense.node.config import NodeSettings
-from sendense.node.engine import CopyTuning, DiskPlan, copy_disk
+from sendense.node.engine import CopyTuning, DiskPlan, NodeLimits, copy_disk
 from sendense.node.forwards import HubExports
+from sendense.node.limits import Bandwidth, MemoryBudget
 from sendense.node.snapshot_hunter import SnapshotHunter, SnapshotLedger, SnapshotRecord
 from sendense.node.task_log import capture
 from sendense.node.task_table import TaskTable, start_fields
@@ -63,6 +64,9 @@ class BackupTasks(TaskTable[NodeJob]):
             chunk=settings.chunk_mib << 20,
             readers=settings.readers_per_disk,
             in_flight=settings.writes_in_flight,
+        )
+        self.limits = NodeLimits(
+            MemoryBudget(settings.memory_budget_mib << 20), Bandwidth(settings.bandwidth_mb_s)
         )
         self.exports = HubExports(settings.data_dir, settings.hub_export_dir)
         self.snapshots = SnapshotLedger(settings.data_dir)
@@ -225,7 +229,7 @@ class BackupTasks(TaskTable[NodeJob]):
                 connections=self.tuning.readers,
             )
             try:
-                await copy_disk(plan, reader, self.tuning)
+                await copy_disk(plan, reader, self.tuning, self.limits)
                 plan.progress.areas = plan.areas
                 plan.progress.checksum_block = self.tuning.chunk
             finally:

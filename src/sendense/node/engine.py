@@ -5,7 +5,9 @@ Memory per disk stays bounded: `readers` chunks being read plus the writer's
 `in_flight` chunks being written, `chunk` bytes each (4 + 8 at 4 MiB = 48 MiB).
 Small areas (CBT blocks) are read up to `ranges_per_read` at a time in one
 request from a reader that can (`ManyReader`), together at most `chunk` bytes:
-the bound holds, and the checksum and progress still go chunk by chunk.
+the bound holds, and the checksum and progress still go chunk by chunk. That
+bound is what a stream takes from the node's memory budget before it starts,
+and its NBD data goes at the node's bandwidth limit (limits.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sendense.common.progress import Meter
 from sendense.common.targets import NbdTarget
 from sendense.nbd.errors import NbdError
 from sendense.nbd.writer import NbdWriter
+from sendense.node.limits import Bandwidth, MemoryBudget
 from sendense.node.pace import Pace
 from sendense.node.vmware.readers import DiskReader, ManyReader
 
@@ -37,6 +40,19 @@ class CopyTuning:
     # An incremental's 64 KiB areas each cost a round trip; a multi-range read
     # of 64 of them took about as long as 3 single ones (readers.py).
     ranges_per_read: int = 64
+
+    @property
+    def stream_bytes(self) -> int:
+        """The most a disk's copy holds at once: chunks being read and written."""
+        return (self.readers + self.in_flight) * self.chunk
+
+
+@dataclass
+class NodeLimits:
+    """What every stream of the node shares (limits.py)."""
+
+    budget: MemoryBudget
+    bandwidth: Bandwidth
 
 
 @dataclass
@@ -85,18 +101,27 @@ def gaps(areas: list[Area], capacity: int) -> Iterator[Area]:
         yield position, capacity - position
 
 
-async def copy_disk(plan: DiskPlan, reader: DiskReader, tuning: CopyTuning) -> None:
-    """Copy one disk; an NBD failure names the hub's target, not only the local
-    socket it is reached through."""
+async def copy_disk(
+    plan: DiskPlan, reader: DiskReader, tuning: CopyTuning, limits: NodeLimits | None = None
+) -> None:
+    """Copy one disk, once the node's memory budget has room for it; an NBD
+    failure names the hub's target, not only the local socket it is reached through."""
     try:
-        await _copy(plan, reader, tuning)
+        if limits is None:
+            await _copy(plan, reader, tuning, None)
+            return
+        what = f"disk {plan.target.disk_key}"
+        async with limits.budget.hold(tuning.stream_bytes, what):
+            await _copy(plan, reader, tuning, limits.bandwidth)
     except NbdError as exc:
         if not plan.uri or plan.uri == plan.target.uri:
             raise
         raise SendenseError(f"target {plan.target.uri}: {exc}") from None
 
 
-async def _copy(plan: DiskPlan, reader: DiskReader, tuning: CopyTuning) -> None:
+async def _copy(
+    plan: DiskPlan, reader: DiskReader, tuning: CopyTuning, bandwidth: Bandwidth | None
+) -> None:
     progress = plan.progress
     progress.bytes_total = sum(length for _start, length in plan.areas)
     progress.phase = "copying"
@@ -112,6 +137,7 @@ async def _copy(plan: DiskPlan, reader: DiskReader, tuning: CopyTuning) -> None:
         max_in_flight=tuning.in_flight,
         request_size=tuning.chunk,
         skip_zeroes=plan.fresh_image,
+        pace=bandwidth.take if bandwidth is not None and bandwidth.rate else None,
     ) as writer:
         if writer.size < plan.capacity:
             raise SendenseError(

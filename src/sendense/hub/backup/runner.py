@@ -10,6 +10,7 @@ reason.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from sendense.common.contract import BackupStartRequest, NodeJobStatus
@@ -41,11 +42,14 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
         nodes: NodeConnector,
         *,
         max_jobs: int = 4,
+        per_node: int | None = None,
+        per_repository: int | None = None,
         poll: float = 0.25,
         node_timeout: float = 60.0,
         logs: TaskLogs | None = None,
     ) -> None:
-        super().__init__(db, max_jobs, logs=logs)
+        limits = {"node": per_node or max_jobs, "repository": per_repository or max_jobs}
+        super().__init__(db, max_jobs, logs=logs, limits=limits)
         self.ledger = ledger
         self.vcenters = vcenters
         self.policies = policies
@@ -63,13 +67,25 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
     ) -> str:
         # Refuse now, not in the queue, when there is none; the VM is known by its
         # name on that vCenter until the inventory gives its instance UUID.
-        login, _ = self.vcenters.login(vcenter)
+        login, node_name = self.vcenters.login(vcenter)
         task_id = self.ledger.reserve(
             vm_name, backup_type, login.vcenter_host, started_by, parent_id
         )
-        self.queue(task_id, lambda: self._run_backup(task_id, vm_name, backup_type, vcenter))
+        self.queue(
+            task_id,
+            lambda: self._run_backup(task_id, vm_name, backup_type, vcenter),
+            self._claims(node_name),
+        )
         log.info("backup queued task=%s vm=%s type=%s", task_id, vm_name, backup_type)
         return task_id
+
+    def _claims(self, node_name: str) -> list[str]:
+        """The node and the repository the backup will use: each has its limit of
+        backups at once. No repository yet: the task fails when it runs."""
+        claims = [f"node:{node_name}"]
+        with contextlib.suppress(SendenseError):
+            claims.append(f"repository:{self.ledger.repos.get(None, check_mounted=False).name}")
+        return claims
 
     # The ledger owns a backup's states: reserve() queued it, prepare() runs it,
     # finish() completes it and fail() removes what it wrote.

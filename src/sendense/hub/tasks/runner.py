@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
@@ -30,6 +30,7 @@ from sendense.common.contract import TaskLogLine, TaskStatus
 from sendense.common.errors import SendenseError, TaskNotRunning
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import ACTIVE_JOB_STATES, Job, JobState, utcnow
+from sendense.hub.tasks.admission import Admission
 from sendense.hub.tasks.task_log import TaskLogs
 from sendense.hub.tasks.task_log_handler import NodeLines, task_context, write_line
 from sendense.hub.tasks.vm_lock import unlock_vm
@@ -107,7 +108,10 @@ class TaskRunner(Generic[P]):
         keep_finished_s: float = 300.0,
         record_retry_s: float = 600.0,
         logs: TaskLogs | None = None,
+        limits: Mapping[str, int] | None = None,
     ) -> None:
+        """`limits`: tasks at once per claim kind (admission.py), for tasks queued
+        with claims; the worker count is the limit of them all."""
         self.db = db
         self.logs = logs
         self.node_lines = NodeLines(logs)
@@ -115,6 +119,7 @@ class TaskRunner(Generic[P]):
         self.record_retry_s = record_retry_s
         self._stopping = threading.Event()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}-task")
+        self.admission = Admission(workers, limits or {}, self._waits)
 
     def progress(self, task_id: str) -> P | None:
         return self.board.get(task_id)
@@ -123,9 +128,31 @@ class TaskRunner(Generic[P]):
         self._stopping.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def queue(self, task_id: str, work: Callable[[], str | None]) -> None:
+    def queue(
+        self, task_id: str, work: Callable[[], str | None], claims: Sequence[str] = ()
+    ) -> None:
+        """Run `work` on a worker once its `claims` ("node:n1", ...) have room."""
         self.log_line(task_id, "INFO", f"{self.name} queued")
-        self._pool.submit(self._run, task_id, work)
+        self.admission.enter(task_id, claims, lambda: self._start(task_id, work, claims))
+
+    def _start(self, task_id: str, work: Callable[[], str | None], claims: Sequence[str]) -> None:
+        if self._stopping.is_set():
+            return  # the hub stops: start-up's reconcile ends what is still queued
+        try:
+            self._pool.submit(self._admitted, task_id, work, claims)
+        except RuntimeError:  # shut down between the check and the submit
+            log.info("%s task=%s not started: the hub stops", self.name, task_id)
+
+    def _waits(self, task_id: str, reason: str) -> None:
+        self.log_line(task_id, "INFO", f"{self.name} waits: {reason}")
+
+    def _admitted(
+        self, task_id: str, work: Callable[[], str | None], claims: Sequence[str]
+    ) -> None:
+        try:
+            self._run(task_id, work)
+        finally:
+            self.admission.leave(claims)
 
     def log_line(self, task_id: str, level: str, message: str) -> None:
         """An explicit line in the task's log (its state changes)."""

@@ -1,0 +1,115 @@
+"""What the node's disk streams share: one memory budget and one bandwidth limit.
+
+A stream (one disk's copy, engine.py) holds at most `(readers + in_flight) *
+chunk` bytes of data at once (48 MiB with the defaults). Before it opens its
+NBD connection it takes that much from the node's `MemoryBudget`; a stream that
+does not fit waits, in the order streams asked, until running ones give theirs
+back. So a hundred streams at once (the whole NBD port pool) run as many at a
+time as the budget holds, and the process does not grow with the count.
+
+`Bandwidth` paces the bytes every stream of the node sends as NBD data (zeroes
+cost no bandwidth: they go as WRITE_ZEROES or not at all): a site that shares a
+thin link with the hub gives the node a limit in MB/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+log = logging.getLogger(__name__)
+MiB = 1 << 20
+
+
+class MemoryBudget:
+    """Bytes handed out to streams, first come first served. A stream that needs
+    more than the whole budget gets the whole budget (alone): it always runs."""
+
+    def __init__(self, total: int) -> None:
+        if total <= 0:
+            raise ValueError("the memory budget must be positive")
+        self.total = total
+        self.held = 0
+        self.peak = 0
+        self.waits = 0  # streams that had to wait, since the node started
+        self._queue: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def share(self, wanted: int) -> int:
+        return min(wanted, self.total)
+
+    @asynccontextmanager
+    async def hold(self, wanted: int, what: str) -> AsyncIterator[int]:
+        """Hold `share(wanted)` bytes while the block runs."""
+        size = self.share(wanted)
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (size, granted)
+        self._queue.append(entry)
+        self._grant()
+        if not granted.done():
+            self.waits += 1
+            log.info(
+                "%s waits for the node's memory budget (%d of %d MiB held, %d waiting)",
+                what,
+                self.held // MiB,
+                self.total // MiB,
+                len(self._queue),
+            )
+        try:
+            await granted
+        except BaseException:
+            if granted.done() and not granted.cancelled():
+                self._give_back(size)  # granted as it was cancelled
+            else:
+                with contextlib.suppress(ValueError):  # _grant may have dropped it
+                    self._queue.remove(entry)
+                self._grant()
+            raise
+        try:
+            yield size
+        finally:
+            self._give_back(size)
+
+    def _take(self, size: int) -> None:
+        self.held += size
+        self.peak = max(self.peak, self.held)
+
+    def _give_back(self, size: int) -> None:
+        self.held -= size
+        self._grant()
+
+    def _grant(self) -> None:
+        """Wake waiting streams in order while the first of them fits; one that
+        was cancelled meanwhile is dropped."""
+        while self._queue:
+            size, granted = self._queue[0]
+            if granted.done():
+                self._queue.popleft()
+                continue
+            if self.held + size > self.total:
+                return
+            self._queue.popleft()
+            self._take(size)
+            granted.set_result(None)
+
+
+class Bandwidth:
+    """A node-wide rate in bytes per second (None: unlimited), shared by every
+    stream: each send reserves its slot in time, so the total never runs ahead."""
+
+    def __init__(self, mb_s: float | None) -> None:
+        self.rate = mb_s * 1e6 if mb_s else None
+        self._next = 0.0
+
+    async def take(self, size: int) -> None:
+        if self.rate is None:
+            return
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + size / self.rate
+        if start > now:
+            await asyncio.sleep(start - now)
