@@ -31,6 +31,9 @@ bench: deps
 	$(PY) bench/console.py
 	$(PY) bench/file_restore.py
 	$(PY) bench/offsite_copy.py
+	$(PY) bench/restore_chain.py
+	$(PY) bench/restore_vm.py
+	$(PY) bench/many_vms.py
 
 # Fault injection (issue 13): backups and prunes with processes killed at random,
 # the repository full or unmounted, PostgreSQL stopped; invariants after each.

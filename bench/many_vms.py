@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from node_backup import MiB, fill_half
 from results import record
+from tests.rig.net import free_port_range
 from tests.rig.procs import kill_all, pids_with, wait_gone
 from tests.rig.site import Site
 from tests.rig.vcsim import running_vcsim
@@ -79,7 +80,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     size = args.disk_mib * MiB
     pool = os.urandom(16 * MiB)
     limits = str(args.vms)
-    hub = {"max_jobs": limits, "max_jobs_per_node": limits, "max_jobs_per_repository": limits}
+    first, last = free_port_range(len(DISKS) * args.vms + 1)  # the pool, as 10100-10200
+    hub = {
+        "max_jobs": limits,
+        "max_jobs_per_node": limits,
+        "max_jobs_per_repository": limits,
+        "nbd_port_min": str(first),
+        "nbd_port_max": str(last),
+    }
     with tempfile.TemporaryDirectory(prefix="sendense-bench-many-", dir=args.tmp) as tmp:
         root = Path(tmp)
         with running_vcsim(root / "vcsim") as vc, vc.session() as si:
@@ -91,7 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             site = Site(root / "site", hub, max_jobs=limits)
             try:
                 site.start()
-                site.prepare(vc, root / "repo")
+                site.prepare(vc, root / "site" / "repo")
                 assert site.node.serve is not None
                 backup_round(site, names[:1])  # warm-up: first login, first export
                 rounds = []
