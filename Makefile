@@ -13,7 +13,15 @@ SENDENSE_CHAOS_FAULTS ?=
 
 .PHONY: test demo bench chaos deps system-deps test-assets lint typecheck pytest clean
 
-test: deps lint typecheck pytest
+# The type checks (a minute or more from a cold cache) run beside the test suite,
+# whose first minutes wait on processes more than on the CPU; their output
+# follows the tests', and either failing fails `make test`.
+test: deps lint
+	@log=$$(mktemp /tmp/sendense-mypy.XXXXXX); \
+	$(VENV)/bin/mypy src tests bench demo > $$log 2>&1 & checks=$$!; \
+	$(MAKE) --no-print-directory pytest; rc=$$?; \
+	wait $$checks; typed=$$?; echo "mypy src tests bench demo:"; cat $$log; rm -f $$log; \
+	[ $$rc -eq 0 ] && [ $$typed -eq 0 ]
 
 # Full + incremental backup of a two-disk VM from a local vCenter simulator,
 # through a hub, a node and the tunnel; both restore points verified.
