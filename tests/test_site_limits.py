@@ -38,7 +38,7 @@ def test_a_nodes_limits_hold_and_every_backup_completes(
     site = Site(
         tmp_path,
         {"max_jobs": "4", "max_jobs_per_node": "1"},
-        memory_budget_mib="16",  # less than one stream's 48 MiB: one stream at a time
+        memory_budget_mib="16",  # less than one stream's 64 MiB: one stream at a time
         bandwidth_mb_s=str(LIMIT_MB_S),
     )
     rng = random.Random(18)

@@ -36,6 +36,7 @@ def serve(
 ) -> None:
     """Serve the node API (backup/start, jobs, inventory)."""
     from sendense.node.api.app import create_node_app
+    from sendense.node.limits import return_freed_buffers
 
     settings = _settings(config, data_dir, listen)
     setup_logging(settings.log_level)
@@ -44,6 +45,7 @@ def serve(
     if tokens.count() == 0:
         announce_token(settings.data_dir, tokens.create("hub"))
     log.info("node listening on %s:%d", settings.listen_host, settings.listen_port)
+    return_freed_buffers()
     run_api(create_node_app(settings), settings.listen_host, settings.listen_port)
 
 

