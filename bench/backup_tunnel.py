@@ -31,7 +31,10 @@ KB per job). The hub is restarted with the mode's targets host before every run
 of either mode (outside the timing; the node and its tunnel stay up); the first
 mode of each pair alternates; one untimed warm-up backup comes first. Each
 restore point is checked with `qemu-img compare` against the -flat.vmdk files,
-outside the timing. Medians; MB = 10^6 B. Writes "backup_tunnel" and the
+outside the timing. The tunnel's CPU (`tunnel_cpu_s_per_gib`: user + system
+seconds of the hub's sshd with its reaped sessions and NBD relays, and of the
+node's ssh connection, per GiB of data, both ends) is sampled around each
+tunnel backup. Medians; MB = 10^6 B. Writes "backup_tunnel" and the
 top-level `tunnel_backup_vs_direct` (rate / rate) and `tunnel_vs_direct` (the
 same figure) in bench/results.json.
 """
@@ -129,6 +132,30 @@ def timed_backup(site: Site, timeout: float = 600.0) -> tuple[float, str]:
     return elapsed, job_id
 
 
+def tunnel_pids(root: Path) -> list[int]:
+    """The hub's sshd (its sessions and their NBD relays, once reaped, are in its
+    children's time) and the node's ssh connection (ControlMaster: it does the
+    NBD sessions' I/O itself, handed their descriptors)."""
+    node_ssh = [p for p in pids_with(str(root), name="ssh") if _argv_has(p, "ControlMaster=yes")]
+    return pids_with(str(root), name="sshd") + node_ssh
+
+
+def _argv_has(pid: int, word: str) -> bool:
+    try:
+        return word.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system time of the processes and of their reaped children."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def targets_host_of(site: Site, job_id: str) -> str:
     """The address the job's targets string named, from the hub's log line."""
     for line in site.hub.log.read_text(errors="replace").splitlines():
@@ -157,6 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     size = int(args.disk_gib * 1024) * MiB
     pool = os.urandom(16 * MiB)
     seconds: dict[str, list[float]] = {"tunnel": [], "direct": []}
+    tunnel_cpu: list[float] = []
     disk_rates: dict[str, dict[int, list[float]]] = {m: {k: [] for k in DISKS} for m in seconds}
     with tempfile.TemporaryDirectory(prefix="sendense-bench-backup-tunnel-", dir=args.tmp) as tmp:
         root = Path(tmp)
@@ -169,7 +197,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for i in range(args.runs):
                     for mode in ("tunnel", "direct") if i % 2 == 0 else ("direct", "tunnel"):
                         restart_hub(site, mode)
+                        pids = tunnel_pids(root / "site")
+                        cpu = cpu_seconds(pids)
                         elapsed, job_id = timed_backup(site)
+                        if mode == "tunnel":
+                            time.sleep(1.0)  # the sessions end and are reaped
+                            tunnel_cpu.append(cpu_seconds(pids) - cpu)
                         if targets_host_of(site, job_id) != TARGETS_HOST[mode]:
                             raise SystemExit(f"job {job_id} did not write NBD {mode}")
                         for disk in verified_point(site, job_id, sources):
@@ -199,6 +232,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 str(k): statistics.median(r) / 1e6 for k, r in disk_rates[mode].items()
             },
         }
+    figures["tunnel_cpu_s"] = tunnel_cpu
+    figures["tunnel_cpu_s_per_gib"] = statistics.median(tunnel_cpu) / (data / (1 << 30))
     rates = figures["tunnel"]["virtual_MBps"], figures["direct"]["virtual_MBps"]
     figures["tunnel_backup_vs_direct"] = rates[0] / rates[1]
     return figures
@@ -223,9 +258,12 @@ def main() -> None:
             f"{f['per_disk_virtual_MBps']:>10.0f}{node:>21}"
         )
     print(f"tunnel_backup_vs_direct {figures['tunnel_backup_vs_direct']:.3f}")
+    print(f"tunnel_cpu_s_per_gib {figures['tunnel_cpu_s_per_gib']:.2f} (both ends, per GiB)")
     ratio = figures["tunnel_backup_vs_direct"]
     # tunnel_vs_direct is the full backup's figure, not the writer's
-    record("backup_tunnel", figures, {"tunnel_backup_vs_direct": ratio, "tunnel_vs_direct": ratio})
+    ratios = {"tunnel_backup_vs_direct": ratio, "tunnel_vs_direct": ratio}
+    ratios["tunnel_cpu_s_per_gib"] = figures["tunnel_cpu_s_per_gib"]
+    record("backup_tunnel", figures, ratios)
 
 
 if __name__ == "__main__":
