@@ -7,10 +7,13 @@ with a pairing code and its tunnel supervisor (`sendense node tunnel`) running.
 The node's NbdWriter writes the same source (half random data, half holes) into
 a fresh QCOW2 export on the hub's Unix socket for the node, once on that socket
 (direct) and once through the tunnel (nbd://127.0.0.2:PORT, which the node turns
-into a session of its tunnel relayed to that socket: node/forwards.py). Median of the runs, MB/s of
-data. Writes `tunnel` and the top-level `tunnel_writer_vs_direct` in
-bench/results.json: the NBD writer alone. The top-level `tunnel_vs_direct` is a
-whole orchestrated full backup's figure, from bench/backup_tunnel.py.
+into a session of its tunnel relayed to that socket: node/forwards.py), and
+`nbdcopy` (bench/node_backup.py's options) into the same tunnel socket:
+`tunnel_writer_vs_nbdcopy_tunnel`. Median of the runs, MB/s of data. Writes
+`tunnel` and the top-level `tunnel_writer_vs_direct` and
+`tunnel_writer_vs_nbdcopy_tunnel` in bench/results.json: the NBD writer alone.
+The top-level `tunnel_vs_direct` is a whole orchestrated full backup's figure,
+from bench/backup_tunnel.py.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nbd_writer import feed, make_source
+from node_backup import NBDCOPY
 from results import record
 from tests.rig.net import free_port, free_port_range
 
@@ -48,8 +52,11 @@ from sendense.node.tunnel import TunnelConfig, save_config, tunnel_dir
 BENCH_GROUP = "sendense-bench-nodes"
 
 
-async def write(node_dir: Path | None, port: int, sock: Path, source: Path) -> None:
-    """Direct to the socket (node_dir None), or as the node through its tunnel."""
+async def write(
+    node_dir: Path | None, port: int, sock: Path, source: Path, nbdcopy: bool = False
+) -> None:
+    """Direct to the socket (node_dir None), or as the node through its tunnel:
+    its NbdWriter, or `nbdcopy` into the same tunnel socket."""
     if node_dir is None:
         async with NbdWriter(socket_uri(sock, "bench"), max_in_flight=8) as writer:
             await feed(writer, source)
@@ -57,6 +64,13 @@ async def write(node_dir: Path | None, port: int, sock: Path, source: Path) -> N
     exports, targets = HubExports(node_dir), [NbdTarget(1, "127.0.0.2", port, "bench")]
     uris = await exports.open(targets)
     try:
+        if nbdcopy:
+            done = await asyncio.to_thread(
+                subprocess.run, [*NBDCOPY, str(source), uris[1]], check=False
+            )
+            if done.returncode != 0:
+                raise SystemExit(f"nbdcopy through the tunnel failed ({done.returncode})")
+            return
         async with NbdWriter(uris[1], max_in_flight=8, request_size=4 << 20) as writer:
             await feed(writer, source)
     finally:
@@ -64,7 +78,13 @@ async def write(node_dir: Path | None, port: int, sock: Path, source: Path) -> N
 
 
 def one_run(
-    node_dir: Path | None, login: NodeLogin, sock: Path, source: Path, size: int, work: Path
+    node_dir: Path | None,
+    login: NodeLogin,
+    sock: Path,
+    source: Path,
+    size: int,
+    work: Path,
+    nbdcopy: bool = False,
 ) -> float:
     port = int(sock.stem)
     target = work / "target.qcow2"
@@ -75,7 +95,7 @@ def one_run(
         with QemuNbd(spec, log_path=work / "qemu-nbd.log"):
             os.chown(sock, login.uid, login.gid)  # as ExportManager does: the relay's user
             start = time.perf_counter()
-            asyncio.run(write(node_dir, port, sock, source))
+            asyncio.run(write(node_dir, port, sock, source, nbdcopy))
             return time.perf_counter() - start
     finally:
         target.unlink(missing_ok=True)
@@ -147,10 +167,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sock = hub.exports.socket_path(login, first)
             sock.parent.mkdir(parents=True, mode=0o700)
             os.chown(sock.parent, login.uid, login.gid)
-            direct, tunnel = [], []
+            direct, tunnel, copied = [], [], []
             for _ in range(args.runs):
                 direct.append(one_run(None, login, sock, source, size, work))
                 tunnel.append(one_run(node_dir, login, sock, source, size, work))
+                copied.append(one_run(node_dir, login, sock, source, size, work, nbdcopy=True))
         finally:
             if supervisor is not None:
                 supervisor.terminate()
@@ -159,7 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 hub.revoke_node("bench-node")  # its system user goes
             hub.close()
             subprocess.run(["groupdel", BENCH_GROUP], capture_output=True, check=False)
-    d, t = statistics.median(direct), statistics.median(tunnel)
+    d, t, c = statistics.median(direct), statistics.median(tunnel), statistics.median(copied)
     return {
         "size_bytes": size,
         "data_bytes": data,
@@ -169,7 +190,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "Unix socket; direct: that socket",
         "direct": {"seconds": direct, "median_s": d, "data_MBps": data / d / 1e6},
         "tunnel": {"seconds": tunnel, "median_s": t, "data_MBps": data / t / 1e6},
+        "nbdcopy_tunnel": {"seconds": copied, "median_s": c, "data_MBps": data / c / 1e6},
         "tunnel_writer_vs_direct": d / t,
+        "tunnel_writer_vs_nbdcopy_tunnel": c / t,
     }
 
 
@@ -179,11 +202,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     figures = run(args)
-    print(f"{'path':<12}{'seconds':>10}{'MB/s data':>12}")
-    for key in ("direct", "tunnel"):
-        print(f"{key:<12}{figures[key]['median_s']:>10.2f}{figures[key]['data_MBps']:>12.0f}")
-    print(f"tunnel_writer_vs_direct {figures['tunnel_writer_vs_direct']:.3f}")
-    record("tunnel", figures, {"tunnel_writer_vs_direct": figures["tunnel_writer_vs_direct"]})
+    print(f"{'path':<16}{'seconds':>10}{'MB/s data':>12}")
+    for key in ("direct", "tunnel", "nbdcopy_tunnel"):
+        print(f"{key:<16}{figures[key]['median_s']:>10.2f}{figures[key]['data_MBps']:>12.0f}")
+    keys = ("tunnel_writer_vs_direct", "tunnel_writer_vs_nbdcopy_tunnel")
+    for key in keys:
+        print(f"{key} {figures[key]:.3f}")
+    record("tunnel", figures, {key: figures[key] for key in keys})
 
 
 if __name__ == "__main__":
