@@ -42,6 +42,7 @@ bench: deps
 	$(PY) bench/restore_chain.py
 	$(PY) bench/restore_vm.py
 	$(PY) bench/many_vms.py
+	$(PY) bench/db_size.py
 
 # Fault injection (issue 13): backups and prunes with processes killed at random,
 # the repository full or unmounted, PostgreSQL stopped; invariants after each.

@@ -37,14 +37,14 @@ class Queries:
             query = query.where(RestorePoint.vm_id == self.vm(vm).id)
         with self.db.session() as s:
             rows = s.scalars(query.order_by(RestorePoint.created_at)).all()
-            return [_with_positions(s, RestorePointOut.model_validate(r)) for r in rows]
+            return _with_positions(s, [RestorePointOut.model_validate(r) for r in rows])
 
     def restore_point(self, point_id: str) -> RestorePointOut:
         with self.db.session() as s:
             row = s.get(RestorePoint, point_id, options=[selectinload(RestorePoint.disks)])
             if row is None:
                 raise NotFound(f"restore point {point_id} does not exist")
-            return _with_positions(s, RestorePointOut.model_validate(row))
+            return _with_positions(s, [RestorePointOut.model_validate(row)])[0]
 
     def jobs(self, limit: int = 100) -> list[JobOut]:
         with self.db.session() as s:
@@ -74,14 +74,30 @@ def _vm_out(s: Session, vm: Vm) -> VmOut:
     return out
 
 
-def _with_positions(s: Session, point: RestorePointOut) -> RestorePointOut:
-    """Each disk's place in its chain: 1 for a full."""
-    for disk in point.disks:
+def _with_positions(s: Session, points: list[RestorePointOut]) -> list[RestorePointOut]:
+    """Each disk's place in its chain: 1 for a full. A parent is looked up among
+    the disks listed (a VM's points hold its whole chains), else read with the
+    others of its generation: a query per generation, not one per layer."""
+    parents = {d.id: d.parent_id for p in points for d in p.disks}
+    wanted = {d.parent_id for p in points for d in p.disks if d.parent_id} - parents.keys()
+    while wanted:
+        found: dict[str, str | None] = {}
+        batch = sorted(wanted)
+        for start in range(0, len(batch), 500):
+            part = batch[start : start + 500]
+            for layer, parent in s.execute(
+                select(RestorePointDisk.id, RestorePointDisk.parent_id).where(
+                    RestorePointDisk.id.in_(part)
+                )
+            ):
+                found[layer] = parent
+        parents.update(found)
+        parents.update(dict.fromkeys(wanted - found.keys()))  # gone: the chain ends there
+        wanted = {x for x in found.values() if x} - parents.keys()
+    for disk in (d for p in points for d in p.disks):
         position, parent = 1, disk.parent_id
         while parent is not None:
             position += 1
-            parent = s.scalar(
-                select(RestorePointDisk.parent_id).where(RestorePointDisk.id == parent)
-            )
+            parent = parents.get(parent)
         disk.chain_position = position
-    return point
+    return points

@@ -280,9 +280,15 @@ class Job(Base):
 
 class RestorePoint(Base):
     __tablename__ = "restore_points"
-    # A VM's points by status and time (the dashboard, the timeline, prune).
+    # A VM's points by status and time (the timeline, prune); points of a status
+    # by VM (the dashboard, start-up's unfinished ones, the notifier's invalid
+    # ones: status first, or SQLite probes every task for reconcile's query); a
+    # task's point (a backup's commit or failure, reconcile, and housekeeping,
+    # which keeps a task while a point refers to it). docs/decisions.md.
     __table_args__ = (
         Index("ix_restore_points_vm_status_created", "vm_id", "status", "created_at"),
+        Index("ix_restore_points_status_vm_created", "status", "vm_id", "created_at"),
+        Index("ix_restore_points_job_id", "job_id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -309,8 +315,11 @@ class RestorePoint(Base):
 
 class RestorePointDisk(Base):
     __tablename__ = "restore_point_disks"
+    # A layer's children: prune rebases them, and deleting a layer checks its
+    # foreign key (a scan of every layer without the index).
     __table_args__ = (
         UniqueConstraint("restore_point_id", "disk_key", name="uq_restore_point_disks_point_key"),
+        Index("ix_restore_point_disks_parent_id", "parent_id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
