@@ -34,6 +34,7 @@ bench: deps
 	$(PY) bench/node_backup.py
 	$(PY) bench/tunnel.py
 	$(PY) bench/backup_tunnel.py
+	$(PY) bench/wan.py
 	$(PY) bench/verify.py
 	$(PY) bench/restore.py
 	$(PY) bench/console.py
