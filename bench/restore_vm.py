@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from node_backup import MiB, fill_half
 from results import record
+from tests.rig.net import free_port_range
 from tests.rig.procs import kill_all, pids_with, wait_gone
 from tests.rig.site import Site
 from tests.rig.vcsim import running_vcsim
@@ -87,7 +88,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     size = int(args.disk_gib * 1024) * MiB
     pool = os.urandom(16 * MiB)
     limit = str(args.busy + 2)
-    hub = {"max_jobs": limit, "max_jobs_per_node": limit}
+    first, last = free_port_range(len(DISKS) * (args.busy + 2))
+    hub = {
+        "max_jobs": limit,
+        "max_jobs_per_node": limit,
+        "nbd_port_min": str(first),
+        "nbd_port_max": str(last),
+    }
     seconds: dict[str, list[float]] = {"idle": [], "busy": [], "qemu_img": []}
     with tempfile.TemporaryDirectory(prefix="sendense-bench-restore-vm-", dir=args.tmp) as tmp:
         root = Path(tmp)
