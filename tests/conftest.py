@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from sendense.common.config import load_settings
 from sendense.hub.api.app import create_app
 from sendense.hub.config import HubSettings
+from sendense.hub.db.database import Database
 from sendense.hub.service import Hub
 from tests.rig.accounts import remove_group, unique_group, users_of
 from tests.rig.net import free_port_range
@@ -82,6 +83,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     """Each database test runs on both backends."""
     with a_database(request, tmp_path, request.param) as url:
         yield url
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """The hub's database on each backend, migrated, closed after."""
+    database = Database(database_url)
+    database.migrate()
+    yield database
+    database.dispose()
 
 
 @pytest.fixture

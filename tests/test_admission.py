@@ -7,9 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-
-import pytest
+from collections.abc import Callable
 
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import Job, JobState
@@ -40,9 +38,10 @@ def test_a_full_node_holds_only_its_own_tasks() -> None:
     gate.enter("b1", ["node:b"], starts.start("b1"))
     assert starts.order == ["a1", "b1"]
     assert starts.waits == {"a2": "node a runs 1, its limit"}
+    assert (gate.running_count, gate.waiting) == (2, 1)
     gate.leave(["node:a"])
     assert starts.order == ["a1", "b1", "a2"]
-    assert gate.waiting == 0
+    assert (gate.running_count, gate.waiting) == (2, 0)
 
 
 def test_the_hubs_limit_holds_over_every_node() -> None:
@@ -69,14 +68,6 @@ def test_a_waiting_task_keeps_its_place_on_every_claim() -> None:
     assert starts.waits["y"] == "an earlier task waits for repository r"
     gate.leave(["node:a", "repository:r"])
     assert starts.order == ["a1", "z", "x", "y"]
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 def test_the_runner_keeps_each_nodes_limit_and_runs_every_task(db: Database) -> None:

@@ -36,14 +36,6 @@ work_log = logging.getLogger("sendense.tests.task_work")
 library_log = logging.getLogger("some_library")
 
 
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.dispose()
-
-
 @pytest.fixture(autouse=True)
 def info_records() -> Iterator[None]:
     """The records a hub logs at INFO (its root logger's level in production)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -15,14 +15,6 @@ from sendense.hub.db.models import Job, JobState, TaskKind, Vm
 from sendense.hub.tasks.node_task import follow_node_task
 from sendense.hub.tasks.runner import ProgressBoard, TaskRunner
 from sendense.nbd.errors import NbdConnectionLost
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 def new_task(db: Database) -> str:
@@ -133,6 +125,26 @@ def test_following_a_node_task_records_each_status_until_it_ends() -> None:
     )
     assert last.state == "complete"
     assert seen == ["queued", "running", "running", "complete"]
+
+
+def test_the_poll_interval_is_asked_before_each_wait() -> None:
+    """A runner whose interval grows with its running tasks (backups) says it
+    again before every wait, not once for the whole task."""
+    answers = iter(["queued", "running", "running", "complete"])
+    asked: list[int] = []
+
+    def interval() -> float:
+        asked.append(len(asked))
+        return 0.001
+
+    follow_node_task(
+        lambda: Status(next(answers)),
+        "site-a",
+        poll=interval,
+        node_timeout=5,
+        record=lambda _: None,
+    )
+    assert asked == [0, 1, 2]
 
 
 def test_a_node_silent_past_its_timeout_fails_the_follow() -> None:

@@ -27,6 +27,8 @@ from sendense.hub.tasks.runner import TaskRunner, split_log
 from sendense.hub.tasks.task_log import TaskLogs
 
 log = logging.getLogger(__name__)
+# All running backups together poll at most 1 / POLL_SPREAD_S times a second.
+POLL_SPREAD_S = 0.05
 TELL_NODE_S = 10.0  # how long a cancel for the node is retried through its tunnel
 
 
@@ -179,7 +181,7 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
                 return follow_node_task(
                     lambda: client.job(task_id, self.node_lines.seen(task_id)),
                     client.name,
-                    poll=self.poll,
+                    poll=self._poll_interval,
                     node_timeout=self.node_timeout,
                     record=lambda status: self.record_node(task_id, *split_log(status)),
                     check=lambda: self._still_running(task_id),
@@ -189,6 +191,12 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
                 raise
         finally:
             client.close()
+
+    def _poll_interval(self) -> float:
+        """`poll`, longer while many backups run: each poll is a call through the
+        tunnel and a database read, and 50 backups at 4 a second each would cost
+        the hub and the node more than the backups' progress is worth."""
+        return max(self.poll, POLL_SPREAD_S * self.admission.running_count)
 
     def _still_running(self, task_id: str) -> None:
         """Between polls: a task the hub failed meanwhile (an operator's `finish`

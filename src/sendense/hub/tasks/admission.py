@@ -48,6 +48,12 @@ class Admission:
         self._lock = threading.Lock()
 
     @property
+    def running_count(self) -> int:
+        """Tasks admitted and not yet ended."""
+        with self._lock:
+            return self._started
+
+    @property
     def waiting(self) -> int:
         with self._lock:
             return len(self._queue)

@@ -23,12 +23,14 @@ def follow_node_task(
     fetch: Callable[[], S],
     node: str,
     *,
-    poll: float,
+    poll: float | Callable[[], float],
     node_timeout: float,
     record: Callable[[S], None],
     check: Callable[[], None] | None = None,
 ) -> S:
-    """`record` sees every status; `check` runs between polls and may raise to stop."""
+    """`record` sees every status; `check` runs between polls and may raise to stop.
+    `poll`: seconds between polls, or what says them before each wait."""
+    interval = poll if callable(poll) else lambda: poll
     last_answer = time.monotonic()
     while True:
         try:
@@ -40,11 +42,11 @@ def follow_node_task(
                 raise Unavailable(
                     f"node {node!r} did not answer for {silent:.0f}s: {exc.message}"
                 ) from exc
-            time.sleep(poll)
+            time.sleep(interval())
             continue
         record(status)
         if status.state in TERMINAL_STATES:
             return status
         if check is not None:
             check()
-        time.sleep(poll)
+        time.sleep(interval())
