@@ -53,21 +53,30 @@ def peak_rss_mib(pid: int) -> float:
     raise SystemExit(f"no VmHWM for pid {pid}")
 
 
-def backup_round(site: Site, names: list[str], timeout: float = 1800.0) -> dict[str, Any]:
-    """Full backups of `names` requested at once: wall seconds, longest wait."""
-    started = time.perf_counter()
+def full_backups(site: Site, names: list[str]) -> list[str]:
+    """Full backups of `names` requested at once: their task ids."""
     ids = []
     for name in names:
         queued = site.api.post("/api/v1/backups", json={"vm": name, "type": "full"})
         if queued.status_code != 202:
             raise SystemExit(f"the hub refused the backup of {name}: {queued.text}")
         ids.append(queued.json()["job_id"])
+    return ids
+
+
+def wait_complete(site: Site, job_id: str, timeout: float = 1800.0) -> None:
+    job = site.wait_job(job_id, timeout=max(timeout, 1.0))
+    if job["state"] != "complete":
+        raise SystemExit(f"job {job_id} {job['state']}: {job['error']}")
+
+
+def backup_round(site: Site, names: list[str], timeout: float = 1800.0) -> dict[str, Any]:
+    """Full backups of `names` requested at once: wall seconds, longest wait."""
+    started = time.perf_counter()
+    ids = full_backups(site, names)
     waits = []
     for job_id in ids:
-        left = timeout - (time.perf_counter() - started)
-        job = site.wait_job(job_id, timeout=max(left, 1.0))
-        if job["state"] != "complete":
-            raise SystemExit(f"job {job_id} {job['state']}: {job['error']}")
+        wait_complete(site, job_id, timeout - (time.perf_counter() - started))
     seconds = time.perf_counter() - started
     for job_id in ids:
         task = site.api.get(f"/api/v1/tasks/{job_id}").json()

@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from many_vms import full_backups, wait_complete
 from node_backup import MiB, fill_half
 from results import record
 from tests.rig.net import free_port_range
@@ -40,22 +41,6 @@ from tests.rig.vmware_vms import SCSI0, create_vm, destroy_vm, flat_file
 
 DISKS = (2000, 2001)
 BUSY_MIB = 256
-
-
-def backups(site: Site, names: list[str]) -> list[str]:
-    ids = []
-    for name in names:
-        queued = site.api.post("/api/v1/backups", json={"vm": name, "type": "full"})
-        if queued.status_code != 202:
-            raise SystemExit(f"the hub refused the backup of {name}: {queued.text}")
-        ids.append(queued.json()["job_id"])
-    return ids
-
-
-def wait_complete(site: Site, job_id: str) -> None:
-    job = site.wait_job(job_id, timeout=1800)
-    if job["state"] != "complete":
-        raise SystemExit(f"job {job_id} {job['state']}: {job['error']}")
 
 
 def restore(site: Site, si: Any, point_id: str, name: str) -> float:
@@ -111,7 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 site.start()
                 repo = root / "site" / "repo"
                 site.prepare(vc, repo)
-                (job_id,) = backups(site, ["restore-src"])
+                (job_id,) = full_backups(site, ["restore-src"])
                 wait_complete(site, job_id)
                 points = site.api.get("/api/v1/restore-points?vm=restore-src").json()
                 point = points[-1]
@@ -121,7 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for i in range(args.runs):
                     seconds["qemu_img"].append(qemu_img_both(files, out))
                     for mode in ("idle", "busy") if i % 2 == 0 else ("busy", "idle"):
-                        running = backups(site, busy) if mode == "busy" else []
+                        running = full_backups(site, busy) if mode == "busy" else []
                         if running:
                             time.sleep(2.0)  # the backups are copying, not preparing
                         took = restore(site, si, point["id"], f"restored-{i}-{mode}")

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 
 def pids_with(fragment: str, name: str = "qemu-nbd") -> list[int]:
@@ -68,3 +70,30 @@ def listening_addresses(port: int) -> list[str]:
         ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
     ).stdout
     return [line.split()[3] for line in out.splitlines() if line.strip()]
+
+
+class Started:
+    """A server of the rig as a context manager: `start` on entry (what a failed
+    start left is stopped), `stop` on exit, whatever happened."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

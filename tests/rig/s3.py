@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 
 import boto3
 from botocore.config import Config
@@ -23,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from mypy_boto3_s3.client import S3Client
 
 from tests.rig.net import free_port
-from tests.rig.procs import stop
+from tests.rig.procs import Started, stop
 
 
 def weed_binary() -> str:
@@ -33,7 +32,7 @@ def weed_binary() -> str:
     return found
 
 
-class SeaweedS3:
+class SeaweedS3(Started):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.access_key = "AKID" + secrets.token_hex(8).upper()
@@ -115,19 +114,3 @@ class SeaweedS3:
     def stop(self) -> None:
         if self._proc is not None:
             stop(self._proc, timeout=15)
-
-    def __enter__(self) -> SeaweedS3:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

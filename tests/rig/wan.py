@@ -18,15 +18,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from tests.rig.procs import stop
+from tests.rig.procs import Started, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class WanProxy:
+class WanProxy(Started):
     def __init__(
         self,
         root: Path,
@@ -105,19 +104,3 @@ class WanProxy:
             time.sleep(0.05)
         stats: dict[str, Any] = json.loads(self.stats_path.read_text())
         return stats
-
-    def __enter__(self) -> WanProxy:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

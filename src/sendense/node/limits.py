@@ -19,10 +19,11 @@ import asyncio
 import contextlib
 import ctypes
 import logging
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
+from sendense.common.pacing import RateSlots
 
 log = logging.getLogger(__name__)
 MiB = 1 << 20
@@ -114,19 +115,10 @@ class MemoryBudget:
             granted.set_result(None)
 
 
-class Bandwidth:
-    """A node-wide rate in bytes per second (None: unlimited), shared by every
-    stream: each send reserves its slot in time, so the total never runs ahead."""
-
-    def __init__(self, mb_s: float | None) -> None:
-        self.rate = mb_s * 1e6 if mb_s else None
-        self._next = 0.0
+class Bandwidth(RateSlots):
+    """A node-wide rate (None: unlimited), shared by every stream."""
 
     async def take(self, size: int) -> None:
-        if self.rate is None:
-            return
-        now = time.monotonic()
-        start = max(now, self._next)
-        self._next = start + size / self.rate
-        if start > now:
-            await asyncio.sleep(start - now)
+        wait = self.reserve(size)
+        if wait > 0:
+            await asyncio.sleep(wait)

@@ -5,7 +5,6 @@ CopyTargetError that says what to fix, never with a credential in it."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from mypy_boto3_s3.client import S3Client
 from mypy_boto3_s3.type_defs import ObjectLockRetentionTypeDef
 
 from sendense.common.errors import SendenseError
+from sendense.common.pacing import RateSlots
 from sendense.hub.db.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -60,22 +60,11 @@ class BucketConfig:
         return f"{self.prefix.strip('/')}/{name}" if self.prefix.strip("/") else name
 
 
-class Throttle:
+class Throttle(RateSlots):
     """Bytes per second over the whole target (all parallel parts together)."""
 
-    def __init__(self, mb_s: float | None) -> None:
-        self.rate = mb_s * 1e6 if mb_s else None
-        self._lock = threading.Lock()
-        self._next = time.monotonic()
-
     def take(self, size: int) -> None:
-        if self.rate is None:
-            return
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + size / self.rate
-            wait = start - now
+        wait = self.reserve(size)
         if wait > 0:
             time.sleep(wait)
 
