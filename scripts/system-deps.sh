@@ -20,6 +20,8 @@ packages=(
   python3-guestfs   # file-level restore: libguestfs' appliance reads guest filesystems
   libguestfs-xfs    # ...XFS in the appliance (only recommended by libguestfs)
   linux-image-amd64 # ...the appliance's kernel: supermin builds it from the host's
+  fdisk             # sfdisk: the file-restore tests' guest partition tables
+  cryptsetup-bin    # ...and their LUKS volume
 )
 
 missing=()

@@ -1,6 +1,7 @@
 """File-level restore through the product: a simulator VM's five disks are built
 with the real tools (GPT with ext4 + XFS, MBR with NTFS + FAT + ext2, LVM with a
-volume group over two disks, a LUKS volume, a bare Btrfs disk), backed up through
+volume group over two disks, a LUKS volume, a BitLocker volume's signature, a
+bare Btrfs disk), backed up through
 hub, node and tunnel, changed (and one superblock corrupted), backed up again
 (incremental); then each point is browsed and files taken out over the API and
 the CLI. One site and two appliances serve the whole module: launching one
@@ -36,10 +37,13 @@ from tests.rig.guest_disks import (
     Tree,
     appliance,
     big_file,
+    bitlocker_signature,
     btrfs_image,
     copy_into,
     ext4_image,
+    luks_image,
     materialise,
+    partition,
     write_tree,
 )
 from tests.rig.hub import CREATED
@@ -54,13 +58,15 @@ pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"), pytest.mark
 DISKS = [
     (2000, 640 * MiB, SCSI0),  # GPT: ext4 (made by mke2fs -d), XFS
     (2001, 80 * MiB, SCSI0),  # MBR: NTFS, FAT, ext2
-    (2002, 64 * MiB, SCSI0),  # GPT: an LVM physical volume, a LUKS volume
+    (2002, 64 * MiB, SCSI0),  # GPT: an LVM physical volume, a LUKS volume, BitLocker
     (2003, 32 * MiB, SCSI1),  # a whole-disk physical volume: the group spans two disks
     (2004, 128 * MiB, SCSI1),  # a bare Btrfs filesystem (100,000 names), no partition table
 ]
 ROOT_START = 2048  # sectors
 ROOT_SIZE = 300 * MiB
 EXT2_START = 2048 + 48 * 2048  # sectors: the MBR disk's third partition
+LUKS_START = 2048 + 32 * 2048  # sectors: disk 2002's second partition
+BITLOCKER_START = 2048 + 56 * 2048  # sectors: and its third
 MANY = 100_000
 BIG = 200 * MiB
 PATCH_AT = 100 * MiB
@@ -152,22 +158,17 @@ def _build(flats: list[Path], work: Path, big: bytes) -> None:
         (many / f"f{i:06d}").touch()
     btrfs = work / "bare.btrfs"
     btrfs_image(btrfs_dir, btrfs)
+    partition(flats[0], "gpt", [f"start={ROOT_START}, size={ROOT_SIZE // SECTOR}", ","])
+    partition(flats[1], "dos", ["start=2048, size=49152, type=7", "size=49152, type=c", ","])
+    luks_size = BITLOCKER_START - LUKS_START
+    partition(flats[2], "gpt", ["start=2048, size=65536", f"size={luks_size}", ","])
+    luks = work / "luks.img"
+    luks_image(luks, luks_size * SECTOR, LUKS_KEY)
     with appliance(flats, work / "guestfs") as g:
-        g.part_init("/dev/sda", "gpt")
-        g.part_add("/dev/sda", "p", ROOT_START, ROOT_START + ROOT_SIZE // SECTOR - 1)
-        g.part_add("/dev/sda", "p", ROOT_START + ROOT_SIZE // SECTOR, -34)
-        g.part_init("/dev/sdb", "msdos")
-        g.part_add("/dev/sdb", "p", 2048, 2048 + 24 * 2048 - 1)
-        g.part_add("/dev/sdb", "p", 2048 + 24 * 2048, EXT2_START - 1)
-        g.part_add("/dev/sdb", "p", EXT2_START, -1)
-        g.part_init("/dev/sdc", "gpt")
-        g.part_add("/dev/sdc", "p", 2048, 2048 + 32 * 2048 - 1)
-        g.part_add("/dev/sdc", "p", 2048 + 32 * 2048, -34)
         g.pvcreate("/dev/sdc1")
         g.pvcreate("/dev/sdd")
         g.vgcreate("vgdata", ["/dev/sdc1", "/dev/sdd"])
         g.lvcreate_free("data", "vgdata", 100)
-        g.luks_format("/dev/sdc2", LUKS_KEY, 0)
         for device, fstype, tree in (
             ("/dev/sda2", "xfs", XFS_1),
             ("/dev/sdb1", "ntfs", NTFS_1),
@@ -181,6 +182,10 @@ def _build(flats: list[Path], work: Path, big: bytes) -> None:
             g.umount("/")
     copy_into(image, flats[0], ROOT_START * SECTOR)
     copy_into(btrfs, flats[4], 0)
+    copy_into(luks, flats[2], LUKS_START * SECTOR)
+    with flats[2].open("r+b") as disk:
+        disk.seek(BITLOCKER_START * SECTOR)
+        disk.write(bitlocker_signature())
 
 
 def _change(flats: list[Path], work: Path, tree: Tree, big: bytes) -> None:
@@ -264,10 +269,16 @@ def test_each_point_shows_its_disks_filesystems_and_trees(browsed: Browsed) -> N
     tables = {d["disk_key"]: d["partition_table"] for d in opened["disks"]}
     assert tables == {2000: "gpt", 2001: "msdos", 2002: "gpt", 2003: None, 2004: None}
     by_type = {f["type"]: f for f in opened["filesystems"]}
-    assert set(by_type) >= {"ext4", "xfs", "ntfs", "vfat", "ext2", "btrfs", "crypto_LUKS"}
-    luks = by_type["crypto_LUKS"]
-    assert (luks["encrypted"], luks["readable"], luks["disk_key"]) == ("LUKS", False, 2002)
-    assert "encrypted" in luks["error"]
+    types = {"ext4", "xfs", "ntfs", "vfat", "ext2", "btrfs", "crypto_LUKS", "BitLocker"}
+    assert set(by_type) >= types
+    for fstype, encrypted, device in (
+        ("crypto_LUKS", "LUKS", "/dev/sdc2"),
+        ("BitLocker", "BitLocker", "/dev/sdc3"),
+    ):
+        volume = by_type[fstype]
+        assert (volume["encrypted"], volume["readable"]) == (encrypted, False), volume
+        assert (volume["id"], volume["disk_key"]) == (device, 2002)
+        assert "encrypted" in volume["error"]
     exts = [f for f in opened["filesystems"] if f["type"] == "ext4"]
     assert {f["id"] for f in exts} == {"/dev/sda1", "/dev/vgdata/data"}
     lv = next(f for f in exts if f["id"] == "/dev/vgdata/data")

@@ -1,8 +1,9 @@
-"""Guest disks made with the real tools, without root: libguestfs (its own
-appliance) writes partition tables, LVM, LUKS and filesystems straight into a
-simulator VM's flat files; `mke2fs -d` fills an ext4 image from a folder on the
-host (100,000 names in a second, where the appliance takes a minute), which is
-then copied into its partition, holes kept.
+"""Guest disks made with the real tools, without root: sfdisk writes partition
+tables and cryptsetup a LUKS volume into files; libguestfs (its own appliance)
+makes LVM and filesystems straight in a simulator VM's flat files; `mke2fs -d`
+fills an ext4 image from a folder on the host (100,000 names in a second, where
+the appliance takes a minute), which is then copied into its partition, holes
+kept.
 
 `Tree` is what a test expects a filesystem to hold at a point: path -> bytes
 for files, path -> "->target" for symbolic links, path -> None for folders.
@@ -18,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sendense.hub.files.boot import appliance_path
+
 MiB = 1 << 20
 SECTOR = 512
 Tree = dict[str, bytes | str | None]
@@ -31,6 +34,9 @@ def appliance(disks: list[Path], workdir: Path) -> Iterator[Any]:
 
     g: Any = guestfs.GuestFS(python_return_dict=True, close_on_exit=False)
     g.set_backend("direct")
+    fixed = appliance_path(Path(g.get_path()))  # the hub's own quicker boot
+    if fixed is not None:
+        g.set_path(str(fixed))
     g.set_backend_settings(["force_tcg"])
     workdir.mkdir(parents=True, exist_ok=True)
     g.set_tmpdir(str(workdir))
@@ -44,6 +50,35 @@ def appliance(disks: list[Path], workdir: Path) -> Iterator[Any]:
         g.shutdown()
     finally:
         g.close()
+
+
+def partition(disk: Path, label: str, parts: list[str]) -> None:
+    """A partition table written into `disk` by sfdisk (no kernel, no root):
+    `label` "gpt" or "dos", each part an sfdisk line ("start=2048, size=4096")."""
+    script = "\n".join([f"label: {label}", *parts]) + "\n"
+    subprocess.run(
+        ["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk)],
+        input=script.encode(),
+        check=True,
+        capture_output=True,
+    )
+
+
+def luks_image(image: Path, size: int, key: str) -> None:
+    """A LUKS2 volume of `size` bytes in a file (cryptsetup; PBKDF2 at its least
+    iterations: a test's throwaway volume, formatted in a moment)."""
+    with image.open("wb") as handle:
+        handle.truncate(size)
+    subprocess.run(
+        [
+            "cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2",
+            "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+            "--key-file", "-", str(image),
+        ],
+        input=key.encode(),
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
 
 
 def big_file(seed: int, size: int) -> bytes:
@@ -99,6 +134,19 @@ def btrfs_image(tree_dir: Path, image: Path) -> None:
         check=True,
         capture_output=True,
     )
+
+
+def bitlocker_signature(fve_offset: int = 64 * 1024) -> bytes:
+    """A FAKE BitLocker volume's start: the boot sector (jump, "-FVE-FS-", the
+    metadata's offset at byte 176) and the FVE metadata block it points to, as
+    util-linux's blkid recognises them. Nothing is encrypted: Windows' tools,
+    which make real ones, cannot run here; detection is what is tested."""
+    sector = bytearray(SECTOR)
+    sector[0:11] = b"\xeb\x58\x90-FVE-FS-"
+    sector[176:184] = fve_offset.to_bytes(8, "little")
+    sector[510:512] = b"\x55\xaa"
+    metadata = b"-FVE-FS-" + (0).to_bytes(2, "little") + (2).to_bytes(2, "little")  # version 2
+    return bytes(sector) + bytes(fve_offset - SECTOR) + metadata
 
 
 def data_extents(path: Path) -> list[tuple[int, int]]:

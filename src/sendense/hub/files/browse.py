@@ -118,9 +118,15 @@ class BrowseSession:
         self._streams = 0
         self._streams_lock = threading.Lock()
 
-    def start(self, drives: list[tuple[Path, str]], disk_keys: list[int]) -> None:
+    def start(self, drives: list[tuple[Path, str]], disk_keys: list[int]) -> str:
+        """Launch, then discover; says how long each took."""
+        started = time.monotonic()
         self.appliance.launch(drives)
+        launched = time.monotonic()
         self.disks, self.filesystems = discover(self.appliance, disk_keys)
+        return (
+            f"appliance {launched - started:.1f} s, filesystems {time.monotonic() - launched:.1f} s"
+        )
 
     @property
     def busy(self) -> bool:

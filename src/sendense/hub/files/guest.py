@@ -8,13 +8,13 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from sendense.hub.files.appliance import Appliance, ApplianceFailed
 
 log = logging.getLogger(__name__)
 ENCRYPTED = {"crypto_LUKS": "LUKS", "BitLocker": "BitLocker"}
 NOT_FILES = {"swap", "LVM2_member", "linux_raid_member"}
+TABLES = {"dos": "msdos"}  # blkid's name for an MBR, as libguestfs calls it
 # A journal left dirty (a crash-consistent snapshot) is not replayed onto a
 # read-only device; these options read the filesystem as it was last committed.
 NO_REPLAY = {"xfs": "ro,norecovery", "ext3": "ro,noload", "ext4": "ro,noload"}
@@ -50,25 +50,29 @@ def discover(
     appliance: Appliance, disk_keys: list[int]
 ) -> tuple[list[DiskLayout], list[Filesystem]]:
     """Each disk's partition table, then what every partition, logical volume and
-    unpartitioned disk holds (by its signature: blkid in the appliance; faster
-    than libguestfs' list_filesystems, which mounts each one to look)."""
+    unpartitioned disk holds, by its signature: one `blkid` in the appliance per
+    device (each program the appliance runs costs most of a second under TCG,
+    so not parted, vfs_type and vfs_label each; nor libguestfs'
+    list_filesystems, which mounts each one to look)."""
     g = appliance.handle()
     devices = appliance.call(g.list_devices)
     disks = []
     for key, device in zip(disk_keys, devices, strict=False):
-        disks.append(DiskLayout(key, device, _table(appliance, device)))
+        table = _blkid(appliance, device).get("PTTYPE", "")
+        disks.append(DiskLayout(key, device, TABLES.get(table, table) or None))
     candidates = [d.device for d in disks if d.partition_table is None]
     candidates += appliance.call(g.list_partitions)
     candidates += appliance.call(g.lvs)
     filesystems: list[Filesystem] = []
     for device in candidates:
-        fstype = _probe(appliance, appliance.handle().vfs_type, device)
+        found = _blkid(appliance, device)
+        fstype = found.get("TYPE", "")
         if fstype in NOT_FILES or (not fstype and device in devices):
             continue  # a physical volume, swap, or an empty disk
         fs = Filesystem(
             id=device,
             type=fstype or "unknown",
-            label=_probe(appliance, g.vfs_label, device),
+            label=found.get("LABEL", ""),
             size=int(appliance.call(g.blockdev_getsize64, device)),
             used=None,
             disk_key=_disk_of(device, disks) if device.startswith("/dev/sd") else None,
@@ -82,22 +86,14 @@ def discover(
     return disks, filesystems
 
 
-def _table(appliance: Appliance, device: str) -> str | None:
+def _blkid(appliance: Appliance, device: str) -> dict[str, str]:
+    """The device's signatures (TYPE, LABEL, PTTYPE...); {} when it has none."""
     try:
-        return str(appliance.call(appliance.handle().part_get_parttype, device))
+        return dict(appliance.call(appliance.handle().blkid, device))
     except ApplianceFailed:
         if appliance.failed:
             raise
-        return None  # no partition table: a bare filesystem, a physical volume, nothing
-
-
-def _probe(appliance: Appliance, fn: Any, device: str) -> str:
-    try:
-        return str(appliance.call(fn, device))
-    except ApplianceFailed:
-        if appliance.failed:
-            raise
-        return ""
+        return {}  # blkid found nothing: an empty disk, or unknown bytes
 
 
 def _mount(appliance: Appliance, fs: Filesystem) -> None:

@@ -98,9 +98,9 @@ class FileRestoreService:
             f"opening restore point {session.point_id} ({len(drives)} disks) read-only "
             "in an appliance",
         )
-        started = time.monotonic()
+        started, took = time.monotonic(), ""
         try:
-            session.start(drives, keys)
+            took = session.start(drives, keys)
         except SendenseError as exc:
             session.error = exc
         except Exception as exc:  # a bug: the session ends, the hub keeps going
@@ -119,7 +119,7 @@ class FileRestoreService:
             self.logs,
             task_id,
             "INFO",
-            f"open in {time.monotonic() - started:.1f} s; filesystems: {found or 'none'}",
+            f"open in {time.monotonic() - started:.1f} s ({took}); filesystems: {found or 'none'}",
         )
         session.touch()
 
