@@ -24,7 +24,7 @@ from tests.rig.cli import sendense
 from tests.rig.net import free_port
 from tests.rig.node import NodeProcesses
 from tests.rig.node_tasks import snapshot_names, unique
-from tests.rig.procs import pids_with
+from tests.rig.procs import listening_addresses, pids_with
 from tests.rig.site import Site
 from tests.rig.vcsim import Vcsim
 from tests.rig.vmware_vms import SCSI0, MiB, create_vm, fill, flat_file, virtual_disks
@@ -33,6 +33,16 @@ from tests.rig.vmware_vms import SCSI0, MiB, create_vm, fill, flat_file, virtual
 @pytest.fixture
 def site(bare_site: Site) -> Site:
     return bare_site
+
+
+def forwarding(ssh: subprocess.Popen[bytes], port: int, timeout: float = 30.0) -> None:
+    """Wait until `ssh -L 127.0.0.2:port:...` is logged in and listens on its end
+    (ssh opens the local end once the session is up), or has exited."""
+    deadline = time.monotonic() + timeout
+    while f"127.0.0.2:{port}" not in listening_addresses(port):
+        assert ssh.poll() is None, f"ssh exited {ssh.returncode}"
+        assert time.monotonic() < deadline, f"ssh not forwarding 127.0.0.2:{port}"
+        time.sleep(0.05)
 
 
 def tunnel_user(site: Site, nodes: NodeProcesses | None = None) -> str:
@@ -227,8 +237,7 @@ def test_unknown_key_and_forbidden_forwards_are_refused(site: Site, tmp_path: Pa
         ) as forward,
     ):
         try:
-            time.sleep(1.5)
-            import socket
+            forwarding(forward, local)
 
             with socket.create_connection(("127.0.0.2", local), timeout=5) as sock:
                 sock.settimeout(5)
@@ -363,6 +372,7 @@ def test_revoking_ends_sessions_that_hold_no_reverse_forward(site: Site) -> None
     site.enroll_and_connect()
     tunnel_dir = site.node.data_dir / "tunnel"
     site.node.stop_tunnel()
+    local = free_port()
     argv = [
         "ssh",
         "-N",
@@ -379,12 +389,11 @@ def test_revoking_ends_sessions_that_hold_no_reverse_forward(site: Site) -> None
         "-o",
         f"UserKnownHostsFile={tunnel_dir / 'known_hosts'}",
         "-L",
-        f"127.0.0.2:{free_port()}:127.0.0.1:{site.hub.port}",
+        f"127.0.0.2:{local}:127.0.0.1:{site.hub.port}",
         f"{tunnel_user(site)}@127.0.0.1",
     ]
     with subprocess.Popen(argv, stderr=subprocess.DEVNULL) as stolen:
-        time.sleep(1.5)
-        assert stolen.poll() is None  # connected, forwarding, no -R
+        forwarding(stolen, local)  # connected, forwarding, no -R
         revoked = sendense("nodes", "revoke", site.name, env=site.cli_env())
         assert revoked.returncode == 0, revoked.stderr
         assert stolen.wait(timeout=15) != 0
