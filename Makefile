@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# `make chaos`: more rounds than the 8 of `make test`; a seed replays a run.
+# `make chaos`: more rounds than the 6 of `make test`; a seed replays a run.
 SENDENSE_CHAOS_ROUNDS ?= 24
 SENDENSE_CHAOS_SEED ?=
 SENDENSE_CHAOS_DATABASE ?= postgresql
