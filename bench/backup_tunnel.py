@@ -32,9 +32,10 @@ of either mode (outside the timing; the node and its tunnel stay up); the first
 mode of each pair alternates; one untimed warm-up backup comes first. Each
 restore point is checked with `qemu-img compare` against the -flat.vmdk files,
 outside the timing. The tunnel's CPU (`tunnel_cpu_s_per_gib`: user + system
-seconds of the hub's sshd with its reaped sessions and NBD relays, of the
-node's tunnel ssh and of the node's reaped ssh clients, one per NBD connection,
-per GiB of data, both ends) is sampled around each tunnel backup. The node's
+seconds of the hub's sshd and every process below it, live or reaped (each
+connection's sshd processes, the NBD relays), of the node's tunnel ssh and of
+the node's ssh clients, one per NBD connection, per GiB of data, both ends) is
+sampled around each tunnel backup. The node's
 NBD connections per disk (`nbd_connections_per_disk`) are its setting
 SENDENSE_NODE_NBD_CONNECTIONS_PER_DISK from this environment, else its default.
 Medians; MB = 10^6 B. Writes "backup_tunnel" and the top-level
@@ -104,7 +105,8 @@ def nbd_connections() -> int:
     """The node's NBD connections per disk: its setting from this environment
     (the rig's node inherits it), else its default."""
     given = os.environ.get("SENDENSE_NODE_NBD_CONNECTIONS_PER_DISK")
-    return int(given) if given else NodeSettings.model_fields["nbd_connections_per_disk"].default
+    field = NodeSettings.model_fields.get("nbd_connections_per_disk")
+    return int(given) if given else int(field.default) if field else 1  # 1: before the setting
 
 
 def restart_hub(site: Site, mode: str, timeout: float = 30.0) -> None:
@@ -144,10 +146,11 @@ def timed_backup(site: Site, timeout: float = 600.0) -> tuple[float, str]:
 
 
 def tunnel_pids(root: Path) -> tuple[list[int], list[int]]:
-    """Whose whole time counts: the hub's sshd (its per-connection processes and
-    their NBD relays, once reaped, are in its children's time) and the node's
-    tunnel ssh; whose children's time counts: `sendense node serve` (each NBD
-    connection is an ssh client of its own, its child: node/forwards.py)."""
+    """Whose time counts, with their descendants': the hub's sshd (the processes
+    of each connection, the tunnel's and each NBD connection's, and their NBD
+    relays) and the node's tunnel ssh; whose descendants' time only: `sendense
+    node serve` (each NBD connection is an ssh client of its own, its child:
+    node/forwards.py)."""
     node_ssh = [p for p in pids_with(str(root), name="ssh") if _argv_has(p, "ControlMaster=yes")]
     serve = [p for p in pids_with(str(root), name="python") if _argv_has(p, "serve")]
     serve = [p for p in serve if _argv_has(p, "node")]
@@ -161,15 +164,40 @@ def _argv_has(pid: int, word: str) -> bool:
         return False
 
 
+def _times() -> tuple[dict[int, tuple[int, int]], dict[int, list[int]]]:
+    """Per live process: (its own user + system ticks, its reaped children's);
+    and each one's live children."""
+    times: dict[int, tuple[int, int]] = {}
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        # state ppid ... utime stime cutime cstime
+        times[pid] = (int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]))
+        children.setdefault(int(fields[1]), []).append(pid)
+    return times, children
+
+
 def cpu_seconds(pids: tuple[list[int], list[int]]) -> float:
-    """User + system time of the first processes and of their reaped children,
-    and of the second ones' reaped children only."""
-    total = 0
-    whole, children = pids
-    for pid in whole + children:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        first = 11 if pid in whole else 13
-        total += sum(int(f) for f in fields[first:15])  # utime stime cutime cstime
+    """User + system time of the first processes and of all their descendants
+    (live ones read, reaped ones in their parents' children's time), and of the
+    second ones' descendants only. Sampled before and after a backup: a process
+    that lived through it (the tunnel's connection on the hub) counts for what it
+    did in between, one that ended counts in its parent."""
+    times, children = _times()
+
+    def tree(pid: int, own: bool) -> int:
+        mine, reaped = times.get(pid, (0, 0))
+        below = sum(tree(child, True) for child in children.get(pid, []))
+        return (mine if own else 0) + reaped + below
+
+    whole, descendants = pids
+    total = sum(tree(p, True) for p in whole) + sum(tree(p, False) for p in descendants)
     return total / os.sysconf("SC_CLK_TCK")
 
 
