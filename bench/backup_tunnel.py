@@ -32,11 +32,15 @@ of either mode (outside the timing; the node and its tunnel stay up); the first
 mode of each pair alternates; one untimed warm-up backup comes first. Each
 restore point is checked with `qemu-img compare` against the -flat.vmdk files,
 outside the timing. The tunnel's CPU (`tunnel_cpu_s_per_gib`: user + system
-seconds of the hub's sshd with its reaped sessions and NBD relays, and of the
-node's ssh connection, per GiB of data, both ends) is sampled around each
-tunnel backup. Medians; MB = 10^6 B. Writes "backup_tunnel" and the
-top-level `tunnel_backup_vs_direct` (rate / rate) and `tunnel_vs_direct` (the
-same figure) in bench/results.json.
+seconds of the hub's sshd and every process below it, live or reaped (each
+connection's sshd processes, the NBD relays), of the node's tunnel ssh and of
+the node's ssh clients, one per NBD connection, per GiB of data, both ends) is
+sampled around each tunnel backup. The node's
+NBD connections per disk (`nbd_connections_per_disk`) are its setting
+SENDENSE_NODE_NBD_CONNECTIONS_PER_DISK from this environment, else its default.
+Medians; MB = 10^6 B. Writes "backup_tunnel" and the top-level
+`tunnel_backup_vs_direct` (rate / rate) and `tunnel_vs_direct` (the same
+figure) in bench/results.json.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from tests.rig.vmware_vms import SCSI0, create_vm, flat_file
 from sendense.hub.nodes.tunnel_sshd import export_socket_root
 from sendense.hub.service import hub_identity
 from sendense.nbd.qemu_img import QemuImg
+from sendense.node.config import NodeSettings
 
 VM = "bench-tunnel"
 DISKS = (2000, 2001)
@@ -94,6 +99,14 @@ def running_site(root: Path, vc: Vcsim) -> Iterator[Site]:
         for name in ("qemu-nbd", "ssh"):
             left = wait_gone(pids_with(str(root), name=name), timeout=5)
             kill_all(left)
+
+
+def nbd_connections() -> int:
+    """The node's NBD connections per disk: its setting from this environment
+    (the rig's node inherits it), else its default."""
+    given = os.environ.get("SENDENSE_NODE_NBD_CONNECTIONS_PER_DISK")
+    field = NodeSettings.model_fields.get("nbd_connections_per_disk")
+    return int(given) if given else int(field.default) if field else 1  # 1: before the setting
 
 
 def restart_hub(site: Site, mode: str, timeout: float = 30.0) -> None:
@@ -132,12 +145,16 @@ def timed_backup(site: Site, timeout: float = 600.0) -> tuple[float, str]:
     return elapsed, job_id
 
 
-def tunnel_pids(root: Path) -> list[int]:
-    """The hub's sshd (its sessions and their NBD relays, once reaped, are in its
-    children's time) and the node's ssh connection (ControlMaster: it does the
-    NBD sessions' I/O itself, handed their descriptors)."""
+def tunnel_pids(root: Path) -> tuple[list[int], list[int]]:
+    """Whose time counts, with their descendants': the hub's sshd (the processes
+    of each connection, the tunnel's and each NBD connection's, and their NBD
+    relays) and the node's tunnel ssh; whose descendants' time only: `sendense
+    node serve` (each NBD connection is an ssh client of its own, its child:
+    node/forwards.py)."""
     node_ssh = [p for p in pids_with(str(root), name="ssh") if _argv_has(p, "ControlMaster=yes")]
-    return pids_with(str(root), name="sshd") + node_ssh
+    serve = [p for p in pids_with(str(root), name="python") if _argv_has(p, "serve")]
+    serve = [p for p in serve if _argv_has(p, "node")]
+    return pids_with(str(root), name="sshd") + node_ssh, serve
 
 
 def _argv_has(pid: int, word: str) -> bool:
@@ -147,12 +164,40 @@ def _argv_has(pid: int, word: str) -> bool:
         return False
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system time of the processes and of their reaped children."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+def _times() -> tuple[dict[int, tuple[int, int]], dict[int, list[int]]]:
+    """Per live process: (its own user + system ticks, its reaped children's);
+    and each one's live children."""
+    times: dict[int, tuple[int, int]] = {}
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        # state ppid ... utime stime cutime cstime
+        times[pid] = (int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]))
+        children.setdefault(int(fields[1]), []).append(pid)
+    return times, children
+
+
+def cpu_seconds(pids: tuple[list[int], list[int]]) -> float:
+    """User + system time of the first processes and of all their descendants
+    (live ones read, reaped ones in their parents' children's time), and of the
+    second ones' descendants only. Sampled before and after a backup: a process
+    that lived through it (the tunnel's connection on the hub) counts for what it
+    did in between, one that ended counts in its parent."""
+    times, children = _times()
+
+    def tree(pid: int, own: bool) -> int:
+        mine, reaped = times.get(pid, (0, 0))
+        below = sum(tree(child, True) for child in children.get(pid, []))
+        return (mine if own else 0) + reaped + below
+
+    whole, descendants = pids
+    total = sum(tree(p, True) for p in whole) + sum(tree(p, False) for p in descendants)
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -219,6 +264,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "measures": "POST /api/v1/backups (type full) until the job reads complete: "
         "orchestrated job, real processes (vcsim, hub + sshd, node serve + tunnel)",
         "control_path": "hub -> node API through the tunnel's reverse forward in both modes",
+        "nbd_connections_per_disk": nbd_connections(),
     }
     for mode in ("tunnel", "direct"):
         median = statistics.median(seconds[mode])

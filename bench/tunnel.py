@@ -4,10 +4,12 @@
 
 A hub (its services in this process, its tunnel sshd a child), one node enrolled
 with a pairing code and its tunnel supervisor (`sendense node tunnel`) running.
-The node's NbdWriter writes the same source (half random data, half holes) into
-a fresh QCOW2 export on the hub's Unix socket for the node, once on that socket
-(direct) and once through the tunnel (nbd://127.0.0.2:PORT, which the node turns
-into a session of its tunnel relayed to that socket: node/forwards.py), and
+The node's NbdWriter (its NBD connections per disk, engine.CopyTuning, or
+BENCH_CONNECTIONS; 8 requests in flight among them) writes the same source (half
+random data, half holes) into a fresh QCOW2 export on the hub's Unix socket for
+the node, once on that socket (direct) and once through the tunnel
+(nbd://127.0.0.2:PORT, which the node turns into an ssh connection per NBD
+connection, relayed to that socket: node/forwards.py), and
 `nbdcopy` (bench/node_backup.py's options) into the same tunnel socket:
 `tunnel_writer_vs_nbdcopy_tunnel`. Median of the runs, MB/s of data. Writes
 `tunnel` and the top-level `tunnel_writer_vs_direct` and
@@ -46,10 +48,14 @@ from sendense.hub.service import Hub
 from sendense.nbd.qemu_img import QemuImg
 from sendense.nbd.qemu_nbd import ExportSpec, QemuNbd
 from sendense.nbd.writer import NbdWriter
+from sendense.node.engine import CopyTuning
 from sendense.node.forwards import HubExports, socket_uri
 from sendense.node.tunnel import TunnelConfig, save_config, tunnel_dir
 
 BENCH_GROUP = "sendense-bench-nodes"
+# The node's NBD connections per disk (engine.CopyTuning), 8 requests in flight
+# among them, as the node writes; through the tunnel each its own ssh connection.
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", CopyTuning().connections))
 
 
 async def write(
@@ -58,7 +64,8 @@ async def write(
     """Direct to the socket (node_dir None), or as the node through its tunnel:
     its NbdWriter, or `nbdcopy` into the same tunnel socket."""
     if node_dir is None:
-        async with NbdWriter(socket_uri(sock, "bench"), max_in_flight=8) as writer:
+        uri = socket_uri(sock, "bench")
+        async with NbdWriter(uri, max_in_flight=8, connections=CONNECTIONS) as writer:
             await feed(writer, source)
         return
     exports, targets = HubExports(node_dir), [NbdTarget(1, "127.0.0.2", port, "bench")]
@@ -71,7 +78,9 @@ async def write(
             if done.returncode != 0:
                 raise SystemExit(f"nbdcopy through the tunnel failed ({done.returncode})")
             return
-        async with NbdWriter(uris[1], max_in_flight=8, request_size=4 << 20) as writer:
+        async with NbdWriter(
+            uris[1], max_in_flight=8, request_size=4 << 20, connections=CONNECTIONS
+        ) as writer:
             await feed(writer, source)
     finally:
         await exports.close(targets)
@@ -188,6 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "transport": "OpenSSH (hub-managed sshd), aes128-gcm, a session per NBD "
         "connection relayed (a stdlib copy loop, as the node's user) to the export's "
         "Unix socket; direct: that socket",
+        "writer_connections": CONNECTIONS,
         "direct": {"seconds": direct, "median_s": d, "data_MBps": data / d / 1e6},
         "tunnel": {"seconds": tunnel, "median_s": t, "data_MBps": data / t / 1e6},
         "nbdcopy_tunnel": {"seconds": copied, "median_s": c, "data_MBps": data / c / 1e6},

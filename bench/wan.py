@@ -13,7 +13,9 @@ are rewritten with `save_config` to name the proxy's port; the hub and its sshd
 keep theirs. Every mode goes through the same proxy, 0 ms being the proxy
 without delay: the LAN figure. The proxy holds at most --window-mib per
 direction of the tunnel's one TCP connection, unacknowledged for an RTT (a TCP
-window: one connection carries at most window/RTT).
+window: one connection carries at most window/RTT). The node's NBD connections
+per disk, each an ssh connection of its own through the proxy, are its setting
+SENDENSE_NODE_NBD_CONNECTIONS_PER_DISK from this environment, else its default.
 
 Each figure is one orchestrated full backup (bench/backup_tunnel.py's
 `timed_backup`): `POST /api/v1/backups` on the hub's API until the job reads
@@ -48,7 +50,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backup_tunnel import DISKS, VM, running_site, timed_backup, verified_point
+from backup_tunnel import DISKS, VM, nbd_connections, running_site, timed_backup, verified_point
 from node_backup import MiB, fill_half
 from results import record
 from tests.rig.net import free_port
@@ -182,6 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "measures": "POST /api/v1/backups (type full) until the job reads complete, the "
         "node's tunnel through the rig's delaying proxy (same proxy at every RTT)",
         "proxy_window_bytes": int(args.window_mib * MiB),
+        "nbd_connections_per_disk": nbd_connections(),
         "proxy": proxy,
         "load_average_1min": {"min": min(load), "max": max(load)},  # a shared machine
     }

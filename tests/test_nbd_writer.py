@@ -157,6 +157,64 @@ def test_a_later_write_over_a_range_in_flight_wins(image: Path, tmp_path: Path) 
     assert QemuImg().compare(expected_raw(tmp_path / "expected.raw", writes), image, "raw", "qcow2")
 
 
+def test_several_connections_share_the_requests_and_each_flushes(
+    image: Path, tmp_path: Path
+) -> None:
+    """Requests spread over the connections, a later write over a range in flight
+    on another connection still wins, every connection is flushed, and at most
+    max_in_flight requests are in flight across them."""
+    writes: list[tuple[int, bytes]] = []
+    for i in range(8):
+        base = i * 8 * MiB
+        writes += [(base, block(i, 4 * MiB)), (base, bytes(4 * MiB))]  # data, then zeroes
+        writes += [(base + 4 * MiB, bytes(4 * MiB)), (base + 4 * MiB, block(i + 8, 4 * MiB))]
+        writes += [(base + MiB, block(i + 16))]  # over the zeroes of this range
+    with served(image) as server:
+
+        async def scenario() -> tuple[NbdWriter, int, set[int]]:
+            most = 0
+            used: set[int] = set()
+            async with NbdWriter(
+                uri_of(server), max_in_flight=8, request_size=MiB, connections=4
+            ) as w:
+                assert w.stats.connections == 4
+                for offset, data in writes:
+                    await w.write(offset, data)
+                    most = max(most, w.in_flight)
+                    used |= {op.conn for op in w._ops}
+                await w.flush()
+            return w, most, used
+
+        writer, most, used = run(scenario())
+    assert QemuImg().compare(expected_raw(tmp_path / "expected.raw", writes), image, "raw", "qcow2")
+    assert used == {0, 1, 2, 3}
+    assert most <= 8
+    assert writer.stats.data_bytes == 8 * (4 + 4 + 1) * MiB
+    # 72 data requests of 1 MiB, the zero runs, and a FLUSH per connection.
+    assert writer.stats.requests >= 72 + 1 + 4
+
+
+def test_connections_beyond_what_the_server_takes_are_left_out(image: Path, tmp_path: Path) -> None:
+    """qemu-nbd --shared=2: the two further connections get no handshake; the
+    writer carries on over the two it has."""
+    writes = [(i * MiB, block(i)) for i in range(16)]
+    spec = ExportSpec(image, free_port(), "disk0", shared=2)
+    with QemuNbd(spec, log_path=tmp_path / "qemu-nbd.log") as server:
+
+        async def scenario() -> NbdWriter:
+            async with NbdWriter(
+                uri_of(server), request_size=MiB, connections=4, connect_timeout=1.0
+            ) as w:
+                for offset, data in writes:
+                    await w.write(offset, data)
+                await w.flush()
+            return w
+
+        writer = run(scenario(), timeout=20)
+    assert writer.stats.connections == 2
+    assert QemuImg().compare(expected_raw(tmp_path / "expected.raw", writes), image, "raw", "qcow2")
+
+
 def test_concurrent_producers_lose_no_zero_run(image: Path, tmp_path: Path) -> None:
     """The node's engine calls write() from several readers at once. Each producer
     here owns 8 MiB, alternates zero and data chunks and pauses as a read would,
@@ -280,7 +338,10 @@ def test_retries_run_out_with_an_error_naming_the_uri(image: Path) -> None:
     assert writer.stats.retries == 3
 
 
-def test_reconnects_and_resends_when_the_server_restarts(image: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("connections", [1, 3])
+def test_reconnects_and_resends_when_the_server_restarts(
+    image: Path, tmp_path: Path, connections: int
+) -> None:
     writes = [(i * MiB, block(i)) for i in range(48)]
     port = free_port()
     servers: list[QemuNbd] = []
@@ -295,7 +356,9 @@ def test_reconnects_and_resends_when_the_server_restarts(image: Path, tmp_path: 
         second.start()
 
     async def scenario() -> NbdWriter:
-        async with NbdWriter(uri_of(servers[0]), request_size=MiB, retries=8, backoff=0.05) as w:
+        async with NbdWriter(
+            uri_of(servers[0]), request_size=MiB, retries=8, backoff=0.05, connections=connections
+        ) as w:
             for offset, data in writes[:16]:
                 await w.write(offset, data)  # left in flight when the server stops
             restarting = asyncio.create_task(asyncio.to_thread(restart))

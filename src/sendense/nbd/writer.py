@@ -5,11 +5,24 @@ flight, so a producer can read the next block while this one crosses the wire, a
 the buffers held stay below max_in_flight * request_size. All-zero chunks go as
 WRITE_ZEROES, never as data. A dropped connection is re-established with backoff
 and the requests it had not acknowledged are sent again (writes are idempotent).
+
+With `connections` > 1 the writer opens that many NBD connections to the export
+and sends each request on the connection with the fewest in flight: over a path
+where one connection carries a bounded window per round trip (an SSH channel, a
+TCP window), k connections carry k windows. `max_in_flight` stays the writer's
+total across its connections (the memory bound does not change); a write over a
+range still in flight waits for it whichever connection carries it; `flush()`
+flushes every connection (a FLUSH covers the writes its own connection
+completed, unless the export advertises multi-conn). Each connection's first
+connect is tried a few times within about 1.4 s (a server taking many logins at
+once may refuse one: sshd's MaxStartups); the connections after the first are
+left out if they cannot be opened, the others carrying on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -29,6 +42,13 @@ MAX_BUFFERED = 64 << 20  # per disk: max_in_flight * request_size may not exceed
 # requests, well inside the 32-bit length field.
 MAX_ZERO_REQUEST = 1 << 30
 MAX_BACKOFF = 30.0
+MAX_CONNECTIONS = 16
+# Each connection's first connect: tries, and the pause before the second
+# (doubling: 0.2 + 0.4 + 0.8 s).
+FIRST_CONNECT_TRIES = 4
+FIRST_CONNECT_PAUSE = 0.2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +58,7 @@ class WriteStats:
     requests: int = 0
     retries: int = 0  # reconnect attempts
     resent: int = 0  # requests sent again on a new connection
+    connections: int = 0  # NBD connections opened at the start
 
 
 @dataclass(eq=False)  # identity hash: ops live in a set
@@ -48,6 +69,7 @@ class _Op:
     data: bytes | memoryview | None = None
     reply: asyncio.Future[bytes] | None = None
     task: asyncio.Task[None] | None = None
+    conn: int = 0  # the index of the connection that carries it
 
 
 class NbdWriter:
@@ -62,12 +84,17 @@ class NbdWriter:
         skip_zeroes: bool = False,
         connect_timeout: float = 10.0,
         pace: Callable[[int], Awaitable[None]] | None = None,
+        connections: int = 1,
     ) -> None:
         """`pace`, when given, is awaited with each data request's length before
-        it is sent (a bandwidth limit); zeroes do not pass through it."""
+        it is sent (a bandwidth limit); zeroes do not pass through it.
+        `connections`: NBD connections to the export (at most `max_in_flight`
+        are used: each needs a request to carry)."""
         parse_uri(uri)  # a bad URI fails here, before any connection attempt
         if max_in_flight < 1 or request_size < 1:
             raise ValueError("max_in_flight and request_size must be positive")
+        if not 1 <= connections <= MAX_CONNECTIONS:
+            raise ValueError(f"connections must be 1 to {MAX_CONNECTIONS}")
         if max_in_flight * request_size > MAX_BUFFERED:
             raise ValueError(
                 f"max_in_flight * request_size = {max_in_flight * request_size} bytes "
@@ -81,17 +108,22 @@ class NbdWriter:
         self.skip_zeroes = skip_zeroes
         self.connect_timeout = connect_timeout
         self.pace = pace
+        self.connections = min(connections, max_in_flight)
         self.size = 0
         self.stats = WriteStats()
-        self._client: NbdClient | None = None  # None while reconnecting
+        # One per connection; None while that one reconnects.
+        self._clients: list[NbdClient | None] = []
+        self._load: list[int] = []  # requests in flight per connection
         self._info = ExportTraits(0, 0)
         self._entered = False
         self._zero = memoryview(bytes(request_size))  # calloc'd: costs no real memory
         self._slots = asyncio.Semaphore(max_in_flight)
         self._ops: set[_Op] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reconnecting = asyncio.Lock()
-        self._failures = 0  # reconnect attempts since the last acknowledged request
+        self._reconnecting: list[asyncio.Lock] = []
+        # Per connection: reconnect attempts since its last acknowledged request.
+        self._failures: list[int] = []
+        self._turn = 0  # where the search for the least busy connection starts
         self._error: BaseException | None = None
         self._zero_run: tuple[int, int] | None = None  # adjacent zero chunks, not yet sent
 
@@ -105,16 +137,57 @@ class NbdWriter:
         return sum(len(op.data) for op in self._ops if op.data is not None)
 
     async def __aenter__(self) -> NbdWriter:
-        client = await NbdClient.connect(self.uri, timeout=self.connect_timeout)
+        client = await self._first_connect()
         if client.info.read_only:
             await client.close()
             raise NbdError(f"{self.uri}: the export is read-only")
-        self._client = client
-        self._entered = True
         self._info = client.info
         self.size = client.info.size
         self.request_size = min(self.request_size, client.info.max_payload)
+        tries = [self._first_connect() for _ in range(self.connections - 1)]
+        more = await asyncio.gather(*tries, return_exceptions=True)
+        clients = [client, *(c for c in more if isinstance(c, NbdClient))]
+        unusable = [c for c in clients[1:] if c.info.size != self.size or c.info.read_only]
+        failed = next((c for c in more if not isinstance(c, (NbdClient, NbdConnectError))), None)
+        if failed is not None or unusable:
+            for c in clients if failed is not None else unusable:
+                await c.close()
+            if isinstance(failed, BaseException):
+                raise failed
+            clients = [c for c in clients if c not in unusable]
+        if len(clients) < self.connections:
+            log.warning(
+                "NBD %s: %d of %d connections opened; writing over those",
+                self.uri,
+                len(clients),
+                self.connections,
+            )
+        self._clients = list(clients)
+        self._load = [0] * len(clients)
+        self._failures = [0] * len(clients)
+        self._reconnecting = [asyncio.Lock() for _ in clients]
+        self.stats.connections = len(clients)
+        self._entered = True
         return self
+
+    async def _first_connect(self) -> NbdClient:
+        """A connection to the export, after a few brief tries. A refusal (a
+        server taking many logins at once: sshd's MaxStartups) is tried again; a
+        handshake that does not come is not: a server at its client limit
+        (qemu-nbd --shared) leaves a connection waiting."""
+        pause = FIRST_CONNECT_PAUSE
+        loop = asyncio.get_running_loop()
+        for attempt in range(1, FIRST_CONNECT_TRIES + 1):
+            started = loop.time()
+            try:
+                return await NbdClient.connect(self.uri, timeout=self.connect_timeout)
+            except NbdConnectError as exc:
+                if attempt == FIRST_CONNECT_TRIES or loop.time() - started >= self.connect_timeout:
+                    raise
+                log.info("NBD %s: connect %d failed: %s", self.uri, attempt, exc)
+            await asyncio.sleep(pause)
+            pause *= 2
+        raise AssertionError("unreachable")
 
     async def __aexit__(
         self,
@@ -132,8 +205,9 @@ class NbdWriter:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            if self._client is not None:
-                await self._client.close()
+            for client in self._clients:
+                if client is not None:
+                    await client.close()
 
     async def write(self, offset: int, data: bytes) -> None:
         """Queue `data` at `offset`; returns when it is in flight (raises an earlier error)."""
@@ -161,10 +235,11 @@ class NbdWriter:
             await self._zeroes(offset, length)
 
     async def flush(self) -> None:
-        """Wait for everything in flight, then NBD_CMD_FLUSH."""
+        """Wait for everything in flight, then NBD_CMD_FLUSH on every connection."""
         await self.drain()
         if self._info.can_flush:
-            await self._submit(_Op(CMD_FLUSH, 0, 0))
+            for index in range(len(self._clients)):
+                await self._submit(_Op(CMD_FLUSH, 0, 0, conn=index), pick=False)
             await self.drain()
 
     async def drain(self) -> None:
@@ -213,7 +288,7 @@ class NbdWriter:
             else:  # last resort: the shared zero buffer, sent as data
                 await self._submit(_Op(CMD_WRITE, pos, n, self._zero[:n]))
 
-    async def _submit(self, op: _Op) -> None:
+    async def _submit(self, op: _Op, pick: bool = True) -> None:
         await self._slots.acquire()
         try:
             await self._after_overlaps(op)
@@ -223,7 +298,10 @@ class NbdWriter:
         if self._error is not None:
             self._slots.release()
             raise self._error
+        if pick:
+            op.conn = self._pick()
         self._ops.add(op)
+        self._load[op.conn] += 1
         self.stats.requests += 1
         # On the wire now, while the caller reads its next block; the task only
         # waits for the reply (and resends after a reconnect).
@@ -245,8 +323,19 @@ class NbdWriter:
         }:
             await asyncio.wait(clash)
 
+    def _pick(self) -> int:
+        """The connection with the fewest requests in flight (the first of them
+        from a turn that moves on: equal ones take requests in turn)."""
+        count = len(self._load)
+        if count == 1:
+            return 0
+        start = self._turn
+        best = min(range(start, start + count), key=lambda i: self._load[i % count]) % count
+        self._turn = (best + 1) % count
+        return best
+
     def _send(self, op: _Op) -> tuple[NbdClient | None, asyncio.Future[bytes] | None]:
-        client = self._client
+        client = self._clients[op.conn]
         if client is None or not client.alive:
             return client, None
         op.reply = client.submit(op.cmd, op.offset, op.length, op.data)
@@ -262,11 +351,11 @@ class NbdWriter:
                         raise NbdConnectionLost(f"{self.uri}: not connected")
                     await reply
                 except NbdConnectionLost as exc:
-                    await self._reconnect(client, exc)
+                    await self._reconnect(op.conn, client, exc)
                     self.stats.resent += 1
                     client, reply = self._send(op)
                     continue
-                self._failures = 0
+                self._failures[op.conn] = 0
                 if op.cmd == CMD_WRITE:
                     self.stats.data_bytes += op.length
                 elif op.cmd == CMD_WRITE_ZEROES:
@@ -277,22 +366,26 @@ class NbdWriter:
                 self._error = exc
         finally:
             self._ops.discard(op)
+            self._load[op.conn] -= 1
             self._slots.release()
 
-    async def _reconnect(self, dead: NbdClient | None, cause: NbdConnectionLost) -> None:
-        """Replace a dead connection; one task does it, the others wait and resend."""
-        async with self._reconnecting:
+    async def _reconnect(
+        self, index: int, dead: NbdClient | None, cause: NbdConnectionLost
+    ) -> None:
+        """Replace a dead connection; one task does it, the others of that
+        connection wait and resend."""
+        async with self._reconnecting[index]:
             if self._error is not None:
                 raise self._error
-            if self._client is not dead:
+            if self._clients[index] is not dead:
                 return  # another task already reconnected
-            self._client = None
+            self._clients[index] = None
             if dead is not None:
                 await dead.close()
             last: NbdError = cause
-            while self._failures < self.retries:
-                await asyncio.sleep(min(self.backoff * 2**self._failures, MAX_BACKOFF))
-                self._failures += 1
+            while self._failures[index] < self.retries:
+                await asyncio.sleep(min(self.backoff * 2 ** self._failures[index], MAX_BACKOFF))
+                self._failures[index] += 1
                 self.stats.retries += 1
                 try:
                     client = await NbdClient.connect(self.uri, timeout=self.connect_timeout)
@@ -302,7 +395,7 @@ class NbdWriter:
                 if client.info.size != self.size:
                     await client.close()
                     raise NbdError(f"{self.uri}: export size changed on reconnect")
-                self._client = client
+                self._clients[index] = client
                 return
             raise NbdConnectionLost(
                 f"{self.uri}: gave up after {self.retries} reconnect attempts: {last}"

@@ -64,6 +64,7 @@ class BackupTasks(TaskTable[NodeJob]):
             chunk=settings.chunk_mib << 20,
             readers=settings.readers_per_disk,
             in_flight=settings.writes_in_flight,
+            connections=settings.nbd_connections_per_disk,
         )
         self.limits = NodeLimits(
             MemoryBudget(settings.memory_budget_mib << 20), Bandwidth(settings.bandwidth_mb_s)

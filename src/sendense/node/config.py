@@ -27,10 +27,15 @@ class NodeSettings(SendenseSettings):
     chunk_mib: int = Field(default=4, ge=1, le=32)
     readers_per_disk: int = Field(default=4, ge=1, le=16)
     writes_in_flight: int = Field(default=8, ge=1, le=16)
+    # NBD connections per disk, sharing writes_in_flight; through the tunnel each
+    # is an ssh connection of its own (node/forwards.py). The hub's qemu-nbd takes
+    # `nbd_shared` (10) clients an export.
+    nbd_connections_per_disk: int = Field(default=4, ge=1, le=8)
     max_jobs: int = Field(default=4, ge=1)
     # Every disk stream of the node together holds at most this much data; a new
     # stream waits for room (limits.py). A stream needs (2 * readers_per_disk +
-    # writes_in_flight) * chunk_mib: 64 MiB with the defaults.
+    # writes_in_flight) * chunk_mib, and 256 KiB per NBD connection: 65 MiB with
+    # the defaults.
     memory_budget_mib: int = Field(default=1024, ge=16)
     # NBD data the node sends to the hub, all streams together, in MB/s (10^6
     # bytes); none: as fast as it goes. For a site on a thin shared link.

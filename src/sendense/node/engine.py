@@ -3,7 +3,10 @@ where the time went (`pace`).
 
 Memory per disk stays bounded: `readers` chunks being read (twice: a read's
 buffer is copied into its bytes) plus the writer's `in_flight` chunks being
-written, `chunk` bytes each (2 x 4 + 8 at 4 MiB = 64 MiB).
+written, `chunk` bytes each (2 x 4 + 8 at 4 MiB = 64 MiB), plus each of the
+writer's `connections` its reply buffer (256 KiB). The `in_flight` chunks are
+the writer's total, shared among its connections (4 by default: 2 each): more
+connections take no more data memory.
 Small areas (CBT blocks) are read up to `ranges_per_read` at a time in one
 request from a reader that can (`ManyReader`), together at most `chunk` bytes:
 the bound holds, and the checksum and progress still go chunk by chunk. That
@@ -24,6 +27,7 @@ from sendense.common.errors import SendenseError
 from sendense.common.progress import Meter
 from sendense.common.targets import NbdTarget
 from sendense.nbd.errors import NbdError
+from sendense.nbd.protocol import READ_BUFFER
 from sendense.nbd.writer import NbdWriter
 from sendense.node.limits import Bandwidth, MemoryBudget
 from sendense.node.pace import Pace
@@ -41,12 +45,19 @@ class CopyTuning:
     # An incremental's 64 KiB areas each cost a round trip; a multi-range read
     # of 64 of them took about as long as 3 single ones (readers.py).
     ranges_per_read: int = 64
+    # NBD connections per disk, the in-flight chunks shared among them: through
+    # the tunnel each is an ssh connection of its own, whose SSH channel (2 MiB)
+    # and TCP windows bound what it carries per round trip (docs/decisions.md,
+    # "Latency between node and hub").
+    connections: int = 4
 
     @property
     def stream_bytes(self) -> int:
         """The most a disk's copy holds at once: chunks being read (each read's
-        buffer and the bytes it becomes) and written."""
-        return (2 * self.readers + self.in_flight) * self.chunk
+        buffer and the bytes it becomes) and written, and each NBD connection's
+        reply buffer."""
+        connections = min(self.connections, self.in_flight)
+        return (2 * self.readers + self.in_flight) * self.chunk + connections * READ_BUFFER
 
 
 @dataclass
@@ -140,6 +151,7 @@ async def _copy(
         request_size=tuning.chunk,
         skip_zeroes=plan.fresh_image,
         pace=bandwidth.take if bandwidth is not None and bandwidth.rate else None,
+        connections=tuning.connections,
     ) as writer:
         if writer.size < plan.capacity:
             raise SendenseError(

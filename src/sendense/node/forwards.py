@@ -4,11 +4,16 @@ A target `nbd://ADDR:PORT/NAME` whose ADDR is the node's end of the tunnel is
 the hub's export of pool port PORT. For the job's time the node listens on a
 Unix socket of its own, `<tunnel dir>/sockets/PORT.sock` (0600 in a 0700
 directory: no other local user of the node connects), and hands each connection
-to an `ssh` client of the running tunnel (its control socket) as stdin and
-stdout: the tunnel opens a session `nbd PORT`, which the hub's sshd runs as this
-node's NBD relay to its own export socket (hub/nodes/nbd_relay.py). The bytes
-go from the socket to the tunnel's ssh directly; SSH alone encrypts them; no
-TCP port carries NBD on either machine (docs/decisions.md).
+to an `ssh` client as stdin and stdout: an ssh connection of its own to the
+hub's sshd, dialled and authenticated as the tunnel's (same key, pinned host
+key, ciphers), that opens a session `nbd PORT`, which the hub's sshd runs as
+this node's NBD relay to its own export socket (hub/nodes/nbd_relay.py). One
+TCP and one SSH connection per NBD connection: OpenSSH's fixed channel window
+(2 MiB) and one connection's TCP window bound what a connection carries per
+round trip, so a disk written over several NBD connections is not bound by one
+of them (docs/decisions.md, "Latency between node and hub"). The bytes go from
+the socket to ssh directly; SSH alone encrypts them; no TCP port carries NBD on
+either machine.
 
 Any other address is dialled as given (a node without a tunnel, tests), except
 that with `hub_export_dir` set (a node on the hub's own machine, as the hub's
@@ -28,7 +33,7 @@ from pathlib import Path
 from sendense.common.errors import NotFound, SendenseError
 from sendense.common.files import private_dir
 from sendense.common.targets import NbdTarget
-from sendense.node.tunnel import TunnelConfig, control_path, load_config, tunnel_dir
+from sendense.node.tunnel import TunnelConfig, dial_options, load_config, tunnel_dir
 
 log = logging.getLogger(__name__)
 MAX_SOCKET_PATH = 107  # sockaddr_un.sun_path, less its NUL
@@ -42,29 +47,27 @@ def socket_uri(path: Path | str, export: str) -> str:
     return f"nbd+unix:///{export}?socket={path}"
 
 
-def session_argv(data_dir: Path, port: int, ssh: str = "ssh") -> list[str]:
-    """An ssh client of the running tunnel whose stdin and stdout are one NBD
-    connection to the hub's export of `port`."""
+def session_argv(
+    data_dir: Path, port: int, ssh: str = "ssh", config: TunnelConfig | None = None
+) -> list[str]:
+    """An ssh client whose stdin and stdout are one NBD connection to the hub's
+    export of `port`: its own connection to the hub's sshd (its own TCP window and
+    SSH channel window, its own process doing the crypto), dialled and
+    authenticated as the tunnel is (tunnel.dial_options), never through the
+    tunnel's control socket."""
+    if config is None:
+        config = load_config(data_dir)
     return [
         ssh,
-        "-F",
-        "/dev/null",
-        "-S",
-        str(control_path(data_dir)),
+        *dial_options(data_dir, config),
         "-o",
         "ControlMaster=no",
         "-o",
-        "BatchMode=yes",
-        # Without the control socket ssh would dial the host itself: a port
-        # nothing serves, so that it fails at once.
-        "-o",
-        "ConnectTimeout=5",
-        "-p",
-        "9",
+        "ControlPath=none",
         "-T",
         "-e",
         "none",
-        "127.0.0.1",
+        f"{config.tunnel_user}@{config.hub_host}",
         "nbd",
         str(port),
     ]
@@ -82,6 +85,7 @@ class HubExports:
         self._listeners: dict[int, socket.socket] = {}
         self._sessions: dict[int, set[asyncio.subprocess.Process]] = {}
         self._tasks: dict[int, set[asyncio.Task[None]]] = {}
+        self._configs: dict[int, TunnelConfig] = {}  # the tunnel settings a listener dials with
 
     def _tunnel(self) -> TunnelConfig | None:
         try:
@@ -122,6 +126,7 @@ class HubExports:
             listener.close()
             raise
         self._listeners[target.port] = listener
+        self._configs[target.port] = config
         loop = asyncio.get_running_loop()
         loop.add_reader(listener.fileno(), self._accept, target.port, listener)
         log.info("NBD listener opened port=%d", target.port)
@@ -142,7 +147,7 @@ class HubExports:
         try:
             conn.setblocking(True)
             proc = await asyncio.create_subprocess_exec(
-                *session_argv(self.data_dir, port, self.ssh),
+                *session_argv(self.data_dir, port, self.ssh, self._configs.get(port)),
                 stdin=conn.fileno(),
                 stdout=conn.fileno(),
                 stderr=asyncio.subprocess.PIPE,
@@ -169,6 +174,7 @@ class HubExports:
         loop = asyncio.get_running_loop()
         for target in targets:
             listener = self._listeners.pop(target.port, None)
+            self._configs.pop(target.port, None)
             if listener is None:
                 continue
             loop.remove_reader(listener.fileno())

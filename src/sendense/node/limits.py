@@ -1,12 +1,13 @@
 """What the node's disk streams share: one memory budget and one bandwidth limit.
 
 A stream (one disk's copy, engine.py) holds at most `(2 * readers + in_flight)
-* chunk` bytes of data at once (64 MiB with the defaults: a read's buffer is
-copied once into its bytes). Before it opens its
-NBD connection it takes that much from the node's `MemoryBudget`; a stream that
-does not fit waits, in the order streams asked, until running ones give theirs
-back. So a hundred streams at once (the whole NBD port pool) run as many at a
-time as the budget holds, and the process does not grow with the count.
+* chunk` bytes of data at once (a read's buffer is copied once into its bytes),
+and a 256 KiB reply buffer per NBD connection: 65 MiB with the defaults (4
+connections). Before it opens its NBD connections it takes that much from the
+node's `MemoryBudget`; a stream that does not fit waits, in the order streams
+asked, until running ones give theirs back. So a hundred streams at once (the
+whole NBD port pool) run as many at a time as the budget holds, and the process
+does not grow with the count.
 
 `Bandwidth` paces the bytes every stream of the node sends as NBD data (zeroes
 cost no bandwidth: they go as WRITE_ZEROES or not at all): a site that shares a

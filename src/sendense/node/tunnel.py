@@ -71,13 +71,12 @@ def control_path(data_dir: Path) -> Path:
     return tunnel_dir(data_dir) / "control"
 
 
-def ssh_argv(data_dir: Path, config: TunnelConfig, ssh: str = "ssh") -> list[str]:
+def dial_options(data_dir: Path, config: TunnelConfig) -> list[str]:
+    """How every ssh connection of the node to the hub's sshd dials and
+    authenticates: the node's key, the pinned host key, AES-GCM; no ssh_config,
+    no agent, no password (nothing secret in an argument: the key is a path)."""
     directory = tunnel_dir(data_dir)
-    forwards = ["-L", f"{config.local_address}:{config.api_port}:127.0.0.1:{config.api_port}"]
-    forwards += ["-R", f"127.0.0.1:{config.reverse_port}:127.0.0.1:{config.node_api_port}"]
     return [
-        ssh,
-        "-N",
         "-F",
         "/dev/null",
         "-p",
@@ -99,8 +98,6 @@ def ssh_argv(data_dir: Path, config: TunnelConfig, ssh: str = "ssh") -> list[str
         "-o",
         "HostKeyAlgorithms=ssh-ed25519",
         "-o",
-        "ExitOnForwardFailure=yes",
-        "-o",
         "ServerAliveInterval=10",
         "-o",
         "ServerAliveCountMax=3",
@@ -111,11 +108,23 @@ def ssh_argv(data_dir: Path, config: TunnelConfig, ssh: str = "ssh") -> list[str
         "-o",
         "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com",
         "-o",
+        "LogLevel=ERROR",
+    ]
+
+
+def ssh_argv(data_dir: Path, config: TunnelConfig, ssh: str = "ssh") -> list[str]:
+    forwards = ["-L", f"{config.local_address}:{config.api_port}:127.0.0.1:{config.api_port}"]
+    forwards += ["-R", f"127.0.0.1:{config.reverse_port}:127.0.0.1:{config.node_api_port}"]
+    return [
+        ssh,
+        "-N",
+        *dial_options(data_dir, config),
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-o",
         "ControlMaster=yes",
         "-o",
         f"ControlPath={control_path(data_dir)}",
-        "-o",
-        "LogLevel=ERROR",
         *forwards,
         f"{config.tunnel_user}@{config.hub_host}",
     ]

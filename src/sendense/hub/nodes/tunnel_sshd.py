@@ -238,8 +238,12 @@ class TunnelSshd:
                     "PermitUserRC no",
                     "PermitUserEnvironment no",
                     # Each key's forced command (its NBD relay): a session per NBD
-                    # connection.
+                    # connection, each NBD connection an ssh connection of its own
+                    # (node/forwards.py).
                     "MaxSessions 64",
+                    # A backup opens several connections per disk at once: the
+                    # default (10:30:100) drops unauthenticated ones beyond 10.
+                    "MaxStartups 64:30:128",
                     "ClientAliveInterval 10",
                     "ClientAliveCountMax 3",
                     "Compression no",
