@@ -194,6 +194,31 @@ def test_several_connections_share_the_requests_and_each_flushes(
     assert writer.stats.requests >= 72 + 1 + 4
 
 
+def test_further_connections_open_only_over_a_path_as_far_as_asked(
+    image: Path, tmp_path: Path
+) -> None:
+    """A round trip on the first connection decides: shorter than `spread_from_rtt`
+    (a near hub), the writer stays on one; as long or longer, it opens them all."""
+    writes = [(i * MiB, block(i)) for i in range(8)]
+    with served(image) as server:
+
+        async def scenario(spread: float) -> NbdWriter:
+            async with NbdWriter(
+                uri_of(server), request_size=MiB, connections=4, spread_from_rtt=spread
+            ) as w:
+                for offset, data in writes:
+                    await w.write(offset, data)
+                await w.flush()
+            return w
+
+        near = run(scenario(60.0))  # no loopback round trip takes a minute
+        far = run(scenario(1e-9))
+    assert (near.stats.connections, far.stats.connections) == (1, 4)
+    assert 0 < (near.stats.round_trip_s or 0) < 60.0
+    assert (far.stats.round_trip_s or 0) >= 1e-9
+    assert QemuImg().compare(expected_raw(tmp_path / "expected.raw", writes), image, "raw", "qcow2")
+
+
 def test_connections_beyond_what_the_server_takes_are_left_out(image: Path, tmp_path: Path) -> None:
     """qemu-nbd --shared=2: the two further connections get no handshake; the
     writer carries on over the two it has."""

@@ -39,19 +39,29 @@ def nbd_sessions(root: Path) -> list[int]:
     return [p for p in pids_with(str(root), name="ssh") if "nbd" in argv(p)]
 
 
-@pytest.mark.parametrize("connections", [None, 1])
+@pytest.mark.parametrize(
+    ("connections", "spread_ms", "expected"),
+    [
+        (None, "0", 4),  # the default 4, whatever the round trip
+        ("1", None, 1),
+        (None, None, 1),  # the default 4, but a hub this near (loopback) gets one
+    ],
+)
 def test_each_nbd_connection_is_an_ssh_connection_of_its_own(
     bare_site: Site,
     vcsim: Vcsim,
     si: Any,
     repo_dir: Path,
     tmp_path: Path,
-    connections: int | None,
+    connections: str | None,
+    spread_ms: str | None,
+    expected: int,
 ) -> None:
     site = bare_site
-    if connections is not None:  # else the node's default, 4
-        site.node.env["SENDENSE_NODE_NBD_CONNECTIONS_PER_DISK"] = str(connections)
-    expected = connections or 4
+    if connections is not None:
+        site.node.env["SENDENSE_NODE_NBD_CONNECTIONS_PER_DISK"] = connections
+    if spread_ms is not None:
+        site.node.env["SENDENSE_NODE_NBD_SPREAD_FROM_RTT_MS"] = spread_ms
     site.enroll_and_connect()
     assert site.api.post("/api/v1/repositories", json={"path": str(repo_dir)}).status_code == 201
     name = unique("multiconn")

@@ -16,7 +16,9 @@ flushes every connection (a FLUSH covers the writes its own connection
 completed, unless the export advertises multi-conn). Each connection's first
 connect is tried a few times within about 1.4 s (a server taking many logins at
 once may refuse one: sshd's MaxStartups); the connections after the first are
-left out if they cannot be opened, the others carrying on.
+left out if they cannot be opened, the others carrying on. With
+`spread_from_rtt` the others are opened only over a far path: when a round trip
+on the first connection (a one-sector read) takes at least that long.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class WriteStats:
     retries: int = 0  # reconnect attempts
     resent: int = 0  # requests sent again on a new connection
     connections: int = 0  # NBD connections opened at the start
+    round_trip_s: float | None = None  # measured on the first, when it decided the others
 
 
 @dataclass(eq=False)  # identity hash: ops live in a set
@@ -85,11 +88,15 @@ class NbdWriter:
         connect_timeout: float = 10.0,
         pace: Callable[[int], Awaitable[None]] | None = None,
         connections: int = 1,
+        spread_from_rtt: float = 0.0,
     ) -> None:
         """`pace`, when given, is awaited with each data request's length before
         it is sent (a bandwidth limit); zeroes do not pass through it.
         `connections`: NBD connections to the export (at most `max_in_flight`
-        are used: each needs a request to carry)."""
+        are used: each needs a request to carry). `spread_from_rtt` (seconds):
+        the connections after the first are opened only when a round trip on the
+        first takes at least this long (0: always); a near path gains nothing
+        from them and pays their processes' CPU."""
         parse_uri(uri)  # a bad URI fails here, before any connection attempt
         if max_in_flight < 1 or request_size < 1:
             raise ValueError("max_in_flight and request_size must be positive")
@@ -109,6 +116,7 @@ class NbdWriter:
         self.connect_timeout = connect_timeout
         self.pace = pace
         self.connections = min(connections, max_in_flight)
+        self.spread_from_rtt = spread_from_rtt
         self.size = 0
         self.stats = WriteStats()
         # One per connection; None while that one reconnects.
@@ -144,7 +152,16 @@ class NbdWriter:
         self._info = client.info
         self.size = client.info.size
         self.request_size = min(self.request_size, client.info.max_payload)
-        tries = [self._first_connect() for _ in range(self.connections - 1)]
+        wanted = self.connections
+        if wanted > 1 and self.spread_from_rtt > 0:
+            try:
+                self.stats.round_trip_s = await self._round_trip(client)
+            except (NbdError, TimeoutError) as exc:  # unknown: open them all
+                log.info("NBD %s: no round trip measured (%s)", self.uri, exc)
+            else:
+                if self.stats.round_trip_s < self.spread_from_rtt:
+                    wanted = 1
+        tries = [self._first_connect() for _ in range(wanted - 1)]
         more = await asyncio.gather(*tries, return_exceptions=True)
         clients = [client, *(c for c in more if isinstance(c, NbdClient))]
         unusable = [c for c in clients[1:] if c.info.size != self.size or c.info.read_only]
@@ -155,12 +172,12 @@ class NbdWriter:
             if isinstance(failed, BaseException):
                 raise failed
             clients = [c for c in clients if c not in unusable]
-        if len(clients) < self.connections:
+        if len(clients) < wanted:
             log.warning(
                 "NBD %s: %d of %d connections opened; writing over those",
                 self.uri,
                 len(clients),
-                self.connections,
+                wanted,
             )
         self._clients = list(clients)
         self._load = [0] * len(clients)
@@ -169,6 +186,16 @@ class NbdWriter:
         self.stats.connections = len(clients)
         self._entered = True
         return self
+
+    async def _round_trip(self, client: NbdClient) -> float:
+        """The fastest of three one-sector reads: the path's round trip."""
+        loop = asyncio.get_running_loop()
+        best = float("inf")
+        for _ in range(3):
+            started = loop.time()
+            await asyncio.wait_for(client.read(0, 512), self.connect_timeout)
+            best = min(best, loop.time() - started)
+        return best
 
     async def _first_connect(self) -> NbdClient:
         """A connection to the export, after a few brief tries. A refusal (a

@@ -65,6 +65,7 @@ class BackupTasks(TaskTable[NodeJob]):
             readers=settings.readers_per_disk,
             in_flight=settings.writes_in_flight,
             connections=settings.nbd_connections_per_disk,
+            spread_from_rtt=settings.nbd_spread_from_rtt_ms / 1000,
         )
         self.limits = NodeLimits(
             MemoryBudget(settings.memory_budget_mib << 20), Bandwidth(settings.bandwidth_mb_s)

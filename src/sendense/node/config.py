@@ -31,6 +31,9 @@ class NodeSettings(SendenseSettings):
     # is an ssh connection of its own (node/forwards.py). The hub's qemu-nbd takes
     # `nbd_shared` (10) clients an export.
     nbd_connections_per_disk: int = Field(default=4, ge=1, le=8)
+    # ...all but the first opened only when a round trip to the hub takes at
+    # least this long (0: always): a near hub gains nothing from them.
+    nbd_spread_from_rtt_ms: float = Field(default=3.0, ge=0, le=1000)
     max_jobs: int = Field(default=4, ge=1)
     # Every disk stream of the node together holds at most this much data; a new
     # stream waits for room (limits.py). A stream needs (2 * readers_per_disk +

@@ -50,6 +50,9 @@ class CopyTuning:
     # and TCP windows bound what it carries per round trip (docs/decisions.md,
     # "Latency between node and hub").
     connections: int = 4
+    # ...opened only when a round trip on the first takes this long: on a near
+    # path one connection's windows are not the limit, and more cost CPU.
+    spread_from_rtt: float = 0.003
 
     @property
     def stream_bytes(self) -> int:
@@ -152,6 +155,7 @@ async def _copy(
         skip_zeroes=plan.fresh_image,
         pace=bandwidth.take if bandwidth is not None and bandwidth.rate else None,
         connections=tuning.connections,
+        spread_from_rtt=tuning.spread_from_rtt,
     ) as writer:
         if writer.size < plan.capacity:
             raise SendenseError(
