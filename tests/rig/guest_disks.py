@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sendense.hub.files.boot import appliance_path
+from sendense.hub.files.boot import boot_fixed
 
 MiB = 1 << 20
 SECTOR = 512
@@ -34,9 +34,7 @@ def appliance(disks: list[Path], workdir: Path) -> Iterator[Any]:
 
     g: Any = guestfs.GuestFS(python_return_dict=True, close_on_exit=False)
     g.set_backend("direct")
-    fixed = appliance_path(Path(g.get_path()))  # the hub's own quicker boot
-    if fixed is not None:
-        g.set_path(str(fixed))
+    boot_fixed(g)  # the hub's own quicker boot
     g.set_backend_settings(["force_tcg"])
     workdir.mkdir(parents=True, exist_ok=True)
     g.set_tmpdir(str(workdir))

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from sendense.common.errors import SendenseError, Unavailable
 from sendense.common.processes import processes, terminate_pid
-from sendense.hub.files.boot import appliance_path
+from sendense.hub.files.boot import boot_fixed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,9 +101,7 @@ class Appliance:
         self.workdir.mkdir(parents=True, mode=0o700, exist_ok=True)
         g = guestfs.GuestFS(python_return_dict=True, close_on_exit=False)
         g.set_backend("direct")
-        fixed = appliance_path(Path(g.get_path()))
-        if fixed is not None:
-            g.set_path(str(fixed))
+        boot_fixed(g)
         if self.settings.force_tcg:
             g.set_backend_settings(["force_tcg"])
         g.set_tmpdir(str(self.workdir))

@@ -20,6 +20,7 @@ import struct
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -45,6 +46,13 @@ def appliance_path(supermin_dir: Path, cache: Path | None = None) -> Path | None
         if cache not in _prepared:
             _prepared[cache] = _prepare(supermin_dir, cache)
         return _prepared[cache]
+
+
+def boot_fixed(g: Any) -> None:
+    """Have libguestfs handle `g` boot the unpacked-kernel appliance, when there is one."""
+    fixed = appliance_path(Path(g.get_path()))
+    if fixed is not None:
+        g.set_path(str(fixed))
 
 
 def _newest_kernel(boot: Path = Path("/boot"), modules: Path = Path("/lib/modules")) -> Path | None:
