@@ -1,23 +1,28 @@
-"""The node's memory budget and bandwidth limit: the engine into real qemu-nbd
-exports, more streams than the budget holds at once (they wait, none fails,
-every image identical), data paced and zeroes free."""
+"""The node's memory budget, bandwidth limit and restore priority: the engine
+into real qemu-nbd exports, more streams than the budget holds at once (they
+wait, none fails, every image identical), data paced and zeroes free, and
+backups that read a few chunks at a time while a restore copies, all of them
+again once it ends, however it ends."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sendense.common.contract import DiskProgress
+from sendense.common.errors import SendenseError
 from sendense.common.targets import NbdTarget
 from sendense.nbd.qemu_img import QemuImg
 from sendense.nbd.qemu_nbd import ExportSpec, QemuNbd
 from sendense.node.engine import CopyTuning, DiskPlan, NodeLimits, copy_disk
-from sendense.node.limits import Bandwidth, MemoryBudget
+from sendense.node.limits import Bandwidth, MemoryBudget, RestoreFirst
 from tests.rig.net import free_port
 from tests.test_time_split import MemoryReader
 
@@ -157,3 +162,154 @@ def test_data_is_paced_and_zeroes_are_free(exports: list[QemuNbd]) -> None:
     assert sum(paced) == data
     # The first request goes at once; every other waits its turn.
     assert elapsed >= (data - TUNING.chunk) / rate
+
+
+# -- restores first -----------------------------------------------------------
+
+
+class InFlightReader(MemoryReader):
+    """Counts the backup reads going at once, every stream together: the most
+    while a restore copied and the most after."""
+
+    def __init__(self, data: bytes, gate: RestoreFirst, seen: dict[str, int]) -> None:
+        super().__init__(data)
+        self.gate, self.seen = gate, seen
+
+    async def read(self, offset: int, length: int) -> bytes:
+        seen = self.seen
+        seen["now"] += 1
+        during = "restoring" if self.gate.restores else "after"
+        seen[during] = max(seen[during], seen["now"])
+        try:
+            await asyncio.sleep(0.002)  # a datastore answers after a while
+            return await super().read(offset, length)
+        finally:
+            seen["now"] -= 1
+            seen["done"] += 1
+            seen[f"done {during}"] += 1
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.001)
+
+
+Restore = Callable[[dict[str, int]], Coroutine[Any, Any, None]]
+
+
+def backups_beside(exports: list[QemuNbd], gate: RestoreFirst, restore: Restore) -> dict[str, int]:
+    """Every export backed up (2 readers each: 12 reads at once unrestricted)
+    while `restore` runs, given the reads' counts; each image then checked
+    against its source."""
+    limits = NodeLimits(MemoryBudget(1 << 30), Bandwidth(None), gate)
+    rng = random.Random(21)
+    sources = [rng.randbytes(SIZE) for _ in exports]
+    keys = ["now", "restoring", "after", "done", "done restoring", "done after"]
+    seen = dict.fromkeys(keys, 0)
+
+    async def scenario() -> None:
+        restoring = asyncio.create_task(restore(seen))  # its failure is its own
+        async with asyncio.TaskGroup() as group:
+            await until(lambda: gate.restores == 1, "the restore never started")
+            for key, server in enumerate(exports):
+                reader = InFlightReader(sources[key], gate, seen)
+                group.create_task(copy_disk(plan(server, key), reader, TUNING, limits))
+            with contextlib.suppress(SendenseError, asyncio.CancelledError):
+                await restoring
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert (gate.restores, gate.reads, gate.waiting) == (0, 0, 0)
+    assert seen["done"] == STREAMS * SIZE // TUNING.chunk
+    for key, server in enumerate(exports):
+        server.stop()  # the image is locked while it is served
+        raw = server.spec.image.with_suffix(".source")
+        raw.write_bytes(sources[key])
+        assert QemuImg().compare(raw, server.spec.image, "raw", "qcow2"), f"disk {key} differs"
+    return seen
+
+
+async def yielded_to(gate: RestoreFirst, seen: dict[str, int]) -> None:
+    """Inside a restore: the backups go on a few reads at a time (8 of 48 done)
+    until most of their readers queue."""
+    await until(lambda: seen["done restoring"] >= 8, "the backups starved")
+    await until(lambda: gate.waiting >= 3, "no backup read waited")
+
+
+def test_backups_read_two_chunks_at_once_while_a_restore_copies(
+    exports: list[QemuNbd],
+) -> None:
+    gate = RestoreFirst(2)
+
+    async def restore(seen: dict[str, int]) -> None:
+        with gate.restoring("restore job=r1"):
+            await yielded_to(gate, seen)
+
+    seen = backups_beside(exports, gate, restore)
+    assert seen["restoring"] == 2
+    assert seen["done restoring"] >= 8
+    assert seen["done after"] > 0
+    assert seen["after"] >= 3  # every waiting read went at once
+    assert gate.yields >= 3
+
+
+@pytest.mark.parametrize("end", ["failed", "cancelled"])
+def test_a_restore_that_fails_or_is_cancelled_lets_the_backups_go(
+    exports: list[QemuNbd], end: str
+) -> None:
+    gate = RestoreFirst(1)
+
+    async def restore(seen: dict[str, int]) -> None:
+        with gate.restoring("restore job=r2"):
+            await yielded_to(gate, seen)
+            if end == "failed":
+                raise SendenseError("the datastore went away")
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await asyncio.sleep(1)
+
+    seen = backups_beside(exports, gate, restore)
+    assert seen["restoring"] == 1
+    assert seen["after"] >= 3
+
+
+def test_the_gate_open_costs_no_wait_and_waiters_go_in_order() -> None:
+    async def scenario() -> list[str]:
+        gate = RestoreFirst(1)
+        assert await gate.acquire() is False  # no restore: straight through
+        assert await gate.acquire() is False
+        assert gate.reads == 2
+        order: list[str] = []
+
+        async def read(name: str) -> None:
+            async with gate.backup_read() as place:
+                assert place.waited
+                order.append(name)
+                await asyncio.sleep(0.01)
+
+        with gate.restoring("restore"):
+            # Two reads went before the restore: they finish; until then none starts.
+            tasks = {n: asyncio.create_task(read(n)) for n in ("a", "cancelled", "b", "c")}
+            await asyncio.sleep(0.01)
+            assert gate.waiting == 4
+            tasks["cancelled"].cancel()
+            gate.release()
+            await asyncio.sleep(0.01)
+            assert order == []  # one place, still taken
+            gate.release()
+            await until(lambda: order == ["a"], "a never read")
+            await until(lambda: order == ["a", "b"], "b never read")
+            assert gate.reads == 1
+        # The restore ended: c goes at once, and so does a new read.
+        await until(lambda: order == ["a", "b", "c"], "c never read")
+        assert await gate.acquire() is False
+        gate.release()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        assert (gate.reads, gate.waiting, gate.restored) == (0, 0, 1)
+        return order
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 10)) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="at least one read"):
+        RestoreFirst(0)

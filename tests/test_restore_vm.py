@@ -444,3 +444,6 @@ def test_a_failed_restore_removes_the_vm_it_made(
     assert status["vm_path"] == f"DC0/vm/{name}"  # it was made...
     assert find_vm(si, name) is None  # ...and removed
     assert vcsim.password not in str(status)
+    # It held the node's backups back while it copied, and no longer does.
+    priority = node.app.state.node.runner.limits.priority  # type: ignore[attr-defined]
+    assert (priority.restored, priority.restores, priority.waiting) == (1, 0, 0)

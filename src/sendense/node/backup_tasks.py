@@ -26,7 +26,7 @@ from sendense.common.targets import NbdTarget, parse_targets
 from sendense.node.config import NodeSettings
 from sendense.node.engine import CopyTuning, DiskPlan, NodeLimits, copy_disk
 from sendense.node.forwards import HubExports
-from sendense.node.limits import Bandwidth, MemoryBudget
+from sendense.node.limits import Bandwidth, MemoryBudget, RestoreFirst
 from sendense.node.snapshot_hunter import SnapshotHunter, SnapshotLedger, SnapshotRecord
 from sendense.node.task_log import capture
 from sendense.node.task_table import TaskTable, start_fields
@@ -68,7 +68,9 @@ class BackupTasks(TaskTable[NodeJob]):
             spread_from_rtt=settings.nbd_spread_from_rtt_ms / 1000,
         )
         self.limits = NodeLimits(
-            MemoryBudget(settings.memory_budget_mib << 20), Bandwidth(settings.bandwidth_mb_s)
+            MemoryBudget(settings.memory_budget_mib << 20),
+            Bandwidth(settings.bandwidth_mb_s),
+            RestoreFirst(settings.backup_reads_during_restore),
         )
         self.exports = HubExports(settings.data_dir, settings.hub_export_dir)
         self.snapshots = SnapshotLedger(settings.data_dir)

@@ -43,6 +43,10 @@ class NodeSettings(SendenseSettings):
     # NBD data the node sends to the hub, all streams together, in MB/s (10^6
     # bytes); none: as fast as it goes. For a site on a thin shared link.
     bandwidth_mb_s: float | None = Field(default=None, gt=0)
+    # While a restore copies disks on the node, the node's backups together read
+    # at most this many chunks at once (limits.py RestoreFirst): the restore goes
+    # first, the backups slow down but never stop. No restore: no limit.
+    backup_reads_during_restore: int = Field(default=2, ge=1, le=64)
     # Removing a snapshot consolidates what the VM wrote since it was taken: hours
     # on a busy VM, so it has its own deadline (a removal that fails after a good
     # copy is a warning, and the snapshot hunter retries it).

@@ -11,14 +11,18 @@ Small areas (CBT blocks) are read up to `ranges_per_read` at a time in one
 request from a reader that can (`ManyReader`), together at most `chunk` bytes:
 the bound holds, and the checksum and progress still go chunk by chunk. That
 bound is what a stream takes from the node's memory budget before it starts,
-and its NBD data goes at the node's bandwidth limit (limits.py).
+and its NBD data goes at the node's bandwidth limit (limits.py). Each batch's
+read takes a place at the node's `RestoreFirst` gate first, held until its last
+area is in: free when no restore copies, a few for all backups together when
+one does. The wait there counts as neither source nor target time (pace.py).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sendense.common.aio import run_all
 from sendense.common.checksum import BlockHasher, block_digest, blocks
@@ -29,10 +33,11 @@ from sendense.common.targets import NbdTarget
 from sendense.nbd.errors import NbdError
 from sendense.nbd.protocol import READ_BUFFER
 from sendense.nbd.writer import NbdWriter
-from sendense.node.limits import Bandwidth, MemoryBudget
+from sendense.node.limits import Bandwidth, MemoryBudget, RestoreFirst
 from sendense.node.pace import Pace
 from sendense.node.vmware.readers import DiskReader, ManyReader
 
+log = logging.getLogger(__name__)
 Area = tuple[int, int]
 MiB = 1 << 20
 
@@ -69,6 +74,8 @@ class NodeLimits:
 
     budget: MemoryBudget
     bandwidth: Bandwidth
+    # Backups' reads yield to the node's restores (limits.py).
+    priority: RestoreFirst = field(default_factory=RestoreFirst)
 
 
 @dataclass
@@ -124,11 +131,11 @@ async def copy_disk(
     failure names the hub's target, not only the local socket it is reached through."""
     try:
         if limits is None:
-            await _copy(plan, reader, tuning, None)
+            await _copy(plan, reader, tuning, None, RestoreFirst())
             return
         what = f"disk {plan.target.disk_key}"
         async with limits.budget.hold(tuning.stream_bytes, what):
-            await _copy(plan, reader, tuning, limits.bandwidth)
+            await _copy(plan, reader, tuning, limits.bandwidth, limits.priority)
     except NbdError as exc:
         if not plan.uri or plan.uri == plan.target.uri:
             raise
@@ -136,7 +143,11 @@ async def copy_disk(
 
 
 async def _copy(
-    plan: DiskPlan, reader: DiskReader, tuning: CopyTuning, bandwidth: Bandwidth | None
+    plan: DiskPlan,
+    reader: DiskReader,
+    tuning: CopyTuning,
+    bandwidth: Bandwidth | None,
+    priority: RestoreFirst,
 ) -> None:
     progress = plan.progress
     progress.bytes_total = sum(length for _start, length in plan.areas)
@@ -148,6 +159,7 @@ async def _copy(
     many = reader if isinstance(reader, ManyReader) else None
     most = tuning.ranges_per_read if many is not None else 1
     work = batches(chunks(plan.areas, tuning.chunk), tuning.chunk, most)
+    yielded = 0  # batches whose read waited for a restore
     async with NbdWriter(
         plan.uri or plan.target.uri,
         max_in_flight=tuning.in_flight,
@@ -167,18 +179,23 @@ async def _copy(
             yield 0, await reader.read(*area)
 
         async def pump() -> None:
+            nonlocal yielded
             for batch in work:
                 # A batch's areas come as they arrive: written while the rest is read.
-                arrivals = many.read_many(batch) if many and len(batch) > 1 else one(batch[0])
-                count = 0
-                async for index, data in pace.arrivals(arrivals):
-                    offset, length = batch[index]
-                    progress.bytes_read += length
-                    hasher.add(offset, length, block_digest(data, zero_block))
-                    with pace.handing_over():
-                        await writer.write(offset, data)
-                    meter.advance(length)
-                    count += 1
+                async with priority.backup_read() as place:
+                    yielded += place.waited
+                    arrivals = many.read_many(batch) if many and len(batch) > 1 else one(batch[0])
+                    count = 0
+                    async for index, data in pace.arrivals(arrivals):
+                        offset, length = batch[index]
+                        progress.bytes_read += length
+                        hasher.add(offset, length, block_digest(data, zero_block))
+                        count += 1
+                        if count == len(batch):
+                            place.done()  # read: the place goes before the write
+                        with pace.handing_over():
+                            await writer.write(offset, data)
+                        meter.advance(length)
                 if count != len(batch):
                     raise SendenseError(f"the reader returned {count} of {len(batch)} areas")
 
@@ -191,6 +208,8 @@ async def _copy(
             await writer.flush()
         progress.bytes_written = writer.stats.data_bytes
         progress.zero_bytes = writer.stats.zero_bytes
+    if yielded:
+        log.info("disk %d: %d reads waited for restores on the node", plan.target.disk_key, yielded)
     progress.phase = "finishing"
     progress.checksum = hasher.hexdigest()
     progress.eta_seconds = 0.0

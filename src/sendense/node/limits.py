@@ -12,6 +12,12 @@ does not grow with the count.
 `Bandwidth` paces the bytes every stream of the node sends as NBD data (zeroes
 cost no bandwidth: they go as WRITE_ZEROES or not at all): a site that shares a
 thin link with the hub gives the node a limit in MB/s.
+
+`RestoreFirst` puts a restore ahead of the backups: while at least one restore
+copies disks on the node, the backup streams of the node together have at most
+`backup_reads_during_restore` chunk reads going at once (a small number, at
+least 1: backups slow down but never stop). When no restore copies, a backup's
+read passes with a counter's increment, no lock and no wait.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ import contextlib
 import ctypes
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from sendense.common.pacing import RateSlots
 
@@ -123,3 +129,113 @@ class Bandwidth(RateSlots):
         wait = self.reserve(size)
         if wait > 0:
             await asyncio.sleep(wait)
+
+
+class RestoreFirst:
+    """The node's priority of restores over backups.
+
+    A restore holds `restoring()` while it copies its disks; a backup stream
+    holds `backup_read()` around each chunk read (engine.py). While any restore
+    holds it, a backup read starts only when fewer than `backup_reads` of them
+    are in flight node-wide, in the order they asked; reads already going when
+    a restore starts finish their chunk. When the last restore ends (done,
+    failed or cancelled) every waiting read goes at once."""
+
+    def __init__(self, backup_reads: int = 2) -> None:
+        if backup_reads < 1:
+            raise ValueError("backups keep at least one read during a restore")
+        self.backup_reads = backup_reads
+        self.restores = 0  # restores copying now
+        self.restored = 0  # restores that held it, since the node started
+        self.reads = 0  # backup chunk reads in flight, node-wide
+        self.yields = 0  # backup reads that had to wait, since the node started
+        self._queue: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        """Backup reads waiting for a restore now."""
+        return len(self._queue)
+
+    @contextmanager
+    def restoring(self, what: str) -> Iterator[None]:
+        """Backups yield to this restore while the block runs."""
+        self.restores += 1
+        self.restored += 1
+        log.info(
+            "%s copies: the node's backups read at most %d chunks at once meanwhile "
+            "(%d restores copying)",
+            what,
+            self.backup_reads,
+            self.restores,
+        )
+        try:
+            yield
+        finally:
+            self.restores -= 1
+            self._grant()
+
+    async def acquire(self) -> bool:
+        """Take a backup read's place; True when it had to wait for a restore."""
+        if not self.restores and not self._queue:
+            self.reads += 1
+            return False
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(granted)
+        self._grant()
+        if granted.done():
+            return False
+        self.yields += 1
+        try:
+            await granted
+        except BaseException:
+            if granted.done() and not granted.cancelled():
+                self.release()  # granted as it was cancelled
+            else:
+                with contextlib.suppress(ValueError):  # _grant may have dropped it
+                    self._queue.remove(granted)
+            raise
+        return True
+
+    def release(self) -> None:
+        self.reads -= 1
+        if self._queue:
+            self._grant()
+
+    @asynccontextmanager
+    async def backup_read(self) -> AsyncIterator[BackupRead]:
+        """A backup's place for one read while the block runs; its `done()`
+        gives the place back early (once the data is in, before it is written)."""
+        place = BackupRead(self, await self.acquire())
+        try:
+            yield place
+        finally:
+            place.done()
+
+    def _grant(self) -> None:
+        """Wake waiting reads in order while there is room; a cancelled one is dropped."""
+        while self._queue:
+            granted = self._queue[0]
+            if granted.done():
+                self._queue.popleft()
+                continue
+            if self.restores and self.reads >= self.backup_reads:
+                return
+            self._queue.popleft()
+            self.reads += 1
+            granted.set_result(None)
+
+
+class BackupRead:
+    """One backup read's place at the gate."""
+
+    __slots__ = ("_gate", "waited")
+
+    def __init__(self, gate: RestoreFirst, waited: bool) -> None:
+        self._gate: RestoreFirst | None = gate
+        self.waited = waited  # it waited for a restore
+
+    def done(self) -> None:
+        """Give the place back (once; later calls do nothing)."""
+        if self._gate is not None:
+            self._gate.release()
+            self._gate = None

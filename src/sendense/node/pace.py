@@ -8,7 +8,8 @@ or blocked handing its chunk over because the writer's slots are all taken by
 writes not yet acknowledged (the target holds it up). Those reader-seconds,
 divided by the readers, are wall-clock-equivalent seconds. After the readers
 end, the writer's last acknowledgements and the NBD flush are target time in
-full (nothing else runs then).
+full (nothing else runs then). A reader waiting for a restore on the node
+(limits.py `RestoreFirst`) waits on neither side: that wait is not counted.
 
 The target's figure is the NBD round trip as the node sees it: the tunnel and
 the hub's write, which cannot be told apart from here (docs/decisions.md).

@@ -239,10 +239,12 @@ class RestoreTasks(TaskTable[RestoreJob]):
         sources = await self.backups.exports.open(targets)
         named = {t.disk_key: t.uri for t in targets}
         try:
-            await run_all(
-                self._write_disk(vc, datacenter, sources[p.disk_key], p, named[p.disk_key])
-                for p in job.status.disks
-            )
+            # The node's backups yield while the disks are copied (limits.py).
+            with self.backups.limits.priority.restoring(f"restore job={req.job_id}"):
+                await run_all(
+                    self._write_disk(vc, datacenter, sources[p.disk_key], p, named[p.disk_key])
+                    for p in job.status.disks
+                )
         finally:
             await self.backups.exports.close(targets)
         log.info(
