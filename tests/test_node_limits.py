@@ -275,6 +275,33 @@ def test_a_restore_that_fails_or_is_cancelled_lets_the_backups_go(
     assert seen["after"] >= 3
 
 
+def test_backups_keep_to_their_rate_only_while_a_restore_copies() -> None:
+    """10 MB/s while restoring: 5 reads of 1 MB wait for their slots (0.1 s
+    apart); before and after the restore they take none."""
+
+    async def scenario() -> RestoreFirst:
+        gate = RestoreFirst(4, backup_mb_s=10)
+        for _ in range(5):
+            async with gate.backup_read(1_000_000) as place:
+                assert not place.waited
+        assert gate.paced_s == 0
+        with gate.restoring("restore"):
+            for _ in range(5):
+                async with gate.backup_read(1_000_000):
+                    pass
+        paced = gate.paced_s
+        async with gate.backup_read(1_000_000) as place:
+            assert not place.waited
+        assert gate.paced_s == paced
+        return gate
+
+    gate = asyncio.run(asyncio.wait_for(scenario(), 10))
+    # The first read's slot starts at once; each next one, read after the last
+    # one's wait, waits the 0.1 s of a 1 MB slot.
+    assert gate.paced_s == pytest.approx(4 * 0.1, abs=0.05)
+    assert gate.reads == 0
+
+
 def test_the_gate_open_costs_no_wait_and_waiters_go_in_order() -> None:
     async def scenario() -> list[str]:
         gate = RestoreFirst(1)

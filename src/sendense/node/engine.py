@@ -182,7 +182,7 @@ async def _copy(
             nonlocal yielded
             for batch in work:
                 # A batch's areas come as they arrive: written while the rest is read.
-                async with priority.backup_read() as place:
+                async with priority.backup_read(sum(n for _, n in batch)) as place:
                     yielded += place.waited
                     arrivals = many.read_many(batch) if many and len(batch) > 1 else one(batch[0])
                     count = 0

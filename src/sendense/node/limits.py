@@ -16,8 +16,9 @@ thin link with the hub gives the node a limit in MB/s.
 `RestoreFirst` puts a restore ahead of the backups: while at least one restore
 copies disks on the node, the backup streams of the node together have at most
 `backup_reads_during_restore` chunk reads going at once (a small number, at
-least 1: backups slow down but never stop). When no restore copies, a backup's
-read passes with a counter's increment, no lock and no wait.
+least 1: backups slow down but never stop), and read at most
+`backup_mb_s_during_restore` together. When no restore copies, a backup's read
+passes with a counter's increment, no lock and no wait.
 """
 
 from __future__ import annotations
@@ -141,10 +142,13 @@ class RestoreFirst:
     a restore starts finish their chunk. When the last restore ends (done,
     failed or cancelled) every waiting read goes at once."""
 
-    def __init__(self, backup_reads: int = 2) -> None:
+    def __init__(self, backup_reads: int = 2, backup_mb_s: float | None = None) -> None:
         if backup_reads < 1:
             raise ValueError("backups keep at least one read during a restore")
         self.backup_reads = backup_reads
+        # What the backups read together while a restore copies (None: no rate).
+        self.rate = RateSlots(backup_mb_s)
+        self.paced_s = 0.0  # the backups' reads' waits for that rate, summed
         self.restores = 0  # restores copying now
         self.restored = 0  # restores that held it, since the node started
         self.reads = 0  # backup chunk reads in flight, node-wide
@@ -202,11 +206,18 @@ class RestoreFirst:
             self._grant()
 
     @asynccontextmanager
-    async def backup_read(self) -> AsyncIterator[BackupRead]:
-        """A backup's place for one read while the block runs; its `done()`
+    async def backup_read(self, size: int = 0) -> AsyncIterator[BackupRead]:
+        """A backup's place for one read of `size` bytes while the block runs,
+        after its slot in the backups' rate when a restore copies; `done()`
         gives the place back early (once the data is in, before it is written)."""
         place = BackupRead(self, await self.acquire())
         try:
+            if self.restores and size:
+                wait = self.rate.reserve(size)
+                if wait > 0:
+                    place.waited = True
+                    self.paced_s += wait
+                    await asyncio.sleep(wait)
             yield place
         finally:
             place.done()
