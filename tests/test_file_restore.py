@@ -26,7 +26,7 @@ import pytest
 from playwright.sync_api import expect
 
 from sendense.hub.auth.roles import Role
-from sendense.hub.files.appliance import ApplianceFailed, ApplianceSettings
+from sendense.hub.files.appliance import SOCKDIR_RECORD, ApplianceFailed, ApplianceSettings
 from sendense.hub.files.sessions import BrowseSettings, FileRestoreService
 from tests.rig.browser import axe_violations, chromium, log_in, new_context
 from tests.rig.cli import sendense
@@ -621,6 +621,10 @@ def test_a_killed_hub_leaves_no_appliance_and_an_idle_session_closes_by_itself(
     first, second = browsed.points
     task = browsed.open(second)["task_id"]
     assert appliance_pids(browsed.root) != []
+    # libguestfs' socket directory, in /tmp, which only its close removes.
+    record = browsed.root / "hub" / "scratch" / "browse" / task / SOCKDIR_RECORD
+    sockdir = Path(record.read_text())
+    assert sockdir.is_dir()
     browsed.site.hub.kill9()
     # libguestfs' recovery process stops the appliance when the hub dies.
     deadline = time.monotonic() + 30
@@ -634,6 +638,7 @@ def test_a_killed_hub_leaves_no_appliance_and_an_idle_session_closes_by_itself(
     assert "restarted" in ended["error"]
     assert browsed.api.get(f"/api/v1/restore-points/{second.id}/browse").status_code == 404
     assert not (browsed.root / "hub" / "scratch" / "browse" / task).exists()
+    assert not sockdir.exists()  # the killed hub's, removed at start-up
 
     # Unused for IDLE_S, a session closes by itself, leaving nothing.
     idle = f"/api/v1/tasks/{browsed.open(first)['task_id']}"

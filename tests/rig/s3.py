@@ -9,6 +9,7 @@ and object lock. Stopped by PID in every outcome.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -74,9 +75,16 @@ class SeaweedS3(Started):
             f"-s3.localSocket={self.root / 's3.sock'}",
             *(f"-{name}={port}" for name, port in ports.items()),
         ]  # fmt: skip
+        # weed puts its gRPC sockets in TMPDIR and leaves them: its own, not /tmp.
+        tmp = self.root / "tmp"
+        tmp.mkdir(exist_ok=True)
         with (self.root / "weed.out").open("wb") as out:
             self._proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "TMPDIR": str(tmp)},
             )
         deadline = time.monotonic() + 90
         client = self.client()

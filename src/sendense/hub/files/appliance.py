@@ -7,7 +7,10 @@ The watchdog is what keeps a damaged filesystem from hanging the hub: a call
 appliance killed, the call fails with a clear error, and the session is over.
 The appliance's processes are found by `workdir` in their command line, which is
 also how start-up stops those of a killed hub (libguestfs' own recovery process
-normally does it first).
+normally does it first). libguestfs keeps the appliance's socket in a directory
+of its own under /tmp (always /tmp for root), which its `close` removes and a
+killed hub leaves: each launch writes that directory's path into `workdir`, and
+start-up removes the ones recorded there (`remove_leftover_sockdirs`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +33,9 @@ from sendense.hub.files.boot import boot_fixed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+SOCKDIR_RECORD = "sockdir"  # in an appliance's workdir: its socket directory
+# libguestfs' socket directory (mkdtemp), as its qemu's -chardev names it.
+_SOCKDIR = re.compile(r"path=(/[^,]*/libguestfs[A-Za-z0-9]{6})/guestfsd\.sock")
 
 
 class ApplianceFailed(SendenseError):
@@ -68,6 +76,42 @@ def appliance_pids(workdir: Path) -> list[int]:
         for p in processes()
         if p.pid != os.getpid() and any(marker in arg for arg in p.argv[1:])
     ]
+
+
+def record_sockdir(workdir: Path) -> Path | None:
+    """Write the socket directory of the appliance working in `workdir` (from
+    its qemu's command line) into `workdir`; returns it."""
+    marker = f"{workdir.resolve()}{os.sep}"
+    for p in processes():
+        if p.pid == os.getpid() or not any(marker in arg for arg in p.argv[1:]):
+            continue
+        for arg in p.argv:
+            if found := _SOCKDIR.search(arg):
+                sockdir = Path(found[1])
+                (workdir / SOCKDIR_RECORD).write_text(str(sockdir))
+                return sockdir
+    return None
+
+
+def remove_leftover_sockdirs(root: Path) -> int:
+    """Remove the socket directories recorded under `root` that a killed hub's
+    appliances left: only libguestfs' own (by name), this user's, holding
+    nothing but sockets. Returns how many."""
+    removed = 0
+    for record in root.glob(f"*/{SOCKDIR_RECORD}"):
+        sockdir = Path(record.read_text().strip())
+        try:
+            owned = sockdir.lstat().st_uid == os.getuid() and sockdir.is_dir()
+            if not owned or not re.fullmatch(r"libguestfs[A-Za-z0-9]{6}", sockdir.name):
+                continue
+            if any(not entry.is_socket() for entry in sockdir.iterdir()):
+                continue
+        except OSError:  # gone already
+            continue
+        shutil.rmtree(sockdir, ignore_errors=True)
+        log.info("removed a leftover appliance socket directory %s", sockdir)
+        removed += 1
+    return removed
 
 
 def stop_leftover_appliances(root: Path) -> int:
@@ -113,6 +157,7 @@ class Appliance:
         self._g = g
         threading.Thread(target=self._watchdog, name="appliance-watchdog", daemon=True).start()
         self.call(g.launch, timeout=self.settings.launch_timeout)
+        record_sockdir(self.workdir)
 
     def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         """`fn(*args)` on the handle; ApplianceFailed when it fails or times out."""

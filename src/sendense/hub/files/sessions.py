@@ -16,7 +16,12 @@ from pathlib import Path
 from sendense.common.errors import NotFound, PoolExhausted, SendenseError
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import TaskKind
-from sendense.hub.files.appliance import Appliance, ApplianceSettings, stop_leftover_appliances
+from sendense.hub.files.appliance import (
+    Appliance,
+    ApplianceSettings,
+    remove_leftover_sockdirs,
+    stop_leftover_appliances,
+)
 from sendense.hub.files.browse import BrowseSession
 from sendense.hub.repository.repositories import RepositoryService
 from sendense.hub.restore.points import restorable_point
@@ -198,7 +203,10 @@ class FileRestoreService:
             self._end(session, "the hub stopped")
 
     def stop_leftovers(self) -> int:
-        """Appliances a killed hub left (start-up, before the scratch space is emptied)."""
+        """Appliances a killed hub left, and their socket directories (start-up,
+        before the scratch space, where they are recorded, is emptied)."""
         if not self.settings.workroot.exists():
             return 0
-        return stop_leftover_appliances(self.settings.workroot)
+        stopped = stop_leftover_appliances(self.settings.workroot)
+        remove_leftover_sockdirs(self.settings.workroot)
+        return stopped
