@@ -40,7 +40,7 @@ from tests.rig.vmware_vms import SCSI0, create_vm, fill, flat_file
 
 from sendense.common.config import load_settings
 from sendense.common.contract import BackupStartRequest, NodeJobStatus
-from sendense.hub.backup.ledger import DiskResult, DiskSpec, PreparedJob
+from sendense.hub.backup.disks import DiskResult, DiskSpec, PreparedJob
 from sendense.hub.config import HubSettings
 from sendense.hub.service import Hub
 from sendense.node.backup_tasks import BackupTasks

@@ -35,8 +35,7 @@ from verify import backup, bench_hub
 
 from sendense.hub.copy.sealing import CopyKey
 from sendense.hub.copy.targets import TargetSpec
-from sendense.hub.db.copy_models import CopyObject
-from sendense.hub.db.models import JobState
+from sendense.hub.db.models import CopyObject, JobState
 from sendense.hub.service import Hub
 
 MiB = 1 << 20

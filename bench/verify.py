@@ -36,7 +36,7 @@ from results import record
 from sendense.common.checksum import BlockHasher, block_digest, blocks
 from sendense.common.config import load_settings
 from sendense.hub.api.queries import Queries
-from sendense.hub.backup.ledger import DiskResult, DiskSpec
+from sendense.hub.backup.disks import DiskResult, DiskSpec
 from sendense.hub.config import HubSettings
 from sendense.hub.service import Hub
 from sendense.hub.verify.verifier import Verifier

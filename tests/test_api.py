@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from sendense.common.errors import WrongTaskKind
 from sendense.hub.api.app import create_app
-from sendense.hub.backup.ledger import DiskSpec
+from sendense.hub.backup.disks import DiskSpec
 from sendense.hub.db.models import Job, JobState, TaskKind, Vm, utcnow
 from sendense.hub.service import Hub
 from tests.rig.procs import pids_with

@@ -25,9 +25,10 @@ from sendense.hub.auth.roles import Role
 from sendense.hub.copy.bucket import Bucket, CopyTargetError
 from sendense.hub.copy.sealing import CopyKey
 from sendense.hub.copy.targets import TargetSpec
-from sendense.hub.db.copy_models import CopyObject, CopyPoint
 from sendense.hub.db.models import (
     ACTIVE_JOB_STATES,
+    CopyObject,
+    CopyPoint,
     Job,
     JobState,
     RestorePoint,

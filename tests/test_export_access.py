@@ -23,7 +23,7 @@ import pytest
 
 from sendense.common.config import load_settings
 from sendense.common.targets import NbdTarget, parse_targets
-from sendense.hub.backup.ledger import DiskSpec
+from sendense.hub.backup.disks import DiskSpec
 from sendense.hub.config import HubSettings
 from sendense.hub.nodes.nbd_relay import write_relay
 from sendense.hub.nodes.registry import NodeInfo

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from sendense.common.errors import SendenseError
-from sendense.hub.backup.ledger import DiskResult, DiskSpec
+from sendense.hub.backup.disks import DiskResult, DiskSpec
 from sendense.hub.db.models import Job, JobState, NbdExport, RestorePoint
 from sendense.hub.repository.logins import node_login
 from sendense.hub.service import Hub

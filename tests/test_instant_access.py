@@ -24,7 +24,7 @@ from sqlalchemy import update
 from sendense.common.errors import NotFound
 from sendense.hub.api.app import create_app
 from sendense.hub.api.queries import Queries
-from sendense.hub.backup.ledger import DiskSpec
+from sendense.hub.backup.disks import DiskSpec
 from sendense.hub.db.models import PointStatus, RestorePoint
 from sendense.hub.repository.ports import port_is_bindable
 from sendense.hub.service import Hub

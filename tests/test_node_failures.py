@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from sendense.hub.backup.ledger import PreparedJob
+from sendense.hub.backup.disks import PreparedJob
 from sendense.hub.service import Hub
 from tests.rig.net import free_port
 from tests.rig.node_tasks import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sendense.hub.api.queries import Queries
-from sendense.hub.backup.ledger import DiskResult, DiskSpec
+from sendense.hub.backup.disks import DiskResult, DiskSpec
 from sendense.hub.repository.repositories import MARKER
 from sendense.hub.service import Hub
 from tests.rig.procs import pids_with

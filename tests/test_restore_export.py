@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from sendense.common.checksum import BlockHasher, block_digest, blocks
 from sendense.common.errors import Conflict, InvalidInput, NotFound
 from sendense.hub.api.queries import Queries
-from sendense.hub.backup.ledger import DiskResult, DiskSpec
+from sendense.hub.backup.disks import DiskResult, DiskSpec
 from sendense.hub.restore.conversion import DiskConverter
 from sendense.hub.service import Hub
 from sendense.hub.verify.verifier import Verifier

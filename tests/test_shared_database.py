@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sendense.common.processes import is_alive
 from sendense.hub.api.queries import Queries
-from sendense.hub.backup.ledger import DiskSpec
+from sendense.hub.backup.disks import DiskSpec
 from sendense.hub.db.models import Vm
 from sendense.hub.service import Hub
 from tests.conftest import make_settings

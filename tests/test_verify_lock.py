@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from sendense.common.errors import VmBusy
 from sendense.hub.api.queries import Queries
-from sendense.hub.backup.ledger import DiskSpec
+from sendense.hub.backup.disks import DiskSpec
 from sendense.hub.db.models import Vm
 from sendense.hub.retention.rules import KeepRules
 from sendense.hub.service import Hub

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sendense.common.config import load_settings
 from sendense.common.errors import VmBusy
 from sendense.hub.api.app import create_app
-from sendense.hub.backup.ledger import DiskResult, DiskSpec
+from sendense.hub.backup.disks import DiskResult, DiskSpec
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import Job, Node, Vcenter, Vm
 from sendense.hub.nodes.accounts import node_user_name

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import update
 
 from sendense.common.checksum import BlockHasher, block_digest, blocks
-from sendense.hub.backup.ledger import DiskResult, DiskSpec
+from sendense.hub.backup.disks import DiskResult, DiskSpec
 from sendense.hub.db.models import RestorePoint
 from sendense.hub.service import Hub
 from sendense.nbd.qemu_img import QemuImg

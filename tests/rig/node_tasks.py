@@ -14,7 +14,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from sendense.common.config import load_settings
-from sendense.hub.backup.ledger import DiskResult, DiskSpec, PreparedJob
+from sendense.hub.backup.disks import DiskResult, DiskSpec, PreparedJob
 from sendense.hub.service import Hub
 from sendense.node.api.app import create_node_app
 from sendense.node.auth import NodeTokens

@@ -9,12 +9,10 @@ data -> stop servers -> `qemu-img check` -> the one transaction that says
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from sendense.common.checksum import pack_areas
 from sendense.common.contract import VmLayout
@@ -28,8 +26,18 @@ from sendense.common.errors import (
     WrongTaskKind,
 )
 from sendense.common.names import export_name, validate_vm_name
-from sendense.common.targets import NbdTarget, format_targets
+from sendense.common.targets import NbdTarget
 from sendense.hub.backup import identity
+from sendense.hub.backup.disks import (
+    BACKUP_TYPES,
+    DiskResult,
+    DiskSpec,
+    PreparedDisk,
+    PreparedJob,
+    check_areas,
+    validate_job,
+)
+from sendense.hub.backup.planning import DiskPlan, plan_disk, upsert_disks
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import (
     ACTIVE_JOB_STATES,
@@ -40,8 +48,6 @@ from sendense.hub.db.models import (
     RestorePointDisk,
     TaskKind,
     Vm,
-    VmDisk,
-    new_id,
     utcnow,
 )
 from sendense.hub.nodes.registry import NodeInfo
@@ -56,77 +62,6 @@ from sendense.hub.repository.repositories import (
 from sendense.hub.tasks.vm_lock import lock_vm, unlock_vm
 
 log = logging.getLogger(__name__)
-BACKUP_TYPES = ("auto", "full", "incremental")
-
-
-@dataclass(frozen=True)
-class DiskSpec:
-    key: int
-    capacity_bytes: int
-    label: str | None = None
-    datastore_path: str | None = None
-    estimated_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class DiskResult:
-    change_id: str | None = None
-    data_bytes: int | None = None
-    checksum: str | None = None
-    duration_s: float | None = None
-    rate_bytes_per_s: float | None = None
-    # The areas read, in the checksum's blocks of `checksum_block` bytes.
-    areas: list[tuple[int, int]] | None = None
-    checksum_block: int | None = None
-    # Set when the node read the whole disk (VMware refused the parent's change
-    # ID, CBT was off): why. The layer is recorded as a full that keeps its parent.
-    full_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class _Plan:
-    key: int
-    file_path: str
-    parent_file: str | None
-    backup_type: str
-    parent_id: str | None
-    capacity: int
-    estimated_bytes: int
-
-
-@dataclass(frozen=True)
-class PreparedDisk:
-    key: int
-    backup_type: str
-    file_path: str
-    parent_id: str | None
-    target: NbdTarget
-
-
-@dataclass(frozen=True)
-class PreparedJob:
-    job_id: str
-    vm_id: str
-    restore_point_id: str
-    disks: list[PreparedDisk] = field(default_factory=list)
-
-    @property
-    def nbd_targets(self) -> str:
-        return format_targets([d.target for d in self.disks])
-
-
-def _validate(vm_name: str, disks: list[DiskSpec], backup_type: str) -> None:
-    validate_vm_name(vm_name)
-    if backup_type not in BACKUP_TYPES:
-        raise InvalidInput(f"backup type {backup_type!r}: use one of {', '.join(BACKUP_TYPES)}")
-    if not disks:
-        raise InvalidInput("a backup needs at least one disk")
-    keys = [d.key for d in disks]
-    if len(set(keys)) != len(keys):
-        raise InvalidInput("a disk key appears twice")
-    for d in disks:
-        if d.key < 0 or d.capacity_bytes <= 0:
-            raise InvalidInput(f"disk {d.key}: key must be >= 0 and capacity > 0")
 
 
 class BackupLedger:
@@ -163,7 +98,7 @@ class BackupLedger:
         row is the one `identify` chose); `layout` (the VM's disks and controllers)
         is kept with the restore point. A new job names its VM by name, and by the
         vCenter it is on and its instance UUID when the caller knows them."""
-        _validate(vm_name, disks, backup_type)
+        validate_job(vm_name, disks, backup_type)
         try:
             repo = self.repos.get(repository)
         except SendenseError as exc:
@@ -175,7 +110,7 @@ class BackupLedger:
                 vm = identity.resolve(s, vm_name, identity.vcenter_id(s, vcenter), vm_uuid)
             else:
                 vm = s.get_one(Vm, s.get_one(Job, job_id).vm_id)
-            self._upsert_disks(s, vm, disks)
+            upsert_disks(s, vm, disks)
             if job_id is None:
                 job = Job(vm_id=vm.id, backup_type=backup_type)
                 s.add(job)
@@ -196,9 +131,7 @@ class BackupLedger:
             s.add(point)
             s.flush()
             ordered = sorted(disks, key=lambda d: d.key)
-            plans = [
-                self._plan_disk(s, vm, point, d, backup_type, repo.id, max_chain) for d in ordered
-            ]
+            plans = [plan_disk(s, vm, point, d, backup_type, repo.id, max_chain) for d in ordered]
             job_id, vm_id, point_id = job.id, vm.id, point.id
         try:
             # Before any file exists: a full needs what its disks hold, an
@@ -282,91 +215,12 @@ class BackupLedger:
             rows = s.scalars(select(RestorePointDisk).where(RestorePointDisk.id.in_(parents)))
             return {parents[r.id]: r.change_id for r in rows if r.change_id}
 
-    @staticmethod
-    def _upsert_disks(s: Session, vm: Vm, disks: list[DiskSpec]) -> None:
-        known = {d.disk_key: d for d in s.scalars(select(VmDisk).where(VmDisk.vm_id == vm.id))}
-        for spec in disks:
-            row = known.get(spec.key) or VmDisk(vm_id=vm.id, disk_key=spec.key)
-            row.capacity_bytes = spec.capacity_bytes
-            row.label = spec.label
-            row.datastore_path = spec.datastore_path
-            row.removed = False
-            s.add(row)
-        wanted = {spec.key for spec in disks}
-        for key, row in known.items():
-            if key not in wanted:
-                row.removed = True  # a removed disk ends its chain
-
-    @staticmethod
-    def _plan_disk(
-        s: Session,
-        vm: Vm,
-        point: RestorePoint,
-        spec: DiskSpec,
-        backup_type: str,
-        repo_id: str,
-        max_chain: int | None = None,
-    ) -> _Plan:
-        parent = None
-        if backup_type != "full":
-            # The newest point of this disk, complete or found invalid by a
-            # verification: an invalid one is never a parent, the disk gets a full.
-            parent = s.scalars(
-                select(RestorePointDisk)
-                .join(RestorePoint)
-                .where(
-                    RestorePoint.vm_id == vm.id,
-                    # the backing file is named relative to the overlay: same repository
-                    RestorePoint.repository_id == repo_id,
-                    RestorePointDisk.disk_key == spec.key,
-                    RestorePointDisk.status.in_([PointStatus.COMPLETE, PointStatus.INVALID]),
-                )
-                .order_by(RestorePoint.completed_at.desc())
-            ).first()
-            if parent is not None and parent.status == PointStatus.INVALID:
-                log.warning(
-                    "disk %d: its last restore point failed verification: full backup", spec.key
-                )
-                parent = None
-            elif parent is not None and parent.change_id is None:
-                parent = None
-            elif parent is not None and max_chain and _chain_length(s, parent) >= max_chain:
-                log.info(
-                    "disk %d: its chain holds %d files, the policy's maximum: full backup",
-                    spec.key,
-                    max_chain,
-                )
-                parent = None
-        if backup_type == "incremental" and parent is None:
-            log.info("disk %d has no complete parent with a change id: full backup", spec.key)
-        disk_id = new_id()
-        row = RestorePointDisk(
-            id=disk_id,
-            restore_point_id=point.id,
-            disk_key=spec.key,
-            parent_id=parent.id if parent else None,
-            backup_type="incremental" if parent else "full",
-            virtual_size=spec.capacity_bytes,
-            file_path=RepositoryService.disk_file(vm.id, spec.key, disk_id),
-        )
-        s.add(row)
-        s.flush()
-        return _Plan(
-            spec.key,
-            row.file_path,
-            parent.file_path if parent else None,
-            row.backup_type,
-            parent.id if parent else None,
-            spec.capacity_bytes,
-            (parent.file_size or spec.estimated_bytes) if parent else spec.estimated_bytes,
-        )
-
     def _open(
         self,
         repo: RepositoryInfo,
         job_id: str,
         vm_name: str,
-        plans: list[_Plan],
+        plans: list[DiskPlan],
         writer: NodeLogin,
     ) -> list[PreparedDisk]:
         """Each disk's export, a socket only `writer` (the job's node) reaches."""
@@ -445,7 +299,7 @@ class BackupLedger:
         with self.db.session() as s:
             point = s.scalars(select(RestorePoint).where(RestorePoint.job_id == job_id)).one()
             for disk in point.disks:
-                _check_areas(disk.disk_key, disk.virtual_size, results[disk.disk_key])
+                check_areas(disk.disk_key, disk.virtual_size, results[disk.disk_key])
             # Only a job still finalizing may complete: a concurrent fail() wins.
             claimed = s.execute(
                 update(Job)
@@ -550,26 +404,3 @@ class BackupLedger:
 def _require_backup(job: Job) -> None:
     if job.kind != TaskKind.BACKUP:
         raise WrongTaskKind(job.id, job.kind.value, TaskKind.BACKUP.value)
-
-
-def _chain_length(s: Session, layer: RestorePointDisk) -> int:
-    """How many files a chain ending in `layer` holds (the full counts), following
-    parent_id: a layer read whole after a change ID was refused counts as one more."""
-    length = 1
-    while layer.parent_id is not None:
-        parent = s.get(RestorePointDisk, layer.parent_id)
-        if parent is None:
-            break
-        layer, length = parent, length + 1
-    return length
-
-
-def _check_areas(disk_key: int, size: int, result: DiskResult) -> None:
-    """Areas the node says it read lie on the disk: a result naming bytes past
-    the disk's end describes some other disk, and its checksums would never verify."""
-    for offset, length in result.areas or []:
-        if offset < 0 or length < 0 or offset + length > size:
-            raise InvalidInput(
-                f"disk {disk_key}: the area at {offset} ({length} bytes) lies outside "
-                f"the disk ({size} bytes)"
-            )

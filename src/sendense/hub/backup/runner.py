@@ -16,7 +16,8 @@ import logging
 from sendense.common.contract import BackupStartRequest, NodeJobStatus
 from sendense.common.errors import NodeTaskEnded, SendenseError, TaskNotRunning
 from sendense.common.time_split import JobTimeSplit
-from sendense.hub.backup.ledger import BackupLedger, DiskResult, DiskSpec
+from sendense.hub.backup.disks import DiskResult, DiskSpec
+from sendense.hub.backup.ledger import BackupLedger
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import Job, JobState
 from sendense.hub.nodes.client import NodeClient, NodeConnector

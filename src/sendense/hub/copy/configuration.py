@@ -20,9 +20,8 @@ from sqlalchemy import select
 from sendense.hub.auth.secrets import SecretBox
 from sendense.hub.copy.sealing import open_bytes, seal_bytes
 from sendense.hub.copy.targets import OpenTarget
-from sendense.hub.db.copy_models import CopyTarget
 from sendense.hub.db.database import Database
-from sendense.hub.db.models import Node, Policy, PolicyAssignment, User, Vcenter
+from sendense.hub.db.models import CopyTarget, Node, Policy, PolicyAssignment, User, Vcenter
 
 log = logging.getLogger(__name__)
 CONFIG = "hub-config"

@@ -33,9 +33,17 @@ from sendense.hub.copy.manifest import (
 )
 from sendense.hub.copy.targets import OpenTarget
 from sendense.hub.copy.uploads import ObjectUpload, UploadCount, Uploaded, remove_file
-from sendense.hub.db.copy_models import CopyObject, CopyPoint, CopyUpload
 from sendense.hub.db.database import Database
-from sendense.hub.db.models import PointStatus, RestorePoint, RestorePointDisk, Vm, utcnow
+from sendense.hub.db.models import (
+    CopyObject,
+    CopyPoint,
+    CopyUpload,
+    PointStatus,
+    RestorePoint,
+    RestorePointDisk,
+    Vm,
+    utcnow,
+)
 from sendense.hub.repository.repositories import RepositoryService
 from sendense.nbd.qemu_img import QemuImg
 

@@ -23,9 +23,16 @@ from sendense.common.errors import Conflict, NotFound, SendenseError
 from sendense.hub.copy.manifest import POINTS, Layer, Manifest, read_manifest
 from sendense.hub.copy.sealing import SealBroken, open_frames
 from sendense.hub.copy.targets import OpenTarget
-from sendense.hub.db.copy_models import CopyPoint
 from sendense.hub.db.database import Database
-from sendense.hub.db.models import PointStatus, RestorePoint, RestorePointDisk, Vm, new_id, utcnow
+from sendense.hub.db.models import (
+    CopyPoint,
+    PointStatus,
+    RestorePoint,
+    RestorePointDisk,
+    Vm,
+    new_id,
+    utcnow,
+)
 from sendense.hub.repository.repositories import RepositoryService, sync_file
 from sendense.nbd.qemu_img import QemuImg
 

@@ -16,9 +16,8 @@ from datetime import timedelta, tzinfo
 from sqlalchemy import delete, select
 
 from sendense.hub.copy.targets import OpenTarget
-from sendense.hub.db.copy_models import CopyObject, CopyPoint
 from sendense.hub.db.database import Database
-from sendense.hub.db.models import utcnow
+from sendense.hub.db.models import CopyObject, CopyPoint, utcnow
 from sendense.hub.retention.rules import Candidate, KeepRules, select_points
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,10 @@ from sendense.hub.copy.copier import Copier, CopyProgress, copyable
 from sendense.hub.copy.fetch import CopyCatalogue, FetchProgress
 from sendense.hub.copy.retention import CopyPruneResult, CopyRetention
 from sendense.hub.copy.targets import CopyTargetService, TargetInfo
-from sendense.hub.db.copy_models import CopyPoint
 from sendense.hub.db.database import Database
 from sendense.hub.db.models import (
     ACTIVE_JOB_STATES,
+    CopyPoint,
     Job,
     PointStatus,
     RestorePoint,

@@ -16,8 +16,8 @@ from sendense.common.errors import Conflict, InvalidInput, NotFound
 from sendense.hub.auth.secrets import SecretBox
 from sendense.hub.copy.bucket import LOCK_MODES, Bucket, BucketConfig, CopyTargetError
 from sendense.hub.copy.sealing import CopyKey, SealBroken, open_bytes, seal_bytes
-from sendense.hub.db.copy_models import CopyTarget
 from sendense.hub.db.database import Database
+from sendense.hub.db.models import CopyTarget
 from sendense.hub.retention.rules import KeepRules
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from sqlalchemy import ColumnElement, delete, select
 
 from sendense.hub.copy.bucket import Bucket
 from sendense.hub.copy.sealing import FRAME, CopyKey, Sealer
-from sendense.hub.db.copy_models import CopyUpload
 from sendense.hub.db.database import Database
+from sendense.hub.db.models import CopyUpload
 
 log = logging.getLogger(__name__)
 PART_BYTES = 16 << 20

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sendense.hub.api.deps import HubDep, PrincipalDep, authorize
 from sendense.hub.copy.sealing import CopyKey
 from sendense.hub.copy.targets import TargetInfo, TargetSpec
-from sendense.hub.db.copy_models import CopyPoint
+from sendense.hub.db.models import CopyPoint
 from sendense.hub.retention.rules import KeepRules
 
 router = APIRouter(

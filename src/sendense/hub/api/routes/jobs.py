@@ -18,7 +18,7 @@ from sendense.hub.api.schemas import (
     TargetOut,
     VerifyProgressOut,
 )
-from sendense.hub.backup.ledger import DiskResult, DiskSpec
+from sendense.hub.backup.disks import DiskResult, DiskSpec
 
 P = TypeVar("P")
 router = APIRouter(prefix="/api/v1/jobs", tags=["backups"], dependencies=[Depends(authorize)])

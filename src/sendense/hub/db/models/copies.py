@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from sendense.hub.db.models import Base, UtcDateTime, new_id, utcnow
+from sendense.hub.db.models.base import Base, UtcDateTime, new_id, utcnow
 
 
 class CopyTarget(Base):
