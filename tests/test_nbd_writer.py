@@ -495,7 +495,7 @@ def test_zeroes_go_as_data_when_the_server_cannot_write_zeroes() -> None:
         while not _listening(port) and time.monotonic() < deadline:
             time.sleep(0.02)
 
-        async def scenario() -> tuple[NbdWriter, bytes]:
+        async def scenario() -> tuple[NbdWriter, bytes | bytearray]:
             uri = f"nbd://127.0.0.1:{port}/"
             async with NbdWriter(uri, request_size=MiB) as writer:
                 await writer.write(0, first)

@@ -61,7 +61,7 @@ def zero_digest(length: int) -> bytes:
     return blake3(bytes(length)).digest()
 
 
-def block_digest(data: bytes, zero_block: bytes | None = None) -> bytes:
+def block_digest(data: bytes | bytearray, zero_block: bytes | None = None) -> bytes:
     if zero_block is not None and len(data) == len(zero_block) and data == zero_block:
         return zero_digest(len(data))
     return blake3(data).digest()

@@ -41,6 +41,9 @@ from sendense.nbd.protocol import (
     quickack,
 )
 
+# What a request's future gets: a READ's own receive buffer (never copied), else b"".
+Data = bytes | bytearray
+
 
 class NbdClient:
     """One connection in the transmission phase. Create with `await NbdClient.connect(uri)`.
@@ -57,7 +60,7 @@ class NbdClient:
         self._sock = sock
         self._fd = sock.fileno()
         self._loop = asyncio.get_running_loop()
-        self._pending: dict[int, tuple[asyncio.Future[bytes], int, int, int]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[Data], int, int, int]] = {}
         self._cookies = itertools.count(1)
         self._out: deque[memoryview] = deque()  # bytes not yet taken by the socket
         self._writing = False
@@ -104,19 +107,19 @@ class NbdClient:
         if self.info.can_flush:  # a server without FLUSH writes through
             await self.submit(CMD_FLUSH, 0, 0)
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int) -> Data:
         return await self.submit(CMD_READ, offset, length)
 
     def submit(
         self, cmd: int, offset: int, length: int, payload: bytes | memoryview | None = None
-    ) -> asyncio.Future[bytes]:
+    ) -> asyncio.Future[Data]:
         """Send a request now; the future gets the reply (READ data, else b"")."""
         if self._lost is not None:
             raise self._lost_error()
         if cmd == CMD_WRITE_ZEROES and not self.info.can_write_zeroes:
             raise NbdError(f"{self.uri}: the server does not support WRITE_ZEROES")
         cookie = next(self._cookies)
-        future: asyncio.Future[bytes] = self._loop.create_future()
+        future: asyncio.Future[Data] = self._loop.create_future()
         self._pending[cookie] = (future, cmd, offset, length)
         self._out.append(memoryview(REQUEST.pack(REQUEST_MAGIC, 0, cmd, cookie, offset, length)))
         if payload is not None:
@@ -186,7 +189,9 @@ class NbdClient:
                 if got < len(data):
                     return
                 self._payload = None
-                self._complete(cookie, 0, bytes(data))
+                # The buffer itself, no copy: a 4 MiB copy is also 4 MiB of
+                # fresh pages to fault in (large blocks are mmap'd: limits.py).
+                self._complete(cookie, 0, data)
                 continue
             if self._end - self._start < REPLY.size:
                 return
@@ -206,7 +211,7 @@ class NbdClient:
             self._start += have
             self._payload = (cookie, data, have)
 
-    def _complete(self, cookie: int, err: int, data: bytes) -> None:
+    def _complete(self, cookie: int, err: int, data: Data) -> None:
         future, cmd, offset, length = self._pending.pop(cookie)
         if future.done():  # its caller was cancelled
             return

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from sendense.nbd.client import NbdClient
+from sendense.nbd.client import Data, NbdClient
 from sendense.nbd.errors import NbdConnectError, NbdConnectionLost, NbdError
 from sendense.nbd.protocol import (
     CMD_FLUSH,
@@ -70,7 +70,7 @@ class _Op:
     offset: int
     length: int
     data: bytes | memoryview | None = None
-    reply: asyncio.Future[bytes] | None = None
+    reply: asyncio.Future[Data] | None = None
     task: asyncio.Task[None] | None = None
     conn: int = 0  # the index of the connection that carries it
 
@@ -361,7 +361,7 @@ class NbdWriter:
         self._turn = (best + 1) % count
         return best
 
-    def _send(self, op: _Op) -> tuple[NbdClient | None, asyncio.Future[bytes] | None]:
+    def _send(self, op: _Op) -> tuple[NbdClient | None, asyncio.Future[Data] | None]:
         client = self._clients[op.conn]
         if client is None or not client.alive:
             return client, None
@@ -369,7 +369,7 @@ class NbdWriter:
         return client, op.reply
 
     async def _run(
-        self, op: _Op, client: NbdClient | None, reply: asyncio.Future[bytes] | None
+        self, op: _Op, client: NbdClient | None, reply: asyncio.Future[Data] | None
     ) -> None:
         try:
             while True:

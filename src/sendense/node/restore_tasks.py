@@ -17,6 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +36,7 @@ from sendense.common.errors import Conflict, SendenseError, VmBusy
 from sendense.common.logging import register_secret
 from sendense.common.progress import Meter
 from sendense.common.targets import parse_targets
-from sendense.nbd.client import NbdClient
+from sendense.nbd.client import Data, NbdClient
 from sendense.nbd.errors import NbdError
 from sendense.nbd.protocol import CMD_READ
 from sendense.node.backup_tasks import BackupTasks
@@ -66,9 +67,27 @@ async def pump(
     nbd: NbdClient, upload: restore.DatastoreUpload, meter: Meter, chunk: int, in_flight: int
 ) -> None:
     """Read the export in order, `in_flight` reads ahead, and send each piece on.
-    A hole reads as zeroes and is sent as zeroes: an upload has no holes."""
-    pieces = _pieces(upload.size, chunk)
-    reads: deque[asyncio.Future[bytes]] = deque()
+    A hole reads as zeroes and is sent as zeroes: an upload has no holes. The
+    upload's blocking sends run in a thread of its own, not the event loop's
+    shared pool, where ten backups' vCenter calls would queue ahead of them."""
+    loop = asyncio.get_running_loop()
+    sender = ThreadPoolExecutor(1, thread_name_prefix="datastore-upload")
+    try:
+        await _pump(nbd, upload, meter, _pieces(upload.size, chunk), in_flight, loop, sender)
+    finally:
+        sender.shutdown(wait=False)  # a send left by a cancel ends as the upload closes
+
+
+async def _pump(
+    nbd: NbdClient,
+    upload: restore.DatastoreUpload,
+    meter: Meter,
+    pieces: Iterator[tuple[int, int]],
+    in_flight: int,
+    loop: asyncio.AbstractEventLoop,
+    sender: ThreadPoolExecutor,
+) -> None:
+    reads: deque[asyncio.Future[Data]] = deque()
 
     def refill() -> None:
         while len(reads) < in_flight and (piece := next(pieces, None)) is not None:
@@ -79,7 +98,7 @@ async def pump(
         while reads:
             data = await reads.popleft()
             refill()
-            await asyncio.to_thread(upload.send, data)
+            await loop.run_in_executor(sender, upload.send, data)
             meter.advance(len(data))
     finally:
         for read in reads:

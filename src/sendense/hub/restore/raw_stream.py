@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sendense.hub.repository.image_reader import read_only_uri
 from sendense.hub.restore.conversion import DiskSource
-from sendense.nbd.client import NbdClient
+from sendense.nbd.client import Data, NbdClient
 from sendense.nbd.protocol import CMD_READ
 from sendense.nbd.qemu_img import Extent, QemuImg
 
@@ -33,7 +33,7 @@ class RawStream:
 
 
 async def _chunks(client: NbdClient, size: int, extents: list[Extent]) -> AsyncGenerator[bytes]:
-    pending: deque[asyncio.Future[bytes] | bytes] = deque()
+    pending: deque[asyncio.Future[Data] | bytes] = deque()
     index = 0
     try:
         for offset in range(0, size, CHUNK):
@@ -57,8 +57,9 @@ async def _chunks(client: NbdClient, size: int, extents: list[Extent]) -> AsyncG
         )
 
 
-async def _ready(item: asyncio.Future[bytes] | bytes) -> bytes:
-    return item if isinstance(item, bytes) else await item
+async def _ready(item: asyncio.Future[Data] | bytes) -> bytes:
+    data = item if isinstance(item, bytes) else await item
+    return data if isinstance(data, bytes) else bytes(data)  # what the response takes
 
 
 @asynccontextmanager

@@ -340,7 +340,7 @@ class DatastoreUpload:
         except (OSError, http.client.HTTPException) as exc:
             raise VcenterError(f"datastore upload to {self.path} failed: {exc}") from exc
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | bytearray) -> None:
         if self.sent + len(data) > self.size:
             raise SendenseError(f"upload to {self.path}: more than {self.size} bytes")
         try:
