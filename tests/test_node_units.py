@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,12 @@ from pydantic import ValidationError
 
 from sendense.common.checksum import BlockHasher, block_digest
 from sendense.common.config import load_settings
-from sendense.common.contract import BackupStartRequest
+from sendense.common.contract import BackupStartRequest, NodeJobStatus
 from sendense.common.errors import InvalidInput, Unauthorized
+from sendense.node import task_table
 from sendense.node.api.app import create_node_app
 from sendense.node.auth import NodeTokens
+from sendense.node.backup_tasks import NodeJob
 from sendense.node.config import NodeSettings
 from sendense.node.engine import chunks, gaps
 from sendense.node.vmware.changes import _append
@@ -120,3 +123,38 @@ def test_node_api_auth_and_validation(tmp_path: Path) -> None:
         assert "garbage" in bad.json()["message"]
         assert "password" not in bad.text.replace("vcenter_password", "")
         assert client.get("/api/v1/jobs/nope").status_code == 404
+
+
+def test_the_job_table_forgets_finished_jobs_beyond_a_week_or_its_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Months of nightly jobs: running ones stay, finished ones of the last week
+    stay up to KEEP_FINISHED, the oldest go first."""
+    monkeypatch.setattr(task_table, "KEEP_FINISHED", 5)
+    table: task_table.TaskTable[NodeJob] = task_table.TaskTable()
+    now = time.time()
+
+    def job(job_id: str, state: str, finished_ago: float | None) -> None:
+        finished = None if finished_ago is None else now - finished_ago
+        status = NodeJobStatus(
+            job_id=job_id, vm_name="vm", state=state, started_at=now - 9e6, finished_at=finished
+        )
+        table.add(job_id, NodeJob(status))
+
+    job("running-long", "running", None)
+    job("last-month", "complete", 30 * 86400)
+    job("eight-days", "failed", 8 * 86400)
+    for day in range(6, 0, -1):
+        job(f"day-{day}", "complete", day * 86400)
+    job("queued", "queued", None)
+    job("just-now", "cancelled", 1)
+    assert set(table.jobs) == {
+        "running-long",
+        "queued",
+        "day-4",
+        "day-3",
+        "day-2",
+        "day-1",
+        "just-now",
+    }
+    assert table.get("just-now").status.state == "cancelled"

@@ -98,7 +98,7 @@ class BackupTasks(TaskTable[NodeJob]):
             job_id=req.job_id, vm_name=req.vm_name, state="queued", started_at=time.time()
         )
         job = NodeJob(status, request=fields)
-        self.jobs[req.job_id] = job
+        self.add(req.job_id, job)
         job.task = asyncio.get_running_loop().create_task(self._run(job, req))
         return job
 

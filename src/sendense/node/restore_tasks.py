@@ -165,7 +165,7 @@ class RestoreTasks(TaskTable[RestoreJob]):
             job_id=req.job_id, vm_name=req.vm_name, state="queued", started_at=time.time()
         )
         job = RestoreJob(status, request=fields)
-        self.jobs[req.job_id] = job  # holds the name while the check runs
+        self.add(req.job_id, job)  # holds the name while the check runs
         try:
             vc = await self._connect(req)
             try:

@@ -30,6 +30,10 @@ class _Task(Protocol):
 
 
 J = TypeVar("J", bound=_Task)
+# Finished tasks the node remembers (for the hub's late status calls and repeated
+# starts): those of the last week, and at most this many; running ones always.
+KEEP_FINISHED = 2000
+KEEP_FINISHED_S = 7 * 24 * 3600.0
 
 
 def start_fields(request: BaseModel) -> dict[str, Any]:
@@ -42,6 +46,22 @@ class TaskTable(Generic[J]):
 
     def __init__(self) -> None:
         self.jobs: dict[str, J] = {}
+
+    def add(self, job_id: str, job: J) -> None:
+        """Remember `job`, forgetting finished ones beyond the week or the count:
+        the table does not grow with the node's age."""
+        self.jobs[job_id] = job
+        finished = sorted(
+            (j.status.finished_at, key)
+            for key, j in self.jobs.items()
+            if j.status.finished_at is not None and j.status.state not in ACTIVE_STATES
+        )
+        cutoff = time.time() - KEEP_FINISHED_S
+        extra = len(finished) - KEEP_FINISHED
+        for index, (finished_at, key) in enumerate(finished):
+            if index >= extra and finished_at >= cutoff:
+                break
+            del self.jobs[key]
 
     def get(self, job_id: str) -> J:
         job = self.jobs.get(job_id)
