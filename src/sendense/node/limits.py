@@ -138,9 +138,10 @@ class RestoreFirst:
     A restore holds `restoring()` while it copies its disks; a backup stream
     holds `backup_read()` around each chunk read (engine.py). While any restore
     holds it, a backup read starts only when fewer than `backup_reads` of them
-    are in flight node-wide, in the order they asked; reads already going when
-    a restore starts finish their chunk. When the last restore ends (done,
-    failed or cancelled) every waiting read goes at once."""
+    are in flight node-wide, in the order they asked, and with `backup_mb_s`
+    after its slot in that rate; reads already going when a restore starts
+    finish their chunk. When the last restore ends (done, failed or cancelled)
+    every waiting read goes at once."""
 
     def __init__(self, backup_reads: int = 2, backup_mb_s: float | None = None) -> None:
         if backup_reads < 1:
