@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -158,3 +159,15 @@ def test_the_job_table_forgets_finished_jobs_beyond_a_week_or_its_count(
         "just-now",
     }
     assert table.get("just-now").status.state == "cancelled"
+
+    async def ends() -> None:  # a job that finishes through the table's run
+        await table.run(table.get("queued"), asyncio.sleep(0))
+
+    asyncio.run(ends())
+    assert table.get("queued").status.state == "complete"
+    for n in range(4):  # jobs finishing later push out the oldest four
+        job(f"later-{n}", "complete", 0)
+    later = {f"later-{n}" for n in range(4)}
+    assert set(table.jobs) == {"running-long", "queued"} | later
+    job("last", "complete", 0)  # the job run finished is the oldest now
+    assert set(table.jobs) == {"running-long", "last"} | later

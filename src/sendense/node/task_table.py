@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -46,22 +47,24 @@ class TaskTable(Generic[J]):
 
     def __init__(self) -> None:
         self.jobs: dict[str, J] = {}
+        # The finished jobs' ids with their end, in the order they ended: the
+        # oldest is forgotten first, without a sort on every start.
+        self._finished: OrderedDict[str, float] = OrderedDict()
 
     def add(self, job_id: str, job: J) -> None:
         """Remember `job`, forgetting finished ones beyond the week or the count:
         the table does not grow with the node's age."""
         self.jobs[job_id] = job
-        finished = sorted(
-            (j.status.finished_at, key)
-            for key, j in self.jobs.items()
-            if j.status.finished_at is not None and j.status.state not in ACTIVE_STATES
-        )
+        self._finished.pop(job_id, None)
+        if job.status.finished_at is not None and job.status.state not in ACTIVE_STATES:
+            self._finished[job_id] = job.status.finished_at
         cutoff = time.time() - KEEP_FINISHED_S
-        extra = len(finished) - KEEP_FINISHED
-        for index, (finished_at, key) in enumerate(finished):
-            if index >= extra and finished_at >= cutoff:
+        while self._finished:
+            key, finished_at = next(iter(self._finished.items()))
+            if len(self._finished) <= KEEP_FINISHED and finished_at >= cutoff:
                 break
-            del self.jobs[key]
+            del self._finished[key]
+            self.jobs.pop(key, None)
 
     def get(self, job_id: str) -> J:
         job = self.jobs.get(job_id)
@@ -134,3 +137,5 @@ class TaskTable(Generic[J]):
                 log.exception("%s crashed job=%s", self.what, status.job_id)
         finally:
             status.finished_at = time.time()
+            if self.jobs.get(status.job_id) is job:
+                self._finished[status.job_id] = status.finished_at

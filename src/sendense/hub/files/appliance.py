@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sendense.common.errors import SendenseError, Unavailable
-from sendense.common.processes import processes, terminate_pid
+from sendense.common.processes import ProcessInfo, processes, terminate_pid
 from sendense.hub.files.boot import boot_fixed
 
 log = logging.getLogger(__name__)
@@ -68,23 +68,24 @@ def _guestfs() -> Any:
     return guestfs
 
 
-def appliance_pids(workdir: Path) -> list[int]:
-    """The processes of the appliance working in `workdir` (its qemu)."""
+def _appliance_processes(workdir: Path) -> list[ProcessInfo]:
+    """The processes of the appliance working in `workdir` (its qemu): those
+    naming a file under it on their command line."""
     marker = f"{workdir.resolve()}{os.sep}"
     return [
-        p.pid
-        for p in processes()
-        if p.pid != os.getpid() and any(marker in arg for arg in p.argv[1:])
+        p for p in processes() if p.pid != os.getpid() and any(marker in arg for arg in p.argv[1:])
     ]
+
+
+def appliance_pids(workdir: Path) -> list[int]:
+    """The pids of the appliance working in `workdir`."""
+    return [p.pid for p in _appliance_processes(workdir)]
 
 
 def record_sockdir(workdir: Path) -> Path | None:
     """Write the socket directory of the appliance working in `workdir` (from
     its qemu's command line) into `workdir`; returns it."""
-    marker = f"{workdir.resolve()}{os.sep}"
-    for p in processes():
-        if p.pid == os.getpid() or not any(marker in arg for arg in p.argv[1:]):
-            continue
+    for p in _appliance_processes(workdir):
         for arg in p.argv:
             if found := _SOCKDIR.search(arg):
                 sockdir = Path(found[1])
