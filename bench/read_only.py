@@ -31,7 +31,7 @@ async def read_disk(reader: HttpsDatastoreReader, areas: list[Area], tuning: Cop
             if len(batch) == 1:
                 total += len(await reader.read(*batch[0]))
                 continue
-            async for _, data in reader.read_many(batch):
+            async for _, data, _ in reader.read_many(batch):
                 total += len(data)
 
     await run_all(pump() for _ in range(tuning.readers))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import ssl
 import subprocess
 import threading
@@ -20,7 +21,9 @@ from typing import Any, ClassVar
 
 import pytest
 
+from sendense.common.checksum import block_digest
 from sendense.node.vmware.connection import VcenterError
+from sendense.node.vmware.datastore_connections import DatastoreConnections
 from sendense.node.vmware.readers import HttpsDatastoreReader
 from tests.rig.vcsim import Vcsim
 from tests.rig.vmware_vms import SCSI0, MiB, create_vm, destroy_vm, fill, flat_file
@@ -34,7 +37,7 @@ DATA = bytes(i * 7 % 251 for i in range(SIZE))
 async def _read_many(reader: HttpsDatastoreReader, areas: list[tuple[int, int]]) -> list[bytes]:
     """The areas' bytes in order; each area must come exactly once."""
     found: dict[int, bytes] = {}
-    async for index, data in reader.read_many(areas):
+    async for index, data, _ in reader.read_many(areas):
         assert index not in found
         found[index] = data
     assert sorted(found) == list(range(len(areas)))
@@ -67,6 +70,78 @@ def test_read_many_from_the_simulator_is_one_request(vcsim: Vcsim, si: Any) -> N
         assert reader._multi_range  # the server answered multipart/byteranges
     finally:
         destroy_vm(si, vm)
+
+
+def test_readers_share_the_connections_a_job_opened_ahead(vcsim: Vcsim, si: Any) -> None:
+    """A backup opens its datastore connections while the snapshot is taken: the
+    readers of both disks read over those (no handshake of their own), hash in
+    their threads, and leave them open for the job, which closes them all."""
+    vm = create_vm(si, f"reader-{uuid.uuid4().hex[:8]}", [(2000, SIZE, SCSI0)])
+    try:
+        fill(flat_file(vcsim, vm, 2000), [(0, DATA)])
+        conns = DatastoreConnections("127.0.0.1", vcsim.port, ssl._create_unverified_context())
+        conns.warm(2)
+        deadline = time.monotonic() + 10
+        while sum(c.sock is not None for c in conns._all) < 2:
+            assert time.monotonic() < deadline, "the connections were not opened ahead"
+            time.sleep(0.01)
+        path = vm.config.hardware.device[-1].backing.fileName
+
+        async def both() -> list[list[tuple[int, bytes, bytes | None]]]:
+            readers = [
+                HttpsDatastoreReader(
+                    "127.0.0.1",
+                    vcsim.port,
+                    ssl._create_unverified_context(),
+                    si._stub.cookie,
+                    "DC0",
+                    path,
+                    connections=1,
+                    shared=conns,
+                )
+                for _ in range(2)
+            ]
+            try:
+                return [[a async for a in r.read_many(AREAS, block_digest)] for r in readers]
+            finally:
+                for r in readers:
+                    await r.close()
+
+        for arrivals in asyncio.run(both()):
+            assert sorted(i for i, _, _ in arrivals) == list(range(len(AREAS)))
+            for index, data, digest in arrivals:
+                offset, length = AREAS[index]
+                assert data == DATA[offset : offset + length]
+                assert digest == block_digest(data)
+        assert len(conns._all) == 2  # no connection beyond those opened ahead
+        assert all(c.sock is not None for c in conns._all)  # the readers left them open
+        conns.close()
+        assert all(c.sock is None for c in conns._all)
+    finally:
+        destroy_vm(si, vm)
+
+
+def test_a_connection_not_opened_ahead_leaves_the_error_to_the_read() -> None:
+    """Nothing listens: opening ahead fails quietly; the read says why."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    conns = DatastoreConnections("127.0.0.1", port, ssl._create_unverified_context())
+    conns.warm(1)
+    reader = HttpsDatastoreReader(
+        "127.0.0.1",
+        port,
+        ssl._create_unverified_context(),
+        "c=1",
+        "DC0",
+        "[LocalDS_0] vm/vm.vmdk",
+        connections=1,
+        shared=conns,
+    )
+    with pytest.raises(VcenterError, match="reading 10 bytes at 0 failed"):
+        asyncio.run(reader.read(0, 10))
+    asyncio.run(reader.close())
+    conns.close()
 
 
 class _FakeFolder(BaseHTTPRequestHandler):

@@ -64,6 +64,7 @@ class NbdClient:
         self._cookies = itertools.count(1)
         self._out: deque[memoryview] = deque()  # bytes not yet taken by the socket
         self._writing = False
+        self._send_soon = False  # a send is queued on the loop
         self._buf = bytearray(READ_BUFFER)
         self._view = memoryview(self._buf)
         self._start = self._end = 0
@@ -124,9 +125,15 @@ class NbdClient:
         self._out.append(memoryview(REQUEST.pack(REQUEST_MAGIC, 0, cmd, cookie, offset, length)))
         if payload is not None:
             self._out.append(memoryview(payload))
+        if not self._writing and not self._send_soon:
+            self._send_soon = True
+            self._loop.call_soon(self._send_queued)
+        return future
+
+    def _send_queued(self) -> None:
+        self._send_soon = False
         if not self._writing:
             self._send()
-        return future
 
     def _send(self) -> None:
         """Header and payload go in one sendmsg, with no copy: no lone 28-byte

@@ -33,6 +33,7 @@ from sendense.node.task_table import TaskTable, start_fields
 from sendense.node.vmware import snapshots
 from sendense.node.vmware.changes import ChangeIdInvalid, changed_areas, whole_disk
 from sendense.node.vmware.connection import Vcenter, connect
+from sendense.node.vmware.datastore_connections import DatastoreConnections
 from sendense.node.vmware.inventory import (
     datacenter_of,
     describe,
@@ -165,6 +166,24 @@ class BackupTasks(TaskTable[NodeJob]):
             recorded_at=time.time(),
         )
         await asyncio.to_thread(self.snapshots.record, record)  # before vSphere makes it
+        # The datastore's connections are opened while vSphere takes the snapshot.
+        conns = DatastoreConnections(vc.host, vc.port, vc.ssl_context)
+        conns.warm(self.tuning.readers * len(targets))
+        try:
+            await self._snapshot_and_copy(job, req, vc, vm, name, quiesce, conns)
+        finally:
+            await asyncio.to_thread(conns.close)
+
+    async def _snapshot_and_copy(
+        self,
+        job: NodeJob,
+        req: BackupStartRequest,
+        vc: Vcenter,
+        vm: Any,
+        name: str,
+        quiesce: bool,
+        conns: DatastoreConnections,
+    ) -> None:
         creating = asyncio.ensure_future(asyncio.to_thread(snapshots.create, vm, name, quiesce))
         try:
             snap = await asyncio.shield(creating)
@@ -175,10 +194,10 @@ class BackupTasks(TaskTable[NodeJob]):
                 made = await creating
                 await self._remove_snapshot(job, made, name)
             raise
-        status.snapshot = name
+        job.status.snapshot = name
         log.info("snapshot created job=%s snapshot=%s quiesced=%s", req.job_id, name, quiesce)
         try:
-            await self._copy_all(job, req, vc, vm, snap)
+            await self._copy_all(job, req, vc, vm, snap, conns)
         except BaseException:
             # Runs on cancel too: the task is cancelled once, so this await completes.
             # The copy's error stays the job's error whatever the removal does.
@@ -208,7 +227,13 @@ class BackupTasks(TaskTable[NodeJob]):
         log.info("snapshot removed job=%s snapshot=%s", job_id, name)
 
     async def _copy_all(
-        self, job: NodeJob, req: BackupStartRequest, vc: Vcenter, vm: Any, snap: Any
+        self,
+        job: NodeJob,
+        req: BackupStartRequest,
+        vc: Vcenter,
+        vm: Any,
+        snap: Any,
+        conns: DatastoreConnections,
     ) -> None:
         job.status.phase = "planning"
         frozen = {
@@ -231,6 +256,7 @@ class BackupTasks(TaskTable[NodeJob]):
                 datacenter,
                 disk.datastore_path,
                 connections=self.tuning.readers,
+                shared=conns,
             )
             try:
                 await copy_disk(plan, reader, self.tuning, self.limits)

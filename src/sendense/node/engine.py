@@ -175,8 +175,11 @@ async def _copy(
                 f"bytes, the disk {plan.capacity}"
             )
 
-        async def one(area: Area) -> AsyncIterator[tuple[int, bytes]]:
-            yield 0, await reader.read(*area)
+        def digest(data: bytes) -> bytes:
+            return block_digest(data, zero_block)
+
+        async def one(area: Area) -> AsyncIterator[tuple[int, bytes, bytes | None]]:
+            yield 0, await reader.read(*area), None
 
         async def pump() -> None:
             nonlocal yielded
@@ -184,12 +187,13 @@ async def _copy(
                 # A batch's areas come as they arrive: written while the rest is read.
                 async with priority.backup_read(sum(n for _, n in batch)) as place:
                     yielded += place.waited
-                    arrivals = many.read_many(batch) if many and len(batch) > 1 else one(batch[0])
+                    # The reader hashes in its own thread when it can.
+                    arrivals = many.read_many(batch, digest) if many else one(batch[0])
                     count = 0
-                    async for index, data in pace.arrivals(arrivals):
+                    async for index, data, digested in pace.arrivals(arrivals):
                         offset, length = batch[index]
                         progress.bytes_read += length
-                        hasher.add(offset, length, block_digest(data, zero_block))
+                        hasher.add(offset, length, digested or digest(data))
                         count += 1
                         if count == len(batch):
                             place.done()  # read: the place goes before the write

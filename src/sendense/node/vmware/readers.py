@@ -11,17 +11,17 @@ from __future__ import annotations
 import asyncio
 import http.client
 import logging
-import queue
 import re
 import ssl
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar, runtime_checkable
 from urllib.parse import quote
 
+from sendense.common.aio import Handoff
 from sendense.common.errors import InvalidInput
 from sendense.node.vmware.connection import VcenterError
+from sendense.node.vmware.datastore_connections import DatastoreConnections
 
 log = logging.getLogger(__name__)
 _DS_PATH = re.compile(r"^\[(?P<ds>[^\]]+)\]\s*(?P<path>.+)$")
@@ -32,7 +32,9 @@ _PART_OVERHEAD = 1024  # what a part's headers may add to an answer's size
 
 T = TypeVar("T")
 Area = tuple[int, int]
-_Arrival = tuple[int, bytes] | BaseException | None  # an area, the end, or why it ended
+Digest = Callable[[bytes], bytes]
+# An area (index, data, digest), the end, or why it ended.
+_Arrival = tuple[int, bytes, bytes | None] | BaseException | None
 
 
 class DiskReader(Protocol):
@@ -46,8 +48,11 @@ class ManyReader(Protocol):
     """A reader that can fetch several areas in one request (the copy engine
     batches small areas for it)."""
 
-    def read_many(self, areas: Sequence[Area]) -> AsyncIterator[tuple[int, bytes]]:
-        """(index in `areas`, its bytes) for every area once, as they arrive."""
+    def read_many(
+        self, areas: Sequence[Area], digest: Digest | None = None
+    ) -> AsyncIterator[tuple[int, bytes, bytes | None]]:
+        """(index in `areas`, its bytes, `digest` of them) for every area once, as
+        they arrive."""
         ...
 
 
@@ -97,32 +102,21 @@ class HttpsDatastoreReader:
         datastore_path: str,
         connections: int = 4,
         timeout: float = 120.0,
+        shared: DatastoreConnections | None = None,
     ) -> None:
+        """`connections`: requests at once. `shared`: the job's connections to
+        the host (opened ahead, closed by the job); else the reader's own."""
         datastore, path = flat_file(datastore_path)
         self.path = f"/folder/{quote(path)}?dcPath={quote(datacenter)}&dsName={quote(datastore)}"
         self.host, self.port = host, port
-        self._ssl = ssl_context
         self._cookie = session_cookie
-        self._timeout = timeout
-        self._idle: queue.SimpleQueue[http.client.HTTPSConnection] = queue.SimpleQueue()
-        self._all: list[http.client.HTTPSConnection] = []
-        self._lock = threading.Lock()
+        self._own = shared is None
+        self._conns = shared or DatastoreConnections(host, port, ssl_context, timeout)
         self._pool = ThreadPoolExecutor(connections, thread_name_prefix="datastore-read")
         self._multi_range = True  # until the server shows it cannot
 
-    def _connection(self) -> http.client.HTTPSConnection:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            conn = http.client.HTTPSConnection(
-                self.host, self.port, context=self._ssl, timeout=self._timeout
-            )
-            with self._lock:
-                self._all.append(conn)
-            return conn
-
     def _with_retry(self, what: str, get: Callable[[http.client.HTTPSConnection], T]) -> T:
-        conn = self._connection()
+        conn = self._conns.get()
         try:
             try:
                 return get(conn)
@@ -135,7 +129,7 @@ class HttpsDatastoreReader:
                     conn.close()
                     raise VcenterError(f"{what} failed: {exc}") from exc
         finally:
-            self._idle.put(conn)  # a closed one connects again on its next request
+            self._conns.put(conn)
 
     def _get(self, conn: http.client.HTTPSConnection, offset: int, length: int) -> bytes:
         headers = {"Range": f"bytes={offset}-{offset + length - 1}", "Cookie": self._cookie}
@@ -204,38 +198,49 @@ class HttpsDatastoreReader:
             f"reading {length} bytes at {offset}", lambda conn: self._get(conn, offset, length)
         )
 
-    def _read_many(self, areas: Sequence[Area], put: Callable[[_Arrival], None]) -> None:
-        """In a pool thread: `put` each (index, data) as it arrives, then None or
-        the exception that ended it."""
+    def _read_many(
+        self, areas: Sequence[Area], digest: Digest | None, put: Callable[[_Arrival], None]
+    ) -> None:
+        """In a pool thread: `put` each (index, data, digest) as it arrives, then
+        None or the exception that ended it."""
         wanted = dict(enumerate(areas))
+
+        def got(index: int, data: bytes) -> None:
+            put((index, data, digest(data) if digest else None))
+
         try:
             self._with_retry(
                 f"reading {len(areas)} ranges from {areas[0][0]}",
-                lambda conn: self._get_many(conn, wanted, lambda i, data: put((i, data))),
+                lambda conn: self._get_many(conn, wanted, got),
             )
         except BaseException as exc:
             put(exc)
         else:
             put(None)
 
+    def _read_digested(
+        self, offset: int, length: int, digest: Digest | None
+    ) -> tuple[bytes, bytes | None]:
+        data = self._read(offset, length)
+        return data, digest(data) if digest else None
+
     async def read(self, offset: int, length: int) -> bytes:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._read, offset, length)
 
-    async def read_many(self, areas: Sequence[Area]) -> AsyncIterator[tuple[int, bytes]]:
-        """(index, bytes) of each area as it arrives, in one request when the server
-        can. The thread reads no more than the areas, however slowly they are taken."""
+    async def read_many(
+        self, areas: Sequence[Area], digest: Digest | None = None
+    ) -> AsyncIterator[tuple[int, bytes, bytes | None]]:
+        """(index, bytes, digest) of each area as it arrives, in one request when
+        the server can. The thread reads no more than the areas, however slowly
+        they are taken. `digest` runs in the reading thread, off the event loop."""
         pending = set(range(len(areas)))
+        loop = asyncio.get_running_loop()
         if len(areas) > 1 and self._multi_range:
-            loop = asyncio.get_running_loop()
-            arrived: asyncio.Queue[_Arrival] = asyncio.Queue()
-
-            def put(item: _Arrival) -> None:
-                loop.call_soon_threadsafe(arrived.put_nowait, item)
-
+            arrived: Handoff[_Arrival] = Handoff(loop)
             # The pool runs it to its end even if this generator is dropped;
             # close() waits for it.
-            _ = loop.run_in_executor(self._pool, self._read_many, areas, put)
+            _ = loop.run_in_executor(self._pool, self._read_many, areas, digest, arrived.put)
             while (item := await arrived.get()) is not None:
                 if isinstance(item, _NoMultiRange):
                     self._multi_range = False
@@ -251,13 +256,14 @@ class HttpsDatastoreReader:
                 yield item
         for index in sorted(pending):
             offset, length = areas[index]
-            yield index, await self.read(offset, length)
+            read = self._read_digested
+            yield index, *await loop.run_in_executor(self._pool, read, offset, length, digest)
 
     async def close(self) -> None:
+        """Wait for the reads under way; close the connections unless shared."""
         await asyncio.to_thread(self._pool.shutdown, wait=True)
-        with self._lock:
-            for conn in self._all:
-                conn.close()
+        if self._own:
+            await asyncio.to_thread(self._conns.close)
 
 
 def _parts(response: http.client.HTTPResponse, limit: int) -> Iterator[tuple[int, bytes]]:
