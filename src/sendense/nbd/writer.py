@@ -38,6 +38,7 @@ from sendense.nbd.protocol import (
     ExportTraits,
     parse_uri,
 )
+from sendense.nbd.round_trips import RoundTrips, path_of
 
 MAX_BUFFERED = 64 << 20  # per disk: max_in_flight * request_size may not exceed this
 # One WRITE_ZEROES request at most: large enough to make a hole a handful of
@@ -89,6 +90,7 @@ class NbdWriter:
         pace: Callable[[int], Awaitable[None]] | None = None,
         connections: int = 1,
         spread_from_rtt: float = 0.0,
+        round_trips: RoundTrips | None = None,
     ) -> None:
         """`pace`, when given, is awaited with each data request's length before
         it is sent (a bandwidth limit); zeroes do not pass through it.
@@ -96,7 +98,9 @@ class NbdWriter:
         are used: each needs a request to carry). `spread_from_rtt` (seconds):
         the connections after the first are opened only when a round trip on the
         first takes at least this long (0: always); a near path gains nothing
-        from them and pays their processes' CPU."""
+        from them and pays their processes' CPU. `round_trips`: the node's
+        memory of its paths; the decision takes the least round trip of the
+        path's last minutes, not this one alone (round_trips.py)."""
         parse_uri(uri)  # a bad URI fails here, before any connection attempt
         if max_in_flight < 1 or request_size < 1:
             raise ValueError("max_in_flight and request_size must be positive")
@@ -117,6 +121,7 @@ class NbdWriter:
         self.pace = pace
         self.connections = min(connections, max_in_flight)
         self.spread_from_rtt = spread_from_rtt
+        self.round_trips = round_trips
         self.size = 0
         self.stats = WriteStats()
         # One per connection; None while that one reconnects.
@@ -155,11 +160,14 @@ class NbdWriter:
         wanted = self.connections
         if wanted > 1 and self.spread_from_rtt > 0:
             try:
-                self.stats.round_trip_s = await self._round_trip(client)
+                measured = await self._round_trip(client)
             except (NbdError, TimeoutError) as exc:  # unknown: open them all
                 log.info("NBD %s: no round trip measured (%s)", self.uri, exc)
             else:
-                if self.stats.round_trip_s < self.spread_from_rtt:
+                if self.round_trips is not None:
+                    measured = self.round_trips.least(path_of(self.uri), measured)
+                self.stats.round_trip_s = measured
+                if measured < self.spread_from_rtt:
                     wanted = 1
         tries = [self._first_connect() for _ in range(wanted - 1)]
         more = await asyncio.gather(*tries, return_exceptions=True)

@@ -32,6 +32,7 @@ from sendense.common.progress import Meter
 from sendense.common.targets import NbdTarget
 from sendense.nbd.errors import NbdError
 from sendense.nbd.protocol import READ_BUFFER
+from sendense.nbd.round_trips import RoundTrips
 from sendense.nbd.writer import NbdWriter
 from sendense.node.limits import Bandwidth, MemoryBudget, RestoreFirst
 from sendense.node.pace import Pace
@@ -76,6 +77,8 @@ class NodeLimits:
     bandwidth: Bandwidth
     # Backups' reads yield to the node's restores (limits.py).
     priority: RestoreFirst = field(default_factory=RestoreFirst)
+    # The least round trip of each path to the hub, lately (nbd/round_trips.py).
+    round_trips: RoundTrips = field(default_factory=RoundTrips)
 
 
 @dataclass
@@ -131,11 +134,11 @@ async def copy_disk(
     failure names the hub's target, not only the local socket it is reached through."""
     try:
         if limits is None:
-            await _copy(plan, reader, tuning, None, RestoreFirst())
+            await _copy(plan, reader, tuning, None, RestoreFirst(), None)
             return
         what = f"disk {plan.target.disk_key}"
         async with limits.budget.hold(tuning.stream_bytes, what):
-            await _copy(plan, reader, tuning, limits.bandwidth, limits.priority)
+            await _copy(plan, reader, tuning, limits.bandwidth, limits.priority, limits.round_trips)
     except NbdError as exc:
         if not plan.uri or plan.uri == plan.target.uri:
             raise
@@ -148,6 +151,7 @@ async def _copy(
     tuning: CopyTuning,
     bandwidth: Bandwidth | None,
     priority: RestoreFirst,
+    round_trips: RoundTrips | None,
 ) -> None:
     progress = plan.progress
     progress.bytes_total = sum(length for _start, length in plan.areas)
@@ -168,6 +172,7 @@ async def _copy(
         pace=bandwidth.take if bandwidth is not None and bandwidth.rate else None,
         connections=tuning.connections,
         spread_from_rtt=tuning.spread_from_rtt,
+        round_trips=round_trips,
     ) as writer:
         if writer.size < plan.capacity:
             raise SendenseError(
