@@ -17,7 +17,7 @@ from sendense.common.errors import InvalidInput, Unauthorized
 from sendense.node import task_table
 from sendense.node.api.app import create_node_app
 from sendense.node.auth import NodeTokens
-from sendense.node.backup_tasks import NodeJob
+from sendense.node.backup_tasks import BackupTasks, NodeJob
 from sendense.node.config import NodeSettings
 from sendense.node.engine import chunks, gaps
 from sendense.node.vmware.changes import _append
@@ -171,3 +171,17 @@ def test_the_job_table_forgets_finished_jobs_beyond_a_week_or_its_count(
     assert set(table.jobs) == {"running-long", "queued"} | later
     job("last", "complete", 0)  # the job run finished is the oldest now
     assert set(table.jobs) == {"running-long", "last"} | later
+
+
+def test_backups_read_at_20_mb_s_during_a_restore_unless_set_otherwise(tmp_path: Path) -> None:
+    """The measured default (docs/decisions.md); 0 leaves only the reads' count;
+    a negative rate is refused with the setting's name."""
+    default = BackupTasks(load_settings(NodeSettings, data_dir=tmp_path / "a"))
+    assert default.limits.priority.rate.rate == 20e6
+    assert default.limits.priority.backup_reads == 2
+    off = BackupTasks(
+        load_settings(NodeSettings, data_dir=tmp_path / "b", backup_mb_s_during_restore=0)
+    )
+    assert off.limits.priority.rate.rate is None
+    with pytest.raises(InvalidInput, match="backup_mb_s_during_restore"):
+        load_settings(NodeSettings, data_dir=tmp_path / "c", backup_mb_s_during_restore=-1)

@@ -71,7 +71,10 @@ class BackupTasks(TaskTable[NodeJob]):
         self.limits = NodeLimits(
             MemoryBudget(settings.memory_budget_mib << 20),
             Bandwidth(settings.bandwidth_mb_s),
-            RestoreFirst(settings.backup_reads_during_restore, settings.backup_mb_s_during_restore),
+            RestoreFirst(
+                settings.backup_reads_during_restore,
+                settings.backup_mb_s_during_restore or None,  # 0: no rate
+            ),
         )
         self.exports = HubExports(settings.data_dir, settings.hub_export_dir)
         self.snapshots = SnapshotLedger(settings.data_dir)
