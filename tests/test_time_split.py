@@ -11,12 +11,14 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sendense.common.contract import TERMINAL_STATES, DiskProgress
+from sendense.common.progress import EVERY_S, Meter
 from sendense.common.targets import NbdTarget
 from sendense.common.time_split import JobTimeSplit, TimeSplit, judge
 from sendense.nbd.qemu_img import QemuImg
@@ -223,3 +225,35 @@ def test_a_backup_shows_its_phases_and_its_finished_job_where_the_time_went(
     assert split["bottleneck"] in ("source", "target", "balanced")
     assert set(split["disks"]) == {"2000"}
     assert split["disks"]["2000"]["source_s"] == split["source_s"]
+
+
+def test_progress_figures_are_worked_out_at_most_every_50_ms_and_at_the_end() -> None:
+    """Thousands of 64 KiB blocks a second: bytes_done counts each, rate and ETA
+    are recomputed at most every EVERY_S, and exactly once the last byte is in."""
+
+    @dataclass
+    class Counters:
+        bytes_total: int = 0
+        bytes_done: int = 0
+        seconds: float = 0.0
+        eta_seconds: float | None = None
+        rates: list[float] = field(default_factory=list)
+
+        @property
+        def rate_bytes_per_s(self) -> float:
+            return self.rates[-1] if self.rates else 0.0
+
+        @rate_bytes_per_s.setter
+        def rate_bytes_per_s(self, value: float) -> None:
+            self.rates.append(value)
+
+    counters = Counters(bytes_total=1000 * 65536)
+    meter = Meter(counters)
+    started = time.monotonic()
+    for _ in range(1000):
+        meter.advance(65536)
+    elapsed = time.monotonic() - started
+    assert counters.bytes_done == counters.bytes_total
+    assert len(counters.rates) <= 2 + elapsed / EVERY_S
+    assert counters.eta_seconds == 0.0  # the last block's figures
+    assert counters.rate_bytes_per_s == counters.bytes_total / counters.seconds

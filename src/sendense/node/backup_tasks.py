@@ -32,7 +32,7 @@ from sendense.node.task_log import capture
 from sendense.node.task_table import TaskTable, start_fields
 from sendense.node.vmware import snapshots
 from sendense.node.vmware.changes import ChangeIdInvalid, changed_areas, whole_disk
-from sendense.node.vmware.connection import Vcenter, connect
+from sendense.node.vmware.connection import Vcenter
 from sendense.node.vmware.datastore_connections import DatastoreConnections
 from sendense.node.vmware.inventory import (
     datacenter_of,
@@ -43,6 +43,7 @@ from sendense.node.vmware.inventory import (
     virtual_disks,
 )
 from sendense.node.vmware.readers import HttpsDatastoreReader
+from sendense.node.vmware.sessions import VcenterSessions
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class BackupTasks(TaskTable[NodeJob]):
         self.exports = HubExports(settings.data_dir, settings.hub_export_dir)
         self.snapshots = SnapshotLedger(settings.data_dir)
         self.hunter = SnapshotHunter(settings, self.snapshots, self.running_ids)
+        self.sessions = VcenterSessions()  # kept between jobs (vmware/sessions.py)
 
     def running_ids(self) -> set[str]:
         return {j.status.job_id for j in self.active()}
@@ -122,21 +124,20 @@ class BackupTasks(TaskTable[NodeJob]):
     async def _backup(self, job: NodeJob, req: BackupStartRequest) -> None:
         job.status.phase = "snapshot"
         thumbprint = self._thumbprint(req)
-        vc = await asyncio.to_thread(
-            connect,
+        password = req.vcenter_password.get_secret_value()
+        async with self.sessions.use(
             req.vcenter_host,
             req.vcenter_user,
-            req.vcenter_password.get_secret_value(),
+            password,
             thumbprint,
             self.settings.vcenter_insecure,
-        )
-        self.hunter.remember(req.vcenter_host, req.vcenter_user, req.vcenter_password, thumbprint)
-        try:
+        ) as vc:
+            self.hunter.remember(
+                req.vcenter_host, req.vcenter_user, req.vcenter_password, thumbprint
+            )
             # Snapshots dead jobs left on any VM of this vCenter go first.
             job.status.warnings.extend(await self.hunter.hunt(vc, req.vcenter_host))
             await self._with_snapshot(job, req, vc)
-        finally:
-            await asyncio.to_thread(vc.close)
 
     async def _with_snapshot(self, job: NodeJob, req: BackupStartRequest, vc: Vcenter) -> None:
         status = job.status

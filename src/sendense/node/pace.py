@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+from sendense.common.progress import EVERY_S
 from sendense.common.time_split import TimeSplit, judge
 
 T = TypeVar("T")
@@ -34,6 +35,7 @@ class Pace:
         self._reading = 0.0  # reader-seconds
         self._blocked = 0.0  # reader-seconds
         self._draining = 0.0  # wall seconds, after the readers
+        self._next = 0.0  # the split is published at most every EVERY_S
 
     @contextmanager
     def reading(self) -> Iterator[None]:
@@ -42,8 +44,9 @@ class Pace:
         try:
             yield
         finally:
-            self._reading += time.monotonic() - start
-            self._publish()
+            now = time.monotonic()
+            self._reading += now - start
+            self._publish(now)
 
     @contextmanager
     def handing_over(self) -> Iterator[None]:
@@ -52,8 +55,9 @@ class Pace:
         try:
             yield
         finally:
-            self._blocked += time.monotonic() - start
-            self._publish()
+            now = time.monotonic()
+            self._blocked += now - start
+            self._publish(now)
 
     @contextmanager
     def draining(self) -> Iterator[None]:
@@ -63,7 +67,7 @@ class Pace:
             yield
         finally:
             self._draining += time.monotonic() - start
-            self._publish()
+            self._publish(None)  # the last figures, whenever the previous were
 
     async def arrivals(self, source: AsyncIterator[T]) -> AsyncIterator[T]:
         """`source`'s items, the wait for each counted as reading."""
@@ -75,7 +79,12 @@ class Pace:
                     return
             yield item
 
-    def _publish(self) -> None:
+    def _publish(self, now: float | None) -> None:
+        """Into the progress record, at most every EVERY_S (None: now)."""
+        if now is not None:
+            if now < self._next:
+                return
+            self._next = now + EVERY_S
         split = self.split
         split.source_s = self._reading / self.readers
         split.target_s = self._blocked / self.readers + self._draining

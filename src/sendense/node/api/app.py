@@ -39,7 +39,7 @@ from sendense.node.auth import NodeTokens
 from sendense.node.backup_tasks import BackupTasks
 from sendense.node.config import NodeSettings
 from sendense.node.restore_tasks import RestoreTasks
-from sendense.node.vmware.connection import Vcenter, connect
+from sendense.node.vmware.connection import Vcenter
 from sendense.node.vmware.inventory import describe_fresh, find_vm, list_vms
 
 
@@ -81,27 +81,22 @@ def health(node: NodeDep) -> dict[str, str | int]:
 
 
 async def _with_vcenter(node: Node, login: VcenterLogin, work: Callable[[Vcenter], T]) -> T:
-    """Log in (pinned TLS), run `work` in a thread, log out whatever happens."""
+    """Run `work` in a thread on a session of this login: the node's kept one
+    (the backup the hub starts next uses it too), or a new one (pinned TLS)."""
     password = login.vcenter_password.get_secret_value()
     register_secret(password)
     thumbprint = login.vcenter_thumbprint or node.settings.vcenter_thumbprints.get(
         login.vcenter_host
     )
 
-    def run() -> T:
-        vc = connect(
-            login.vcenter_host,
-            login.vcenter_user,
-            password,
-            thumbprint,
-            node.settings.vcenter_insecure,
-        )
-        try:
-            return work(vc)
-        finally:
-            vc.close()
-
-    return await asyncio.to_thread(run)
+    async with node.runner.sessions.use(
+        login.vcenter_host,
+        login.vcenter_user,
+        password,
+        thumbprint,
+        node.settings.vcenter_insecure,
+    ) as vc:
+        return await asyncio.to_thread(work, vc)
 
 
 @router.post("/vms/discover", tags=["inventory"])
@@ -209,6 +204,7 @@ def create_node_app(settings: NodeSettings) -> FastAPI:
         # a restore the VM it was making.
         await node.runner.shutdown()
         await node.restores.shutdown()
+        await node.runner.sessions.close()
 
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, and
     # nothing here loads from another site. The schema is /openapi.json.

@@ -12,6 +12,7 @@ import http.client
 import logging
 import ssl
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from pyVim.connect import Disconnect, SmartStubAdapter
@@ -81,8 +82,10 @@ class Vcenter:
     port: int
     ssl_context: ssl.SSLContext
 
-    @property
+    @cached_property
     def content(self) -> Any:
+        """The service content: fixed for the session, fetched once (each
+        RetrieveContent is a round trip)."""
         return self.si.RetrieveContent()
 
     @property
