@@ -1,7 +1,7 @@
-"""vCenter sessions kept between the node's jobs (node/vmware/sessions.py),
-against the simulator: what vCenter sees is one login for a night of the same
-login's jobs, none left after the node stops, and a session that ended or
-failed replaced, not reused."""
+"""The node's vCenter round trips, against the simulator. Sessions kept between
+jobs (node/vmware/sessions.py): what vCenter sees is one login for a night of
+the same login's jobs, none left after the node stops, and a session that ended
+or failed replaced, not reused. A backup's facts in one round trip."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from fastapi.testclient import TestClient
 from sendense.hub.service import Hub
 from sendense.node.api.app import Node
 from sendense.node.vmware import sessions
+from sendense.node.vmware.connection import connect
+from sendense.node.vmware.inventory import backup_facts, describe, find_vm
 from tests.rig.node_tasks import (
     disk_specs,
     finish_on_hub,
@@ -26,7 +28,7 @@ from tests.rig.node_tasks import (
     wait_job,
 )
 from tests.rig.vcsim import Vcsim
-from tests.rig.vmware_vms import SCSI0, MiB, create_vm, destroy_vm
+from tests.rig.vmware_vms import SCSI0, SCSI1, MiB, create_vm, destroy_vm
 
 
 @pytest.fixture
@@ -112,4 +114,25 @@ def test_a_session_that_ended_or_failed_is_not_used_again(
         backup(node, hub, vcsim, vm, name)
         assert kept.logins == 3
     finally:
+        destroy_vm(si, vm)
+
+
+def test_a_backups_facts_in_one_round_trip_match_the_full_description(
+    vcsim: Vcsim, si: Any
+) -> None:
+    """backup_facts (one property-collector call) says what describe says of the
+    VM's identity, CBT, tools and disks."""
+    name = unique("facts")
+    vm = create_vm(si, name, [(2000, 8 * MiB, SCSI0), (2016, 4 * MiB, SCSI1)], cbt=True)
+    vc = connect(vcsim.host, vcsim.username, vcsim.password, vcsim.thumbprint)
+    try:
+        facts = backup_facts(vc, find_vm(vc, name), name)
+        full = describe(find_vm(vc, name))
+        assert facts.uuid == full.uuid == vm.config.instanceUuid
+        assert (facts.cbt_enabled, facts.tools_running) == (full.cbt_enabled, full.tools_running)
+        assert facts.cbt_enabled
+        assert [d.key for d in facts.disks] == [2000, 2016]
+        assert facts.disks == [d.model_copy(update={"allocated_bytes": None}) for d in full.disks]
+    finally:
+        vc.close()
         destroy_vm(si, vm)

@@ -35,11 +35,10 @@ from sendense.node.vmware.changes import ChangeIdInvalid, changed_areas, whole_d
 from sendense.node.vmware.connection import Vcenter
 from sendense.node.vmware.datastore_connections import DatastoreConnections
 from sendense.node.vmware.inventory import (
+    backup_facts,
     datacenter_of,
-    describe,
     enable_cbt,
     find_vm,
-    tools_running,
     virtual_disks,
 )
 from sendense.node.vmware.readers import HttpsDatastoreReader
@@ -142,7 +141,7 @@ class BackupTasks(TaskTable[NodeJob]):
     async def _with_snapshot(self, job: NodeJob, req: BackupStartRequest, vc: Vcenter) -> None:
         status = job.status
         vm = await asyncio.to_thread(find_vm, vc, req.vm_name)
-        inventory = await asyncio.to_thread(describe, vm)
+        inventory = await asyncio.to_thread(backup_facts, vc, vm, req.vm_name)
         if req.vm_uuid and inventory.uuid and inventory.uuid != req.vm_uuid:
             raise Conflict(
                 f"VM {req.vm_name!r} is now instance {inventory.uuid}, not {req.vm_uuid} as "
@@ -156,7 +155,7 @@ class BackupTasks(TaskTable[NodeJob]):
                 "CBT was off and is now enabled: VMware tracks changes from this snapshot on, "
                 "so this backup is a full"
             )
-        quiesce = tools_running(vm)
+        quiesce = inventory.tools_running
         if not quiesce:
             status.warnings.append("VMware Tools not running: the snapshot is crash-consistent")
             log.warning("crash-consistent snapshot job=%s vm=%s", req.job_id, req.vm_name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from pyVmomi import vim, vmodl
@@ -181,6 +182,43 @@ def describe(vm: Any) -> VmInventory:
         num_cpus=config.hardware.numCPU or None,
         memory_mb=config.hardware.memoryMB or None,
         firmware=config.firmware or None,
+    )
+
+
+@dataclass(frozen=True)
+class BackupFacts:
+    """What a backup checks before its snapshot: a subset of `describe`."""
+
+    uuid: str
+    cbt_enabled: bool
+    tools_running: bool
+    disks: list[DiskInventory]
+
+
+_FACTS = (
+    "config.instanceUuid",
+    "config.changeTrackingEnabled",
+    "config.hardware.device",
+    "guest.toolsRunningStatus",
+)
+
+
+def backup_facts(vc: Vcenter, vm: Any, name: str) -> BackupFacts:
+    """In one property-collector round trip (describe takes one per property and
+    per parent folder, and parses the whole configuration)."""
+    spec = _PC.FilterSpec(
+        objectSet=[_PC.ObjectSpec(obj=vm, skip=False)],
+        propSet=[_PC.PropertySpec(type=vim.VirtualMachine, pathSet=list(_FACTS))],
+    )
+    result = vc.content.propertyCollector.RetrieveContents([spec]) or []
+    found = {p.name: p.val for r in result for p in r.propSet or []}
+    if "config.hardware.device" not in found:
+        raise VcenterError(f"VM {name!r} has no configuration (inaccessible?)")
+    return BackupFacts(
+        uuid=found.get("config.instanceUuid") or "",
+        cbt_enabled=bool(found.get("config.changeTrackingEnabled")),
+        tools_running=found.get("guest.toolsRunningStatus") == "guestToolsRunning",
+        disks=virtual_disks(found["config.hardware.device"]),
     )
 
 
