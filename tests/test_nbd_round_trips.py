@@ -4,6 +4,7 @@ qemu-nbd; the slow probe is forced, as a loaded machine cannot be made on cue.""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 from sendense.nbd.qemu_img import QemuImg
 from sendense.nbd.round_trips import RoundTrips, path_of
 from sendense.nbd.writer import NbdWriter
+from sendense.node.forwards import HubExports, socket_uri, sockets_dir
+from sendense.node.tunnel import tunnel_dir
 from tests.test_nbd_writer import MiB, block, expected_raw, image, run, served, uri_of
 
 __all__ = ["image"]  # the fixture
@@ -69,3 +72,20 @@ def test_round_trips_keep_the_least_of_the_window_per_path() -> None:
     assert path_of("nbd+unix:///d?socket=/run/t/sockets/10100.sock") == "unix:/run/t/sockets"
     assert path_of("nbd+unix:///e?socket=/run/t/sockets/10101.sock") == "unix:/run/t/sockets"
     assert path_of("nbd://10.0.0.5:10100/d") == path_of("nbd://10.0.0.5:10101/e")
+
+
+def test_a_tunnel_that_connects_again_is_a_new_path(tmp_path: Path) -> None:
+    """The tunnel's sockets are remembered under its hub and the time it came
+    up: after a reconnection (another route, a hub moved) the first probe is
+    not mistaken for the old path's. Other URIs keep their own path."""
+    exports = HubExports(tmp_path)
+    uri = socket_uri(sockets_dir(tmp_path) / "10100.sock", "disk")
+    status = tunnel_dir(tmp_path) / "status.json"
+    status.write_text(json.dumps({"state": "connected", "hub": "hub:2222", "since": 1.0}))
+    first = exports.path_key(uri)
+    assert first == exports.path_key(socket_uri(sockets_dir(tmp_path) / "10101.sock", "d2"))
+    status.write_text(json.dumps({"state": "connected", "hub": "hub:2222", "since": 2.0}))
+    assert exports.path_key(uri) not in (first, "tunnel")
+    status.unlink()
+    assert exports.path_key(uri) == "tunnel"
+    assert exports.path_key("nbd://10.0.0.5:10100/d") == "tcp:10.0.0.5"

@@ -91,6 +91,7 @@ class NbdWriter:
         connections: int = 1,
         spread_from_rtt: float = 0.0,
         round_trips: RoundTrips | None = None,
+        path: str | None = None,
     ) -> None:
         """`pace`, when given, is awaited with each data request's length before
         it is sent (a bandwidth limit); zeroes do not pass through it.
@@ -100,7 +101,8 @@ class NbdWriter:
         first takes at least this long (0: always); a near path gains nothing
         from them and pays their processes' CPU. `round_trips`: the node's
         memory of its paths; the decision takes the least round trip of the
-        path's last minutes, not this one alone (round_trips.py)."""
+        path's last minutes, not this one alone (round_trips.py); `path` names
+        the path there (default: round_trips.path_of the URI)."""
         parse_uri(uri)  # a bad URI fails here, before any connection attempt
         if max_in_flight < 1 or request_size < 1:
             raise ValueError("max_in_flight and request_size must be positive")
@@ -122,6 +124,7 @@ class NbdWriter:
         self.connections = min(connections, max_in_flight)
         self.spread_from_rtt = spread_from_rtt
         self.round_trips = round_trips
+        self.path = path or path_of(uri)
         self.size = 0
         self.stats = WriteStats()
         # One per connection; None while that one reconnects.
@@ -165,7 +168,7 @@ class NbdWriter:
                 log.info("NBD %s: no round trip measured (%s)", self.uri, exc)
             else:
                 if self.round_trips is not None:
-                    measured = self.round_trips.least(path_of(self.uri), measured)
+                    measured = self.round_trips.least(self.path, measured)
                 self.stats.round_trip_s = measured
                 if measured < self.spread_from_rtt:
                     wanted = 1

@@ -286,6 +286,7 @@ class BackupTasks(TaskTable[NodeJob]):
         try:
             for plan, _ in plans:
                 plan.uri = uris[plan.target.disk_key]
+                plan.path = self.exports.path_key(plan.uri)
             job.status.phase = "copying"
             await run_all(one(plan, disk) for plan, disk in plans)
         finally:

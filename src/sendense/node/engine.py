@@ -92,6 +92,9 @@ class DiskPlan:
     zero_gaps: bool = False
     # What the writer dials (node/forwards.py); empty: the target's own URI.
     uri: str = ""
+    # The path to the hub its round trips are remembered under (forwards.py
+    # `path_key`); empty: the URI's.
+    path: str = ""
 
     @property
     def fresh_image(self) -> bool:
@@ -173,6 +176,7 @@ async def _copy(
         connections=tuning.connections,
         spread_from_rtt=tuning.spread_from_rtt,
         round_trips=round_trips,
+        path=plan.path or None,
     ) as writer:
         if writer.size < plan.capacity:
             raise SendenseError(

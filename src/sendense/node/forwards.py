@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -33,6 +34,8 @@ from pathlib import Path
 from sendense.common.errors import NotFound, SendenseError
 from sendense.common.files import private_dir
 from sendense.common.targets import NbdTarget
+from sendense.nbd.protocol import parse_uri
+from sendense.nbd.round_trips import path_of
 from sendense.node.tunnel import TunnelConfig, dial_options, load_config, tunnel_dir
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,20 @@ class HubExports:
         self._sessions: dict[int, set[asyncio.subprocess.Process]] = {}
         self._tasks: dict[int, set[asyncio.Task[None]]] = {}
         self._configs: dict[int, TunnelConfig] = {}  # the tunnel settings a listener dials with
+
+    def path_key(self, uri: str) -> str:
+        """What the round trips of `uri` are remembered under (nbd/round_trips.py):
+        for the tunnel, its hub and the time its connection came up, so a tunnel
+        that connects again (another route, another hub address) is measured
+        afresh; else the URI's own path."""
+        host, port, _export = parse_uri(uri)
+        if port == 0 and Path(host).parent == tunnel_dir(self.data_dir) / "sockets":
+            try:
+                status = json.loads((tunnel_dir(self.data_dir) / "status.json").read_text())
+                return f"tunnel {status.get('hub')} up since {status.get('since')}"
+            except (OSError, ValueError):
+                return "tunnel"
+        return path_of(uri)
 
     def _tunnel(self) -> TunnelConfig | None:
         try:
