@@ -5,6 +5,7 @@ or failed replaced, not reused. A backup's facts in one round trip."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +137,45 @@ def test_a_backups_facts_in_one_round_trip_match_the_full_description(
     finally:
         vc.close()
         destroy_vm(si, vm)
+
+
+class _FakeVcenter:
+    """A fake session (the bookkeeping alone; the simulator tests above log in)."""
+
+    def __init__(self) -> None:
+        self.host = "vc"
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_failure_retires_a_shared_session_for_new_jobs_once_its_users_are_done() -> None:
+    made: list[_FakeVcenter] = []
+
+    def opener(*_login: object) -> Any:
+        made.append(_FakeVcenter())
+        return made[-1]
+
+    async def night() -> None:
+        kept = sessions.VcenterSessions(idle_s=60, opener=opener)
+        login = ("vc", "u", "pw", None, True)
+
+        async def failing_job(running: Any) -> None:
+            async with kept.use(*login) as failing:
+                assert failing is running  # shared while both run
+                raise RuntimeError("the job failed")
+
+        async with kept.use(*login) as running:
+            with pytest.raises(RuntimeError):
+                await failing_job(running)
+            async with kept.use(*login) as later:
+                assert later is not running  # a new job gets a new session
+            assert not made[0].closed  # still in use
+        assert made[0].closed
+        assert not made[1].closed
+        assert kept.logins == 2
+        await kept.close()
+        assert made[1].closed
+
+    asyncio.run(night())

@@ -85,6 +85,8 @@ class VcenterSessions:
     async def _take(self, key: Key, opener: Callable[[], Vcenter]) -> _Session:
         async with self._lock(key):
             session = self._sessions.get(key)
+            if session is not None and session.broken:
+                session = None  # replaced below; its users' last one logs it out
             if session is not None and session.users == 0:
                 if session.closer is not None:
                     session.closer.cancel()
