@@ -82,7 +82,9 @@ def test_readers_share_the_connections_a_job_opened_ahead(vcsim: Vcsim, si: Any)
         conns = DatastoreConnections("127.0.0.1", vcsim.port, ssl._create_unverified_context())
         conns.warm(2)
         deadline = time.monotonic() + 10
-        while sum(c.sock is not None for c in conns._all) < 2:
+        while sum(c.sock is not None for c in conns._all) < 2 or any(
+            t.name.startswith("datastore-connect") for t in threading.enumerate()
+        ):  # opened, and the threads that opened them gone
             assert time.monotonic() < deadline, "the connections were not opened ahead"
             time.sleep(0.01)
         path = vm.config.hardware.device[-1].backing.fileName

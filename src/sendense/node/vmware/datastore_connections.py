@@ -63,6 +63,9 @@ class DatastoreConnections:
         self._warming = ThreadPoolExecutor(count, thread_name_prefix="datastore-connect")
         for _ in range(count):
             self._warming.submit(self._open_one)
+        # Its threads end once the connections are open, not with the job: fifty
+        # jobs at once would otherwise keep hundreds of idle threads.
+        self._warming.shutdown(wait=False)
 
     def _open_one(self) -> None:
         conn = self._new()
