@@ -9,8 +9,9 @@ do. The least round trip seen on a path in the last minutes is its distance;
 what a moment's load adds is not (TCP keeps a windowed minimum for the same
 reason, Linux's `tcp_min_rtt_wlen`, 300 s).
 
-The path is what the writers share between node and hub: the directory of the
-tunnel's sockets (node/forwards.py), or the hub's host for a direct NBD address.
+A path is named by the caller: the node names its tunnel by the hub and the time
+the tunnel came up (node/forwards.py `path_key`). `path_of` names one from a URI
+alone: a Unix socket's directory, or the host of a direct NBD address.
 """
 
 from __future__ import annotations
