@@ -206,9 +206,14 @@ def test_a_webhook_that_keeps_failing_is_a_recorded_warning(
         assert "answered 500" in caplog.text
         nhub.notifier.tick()  # a failing target waits before it is tried again
         assert len(receiver.posts) == 4
+        # The operator's test button tries once and answers at once: 502, the reason.
+        tested = napi.post(f"{API}/targets/hook/test")
+        assert tested.status_code == 502, tested.text
+        assert "answered 500" in tested.json()["message"]
+        assert len(receiver.posts) == 5
         receiver.statuses = []
         nhub.notifier.tick(utcnow() + timedelta(minutes=6))
-        assert len(receiver.posts) == 5  # delivered at last, not lost
+        assert len(receiver.posts) == 6  # delivered at last, not lost
 
 
 @BOTH

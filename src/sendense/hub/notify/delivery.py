@@ -54,12 +54,17 @@ def signature(secret: str, body: bytes) -> str:
 
 
 def send(
-    kind: str, config: dict[str, Any], secret: str | None, message: Message, backoff_s: float = 1.0
+    kind: str,
+    config: dict[str, Any],
+    secret: str | None,
+    message: Message,
+    backoff_s: float = 1.0,
+    tries: int = WEBHOOK_TRIES,
 ) -> None:
     if kind == "smtp":
         send_mail(config, secret, message)
     else:
-        send_webhook(config["url"], secret or "", message, backoff_s)
+        send_webhook(config["url"], secret or "", message, backoff_s, tries)
 
 
 def send_mail(config: dict[str, Any], password: str | None, message: Message) -> None:
@@ -102,9 +107,11 @@ def _reply(exc: smtplib.SMTPResponseException) -> str:
     return f"{exc.smtp_code} {text}".strip()
 
 
-def send_webhook(url: str, secret: str, message: Message, backoff_s: float = 1.0) -> None:
+def send_webhook(
+    url: str, secret: str, message: Message, backoff_s: float = 1.0, tries: int = WEBHOOK_TRIES
+) -> None:
     """POST the message as JSON, signed; a 5xx, 429 or no answer is tried again
-    after backoff_s, then twice as long... (WEBHOOK_TRIES in all)."""
+    after backoff_s, then twice as long... (`tries` in all)."""
     body = json.dumps(
         {**message.payload, "type": message.kind, "subject": message.subject, "text": message.text},
         sort_keys=True,
@@ -113,7 +120,7 @@ def send_webhook(url: str, secret: str, message: Message, backoff_s: float = 1.0
     parts = urlsplit(url)  # its path (or user:password@) may hold a token: never shown
     where = f"webhook at {parts.hostname}" + (f":{parts.port}" if parts.port else "")
     problem = ""
-    for attempt in range(WEBHOOK_TRIES):
+    for attempt in range(tries):
         if attempt:
             time.sleep(backoff_s * 2 ** (attempt - 1))
         try:
@@ -126,5 +133,6 @@ def send_webhook(url: str, secret: str, message: Message, backoff_s: float = 1.0
         problem = f"{where} answered {answer.status_code}"
         if answer.status_code < 500 and answer.status_code != 429:
             break
-        log.info("%s, trying again (%d of %d)", problem, attempt + 1, WEBHOOK_TRIES)
+        if attempt + 1 < tries:
+            log.info("%s, trying again (%d of %d)", problem, attempt + 1, tries)
     raise DeliveryFailed(problem)
