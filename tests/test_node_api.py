@@ -26,6 +26,7 @@ from tests.rig.node_tasks import (
     snapshot_names,
     start_body,
     unique,
+    vcenter_login,
     wait_job,
 )
 from tests.rig.procs import stop
@@ -39,22 +40,12 @@ def node(tmp_path: Path, hub: Hub) -> Iterator[TestClient]:
         yield client
 
 
-def login(vcsim: Vcsim, **change: str) -> dict[str, str]:
-    return {
-        "vcenter_host": vcsim.host,
-        "vcenter_user": vcsim.username,
-        "vcenter_password": vcsim.password,
-        "vcenter_thumbprint": vcsim.thumbprint,
-        **change,
-    }
-
-
 def test_discover_lists_vms_with_their_real_disk_keys(
     node: TestClient, vcsim: Vcsim, si: Any
 ) -> None:
     name = unique("inv")
     create_vm(si, name, [(2000, 8 * MiB, SCSI0), (2016, 4 * MiB, SCSI1)], cbt=True)
-    response = node.post("/api/v1/vms/discover", json=login(vcsim))
+    response = node.post("/api/v1/vms/discover", json=vcenter_login(vcsim))
     assert response.status_code == 200, response.text
     vms = {vm["name"]: vm for vm in response.json()["vms"]}
     vm = vms[name]
@@ -66,7 +57,7 @@ def test_discover_lists_vms_with_their_real_disk_keys(
     ]
     assert vm["disks"][1]["datastore_path"].startswith("[LocalDS_0]")
 
-    refused = node.post("/api/v1/vms/discover", json=login(vcsim, vcenter_password="wrong"))
+    refused = node.post("/api/v1/vms/discover", json=vcenter_login(vcsim, vcenter_password="wrong"))
     assert refused.status_code == 422
     assert refused.json()["error"] == "vcenter_login_refused"
     assert vcsim.password not in refused.text

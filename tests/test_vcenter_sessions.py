@@ -26,6 +26,7 @@ from tests.rig.node_tasks import (
     node_settings_for,
     start_body,
     unique,
+    vcenter_login,
     wait_job,
 )
 from tests.rig.vcsim import Vcsim
@@ -51,18 +52,9 @@ def sessions_of(si: Any, user: str) -> set[str]:
     return {s.key for s in listed if s.userName == user}
 
 
-def login(vcsim: Vcsim) -> dict[str, str]:
-    return {
-        "vcenter_host": vcsim.host,
-        "vcenter_user": vcsim.username,
-        "vcenter_password": vcsim.password,
-        "vcenter_thumbprint": vcsim.thumbprint,
-    }
-
-
 def backup(node: TestClient, hub: Hub, vcsim: Vcsim, vm: Any, name: str) -> None:
     """As the hub does it: the VM's inventory, then its backup."""
-    looked = node.post("/api/v1/vms/inventory", json={**login(vcsim), "vm_name": name})
+    looked = node.post("/api/v1/vms/inventory", json=vcenter_login(vcsim, vm_name=name))
     assert looked.status_code == 200, looked.text
     prepared = hub.ledger.prepare(name, disk_specs(vm), "full")
     started = node.post("/api/v1/backup/start", json=start_body(vcsim, prepared, name, {}))
@@ -110,7 +102,9 @@ def test_a_session_that_ended_or_failed_is_not_used_again(
         backup(node, hub, vcsim, vm, name)
         assert kept.logins == 2
         # A job that fails drops its session: the next one logs in again.
-        refused = node.post("/api/v1/vms/inventory", json={**login(vcsim), "vm_name": "no-such-vm"})
+        refused = node.post(
+            "/api/v1/vms/inventory", json=vcenter_login(vcsim, vm_name="no-such-vm")
+        )
         assert refused.status_code == 404, refused.text
         backup(node, hub, vcsim, vm, name)
         assert kept.logins == 3

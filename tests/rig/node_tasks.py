@@ -84,6 +84,17 @@ def disk_specs(vm: Any) -> list[DiskSpec]:
     ]
 
 
+def vcenter_login(vc: Vcsim, **change: str) -> dict[str, str]:
+    """The simulator's login as the node's API takes it."""
+    return {
+        "vcenter_host": vc.host,
+        "vcenter_user": vc.username,
+        "vcenter_password": vc.password,
+        "vcenter_thumbprint": vc.thumbprint,
+        **change,
+    }
+
+
 def start_body(
     vc: Vcsim, prepared: PreparedJob, vm_name: str, previous: dict[int, str]
 ) -> dict[str, Any]:
@@ -91,10 +102,7 @@ def start_body(
     return {
         "job_id": prepared.job_id,
         "vm_name": vm_name,
-        "vcenter_host": vc.host,
-        "vcenter_user": vc.username,
-        "vcenter_password": vc.password,
-        "vcenter_thumbprint": vc.thumbprint,
+        **vcenter_login(vc),
         "nbd_targets": prepared.nbd_targets,
         "backup_type": "incremental" if incremental else "full",
         "previous_change_ids": {str(k): v for k, v in previous.items()},
