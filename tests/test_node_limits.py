@@ -121,9 +121,31 @@ def test_a_stream_cancelled_while_waiting_gives_its_place_up() -> None:
     assert asyncio.run(scenario()) == ["behind"]
 
 
-async def _take(budget: MemoryBudget, size: int, name: str, order: list[str]) -> None:
-    async with budget.hold(size, name):
+async def _take(
+    budget: MemoryBudget, size: int, name: str, order: list[str], first: bool = False
+) -> None:
+    async with budget.hold(size, name, first=first):
         order.append(name)
+
+
+def test_a_restore_goes_ahead_of_the_backups_waiting_not_of_the_running() -> None:
+    async def scenario() -> list[str]:
+        budget = MemoryBudget(10)
+        order: list[str] = []
+        running = budget.hold(10, "running backup")
+        await running.__aenter__()
+        waiting = [asyncio.create_task(_take(budget, 10, f"backup {i}", order)) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        restore = asyncio.create_task(_take(budget, 10, "restore", order, first=True))
+        await asyncio.sleep(0.01)
+        assert order == []  # the running stream keeps its share
+        assert budget.waits == 3
+        await running.__aexit__(None, None, None)
+        await asyncio.wait_for(asyncio.gather(restore, *waiting), 5)
+        assert (budget.held, budget.grants) == (0, 4)
+        return order
+
+    assert asyncio.run(scenario()) == ["restore", "backup 1", "backup 2"]
 
 
 def test_a_stream_larger_than_the_budget_runs_alone() -> None:

@@ -394,6 +394,10 @@ def test_force_replaces_a_powered_off_vm_and_power_on_starts_it(
     assert "derived" in queued.json()["warnings"][0]
     job = wait_task(api, queued.json()["job_id"])
     assert (job["state"], job["error"]) == ("complete", None)
+    # The backup's two disk streams and the restore's two took the node's memory
+    # budget, and gave it back.
+    budget = node.app.state.node.runner.limits.budget  # type: ignore[attr-defined]
+    assert (budget.grants, budget.held) == (4, 0)
     replaced = find_vm(si, name)
     try:
         assert replaced._moId != old_ref  # a new VM, not the old one edited

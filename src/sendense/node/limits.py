@@ -53,8 +53,10 @@ def return_freed_buffers() -> None:
 
 
 class MemoryBudget:
-    """Bytes handed out to streams, first come first served. A stream that needs
-    more than the whole budget gets the whole budget (alone): it always runs."""
+    """Bytes handed out to streams, first come first served, except that a
+    restore's stream goes ahead of the backups waiting (it does not stop running
+    ones). A stream that needs more than the whole budget gets the whole budget
+    (alone): it always runs."""
 
     def __init__(self, total: int) -> None:
         if total <= 0:
@@ -63,18 +65,23 @@ class MemoryBudget:
         self.held = 0
         self.peak = 0
         self.waits = 0  # streams that had to wait, since the node started
+        self.grants = 0  # streams that got their share, since the node started
         self._queue: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     def share(self, wanted: int) -> int:
         return min(wanted, self.total)
 
     @asynccontextmanager
-    async def hold(self, wanted: int, what: str) -> AsyncIterator[int]:
-        """Hold `share(wanted)` bytes while the block runs."""
+    async def hold(self, wanted: int, what: str, first: bool = False) -> AsyncIterator[int]:
+        """Hold `share(wanted)` bytes while the block runs; `first`: ahead of
+        the streams waiting (a restore's)."""
         size = self.share(wanted)
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (size, granted)
-        self._queue.append(entry)
+        if first:
+            self._queue.appendleft(entry)
+        else:
+            self._queue.append(entry)
         self._grant()
         if not granted.done():
             self.waits += 1
@@ -101,6 +108,7 @@ class MemoryBudget:
             self._give_back(size)
 
     def _take(self, size: int) -> None:
+        self.grants += 1
         self.held += size
         self.peak = max(self.peak, self.held)
 

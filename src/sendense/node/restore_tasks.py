@@ -38,7 +38,7 @@ from sendense.common.progress import Meter
 from sendense.common.targets import parse_targets
 from sendense.nbd.client import Data, NbdClient
 from sendense.nbd.errors import NbdError
-from sendense.nbd.protocol import CMD_READ
+from sendense.nbd.protocol import CMD_READ, READ_BUFFER
 from sendense.node.backup_tasks import BackupTasks
 from sendense.node.config import NodeSettings
 from sendense.node.task_log import capture
@@ -117,6 +117,10 @@ class RestoreTasks(TaskTable[RestoreJob]):
         super().__init__()
         self.chunk = settings.chunk_mib << 20
         self.in_flight = settings.writes_in_flight
+        # What a disk's upload holds: its reads ahead, the piece being sent and
+        # the NBD reply buffer. It comes from the node's memory budget, as a
+        # backup's stream does, ahead of the backups waiting there.
+        self.stream_bytes = (self.in_flight + 1) * self.chunk + READ_BUFFER
 
     def _thumbprint(self, login: VcenterLogin) -> str | None:
         pins = self.settings.vcenter_thumbprints
@@ -301,8 +305,12 @@ class RestoreTasks(TaskTable[RestoreJob]):
             progress.datastore_path,
             progress.bytes_total,
         )
+        what = f"restore of disk {progress.disk_key}"
         try:
-            async with await NbdClient.connect(source) as nbd:
+            async with (
+                self.backups.limits.budget.hold(self.stream_bytes, what, first=True),
+                await NbdClient.connect(source) as nbd,
+            ):
                 if nbd.info.size < upload.size:
                     raise SendenseError(
                         f"disk {progress.disk_key}: {source} holds {nbd.info.size} bytes, "
