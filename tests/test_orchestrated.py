@@ -102,14 +102,23 @@ def test_full_then_incremental_chain_matches_the_source_at_each_backup(
             row = s.scalars(select(Vm).where(Vm.name == name)).one()
             assert row.active_job_id is None
             rows = s.execute(
-                select(RestorePointDisk.id, RestorePointDisk.parent_id)
+                select(
+                    RestorePointDisk.id, RestorePointDisk.parent_id, RestorePointDisk.reserved_bytes
+                )
                 .join(RestorePoint)
                 .where(RestorePoint.vm_id == row.id)
-            )
-            parents_of = {disk_id: parent_id for disk_id, parent_id in rows}
+            ).all()
+            parents_of = {disk_id: parent_id for disk_id, parent_id, _ in rows}
+            reserved = {disk_id: size for disk_id, _, size in rows}
     finally:
         db.dispose()
     assert parents_of == {d["id"]: d["parent_id"] for p in points for d in p["disks"]}
+    # While they ran, each layer held the node's exact plan against the repository:
+    # an incremental's is its changed areas, not its parent's whole file.
+    for disk in inc["disks"]:
+        assert 0 < (reserved[disk["id"]] or 0) <= 65536 + MiB
+    for disk in full["disks"]:
+        assert 0 < (reserved[disk["id"]] or 0) <= disk["virtual_size"]
 
 
 def test_a_second_request_for_the_same_vm_gets_409(site: Site, si: Any, vcsim: Vcsim) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sendense.common.checksum import pack_areas
@@ -137,7 +137,8 @@ class BackupLedger:
             # Before any file exists: a full needs what its disks hold, an
             # incremental at least its parent's size (the node checks its exact
             # plan against the room left before it copies).
-            self.repos.ensure_fits(repo, sum(plan.estimated_bytes for plan in plans))
+            required = sum(plan.estimated_bytes for plan in plans)
+            self.repos.ensure_fits(repo, required, job_id)
         except SendenseError as exc:
             self.fail(job_id, exc.message)
             raise
@@ -188,10 +189,30 @@ class BackupLedger:
             return job.id
 
     def room(self, prepared: PreparedJob) -> int:
-        """The bytes the job's repository can still take (free less the reserve)."""
+        """The bytes the job's repository can still take (free less the reserve
+        and what the other backups running on it may still write)."""
         with self.db.session() as s:
             repo_id = s.get_one(RestorePoint, prepared.restore_point_id).repository_id
-        return self.repos.room(self.repos.get(repo_id))
+        return self.repos.room(self.repos.get(repo_id), prepared.job_id)
+
+    def planned(self, prepared: PreparedJob, sizes: dict[int, int]) -> None:
+        """The node's exact plan, bytes per disk: each disk's reservation on the
+        repository becomes it (a full's estimate shrinks to it; an incremental,
+        which reserved nothing until now, reserves it)."""
+        with self.db.session() as s:
+            for key, size in sizes.items():
+                s.execute(
+                    update(RestorePointDisk)
+                    .where(
+                        RestorePointDisk.restore_point_id == prepared.restore_point_id,
+                        RestorePointDisk.disk_key == key,
+                        or_(
+                            RestorePointDisk.reserved_bytes.is_(None),
+                            RestorePointDisk.reserved_bytes > size,
+                        ),
+                    )
+                    .values(reserved_bytes=size)
+                )
 
     def identify(self, job_id: str, vm_name: str, vcenter: str, vm_uuid: str) -> str:
         """The VM row (its id) the reserved `job_id` backs up, now that the VM's

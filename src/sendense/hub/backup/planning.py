@@ -85,6 +85,7 @@ def plan_disk(
     if backup_type == "incremental" and parent is None:
         log.info("disk %d has no complete parent with a change id: full backup", spec.key)
     disk_id = new_id()
+    estimated = (parent.file_size or spec.estimated_bytes) if parent else spec.estimated_bytes
     row = RestorePointDisk(
         id=disk_id,
         restore_point_id=point.id,
@@ -93,6 +94,11 @@ def plan_disk(
         backup_type="incremental" if parent else "full",
         virtual_size=spec.capacity_bytes,
         file_path=RepositoryService.disk_file(vm.id, spec.key, disk_id),
+        # Counted against the repository for other backups: a full's estimate
+        # (its extents on the datastore); an incremental's only once the node
+        # has its exact plan (ledger.planned): its first bound, the parent's
+        # whole file, summed over a night of incrementals would refuse most.
+        reserved_bytes=None if parent else estimated,
     )
     s.add(row)
     s.flush()
@@ -103,7 +109,7 @@ def plan_disk(
         row.backup_type,
         parent.id if parent else None,
         spec.capacity_bytes,
-        (parent.file_size or spec.estimated_bytes) if parent else spec.estimated_bytes,
+        estimated,
     )
 
 

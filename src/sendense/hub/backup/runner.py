@@ -178,13 +178,24 @@ class BackupRunner(TaskRunner[NodeJobStatus]):
                 space_budget_bytes=self.ledger.room(prepared),
             )
             client.start_backup(request)
+            planned: set[int] = set()
+
+            def record(status: NodeJobStatus) -> None:
+                self.record_node(task_id, *split_log(status))
+                # Once the node knows a disk's exact plan, the repository holds
+                # that for it, not the hub's first bound (ledger.planned).
+                known = {d.disk_key: d.bytes_total for d in status.disks if d.bytes_total}
+                if known.keys() - planned:
+                    self.ledger.planned(prepared, known)
+                    planned.update(known)
+
             try:
                 return follow_node_task(
                     lambda: client.job(task_id, self.node_lines.seen(task_id)),
                     client.name,
                     poll=self._poll_interval,
                     node_timeout=self.node_timeout,
-                    record=lambda status: self.record_node(task_id, *split_log(status)),
+                    record=record,
                     check=lambda: self._still_running(task_id),
                 )
             except BaseException:

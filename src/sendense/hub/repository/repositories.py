@@ -29,7 +29,14 @@ from sendense.common.errors import (
 )
 from sendense.common.names import safe_label
 from sendense.hub.db.database import Database
-from sendense.hub.db.models import Repository
+from sendense.hub.db.models import (
+    ACTIVE_JOB_STATES,
+    Job,
+    PointStatus,
+    Repository,
+    RestorePoint,
+    RestorePointDisk,
+)
 from sendense.nbd.qemu_img import CheckResult, QemuImg
 
 log = logging.getLogger(__name__)
@@ -204,17 +211,42 @@ class RepositoryService:
             cap = Capacity(0, 0, 0)
         return RepositoryInfo(row.id, row.name, path, cap)
 
-    def room(self, repo: RepositoryInfo) -> int:
-        """The bytes a job may still write: free space less the reserve."""
-        return max(0, capacity_of(repo.path).free - self.min_free_bytes)
-
-    def ensure_fits(self, repo: RepositoryInfo, required: int) -> None:
+    def room(self, repo: RepositoryInfo, job_id: str | None = None) -> int:
+        """The bytes a job may still write: free space less the reserve and what
+        the other backups running on the repository may still write."""
         free = capacity_of(repo.path).free
-        if free - self.min_free_bytes < required:
+        return max(0, free - self.min_free_bytes - self.promised(repo, job_id))
+
+    def ensure_fits(self, repo: RepositoryInfo, required: int, job_id: str | None = None) -> None:
+        free = capacity_of(repo.path).free
+        promised = self.promised(repo, job_id)
+        if free - self.min_free_bytes - promised < required:
+            others = f", {promised} of them promised to backups running on it" if promised else ""
             raise InsufficientSpace(
-                f"repository {repo.name} has {free} bytes free; the job needs {required} "
-                f"bytes plus a reserve of {self.min_free_bytes}"
+                f"repository {repo.name} has {free} bytes free{others}; the job needs "
+                f"{required} bytes plus a reserve of {self.min_free_bytes}"
             )
+
+    def promised(self, repo: RepositoryInfo, job_id: str | None = None) -> int:
+        """What the backups running on `repo`, other than `job_id`, may still write:
+        each layer's reservation less what its file already takes (the free
+        space already counts that part)."""
+        with self.db.session() as s:
+            rows = s.execute(
+                select(RestorePointDisk.file_path, RestorePointDisk.reserved_bytes)
+                .join(RestorePoint)
+                .join(Job, Job.id == RestorePoint.job_id)
+                .where(
+                    RestorePoint.status == PointStatus.INCOMPLETE,
+                    RestorePoint.repository_id == repo.id,
+                    Job.state.in_(ACTIVE_JOB_STATES),
+                    Job.id != (job_id or ""),
+                    RestorePointDisk.reserved_bytes.is_not(None),
+                )
+            ).all()
+        return sum(
+            max(0, (reserved or 0) - _allocated(repo.path / path)) for path, reserved in rows
+        )
 
     @staticmethod
     def resolve(repo: RepositoryInfo, relative: str) -> Path:
@@ -253,3 +285,11 @@ class RepositoryService:
         for directory in (path.parent, path.parent.parent):
             with contextlib.suppress(OSError):
                 directory.rmdir()  # only when empty
+
+
+def _allocated(path: Path) -> int:
+    """The bytes a file takes on its filesystem (0: no file yet)."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError:
+        return 0

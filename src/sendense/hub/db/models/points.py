@@ -90,6 +90,9 @@ class RestorePointDisk(Base):
     virtual_size: Mapped[int] = mapped_column(BigInteger)
     data_bytes: Mapped[int | None] = mapped_column(BigInteger)
     file_size: Mapped[int | None] = mapped_column(BigInteger)
+    # While its backup runs: what the hub estimated it may write (planning.py),
+    # counted against the repository's free space for the other backups.
+    reserved_bytes: Mapped[int | None] = mapped_column(BigInteger)
     change_id: Mapped[str | None] = mapped_column(Text)
     checksum: Mapped[str | None] = mapped_column(Text)
     duration_s: Mapped[float | None] = mapped_column(Float)
