@@ -29,6 +29,7 @@ from sendense.hub.nodes.registry import NodeInfo
 from sendense.hub.nodes.vcenters import VcenterService
 from sendense.hub.restore.to_vcenter import VmRestoreRunner
 from sendense.hub.service import Hub
+from sendense.node.vmware import connection
 from tests.rig.cli import sendense
 from tests.rig.node_tasks import (
     disk_specs,
@@ -309,6 +310,19 @@ def tiny_datastore(si: Any, directory: Path, size: str = "4m") -> Iterator[str]:
         subprocess.run(["umount", str(directory)], check=True)
 
 
+def count_vcenter_connections(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The hosts of every vCenter connection the node opens from now on."""
+    opened: list[str] = []
+    real = connection.SmartStubAdapter  # type: ignore[attr-defined]
+
+    def counted(**kwargs: Any) -> Any:
+        opened.append(kwargs["host"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(connection, "SmartStubAdapter", counted)
+    return opened
+
+
 def test_bad_input_is_refused_and_changes_nothing(
     restores: None,
     api: TestClient,
@@ -374,7 +388,9 @@ def test_force_replaces_a_powered_off_vm_and_power_on_starts_it(
     vcsim: Vcsim,
     si: Any,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    stubs = count_vcenter_connections(monkeypatch)
     name = unique("force")
     source = create_vm(si, name, DISKS, cbt=True)
     sources = {key: flat_file(vcsim, source, key) for key, _, _ in DISKS}
@@ -395,9 +411,12 @@ def test_force_replaces_a_powered_off_vm_and_power_on_starts_it(
     job = wait_task(api, queued.json()["job_id"])
     assert (job["state"], job["error"]) == ("complete", None)
     # The backup's two disk streams and the restore's two took the node's memory
-    # budget, and gave it back.
-    budget = node.app.state.node.runner.limits.budget  # type: ignore[attr-defined]
-    assert (budget.grants, budget.held) == (4, 0)
+    # budget, and gave it back...
+    runner = node.app.state.node.runner  # type: ignore[attr-defined]
+    assert (runner.limits.budget.grants, runner.limits.budget.held) == (4, 0)
+    # The backup's inventory and start, the restore's check, start and copy: one
+    # vCenter login, kept by the node (vmware/sessions.py).
+    assert (runner.sessions.logins, len(stubs)) == (1, 1)
     replaced = find_vm(si, name)
     try:
         assert replaced._moId != old_ref  # a new VM, not the old one edited

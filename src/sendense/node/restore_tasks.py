@@ -44,7 +44,7 @@ from sendense.node.config import NodeSettings
 from sendense.node.task_log import capture
 from sendense.node.task_table import TaskTable, start_fields
 from sendense.node.vmware import restore
-from sendense.node.vmware.connection import Vcenter, connect
+from sendense.node.vmware.connection import Vcenter
 from sendense.node.vmware.inventory import inventory_path
 
 log = logging.getLogger(__name__)
@@ -127,11 +127,12 @@ class RestoreTasks(TaskTable[RestoreJob]):
         host = login.vcenter_host
         return login.vcenter_thumbprint or pins.get(host) or pins.get(host.rsplit(":", 1)[0])
 
-    async def _connect(self, login: VcenterLogin) -> Vcenter:
+    def _session(self, login: VcenterLogin) -> contextlib.AbstractAsyncContextManager[Vcenter]:
+        """A vCenter session of the node's kept ones (vmware/sessions.py): the
+        hub's check and the start after it log in once."""
         password = login.vcenter_password.get_secret_value()
         register_secret(password)
-        return await asyncio.to_thread(
-            connect,
+        return self.backups.sessions.use(
             login.vcenter_host,
             login.vcenter_user,
             password,
@@ -142,11 +143,8 @@ class RestoreTasks(TaskTable[RestoreJob]):
     async def check(self, req: RestoreCheckRequest) -> RestoreCheckResponse:
         """What a restore would do, or why it may not: changes nothing."""
         self._refuse_busy(req.vm_name)
-        vc = await self._connect(req)
-        try:
+        async with self._session(req) as vc:
             return (await asyncio.to_thread(restore.plan, vc, req)).answer
-        finally:
-            await asyncio.to_thread(vc.close)
 
     def _refuse_busy(self, vm_name: str) -> None:
         active = [(j.status.job_id, j.status.vm_name) for j in self.active()]
@@ -170,17 +168,16 @@ class RestoreTasks(TaskTable[RestoreJob]):
         )
         job = RestoreJob(status, request=fields)
         self.add(req.job_id, job)  # holds the name while the check runs
+        # The session is the job's until it ends: the plan's objects belong to it.
+        session = contextlib.AsyncExitStack()
         try:
-            vc = await self._connect(req)
-            try:
-                target = await asyncio.to_thread(restore.plan, vc, req)
-            except BaseException:
-                await asyncio.to_thread(vc.close)
-                raise
-        except BaseException:
+            vc = await session.enter_async_context(self._session(req))
+            target = await asyncio.to_thread(restore.plan, vc, req)
+        except BaseException as exc:
             del self.jobs[req.job_id]
+            await session.__aexit__(type(exc), exc, exc.__traceback__)
             raise
-        job.task = asyncio.get_running_loop().create_task(self._run(job, req, vc, target))
+        job.task = asyncio.get_running_loop().create_task(self._run(job, req, vc, target, session))
         return job
 
     def explain(self, exc: Exception) -> str | None:
@@ -189,20 +186,29 @@ class RestoreTasks(TaskTable[RestoreJob]):
         return None
 
     async def _run(
-        self, job: RestoreJob, req: RestoreStartRequest, vc: Vcenter, target: restore.RestoreTarget
+        self,
+        job: RestoreJob,
+        req: RestoreStartRequest,
+        vc: Vcenter,
+        target: restore.RestoreTarget,
+        session: contextlib.AsyncExitStack,
     ) -> None:
-        with capture(job.status):
-            log.info(
-                "restore started job=%s vm=%s datastore=%s replaces=%s",
-                req.job_id,
-                req.vm_name,
-                target.answer.datastore,
-                target.answer.replaces,
-            )
-            try:
-                await self.run(job, self._restore(job, req, vc, target))
-            finally:
-                await asyncio.to_thread(vc.close)
+        async def work() -> None:
+            async with session:  # a failure goes through it: that session is not kept
+                await self._restore(job, req, vc, target)
+
+        try:
+            with capture(job.status):
+                log.info(
+                    "restore started job=%s vm=%s datastore=%s replaces=%s",
+                    req.job_id,
+                    req.vm_name,
+                    target.answer.datastore,
+                    target.answer.replaces,
+                )
+                await self.run(job, work())
+        finally:
+            await session.aclose()  # done already, unless the work never started
 
     async def _restore(
         self, job: RestoreJob, req: RestoreStartRequest, vc: Vcenter, target: restore.RestoreTarget
