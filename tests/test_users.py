@@ -1,7 +1,8 @@
 """Users against a real hub process over TLS: argon2id passwords, TOTP, sessions
 that carry the user's role and end on logout, a new password or removal, failed
-logins limited per user and per address, `sendense user` offline and through the
-API, and the audit log of all of it, without a secret in it."""
+logins limited per user and per address (kept across a restart), `sendense user`
+offline and through the API, and the audit log of all of it, without a secret in
+it."""
 
 from __future__ import annotations
 
@@ -236,6 +237,15 @@ def test_failed_logins_are_limited_per_user_and_per_address(users_hub: HubProces
     assert "for this user" in locked.json()["message"]
     # from another address too: the limit is the user's
     assert login(hub, "dave", PASSWORDS["dave"], source="127.0.0.2").status_code == 429
+    # The failures are the database's, not the process's: a restarted hub (killed,
+    # not even stopped) still refuses. They are kept as keyed digests: no name.
+    rows = db_rows(hub, "SELECT scope, key FROM failed_attempts")
+    assert sum(1 for scope, _ in rows if scope == "login-user") == PER_USER
+    assert all(len(key) == 64 and "dave" not in key for _, key in rows)
+    assert b"guess-guess-guess" not in database_bytes(hub)
+    hub.kill9()
+    hub.start()
+    assert login(hub, "dave", PASSWORDS["dave"]).status_code == 429
     # another user from the same address is not locked out by dave's failures
     assert login(hub, "erin", PASSWORDS["erin"]).status_code == 200
     for n in range(PER_ADDRESS - PER_USER):  # unknown names: each user has room

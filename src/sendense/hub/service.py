@@ -110,6 +110,7 @@ class Hub:
     files: FileRestoreService
     copy_targets: CopyTargetService
     copies: CopyRunner
+    box: SecretBox  # secret.key: sealed secrets, keyed digests (auth/attempts.py)
 
     @classmethod
     def open(cls, settings: HubSettings, migrate: bool = True) -> Hub:
@@ -273,6 +274,7 @@ class Hub:
                 ),
                 task_logs,
             ),
+            box=box,
         )
 
     def start_tunnel(self) -> None:

@@ -108,8 +108,8 @@ def create_app(hub: Hub) -> FastAPI:
         title="Sendense hub", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
     )
     app.state.hub = hub
-    app.state.enroll_limiter = nodes.enroll_limiter()
-    app.state.login_limits = auth.login_limits(hub.settings)
+    app.state.enroll_limiter = nodes.enroll_limiter(hub)
+    app.state.login_limits = auth.login_limits(hub)
     app.add_middleware(BodyLimit)
     app.add_middleware(AuditTrail, audit=hub.audit_log)
     install_error_handlers(

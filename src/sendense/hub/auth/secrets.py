@@ -6,6 +6,8 @@ A copy of the database alone reveals none of them.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -23,11 +25,18 @@ class SecretBox:
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(Fernet.generate_key())
-        self._fernet = Fernet(key_file.read_bytes().strip())
+        key = key_file.read_bytes().strip()
+        self._fernet = Fernet(key)
+        self._digest_key = hashlib.sha256(b"sendense digests\0" + key).digest()
 
     def seal(self, secret: str) -> str:
         register_secret(secret)
         return self._fernet.encrypt(secret.encode()).decode()
+
+    def digest(self, text: str) -> str:
+        """A keyed digest (HMAC-SHA256) of `text`: equal for equal texts, to be
+        looked up, and of no use without this hub's key."""
+        return hmac.new(self._digest_key, text.encode(), hashlib.sha256).hexdigest()
 
     def open(self, sealed: str) -> str:
         try:

@@ -12,13 +12,12 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from sendense.common.errors import Conflict, TooManyAttempts
-from sendense.common.rate_limit import AttemptLimiter
 from sendense.hub.api.deps import HubDep, PrincipalDep, authorize
+from sendense.hub.auth.attempts import AttemptWindow
 from sendense.hub.auth.passwords import MAX_LENGTH
 from sendense.hub.auth.roles import Role
 from sendense.hub.auth.tokens import Principal, TokenInfo
 from sendense.hub.auth.users import LoginFailed, UserInfo
-from sendense.hub.config import HubSettings
 from sendense.hub.service import Hub
 
 public = APIRouter(prefix="/api/v1/auth", tags=["security"])
@@ -27,15 +26,19 @@ router = APIRouter(prefix="/api/v1/auth", tags=["security"], dependencies=[Depen
 
 @dataclass(frozen=True)
 class LoginLimits:
-    per_user: AttemptLimiter
-    per_address: AttemptLimiter
+    per_user: AttemptWindow
+    per_address: AttemptWindow
 
 
-def login_limits(settings: HubSettings) -> LoginLimits:
-    window = settings.login_window_s
+def login_limits(hub: Hub) -> LoginLimits:
+    """In the database: a restart does not give an attacker a fresh window."""
+    s = hub.settings
+    window = s.login_window_s
     return LoginLimits(
-        AttemptLimiter(settings.login_failures_per_user, window, "login"),
-        AttemptLimiter(settings.login_failures_per_address, window, "login"),
+        AttemptWindow(hub.db, hub.box, "login-user", s.login_failures_per_user, window, "login"),
+        AttemptWindow(
+            hub.db, hub.box, "login-address", s.login_failures_per_address, window, "login"
+        ),
     )
 
 
@@ -84,7 +87,7 @@ def sign_in(
     try:
         by_user = limits.per_user.attempt(name, shown="for this user")
     except TooManyAttempts:
-        limits.per_address.forgive(address, by_address)  # refused unchecked: no failure
+        limits.per_address.forgive(by_address)  # refused unchecked: no failure
         raise
     try:
         user, token, secret = hub.users.login(name, password, code)
@@ -92,8 +95,8 @@ def sign_in(
         if exc.user_known:  # a mistyped password in the name field stays out of the log
             request.state.audit_target = {"user": name}
         raise
-    limits.per_address.forgive(address, by_address)  # only failures count
-    limits.per_user.forgive(name, by_user)
+    limits.per_address.forgive(by_address)  # only failures count
+    limits.per_user.forgive(by_user)
     request.state.principal = Principal(token.id, token.name, token.role, token.user_id)
     request.state.audit_target = {"user": user.name}
     return user, token, secret
@@ -130,7 +133,7 @@ def change_own(
     user, uri = hub.users.change_own(
         principal.user_id, body.current_password.get_secret_value(), password=new, totp=body.totp
     )
-    limits.per_user.forgive(principal.name, attempt)
+    limits.per_user.forgive(attempt)
     return OwnChangeOut(
         user=user.name, totp=user.totp, totp_uri=uri, sessions_ended=new is not None
     )

@@ -11,9 +11,10 @@ from sendense.common.contract import (
     EnrollResponse,
     VcenterLogin,
 )
-from sendense.common.rate_limit import AttemptLimiter
 from sendense.hub.api.deps import HubDep, authorize
+from sendense.hub.auth.attempts import AttemptWindow
 from sendense.hub.nodes.registry import NodeInfo, Pairing
+from sendense.hub.service import Hub
 
 public = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
 router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"], dependencies=[Depends(authorize)])
@@ -25,13 +26,15 @@ ENROLL_ATTEMPTS = 10
 ENROLL_WINDOW_S = 60.0
 
 
-def enroll_limiter() -> AttemptLimiter:
-    return AttemptLimiter(ENROLL_ATTEMPTS, ENROLL_WINDOW_S, "enrollment")
+def enroll_limiter(hub: Hub) -> AttemptWindow:
+    return AttemptWindow(
+        hub.db, hub.box, "enrollment", ENROLL_ATTEMPTS, ENROLL_WINDOW_S, "enrollment"
+    )
 
 
 @public.post("/enroll", status_code=201)
 def enroll(hub: HubDep, request: Request, body: EnrollRequest) -> EnrollResponse:
-    limiter: AttemptLimiter = request.app.state.enroll_limiter
+    limiter: AttemptWindow = request.app.state.enroll_limiter
     limiter.attempt(request.client.host if request.client else "unknown")
     info = hub.enroll_node(
         body.code,

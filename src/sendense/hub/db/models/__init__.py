@@ -8,7 +8,7 @@ imports from `sendense.hub.db.models`, not from the modules.
 
 from __future__ import annotations
 
-from sendense.hub.db.models.auth import ApiToken, AuditEntry, User
+from sendense.hub.db.models.auth import ApiToken, AuditEntry, FailedAttempt, User
 from sendense.hub.db.models.base import NAMING, Base, UtcDateTime, enum_type, new_id, utcnow
 from sendense.hub.db.models.copies import CopyObject, CopyPoint, CopyTarget, CopyUpload
 from sendense.hub.db.models.exports import NbdExport, NbdPort
@@ -30,6 +30,7 @@ __all__ = [
     "CopyPoint",
     "CopyTarget",
     "CopyUpload",
+    "FailedAttempt",
     "Job",
     "JobState",
     "Merge",

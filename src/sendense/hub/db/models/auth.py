@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sendense.hub.db.models.base import Base, UtcDateTime, new_id, utcnow
@@ -68,3 +68,22 @@ class AuditEntry(Base):
     client: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[int] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(16))
+
+
+class FailedAttempt(Base):
+    """An attempt under a limit (a login, a node's enrollment) while it runs, and
+    after it failed until it leaves the limit's window (hub/auth/attempts.py).
+    `key` is a keyed digest of the user name or client address, never the name
+    itself: a password typed into the name field must not land here."""
+
+    __tablename__ = "failed_attempts"
+    __table_args__ = (
+        Index("ix_failed_attempts_scope_key_at", "scope", "key", "at"),
+        Index("ix_failed_attempts_at", "at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    # The limit it counts against: "login-user", "login-address", "enrollment".
+    scope: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
