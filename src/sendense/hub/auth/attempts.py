@@ -6,7 +6,7 @@ An attempt is recorded before it is checked and taken back when it succeeds
 (`forgive`): only failures fill the window, yet every attempt counts while it
 runs, so a burst cannot slip past. The key is stored as a keyed digest
 (`SecretBox.digest`): a password typed into the name field never reaches the
-database. Rows older than the window go at each attempt.
+database. A limit's rows older than its window go at each of its attempts.
 """
 
 from __future__ import annotations
@@ -40,7 +40,12 @@ class AttemptWindow:
         now = utcnow()
         cutoff = now - self.window
         with self.db.session() as s:
-            s.execute(delete(FailedAttempt).where(FailedAttempt.at <= cutoff))
+            # This limit's old rows only: another limit's window may be longer.
+            s.execute(
+                delete(FailedAttempt).where(
+                    FailedAttempt.scope == self.scope, FailedAttempt.at <= cutoff
+                )
+            )
             row = FailedAttempt(scope=self.scope, key=self.box.digest(key), at=now)
             s.add(row)
             s.flush()

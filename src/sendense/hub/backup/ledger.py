@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from sendense.common.checksum import pack_areas
@@ -197,7 +197,7 @@ class BackupLedger:
 
     def planned(self, prepared: PreparedJob, sizes: dict[int, int]) -> None:
         """The node's exact plan, bytes per disk: each disk's reservation on the
-        repository becomes it (a full's estimate shrinks to it; an incremental,
+        repository becomes it (it replaces a full's estimate; an incremental,
         which reserved nothing until now, reserves it)."""
         with self.db.session() as s:
             for key, size in sizes.items():
@@ -206,10 +206,6 @@ class BackupLedger:
                     .where(
                         RestorePointDisk.restore_point_id == prepared.restore_point_id,
                         RestorePointDisk.disk_key == key,
-                        or_(
-                            RestorePointDisk.reserved_bytes.is_(None),
-                            RestorePointDisk.reserved_bytes > size,
-                        ),
                     )
                     .values(reserved_bytes=size)
                 )
