@@ -2,7 +2,7 @@
 estimate is promised to it until its file holds it, and the next backup gets only
 the free space left after those promises (HTTP 507 before any file, its rows
 gone). The node's exact plan replaces the estimate. On SQLite and PostgreSQL, on a
-64 MiB tmpfs whose free space the test controls."""
+64 MiB tmpfs whose free space the test controls; the repository list shows it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from sendense.common.errors import InsufficientSpace
@@ -74,3 +75,16 @@ def test_a_full_promised_to_a_running_backup_is_not_handed_out_again(
     hub.ledger.fail(first.job_id, "test: ended")
     hub.ledger.fail(third.job_id, "test: ended")
     assert hub.repos.promised(repo) == 0
+
+
+def test_the_repository_list_shows_what_running_backups_may_still_write(
+    hub: Hub, api: TestClient, repo_dir: Path
+) -> None:
+    hub.repos.add(str(repo_dir))
+    before = api.get("/api/v1/repositories").json()
+    assert [r["promised_bytes"] for r in before] == [0]
+    running = hub.ledger.prepare("big", [DiskSpec(2000, 64 * MiB, estimated_bytes=48 * MiB)])
+    [listed] = api.get("/api/v1/repositories").json()
+    assert 47 * MiB < listed["promised_bytes"] <= 48 * MiB
+    hub.ledger.fail(running.job_id, "test: ended")
+    assert [r["promised_bytes"] for r in api.get("/api/v1/repositories").json()] == [0]

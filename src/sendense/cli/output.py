@@ -62,7 +62,9 @@ def repo_table(title: str, repos: list[dict[str, Any]]) -> None:
             human_bytes(r["capacity"]["free"]),
             human_bytes(r.get("backup_bytes")),
             human_bytes(r.get("prunable_bytes")),
+            human_bytes(r.get("promised_bytes")),
         )
         for r in repos
     ]
-    table(title, ["name", "path", "total", "used", "free", "backups", "prune frees"], rows)
+    columns = ["name", "path", "total", "used", "free", "backups", "prune frees", "promised"]
+    table(title, columns, rows)

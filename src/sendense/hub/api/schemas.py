@@ -27,6 +27,9 @@ class RepositoryOut(Out):
     capacity: CapacityOut
     backup_bytes: int = 0
     prunable_bytes: int = 0
+    # What the backups running on it may still write (counted against free space
+    # for the next backup: repositories.py `promised`).
+    promised_bytes: int = 0
 
 
 class RepositoryIn(BaseModel):

@@ -19,7 +19,9 @@ router = APIRouter(
 )
 
 
-def _out(info: RepositoryInfo, usage: RepositoryUsage | None = None) -> RepositoryOut:
+def _out(
+    info: RepositoryInfo, usage: RepositoryUsage | None = None, promised: int = 0
+) -> RepositoryOut:
     usage = usage or RepositoryUsage()
     return RepositoryOut(
         id=info.id,
@@ -28,15 +30,17 @@ def _out(info: RepositoryInfo, usage: RepositoryUsage | None = None) -> Reposito
         capacity=CapacityOut.model_validate(info.capacity),
         backup_bytes=usage.backup_bytes,
         prunable_bytes=usage.prunable_bytes,
+        promised_bytes=promised,
     )
 
 
 @router.get("")
 def list_repositories(hub: HubDep) -> list[RepositoryOut]:
-    """Each repository with its free space, what its backups take, and what prune
-    (each VM's policy, now) would free."""
+    """Each repository with its free space, what its backups take, what prune
+    (each VM's policy, now) would free, and what the backups running on it may
+    still write."""
     usage = repository_usage(hub.prune, hub.policies)
-    return [_out(r, usage.get(r.id)) for r in hub.repos.list()]
+    return [_out(r, usage.get(r.id), hub.repos.promised(r)) for r in hub.repos.list()]
 
 
 @router.post("", status_code=201)
