@@ -72,6 +72,19 @@ def listener_pid(host: str, port: int) -> int | None:
     return None
 
 
+def connection_pid(host: str, port: int, peer_port: int) -> int | None:
+    """The pid of the process holding the accepted end of the TCP connection from
+    host:peer_port to host:port (`ss`), or None: no such connection, or one still
+    waiting in the listener's queue, which no process holds yet."""
+    where = f"src {host} and sport = :{port} and dport = :{peer_port}"
+    out = run_tool(["ss", "-Htnp", "state", "established", where], timeout=10, ok=None).stdout
+    for part in out.split("pid=")[1:]:
+        digits = part.split(",", 1)[0]
+        if digits.isdigit():
+            return int(digits)
+    return None
+
+
 def is_alive(pid: int) -> bool:
     return process_info(pid) is not None
 

@@ -154,7 +154,12 @@ class Hub:
             hub_id,
             socket_root,
         )
-        connector = NodeConnector(nodes, tunnel.owns_listener, retry_s=settings.node_timeout_s)
+        connector = NodeConnector(
+            nodes,
+            tunnel.owns_listener,
+            retry_s=settings.node_timeout_s,
+            owns_connection=tunnel.owns_connection,
+        )
         access = AccessService(
             db,
             repos,

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import httpcore
 import httpx
 
 from sendense.common.contract import (
@@ -106,7 +107,11 @@ class NodeClient:
         *,
         retry_s: float = 60.0,
         backoff: float = 0.25,
+        owns_connection: Callable[[int, int], bool] | None = None,
     ) -> None:
+        """`owns_listener(port)`: the reverse port is our sshd's, asked before each
+        request; `owns_connection(port, peer_port)`: a new connection's other end
+        is, asked before a byte goes on it (tunnel_sshd.py)."""
         info = nodes.get(name)
         if info.revoked:
             raise NotFound(f"node {name!r} is revoked")
@@ -122,6 +127,7 @@ class NodeClient:
             base_url=self.url,
             headers={"Authorization": f"Bearer {nodes.api_token(name)}"},
             timeout=timeout,
+            transport=CheckedTransport(owns_connection) if owns_connection else None,
         )
 
     def _call(
@@ -223,6 +229,42 @@ class NodeClient:
         self._http.close()
 
 
+class _CheckedBackend(httpcore.SyncBackend):
+    """Each new connection to a node's reverse port is checked before the token
+    or a password is sent on it: its other end must be held by our sshd."""
+
+    def __init__(self, owns_connection: Callable[[int, int], bool]) -> None:
+        self._owns = owns_connection
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = super().connect_tcp(host, port, timeout, local_address, socket_options)
+        peer_port = stream.get_extra_info("socket").getsockname()[1]
+        if not self._owns(port, peer_port):
+            stream.close()
+            raise httpcore.ConnectError(
+                f"not connected: 127.0.0.1:{port} is not held by the tunnel's sshd"
+            )
+        return stream
+
+
+class CheckedTransport(httpx.HTTPTransport):
+    """httpx's transport on a connection pool whose connections are checked
+    (`_CheckedBackend`). httpx takes no network backend of its own: its pool is
+    replaced (httpx and httpcore pinned; tests/test_tunnel.py fails if a request
+    ever reaches an impostor)."""
+
+    def __init__(self, owns_connection: Callable[[int, int], bool]) -> None:
+        super().__init__()
+        self._pool = httpcore.ConnectionPool(network_backend=_CheckedBackend(owns_connection))
+
+
 class NodeConnector:
     """Opens clients to enrolled nodes through their tunnels: what every task that
     talks to a node is given, instead of the whole hub."""
@@ -232,9 +274,11 @@ class NodeConnector:
         registry: NodeService,
         owns_listener: Callable[[int], bool],
         retry_s: float = 60.0,
+        owns_connection: Callable[[int, int], bool] | None = None,
     ) -> None:
         self.registry = registry
         self.owns_listener = owns_listener
+        self.owns_connection = owns_connection
         self.retry_s = retry_s
 
     def open(self, name: str, retry_s: float | None = None) -> NodeClient:
@@ -245,4 +289,5 @@ class NodeConnector:
             name,
             owns_listener=self.owns_listener,
             retry_s=self.retry_s if retry_s is None else retry_s,
+            owns_connection=self.owns_connection,
         )

@@ -23,11 +23,13 @@ import logging
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 from sendense.common.errors import ToolFailed
 from sendense.common.processes import (
     ChildProcess,
+    connection_pid,
     listener_pid,
     process_info,
     processes,
@@ -66,6 +68,21 @@ def descends_from(pid: int, ancestor: int, executable: str, depth: int = 4) -> b
             return True
         pid = info.ppid
     return False
+
+
+def connection_held_by(
+    port: int, peer_port: int, ancestor: int, executable: str, wait_s: float = 1.0
+) -> bool:
+    """Is the accepted end of the connection from 127.0.0.1:peer_port to
+    127.0.0.1:port held by a process below `ancestor` running `executable`? A
+    connection still in the listener's queue is held by nobody yet: asked again
+    for up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while (pid := connection_pid(LOOPBACK, port, peer_port)) is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return descends_from(pid, ancestor, executable)
 
 
 def session_pids(parent: int) -> list[int]:
@@ -318,6 +335,15 @@ class TunnelSshd:
             return False
         pid = listener_pid(LOOPBACK, port)
         return pid is not None and descends_from(pid, self._child.pid, self._executable())
+
+    def owns_connection(self, port: int, peer_port: int, wait_s: float = 1.0) -> bool:
+        """Is the hub's connection from `peer_port` to 127.0.0.1:port held, at its
+        other end, by one of our sshd's sessions? Asked after the connection is
+        made and before a byte is sent on it, which closes the window between
+        `owns_listener` and the connect."""
+        if self._child is None or not self._child.running():
+            return False
+        return connection_held_by(port, peer_port, self._child.pid, self._executable(), wait_s)
 
     def _executable(self) -> str:
         return os.path.realpath(shutil.which(self.binary) or self.binary)
