@@ -53,10 +53,14 @@ def return_freed_buffers() -> None:
 
 
 class MemoryBudget:
-    """Bytes handed out to streams, first come first served, except that a
-    restore's stream goes ahead of the backups waiting (it does not stop running
-    ones). A stream that needs more than the whole budget gets the whole budget
-    (alone): it always runs."""
+    """Bytes handed out to streams, first come first served. A stream that needs
+    more than the whole budget gets the whole budget (alone): it always runs.
+
+    A restore's stream (`at_once`) never waits: it takes its share at once, over
+    the budget if it must, and backups wait until the held bytes are under the
+    budget again. A restore that waited for a backup stream to end would wait
+    for backups it slows down itself (RestoreFirst); so the node holds at most
+    the budget plus its restores' streams."""
 
     def __init__(self, total: int) -> None:
         if total <= 0:
@@ -72,16 +76,20 @@ class MemoryBudget:
         return min(wanted, self.total)
 
     @asynccontextmanager
-    async def hold(self, wanted: int, what: str, first: bool = False) -> AsyncIterator[int]:
-        """Hold `share(wanted)` bytes while the block runs; `first`: ahead of
-        the streams waiting (a restore's)."""
+    async def hold(self, wanted: int, what: str, at_once: bool = False) -> AsyncIterator[int]:
+        """Hold `share(wanted)` bytes while the block runs; `at_once` (a
+        restore's): without waiting, over the budget if need be."""
         size = self.share(wanted)
+        if at_once:
+            self._take(size)
+            try:
+                yield size
+            finally:
+                self._give_back(size)
+            return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (size, granted)
-        if first:
-            self._queue.appendleft(entry)
-        else:
-            self._queue.append(entry)
+        self._queue.append(entry)
         self._grant()
         if not granted.done():
             self.waits += 1

@@ -118,8 +118,8 @@ class RestoreTasks(TaskTable[RestoreJob]):
         self.chunk = settings.chunk_mib << 20
         self.in_flight = settings.writes_in_flight
         # What a disk's upload holds: its reads ahead, the piece being sent and
-        # the NBD reply buffer. It comes from the node's memory budget, as a
-        # backup's stream does, ahead of the backups waiting there.
+        # the NBD reply buffer. It counts in the node's memory budget, as a
+        # backup's stream does, but is taken at once (limits.py MemoryBudget).
         self.stream_bytes = (self.in_flight + 1) * self.chunk + READ_BUFFER
 
     def _thumbprint(self, login: VcenterLogin) -> str | None:
@@ -314,7 +314,7 @@ class RestoreTasks(TaskTable[RestoreJob]):
         what = f"restore of disk {progress.disk_key}"
         try:
             async with (
-                self.backups.limits.budget.hold(self.stream_bytes, what, first=True),
+                self.backups.limits.budget.hold(self.stream_bytes, what, at_once=True),
                 await NbdClient.connect(source) as nbd,
             ):
                 if nbd.info.size < upload.size:
