@@ -65,11 +65,7 @@ def processes() -> Iterator[ProcessInfo]:
 def listener_pid(host: str, port: int) -> int | None:
     """The pid of the process listening on TCP host:port (`ss`), or None."""
     out = run_tool(["ss", "-Hltnp", f"src {host} and sport = :{port}"], timeout=10, ok=None).stdout
-    for part in out.split("pid=")[1:]:
-        digits = part.split(",", 1)[0]
-        if digits.isdigit():
-            return int(digits)
-    return None
+    return _first_pid(out)
 
 
 def connection_pid(host: str, port: int, peer_port: int) -> int | None:
@@ -78,7 +74,12 @@ def connection_pid(host: str, port: int, peer_port: int) -> int | None:
     waiting in the listener's queue, which no process holds yet."""
     where = f"src {host} and sport = :{port} and dport = :{peer_port}"
     out = run_tool(["ss", "-Htnp", "state", "established", where], timeout=10, ok=None).stdout
-    for part in out.split("pid=")[1:]:
+    return _first_pid(out)
+
+
+def _first_pid(ss_output: str) -> int | None:
+    """The first `pid=` of `ss -p`'s users:(("name",pid=N,fd=M)), or None."""
+    for part in ss_output.split("pid=")[1:]:
         digits = part.split(",", 1)[0]
         if digits.isdigit():
             return int(digits)

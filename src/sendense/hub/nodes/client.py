@@ -257,8 +257,8 @@ class _CheckedBackend(httpcore.SyncBackend):
 class CheckedTransport(httpx.HTTPTransport):
     """httpx's transport on a connection pool whose connections are checked
     (`_CheckedBackend`). httpx takes no network backend of its own: its pool is
-    replaced (httpx and httpcore pinned; tests/test_tunnel.py fails if a request
-    ever reaches an impostor)."""
+    replaced (httpx and httpcore pinned; tests/test_reverse_port_check.py fails
+    if a request ever reaches a listener that is not ours)."""
 
     def __init__(self, owns_connection: Callable[[int, int], bool]) -> None:
         super().__init__()
