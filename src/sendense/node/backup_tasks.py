@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sendense.common.aio import run_all
-from sendense.common.contract import BackupStartRequest, DiskInventory, DiskProgress, NodeJobStatus
+from sendense.common.contract import (
+    BackupStartRequest,
+    DiskInventory,
+    DiskProgress,
+    NodeJobStatus,
+    VcenterLogin,
+)
 from sendense.common.errors import (
     Conflict,
     InsufficientSpace,
@@ -112,27 +118,34 @@ class BackupTasks(TaskTable[NodeJob]):
             log.info("job started job=%s vm=%s type=%s", req.job_id, req.vm_name, req.backup_type)
             await self.run(job, self._backup(job, req))
 
-    def _thumbprint(self, req: BackupStartRequest) -> str | None:
+    def pinned_thumbprint(self, login: VcenterLogin) -> str | None:
+        """The login's certificate pin, else the node's for its host (with or
+        without the port)."""
         pins = self.settings.vcenter_thumbprints
-        return (
-            req.vcenter_thumbprint
-            or pins.get(req.vcenter_host)
-            or pins.get(req.vcenter_host.rsplit(":", 1)[0])
+        host = login.vcenter_host
+        return login.vcenter_thumbprint or pins.get(host) or pins.get(host.rsplit(":", 1)[0])
+
+    def vcenter(self, login: VcenterLogin) -> contextlib.AbstractAsyncContextManager[Vcenter]:
+        """A session of this login, kept between the node's jobs (vmware/sessions.py):
+        backups, restores and the API's vCenter calls share them."""
+        password = login.vcenter_password.get_secret_value()
+        register_secret(password)
+        return self.sessions.use(
+            login.vcenter_host,
+            login.vcenter_user,
+            password,
+            self.pinned_thumbprint(login),
+            self.settings.vcenter_insecure,
         )
 
     async def _backup(self, job: NodeJob, req: BackupStartRequest) -> None:
         job.status.phase = "snapshot"
-        thumbprint = self._thumbprint(req)
-        password = req.vcenter_password.get_secret_value()
-        async with self.sessions.use(
-            req.vcenter_host,
-            req.vcenter_user,
-            password,
-            thumbprint,
-            self.settings.vcenter_insecure,
-        ) as vc:
+        async with self.vcenter(req) as vc:
             self.hunter.remember(
-                req.vcenter_host, req.vcenter_user, req.vcenter_password, thumbprint
+                req.vcenter_host,
+                req.vcenter_user,
+                req.vcenter_password,
+                self.pinned_thumbprint(req),
             )
             # Snapshots dead jobs left on any VM of this vCenter go first.
             job.status.warnings.extend(await self.hunter.hunt(vc, req.vcenter_host))

@@ -30,7 +30,6 @@ from sendense.common.contract import (
     RestoreDiskProgress,
     RestoreJobStatus,
     RestoreStartRequest,
-    VcenterLogin,
 )
 from sendense.common.errors import Conflict, SendenseError, VmBusy
 from sendense.common.logging import register_secret
@@ -122,28 +121,10 @@ class RestoreTasks(TaskTable[RestoreJob]):
         # backup's stream does, but is taken at once (limits.py MemoryBudget).
         self.stream_bytes = (self.in_flight + 1) * self.chunk + READ_BUFFER
 
-    def _thumbprint(self, login: VcenterLogin) -> str | None:
-        pins = self.settings.vcenter_thumbprints
-        host = login.vcenter_host
-        return login.vcenter_thumbprint or pins.get(host) or pins.get(host.rsplit(":", 1)[0])
-
-    def _session(self, login: VcenterLogin) -> contextlib.AbstractAsyncContextManager[Vcenter]:
-        """A vCenter session of the node's kept ones (vmware/sessions.py): the
-        hub's check and the start after it log in once."""
-        password = login.vcenter_password.get_secret_value()
-        register_secret(password)
-        return self.backups.sessions.use(
-            login.vcenter_host,
-            login.vcenter_user,
-            password,
-            self._thumbprint(login),
-            self.settings.vcenter_insecure,
-        )
-
     async def check(self, req: RestoreCheckRequest) -> RestoreCheckResponse:
         """What a restore would do, or why it may not: changes nothing."""
         self._refuse_busy(req.vm_name)
-        async with self._session(req) as vc:
+        async with self.backups.vcenter(req) as vc:
             return (await asyncio.to_thread(restore.plan, vc, req)).answer
 
     def _refuse_busy(self, vm_name: str) -> None:
@@ -171,7 +152,7 @@ class RestoreTasks(TaskTable[RestoreJob]):
         # The session is the job's until it ends: the plan's objects belong to it.
         session = contextlib.AsyncExitStack()
         try:
-            vc = await session.enter_async_context(self._session(req))
+            vc = await session.enter_async_context(self.backups.vcenter(req))
             target = await asyncio.to_thread(restore.plan, vc, req)
         except BaseException as exc:
             del self.jobs[req.job_id]

@@ -83,19 +83,7 @@ def health(node: NodeDep) -> dict[str, str | int]:
 async def _with_vcenter(node: Node, login: VcenterLogin, work: Callable[[Vcenter], T]) -> T:
     """Run `work` in a thread on a session of this login: the node's kept one
     (the backup the hub starts next uses it too), or a new one (pinned TLS)."""
-    password = login.vcenter_password.get_secret_value()
-    register_secret(password)
-    thumbprint = login.vcenter_thumbprint or node.settings.vcenter_thumbprints.get(
-        login.vcenter_host
-    )
-
-    async with node.runner.sessions.use(
-        login.vcenter_host,
-        login.vcenter_user,
-        password,
-        thumbprint,
-        node.settings.vcenter_insecure,
-    ) as vc:
+    async with node.runner.vcenter(login) as vc:
         return await asyncio.to_thread(work, vc)
 
 
